@@ -1,0 +1,27 @@
+/**
+ * mamba — Mamba-1 and Mamba-2 selective-state-space language models for Deno, with WebGPU and
+ * SIMD WebAssembly backends and a plain-TypeScript reference.
+ *
+ * @example
+ * ```ts
+ * import { MambaLM } from "@mamba/mamba";
+ * const lm = await MambaLM.load("./models/demo");
+ * const state = lm.createState(1);
+ * const logits = await lm.prefill(state, [[72, 105]]);
+ * ```
+ *
+ * @module
+ */
+
+export { MambaLM } from "./src/model.ts";
+export type { LoadOptions, Logits } from "./src/model.ts";
+export { InferenceState } from "./src/state.ts";
+export type { StateLayout } from "./src/state.ts";
+export { parseConfig } from "./src/config.ts";
+export type { MambaArch, MambaConfig } from "./src/config.ts";
+export { parseSafetensors, tensorToF32 } from "./src/safetensors.ts";
+export type { DType, SafetensorsFile, SafetensorsTensor } from "./src/safetensors.ts";
+export { BackendError, ConfigError, InputError, MambaError, WeightsError } from "./src/errors.ts";
+export type { Backend, BackendName, StateTensors } from "./src/backend.ts";
+export type { BackendChoice } from "./src/backends/registry.ts";
+export type { WeightsDtype } from "./src/weights.ts";

@@ -1,0 +1,78 @@
+/**
+ * The small interface every backend (`ref`, `wasm`, `webgpu`) implements. The model
+ * (src/model.ts) is written once against it: embedding, then per block an add + norm and a mixer,
+ * then the final norm and the LM head.
+ *
+ * Activations are opaque handles owned by the backend (host arrays on `ref`, GPU buffers on
+ * `webgpu`): a backend may record operations lazily and only run them when {@link Backend.read}
+ * is awaited. An activation holds `rows × cols` float32 values, one row per token, rows ordered
+ * sequence-major: row `b·seqLen + t` is token `t` of sequence `b`.
+ *
+ * @module
+ */
+
+import type { MambaConfig } from "./config.ts";
+import type { ModelWeights } from "./weights.ts";
+
+/** Names of the backends. */
+export type BackendName = "ref" | "wasm" | "webgpu";
+
+/**
+ * Recurrent state of all layers in host memory, in the public layout documented on
+ * {@link InferenceState}: per layer `conv` `[batch, convDim, dConv]` and `ssm`
+ * `[batch, dInner, dState]` (Mamba-1) or `[batch, nheads, headdim, dState]` (Mamba-2).
+ */
+export interface StateTensors {
+  /** Per layer conv window. */
+  readonly conv: Float32Array[];
+  /** Per layer SSM state. */
+  readonly ssm: Float32Array[];
+}
+
+/** What every backend implements. `A` is its activation handle, `S` its state handle. */
+export interface Backend<A = unknown, S = unknown> {
+  /** Which backend this is. */
+  readonly name: BackendName;
+  /**
+   * True when the backend computes directly on host {@link StateTensors} (then `S` is
+   * `StateTensors` and the state needs no upload or download).
+   */
+  readonly hostState: boolean;
+  /** Looks up token ids: returns `[ids.length, dModel]`. Ids are already validated. */
+  embed(ids: Int32Array): A;
+  /**
+   * `residual = hidden + residual` (or `hidden` when `residual` is null), then
+   * `normed = norm(residual)` with block `layer`'s pre-norm, or the final norm for `"final"`.
+   */
+  addNorm(hidden: A, residual: A | null, layer: number | "final"): { normed: A; residual: A };
+  /**
+   * Runs block `layer`'s mixer over `seqLen` tokens of each of `batch` sequences, starting from
+   * and updating `state` (a zero state gives mamba_ssm's `forward`; `seqLen` 1 its `step`).
+   * Returns `[batch·seqLen, dModel]`.
+   */
+  mixer(layer: number, x: A, batch: number, seqLen: number, state: S): A;
+  /** LM head over all rows, or only the last token of each sequence: `[rows, paddedVocab]`. */
+  lmHead(x: A, batch: number, seqLen: number, lastOnly: boolean): A;
+  /** Reads an activation back to the host (this is where lazy backends run their work). */
+  read(a: A): Promise<Float32Array>;
+  /** A zeroed state for `batch` sequences. */
+  createState(batch: number): S;
+  /** Overwrites a state from host tensors. */
+  uploadState(s: S, host: StateTensors): void;
+  /** Copies a state out to the host. */
+  downloadState(s: S): Promise<StateTensors>;
+  /** A new state equal to `s`. */
+  cloneState(s: S): S;
+  /** Frees the state's memory (no-op where garbage collection does it). */
+  freeState(s: S): void;
+  /** Frees everything the backend holds. */
+  dispose(): void;
+}
+
+/** What a backend factory receives. */
+export interface BackendInit {
+  /** The parsed config. */
+  readonly config: MambaConfig;
+  /** The weights in host memory, checked against the config. */
+  readonly weights: ModelWeights;
+}

@@ -1,0 +1,91 @@
+/**
+ * Typed errors thrown by the library. Every error a user can cause by passing a bad file, a bad
+ * configuration or bad input is one of these, with a message that names the culprit.
+ *
+ * @module
+ */
+
+/**
+ * Base class of every error the library throws on purpose.
+ *
+ * @example
+ * ```ts
+ * import { MambaError, MambaLM } from "@mamba/mamba";
+ * try {
+ *   await MambaLM.load("./no-such-model");
+ * } catch (e) {
+ *   if (e instanceof MambaError) console.error(e.message);
+ * }
+ * ```
+ */
+export class MambaError extends Error {
+  /** Creates the error; `name` is set to the concrete class name. */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/**
+ * A `config.json` that is malformed, contradicts itself, or asks for something not supported.
+ * `field` names the offending key.
+ *
+ * @example
+ * ```ts
+ * import { ConfigError, parseConfig } from "@mamba/mamba";
+ * try {
+ *   parseConfig({ d_model: 64, n_layer: 2, vocab_size: 100, attn_layer_idx: [1] });
+ * } catch (e) {
+ *   if (e instanceof ConfigError) console.log(e.field); // "attn_layer_idx"
+ * }
+ * ```
+ */
+export class ConfigError extends MambaError {
+  /** The config key at fault. */
+  readonly field: string;
+  /** Creates the error for `field`. */
+  constructor(field: string, message: string) {
+    super(`config.json: ${field}: ${message}`);
+    this.field = field;
+  }
+}
+
+/**
+ * A weights file (safetensors) that is truncated, malformed, or holds missing, extra or
+ * misshaped tensors.
+ *
+ * @example
+ * ```ts
+ * import { parseSafetensors, WeightsError } from "@mamba/mamba";
+ * try {
+ *   parseSafetensors(new Uint8Array(4));
+ * } catch (e) {
+ *   if (e instanceof WeightsError) console.log(e.message);
+ * }
+ * ```
+ */
+export class WeightsError extends MambaError {}
+
+/**
+ * Bad input at run time: a token id that is not an integer or is out of the vocabulary, a
+ * batch of the wrong size, a state from another model.
+ *
+ * @example
+ * ```ts
+ * import { InputError } from "@mamba/mamba";
+ * const e = new InputError("token id 70000 is out of the vocabulary (50280)");
+ * console.log(e.name); // "InputError"
+ * ```
+ */
+export class InputError extends MambaError {}
+
+/**
+ * A backend that cannot run here (no WebGPU adapter, a limit too small, a lost device).
+ *
+ * @example
+ * ```ts
+ * import { BackendError } from "@mamba/mamba";
+ * console.log(new BackendError("no WebGPU adapter").name); // "BackendError"
+ * ```
+ */
+export class BackendError extends MambaError {}

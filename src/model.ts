@@ -1,0 +1,217 @@
+/**
+ * `MambaLM`: a Mamba-1 or Mamba-2 language model — embedding, N × (add + norm → mixer), final
+ * norm, LM head — run on one of the backends. The model logic lives here once; the backends only
+ * supply the operations of {@link Backend}.
+ *
+ * @module
+ */
+
+import type { Backend } from "./backend.ts";
+import { type BackendChoice, createBackend } from "./backends/registry.ts";
+import { type MambaConfig, parseConfig } from "./config.ts";
+import { ConfigError, InputError, MambaError } from "./errors.ts";
+import { bindState, InferenceState, markComputed, stateLayout } from "./state.ts";
+import { exists, loadWeights, readBytes, type WeightsDtype } from "./weights.ts";
+
+/** Options of {@link MambaLM.load}. */
+export interface LoadOptions {
+  /** Which backend computes: `"ref"` (default for now), `"wasm"`, `"webgpu"` or `"auto"`. */
+  backend?: BackendChoice;
+  /**
+   * How to keep the weights: `"f32"` (default), `"f16"`, or `"as-stored"`. Backends that compute
+   * in float32 widen f16 weights as they go.
+   */
+  weightsDtype?: WeightsDtype;
+  /** Called as weight shards load. */
+  onProgress?: (loaded: number, total: number) => void;
+}
+
+/** Logits of a full-sequence forward. */
+export interface Logits {
+  /** Row-major values. */
+  data: Float32Array;
+  /** `[batch, seqLen, paddedVocabSize]`. */
+  shape: [number, number, number];
+}
+
+/** Resolves a directory path or URL to a URL that ends in `/`. */
+function dirUrl(dir: string | URL): URL {
+  if (dir instanceof URL) return new URL(dir.href.endsWith("/") ? dir.href : dir.href + "/");
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(dir)) return dirUrl(new URL(dir));
+  const abs = dir.startsWith("/") ? dir : `${Deno.cwd()}/${dir}`;
+  const u = new URL(`file://${abs.split("/").map(encodeURIComponent).join("/")}`);
+  return dirUrl(u);
+}
+
+/**
+ * A Mamba language model.
+ *
+ * @example
+ * ```ts
+ * import { MambaLM } from "@mamba/mamba";
+ * const lm = await MambaLM.load("./models/demo", { backend: "ref" });
+ * const { data, shape } = await lm.forward([[72, 101, 108, 108, 111]]); // [1, 5, vocab]
+ * const state = lm.createState(1);
+ * let logits = await lm.prefill(state, [[72, 101, 108, 108]]);
+ * logits = await lm.step(state, [111]); // same as the last row of forward's logits
+ * lm.dispose();
+ * ```
+ */
+export class MambaLM {
+  /** The parsed `config.json`. */
+  readonly config: MambaConfig;
+  /** The backend computing this model. */
+  readonly backend: Backend;
+
+  /** Wraps a config and a ready backend; most users want {@link MambaLM.load}. */
+  constructor(config: MambaConfig, backend: Backend) {
+    this.config = config;
+    this.backend = backend;
+  }
+
+  /**
+   * Loads a model directory (local path or URL): `config.json` (mamba_ssm or transformers format)
+   * and `model.safetensors` (or the shards of `model.safetensors.index.json`).
+   *
+   * @throws {ConfigError} for a bad or unsupported config, {@link WeightsError} for bad weights.
+   */
+  static async load(dir: string | URL, options: LoadOptions = {}): Promise<MambaLM> {
+    const base = dirUrl(dir);
+    const configUrl = new URL("config.json", base);
+    if (!(await exists(configUrl))) {
+      throw new MambaError(`no config.json in ${base.href}`);
+    }
+    let raw: unknown;
+    try {
+      raw = JSON.parse(new TextDecoder().decode(await readBytes(configUrl)));
+    } catch (e) {
+      throw new ConfigError("(root)", `cannot parse ${configUrl.href}: ${(e as Error).message}`);
+    }
+    const config = parseConfig(raw);
+    const weights = await loadWeights(
+      config,
+      base,
+      options.weightsDtype ?? "f32",
+      options.onProgress,
+    );
+    const backend = await createBackend(options.backend ?? "ref", { config, weights });
+    return new MambaLM(config, backend);
+  }
+
+  /** Name of the backend in use. */
+  get backendName(): string {
+    return this.backend.name;
+  }
+
+  /**
+   * A zeroed recurrent state for `batch` sequences (see {@link InferenceState} for its layout).
+   */
+  createState(batch = 1): InferenceState {
+    if (!Number.isSafeInteger(batch) || batch < 1) {
+      throw new InputError(`batch must be a positive integer, got ${batch}`);
+    }
+    return new InferenceState(stateLayout(this.config, batch));
+  }
+
+  /**
+   * Full-sequence forward of equally long prompts from an empty state (mamba_ssm's
+   * `MambaLMHeadModel.forward`): logits for every position.
+   */
+  async forward(ids: readonly (readonly number[])[]): Promise<Logits> {
+    const [batch, seqLen, flat] = this.#checkIds(ids);
+    const state = this.backend.createState(batch);
+    try {
+      const data = await this.#run(flat, batch, seqLen, state, false);
+      return { data, shape: [batch, seqLen, this.config.paddedVocabSize] };
+    } finally {
+      this.backend.freeState(state);
+    }
+  }
+
+  /**
+   * Feeds equally long prompts into `state` (which may already hold earlier text) and returns the
+   * logits of each sequence's last token: `[batch, paddedVocabSize]`.
+   */
+  async prefill(state: InferenceState, ids: readonly (readonly number[])[]): Promise<Float32Array> {
+    const [batch, seqLen, flat] = this.#checkIds(ids);
+    this.#checkState(state, batch);
+    const handle = await bindState(state, this.backend);
+    const out = await this.#run(flat, batch, seqLen, handle, true);
+    markComputed(state);
+    return out;
+  }
+
+  /** Advances every sequence by one token: `[batch, paddedVocabSize]` logits. */
+  async step(state: InferenceState, tokens: readonly number[]): Promise<Float32Array> {
+    return await this.prefill(state, tokens.map((t) => [t]));
+  }
+
+  /** Frees the backend's memory. The model cannot be used afterwards. */
+  dispose(): void {
+    this.backend.dispose();
+  }
+
+  async #run(
+    ids: Int32Array,
+    batch: number,
+    seqLen: number,
+    state: unknown,
+    lastOnly: boolean,
+  ): Promise<Float32Array> {
+    const be = this.backend;
+    let hidden = be.embed(ids);
+    let residual: unknown = null;
+    for (let i = 0; i < this.config.nLayer; i++) {
+      const r = be.addNorm(hidden, residual, i);
+      residual = r.residual;
+      hidden = be.mixer(i, r.normed, batch, seqLen, state);
+    }
+    const { normed } = be.addNorm(hidden, residual, "final");
+    return await be.read(be.lmHead(normed, batch, seqLen, lastOnly));
+  }
+
+  #checkIds(ids: readonly (readonly number[])[]): [number, number, Int32Array] {
+    if (!Array.isArray(ids) || ids.length === 0 || !ids.every(Array.isArray)) {
+      throw new InputError("ids must be a non-empty array of token-id arrays, one per sequence");
+    }
+    const seqLen = ids[0].length;
+    if (seqLen === 0) throw new InputError("a sequence needs at least one token");
+    const V = this.config.paddedVocabSize;
+    const flat = new Int32Array(ids.length * seqLen);
+    ids.forEach((row, b) => {
+      if (row.length !== seqLen) {
+        throw new InputError(
+          `all sequences of a batch need the same length: row 0 has ${seqLen}, row ${b} has ${row.length}`,
+        );
+      }
+      row.forEach((id, t) => {
+        if (!Number.isInteger(id) || id < 0 || id >= V) {
+          throw new InputError(
+            `token id ${id} at [${b}][${t}] is not an integer in [0, ${V}) (the padded vocabulary)`,
+          );
+        }
+        flat[b * seqLen + t] = id;
+      });
+    });
+    return [ids.length, seqLen, flat];
+  }
+
+  #checkState(state: InferenceState, batch: number): void {
+    if (!(state instanceof InferenceState)) throw new InputError("state must be an InferenceState");
+    const want = stateLayout(this.config, state.batch);
+    const got = state.layout;
+    const same = (a: readonly number[], b: readonly number[]) =>
+      a.length === b.length && a.every((v, i) => v === b[i]);
+    if (
+      got.arch !== want.arch || got.nLayer !== want.nLayer ||
+      !same(got.convShape, want.convShape) || !same(got.ssmShape, want.ssmShape)
+    ) {
+      throw new InputError(
+        `state does not fit this model: got ${JSON.stringify(got)}, want ${JSON.stringify(want)}`,
+      );
+    }
+    if (state.batch !== batch) {
+      throw new InputError(`state holds ${state.batch} sequences but ${batch} were given`);
+    }
+  }
+}

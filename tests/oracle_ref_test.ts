@@ -1,0 +1,3 @@
+import { oracleModelSuite } from "./oracle_util.ts";
+
+oracleModelSuite("ref");
