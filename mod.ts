@@ -25,3 +25,4 @@ export { BackendError, ConfigError, InputError, MambaError, WeightsError } from 
 export type { Backend, BackendName, StateTensors } from "./src/backend.ts";
 export type { BackendChoice } from "./src/backends/registry.ts";
 export type { WeightsDtype } from "./src/weights.ts";
+export type { HostTensor, LayerWeights, ModelWeights, NormWeights } from "./src/weights.ts";

@@ -11,7 +11,7 @@ import { type BackendChoice, createBackend } from "./backends/registry.ts";
 import { type MambaConfig, parseConfig } from "./config.ts";
 import { ConfigError, InputError, MambaError } from "./errors.ts";
 import { bindState, InferenceState, markComputed, stateLayout } from "./state.ts";
-import { exists, loadWeights, readBytes, type WeightsDtype } from "./weights.ts";
+import { exists, loadWeights, type ModelWeights, readBytes, type WeightsDtype } from "./weights.ts";
 
 /** Options of {@link MambaLM.load}. */
 export interface LoadOptions {
@@ -94,6 +94,27 @@ export class MambaLM {
       options.weightsDtype ?? "f32",
       options.onProgress,
     );
+    const backend = await createBackend(options.backend ?? "ref", { config, weights });
+    return new MambaLM(config, backend);
+  }
+
+  /**
+   * Builds a model from a parsed config and weights already in memory (random weights for a
+   * benchmark, say, or weights converted by other code).
+   *
+   * @example
+   * ```ts
+   * import { MambaLM, parseConfig } from "@mamba/mamba";
+   * import { randomWeights } from "@mamba/mamba/testing";
+   * const config = parseConfig({ d_model: 64, n_layer: 2, vocab_size: 256 });
+   * const lm = await MambaLM.fromWeights(config, randomWeights(config), { backend: "ref" });
+   * ```
+   */
+  static async fromWeights(
+    config: MambaConfig,
+    weights: ModelWeights,
+    options: { backend?: BackendChoice } = {},
+  ): Promise<MambaLM> {
     const backend = await createBackend(options.backend ?? "ref", { config, weights });
     return new MambaLM(config, backend);
   }
