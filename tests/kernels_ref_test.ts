@@ -6,7 +6,7 @@ import { softplus } from "../src/backends/ref/ops.ts";
 import { assertClose, loadExpected, TOL } from "./oracle_util.ts";
 
 /** (batch, dim, L) channel-major → per batch (L, dim) token-major. */
-function tokenMajor(a: Float32Array, batch: number, dim: number, L: number, b: number) {
+function tokenMajor(a: Float32Array, dim: number, L: number, b: number) {
   const out = new Float32Array(L * dim);
   for (let d = 0; d < dim; d++) {
     for (let t = 0; t < L; t++) out[t * dim + d] = a[(b * dim + d) * L + t];
@@ -38,7 +38,7 @@ for (const name of ["ss_varBC_D_z_bias_softplus", "ss_plain_groups1"]) {
         return o;
       };
       const bias = get("delta_bias")?.data;
-      const delta = tokenMajor(get("delta")!.data, batch, D, L, b).map((v, i) => {
+      const delta = tokenMajor(get("delta")!.data, D, L, b).map((v, i) => {
         const x = v + (bias ? bias[i % D] : 0);
         return softplusOn ? softplus(x) : x;
       });
@@ -49,16 +49,16 @@ for (const name of ["ss_varBC_D_z_bias_softplus", "ss_plain_groups1"]) {
         D,
         N,
         G,
-        u: tokenMajor(u.data, batch, D, L, b),
+        u: tokenMajor(u.data, D, L, b),
         delta,
         A: get("A")!.data,
         B: bc(get("B")!.data),
         C: bc(get("C")!.data),
         Dskip: get("D")?.data,
-        z: z ? tokenMajor(z.data, batch, D, L, b) : undefined,
+        z: z ? tokenMajor(z.data, D, L, b) : undefined,
         h,
       });
-      const want = tokenMajor(outWant, batch, D, L, b);
+      const want = tokenMajor(outWant, D, L, b);
       assertClose(y, want, TOL.kernel, `out batch ${b}`);
       assertClose(h, stateWant.subarray(b * D * N, (b + 1) * D * N), TOL.kernel, `state ${b}`);
     }
