@@ -1,0 +1,471 @@
+/**
+ * Command-line text generation with a Mamba model.
+ *
+ * ```sh
+ * deno task generate --model models/demo --prompt "Once upon a time" --temperature 0.8
+ * tail -f app.log | deno run -A cli.ts --model DIR --follow --stop $'\n' --top-k 1
+ * ```
+ *
+ * Run with `--help` for every option. Exit codes: 0 success, 1 runtime error, 2 usage
+ * error (bad flag, missing model directory), 130 interrupted twice.
+ *
+ * @example
+ * ```ts ignore
+ * import { main } from "@mamba/mamba/cli";
+ * const code = await main(["--model", "models/demo", "--prompt", "Hello", "--top-k", "1"]);
+ * ```
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import type { BackendChoice } from "./mod.ts";
+import type { GenerateOptions, InferenceStateLike, StepModel } from "./src/generate.ts";
+import { generate } from "./src/generate.ts";
+import { validateSamplingOptions } from "./src/sampling.ts";
+import { type TextTokenizer, Tokenizer } from "./src/tokenizer.ts";
+
+const HELP = `Generate text with a Mamba model.
+
+Usage:
+  deno task generate --model DIR --prompt "TEXT" [options]
+  deno run -A cli.ts --model DIR (--prompt TEXT | --prompt-ids IDS | --stdin | --follow) [options]
+
+Input (exactly one):
+  --prompt TEXT            continue TEXT; the output streams to stdout
+  --prompt-ids IDS         continue these comma-separated token ids (no tokenizer needed)
+  --stdin                  read prompts from stdin, one per line; one completion per line
+                           (an empty line gives an empty completion)
+  --follow                 treat stdin as one endless text: feed every line into one state
+                           and print a predicted continuation after each line; the state
+                           holds only the input (see --feed-generated)
+
+Model:
+  --model DIR              model directory (config.json, model.safetensors[, tokenizer.json])
+  --tokenizer PATH         tokenizer.json or its directory (default: the model's)
+  --backend NAME           ref | wasm | webgpu | auto (default auto)
+
+State:
+  --load-state FILE        start from a state saved with --save-state
+  --save-state FILE        save the state at the end (with --prompt, --prompt-ids, --follow)
+  --feed-generated         --follow: feed the continuations into the state too (chat-like)
+
+Sampling (mamba_ssm semantics):
+  --max-new-tokens N       tokens to generate per prompt/line (default 128)
+  --temperature T          softmax temperature, 0 = greedy (default 1)
+  --top-k K                keep the K most likely tokens, 0 = off, 1 = greedy (default 0)
+  --top-p P                nucleus sampling, in (0, 1], 1 = off (default 1)
+  --min-p P                keep tokens with p >= P * p_max, in [0, 1], 0 = off (default 0)
+  --repetition-penalty R   CTRL penalty over prompt + output, > 0, 1 = off (default 1)
+  --seed N                 PRNG seed (default: random; printed with --verbose)
+  --greedy                 same as --top-k 1
+  --stop STR               stop when the output contains STR (repeatable; not printed)
+  --no-eos                 do not stop at the end-of-text token
+
+Output:
+  --json                   one JSON object per token: {"id":..,"text":..}; with --stdin and
+                           --follow also "seq": the input line's index (from 0)
+  --quiet                  no statistics on stderr
+  --verbose                also print the model, backend and seed on stderr
+  -h, --help               this help
+
+Statistics (prompt and generation speed in tokens/s) go to stderr. Ctrl-C stops the
+generation (the state is still saved); a second Ctrl-C exits at once.
+Exit codes: 0 ok, 1 runtime error, 2 usage error.
+`;
+
+/** A usage error: message printed with a hint, exit code 2. */
+class UsageError extends Error {}
+
+const enc = new TextEncoder();
+
+async function writeAll(w: { write(p: Uint8Array): Promise<number> }, s: string): Promise<void> {
+  if (s.length === 0) return;
+  const bytes = enc.encode(s);
+  let o = 0;
+  while (o < bytes.length) o += await w.write(bytes.subarray(o));
+}
+
+const out = (s: string) => writeAll(Deno.stdout, s);
+const err = (s: string) => writeAll(Deno.stderr, s);
+
+/** Lines of a byte stream as they arrive (without the line break; a final unterminated line too). */
+async function* readLines(
+  stream: ReadableStream<Uint8Array>,
+): AsyncGenerator<{ line: string; newline: boolean }> {
+  let buf = "";
+  for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+    buf += chunk;
+    let i: number;
+    while ((i = buf.indexOf("\n")) >= 0) {
+      yield { line: buf.slice(0, i), newline: true };
+      buf = buf.slice(i + 1);
+    }
+  }
+  if (buf.length > 0) yield { line: buf, newline: false };
+}
+
+function parseNumber(name: string, v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (v.trim() === "" || Number.isNaN(n)) {
+    throw new UsageError(`--${name} needs a number, got "${v}"`);
+  }
+  return n;
+}
+
+function parseIds(v: string): number[] {
+  const parts = v.split(/[\s,]+/).filter((p) => p.length > 0);
+  return parts.map((p) => {
+    const n = Number(p);
+    if (!Number.isInteger(n) || n < 0) throw new UsageError(`--prompt-ids: bad token id "${p}"`);
+    return n;
+  });
+}
+
+async function isDir(path: string): Promise<boolean> {
+  try {
+    return (await Deno.stat(path)).isDirectory;
+  } catch {
+    return false;
+  }
+}
+
+/** Wraps a model: supplies the tokenizer and times prefill / step calls. */
+class Timed<S extends InferenceStateLike> implements StepModel<S> {
+  readonly config: { readonly vocabSize: number; readonly paddedVocabSize: number };
+  readonly tokenizer: TextTokenizer | undefined;
+  prefillTokens = 0;
+  prefillMs = 0;
+  steps = 0;
+  stepMs = 0;
+  #inner: StepModel<S>;
+
+  constructor(inner: StepModel<S>, tokenizer: TextTokenizer | undefined) {
+    this.#inner = inner;
+    this.config = inner.config;
+    this.tokenizer = tokenizer;
+  }
+
+  createState(batch?: number): S {
+    return this.#inner.createState(batch);
+  }
+
+  async prefill(state: S, ids: number[][]): Promise<Float32Array> {
+    const t0 = performance.now();
+    const r = await this.#inner.prefill(state, ids);
+    this.prefillMs += performance.now() - t0;
+    for (const row of ids) this.prefillTokens += row.length;
+    return r;
+  }
+
+  async step(state: S, tokens: number[]): Promise<Float32Array> {
+    const t0 = performance.now();
+    const r = await this.#inner.step(state, tokens);
+    this.stepMs += performance.now() - t0;
+    this.steps++;
+    return r;
+  }
+}
+
+function rate(n: number, ms: number): string {
+  return ms > 0 ? `${(n / (ms / 1000)).toFixed(1)} tok/s` : "- tok/s";
+}
+
+/**
+ * Runs the CLI with the given arguments and returns the process exit code (0 ok, 1 runtime
+ * error, 2 usage error). Output goes to stdout, statistics and errors to stderr.
+ *
+ * @param args Command-line arguments (without the program name).
+ * @returns The exit code.
+ *
+ * @example
+ * ```ts ignore
+ * import { main } from "./cli.ts";
+ * Deno.exit(await main(["--model", "models/demo", "--prompt", "Hi", "--max-new-tokens", "20"]));
+ * ```
+ */
+export async function main(args: string[]): Promise<number> {
+  try {
+    return await run(args);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      await err(`error: ${e.message}\n(run with --help for usage)\n`);
+      return 2;
+    }
+    if (e instanceof Deno.errors.BrokenPipe) return 0;
+    await err(`error: ${e instanceof Error ? e.message : String(e)}\n`);
+    return 1;
+  }
+}
+
+async function run(args: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        model: { type: "string" },
+        tokenizer: { type: "string" },
+        backend: { type: "string" },
+        prompt: { type: "string" },
+        "prompt-ids": { type: "string" },
+        stdin: { type: "boolean" },
+        follow: { type: "boolean" },
+        "load-state": { type: "string" },
+        "save-state": { type: "string" },
+        "feed-generated": { type: "boolean" },
+        "max-new-tokens": { type: "string" },
+        temperature: { type: "string" },
+        "top-k": { type: "string" },
+        "top-p": { type: "string" },
+        "min-p": { type: "string" },
+        "repetition-penalty": { type: "string" },
+        seed: { type: "string" },
+        greedy: { type: "boolean" },
+        stop: { type: "string", multiple: true },
+        "no-eos": { type: "boolean" },
+        json: { type: "boolean" },
+        quiet: { type: "boolean" },
+        verbose: { type: "boolean" },
+        help: { type: "boolean", short: "h" },
+      },
+    });
+  } catch (e) {
+    throw new UsageError(e instanceof Error ? e.message : String(e));
+  }
+  const v = parsed.values;
+  if (v.help) {
+    await out(HELP);
+    return 0;
+  }
+
+  // ---- validate everything before loading anything ----
+  const modes = [
+    v.prompt !== undefined,
+    v["prompt-ids"] !== undefined,
+    v.stdin === true,
+    v.follow === true,
+  ].filter(Boolean).length;
+  if (modes !== 1) {
+    throw new UsageError("give exactly one of --prompt, --prompt-ids, --stdin, --follow");
+  }
+  if (v.model === undefined) throw new UsageError("--model DIR is required");
+  const backend = v.backend ?? "auto";
+  if (!["ref", "wasm", "webgpu", "auto"].includes(backend)) {
+    throw new UsageError(`--backend must be ref, wasm, webgpu or auto, got "${backend}"`);
+  }
+  if (v.stdin && v["save-state"] !== undefined) {
+    throw new UsageError("--save-state does not go with --stdin (each line starts afresh)");
+  }
+  if (v["feed-generated"] && !v.follow) throw new UsageError("--feed-generated needs --follow");
+  const maxNewTokens = parseNumber("max-new-tokens", v["max-new-tokens"]) ?? 128;
+  if (!Number.isInteger(maxNewTokens) || maxNewTokens < 0) {
+    throw new UsageError(`--max-new-tokens must be an integer >= 0, got ${maxNewTokens}`);
+  }
+  const sampling = {
+    temperature: parseNumber("temperature", v.temperature),
+    topK: v.greedy ? 1 : parseNumber("top-k", v["top-k"]),
+    topP: parseNumber("top-p", v["top-p"]),
+    minP: parseNumber("min-p", v["min-p"]),
+    repetitionPenalty: parseNumber("repetition-penalty", v["repetition-penalty"]),
+    seed: parseNumber("seed", v.seed),
+  };
+  let seed: number;
+  try {
+    seed = validateSamplingOptions(sampling).seed;
+  } catch (e) {
+    if (e instanceof RangeError) {
+      const flag = "--" + ("option" in e ? String(e.option) : "")
+        .replace(/[A-Z]/g, (c) => "-" + c.toLowerCase());
+      throw new UsageError(`${flag}: ${e.message}`);
+    }
+    throw e;
+  }
+  const promptIds = v["prompt-ids"] !== undefined ? parseIds(v["prompt-ids"]) : undefined;
+  if (!(await isDir(v.model))) throw new UsageError(`model directory not found: ${v.model}`);
+  try {
+    await Deno.stat(`${v.model}/config.json`);
+  } catch {
+    throw new UsageError(`not a model directory (no config.json): ${v.model}`);
+  }
+  if (v["load-state"] !== undefined) {
+    try {
+      await Deno.stat(v["load-state"]);
+    } catch {
+      throw new UsageError(`state file not found: ${v["load-state"]}`);
+    }
+  }
+
+  // ---- load ----
+  const { MambaLM, InferenceState } = await import("./mod.ts");
+  let tokenizer: TextTokenizer | undefined;
+  if (v.tokenizer !== undefined) {
+    tokenizer = await Tokenizer.load(v.tokenizer);
+  }
+  const t0 = performance.now();
+  const lm = await MambaLM.load(v.model, { backend: backend as BackendChoice });
+  tokenizer ??= (lm as { tokenizer?: TextTokenizer }).tokenizer;
+  if (tokenizer === undefined) {
+    try {
+      tokenizer = await Tokenizer.load(v.model);
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+  }
+  if (tokenizer === undefined && (promptIds === undefined || v.stop !== undefined || !v.json)) {
+    throw new UsageError(
+      `${v.model} has no tokenizer.json: pass --tokenizer, or use --prompt-ids with --json`,
+    );
+  }
+  const model = new Timed(lm, tokenizer);
+  const loadMs = performance.now() - t0;
+  if (v.verbose) {
+    await err(
+      `model ${v.model} (${lm.config.arch}, vocab ${lm.config.vocabSize}) on ${lm.backendName}, ` +
+        `loaded in ${(loadMs / 1000).toFixed(2)} s; seed ${seed}\n`,
+    );
+  }
+
+  let state: InstanceType<typeof InferenceState> | undefined;
+  if (v["load-state"] !== undefined) {
+    state = InferenceState.fromBytes(await Deno.readFile(v["load-state"]));
+    if (state.batch !== 1) throw new Error(`the saved state has batch ${state.batch}, need 1`);
+  }
+
+  const controller = new AbortController();
+  let interrupts = 0;
+  const onSigint = () => {
+    if (++interrupts > 1) Deno.exit(130);
+    controller.abort();
+  };
+  try {
+    Deno.addSignalListener("SIGINT", onSigint);
+  } catch {
+    // signals unsupported here
+  }
+
+  const opts: GenerateOptions<InstanceType<typeof InferenceState>> = {
+    ...sampling,
+    seed,
+    maxNewTokens,
+    stop: v.stop,
+    signal: controller.signal,
+    ...(v["no-eos"] ? { eosTokenId: null } : {}),
+  };
+  // Let the SIGINT handler run between lines even when stdin and the backend never wait.
+  let lastYield = performance.now();
+  const interrupted = async (): Promise<boolean> => {
+    if (performance.now() - lastYield > 50) {
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      lastYield = performance.now();
+    }
+    return controller.signal.aborted;
+  };
+  let generated = 0;
+  let genMs = 0; // time in generation, without prefill and without waiting for stdin
+
+  /** Streams one generation to stdout; returns the text printed. */
+  const stream = async (
+    prompt: string | number[],
+    o: GenerateOptions<InstanceType<typeof InferenceState>>,
+    seq?: number,
+  ): Promise<string> => {
+    let text = "";
+    const t0 = performance.now();
+    const p0 = model.prefillMs;
+    for await (const t of generate(model, prompt, o)) {
+      generated++;
+      text += t.text;
+      if (v.json) {
+        const rec = seq === undefined
+          ? { id: t.id, text: t.text }
+          : { id: t.id, text: t.text, seq };
+        await out(JSON.stringify(rec) + "\n");
+      } else {
+        await out(t.text);
+      }
+    }
+    genMs += performance.now() - t0 - (model.prefillMs - p0);
+    return text;
+  };
+
+  if (v.prompt !== undefined || promptIds !== undefined) {
+    let prompt: string | number[] = promptIds ?? v.prompt ?? "";
+    if (state === undefined && v["save-state"] !== undefined) {
+      // A fresh state that we keep: encode as generate() does for a fresh one.
+      state = lm.createState(1);
+      if (typeof prompt === "string") prompt = freshPrompt(tokenizer, prompt);
+    }
+    await stream(prompt, { ...opts, state });
+    if (!v.json) await out("\n");
+  } else if (v.stdin) {
+    let seq = 0;
+    for await (const { line } of readLines(Deno.stdin.readable)) {
+      if (await interrupted()) break;
+      const p = line.endsWith("\r") ? line.slice(0, -1) : line;
+      if (p.length === 0) {
+        // Empty line: empty completion.
+        seq++;
+        if (!v.json) await out("\n");
+        continue;
+      }
+      await stream(p, { ...opts, state: state?.clone() }, seq++);
+      if (!v.json) await out("\n");
+    }
+  } else {
+    let first = state === undefined;
+    state ??= lm.createState(1);
+    let seq = 0;
+    for await (const { line, newline } of readLines(Deno.stdin.readable)) {
+      if (await interrupted()) break;
+      const chunk = newline ? line + "\n" : line;
+      if (chunk.length === 0) continue;
+      const prompt = first ? freshPrompt(tokenizer, chunk) : chunk;
+      first = false;
+      const text = await stream(prompt, {
+        ...opts,
+        state,
+        feedGenerated: v["feed-generated"] === true,
+      }, seq++);
+      if (!v.json && text.length > 0 && !text.endsWith("\n")) await out("\n");
+    }
+  }
+
+  try {
+    Deno.removeSignalListener("SIGINT", onSigint);
+  } catch {
+    // ignore
+  }
+  if (v["save-state"] !== undefined && state !== undefined) {
+    await Deno.writeFile(v["save-state"], await state.toBytes());
+  }
+  if (!v.quiet) {
+    await err(
+      `[prompt ${model.prefillTokens} tok in ${(model.prefillMs / 1000).toFixed(2)} s, ` +
+        `${rate(model.prefillTokens, model.prefillMs)}; generated ${generated} tok in ` +
+        `${(genMs / 1000).toFixed(2)} s, ${rate(generated, genMs)}]` +
+        (controller.signal.aborted ? " (interrupted)" : "") + "\n",
+    );
+  }
+  return 0;
+}
+
+/**
+ * Ids of the first text fed into a fresh state that the CLI keeps (generate() cannot tell
+ * that a given state is fresh): with the tokenizer's special tokens, and the end-of-text
+ * token for an empty prompt.
+ */
+function freshPrompt(tokenizer: TextTokenizer | undefined, p: string): string | number[] {
+  if (tokenizer === undefined) return p;
+  const ids = tokenizer.encode(p, { addSpecialTokens: true });
+  if (ids.length > 0) return ids;
+  if (tokenizer.eosTokenId !== undefined) return [tokenizer.eosTokenId];
+  throw new UsageError("empty prompt and the tokenizer has no end-of-text token");
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}

@@ -1,0 +1,470 @@
+/**
+ * Next-token sampling with the semantics of mamba_ssm's `generate` / `sample`
+ * (`mamba_ssm/utils/generation.py`): greedy decoding, temperature, top-k, top-p
+ * (nucleus), min-p and the CTRL repetition penalty, driven by a seeded PRNG.
+ *
+ * Order of operations for one row of logits:
+ *
+ * 1. Only ids `< vocabSize` are considered (logit rows may be padded).
+ * 2. Repetition penalty (CTRL): for every distinct id in `history`,
+ *    `logit < 0 ? logit * penalty : logit / penalty`.
+ * 3. Greedy (`temperature === 0` or `topK === 1`): the argmax (first one on ties).
+ * 4. Otherwise the logits are divided by `temperature`, then filtered by top-k, then
+ *    top-p (on the distribution renormalised over the top-k survivors), then min-p;
+ *    the token is drawn from the renormalised softmax over the survivors.
+ *
+ * Differences from the reference, on purpose:
+ *
+ * - The reference applies `min_p` only when `top_k == 0`, ignores `top_p` in that case,
+ *   and compares the raw *logits* against `min_p · logits[..., 0]`. Here min-p is
+ *   relative to the top probability, as in llama.cpp and Hugging Face: a token is kept
+ *   when `p ≥ minP · p_max` (computed after temperature), and it combines with top-k
+ *   and top-p.
+ * - Ties at a top-k or top-p boundary are all kept (the reference's
+ *   `modify_logits_for_top_k_filtering` also keeps ties), so the result does not depend
+ *   on the order of a sort.
+ * - `temperature: 0` means greedy instead of dividing by zero.
+ *
+ * @module
+ */
+
+import { randomSeed, Xoshiro128 } from "./rng.ts";
+
+/**
+ * Options of the next-token sampler. Every field is optional; the defaults give plain
+ * ancestral sampling (`temperature` 1, no filtering, no penalty).
+ *
+ * @example
+ * ```ts
+ * import type { SamplingOptions } from "./sampling.ts";
+ * const greedy: SamplingOptions = { topK: 1 };
+ * const creative: SamplingOptions = { temperature: 0.8, topP: 0.95, seed: 1 };
+ * ```
+ */
+export interface SamplingOptions {
+  /** Softmax temperature, ≥ 0 and finite. `0` means greedy. Default 1. */
+  temperature?: number;
+  /** Keep only the `topK` most likely tokens; `0` disables, `1` is greedy. Default 0. */
+  topK?: number;
+  /** Nucleus sampling: keep the smallest top set whose mass reaches `topP`, in (0, 1]. Default 1 (off). */
+  topP?: number;
+  /** Keep tokens with `p ≥ minP · p_max`, in [0, 1]. Default 0 (off). */
+  minP?: number;
+  /** CTRL repetition penalty over the history (prompt + generated), > 0. Default 1 (off). */
+  repetitionPenalty?: number;
+  /** Seed of the PRNG (an integer). Default: a fresh random seed. */
+  seed?: number;
+  /** Only ids below this are sampled (the real vocabulary of a padded logits row). Default: the row length. */
+  vocabSize?: number;
+}
+
+/**
+ * Sampling options after validation, with every default filled in.
+ *
+ * @example
+ * ```ts
+ * import { validateSamplingOptions } from "./sampling.ts";
+ * const r = validateSamplingOptions({ topK: 1, seed: 3 });
+ * console.log(r.greedy, r.temperature); // true 1
+ * ```
+ */
+export interface ResolvedSamplingOptions {
+  /** Softmax temperature (0 ⇒ greedy). */
+  readonly temperature: number;
+  /** Top-k, 0 when disabled. */
+  readonly topK: number;
+  /** Top-p, 1 when disabled. */
+  readonly topP: number;
+  /** Min-p, 0 when disabled. */
+  readonly minP: number;
+  /** Repetition penalty, 1 when disabled. */
+  readonly repetitionPenalty: number;
+  /** The PRNG seed actually used. */
+  readonly seed: number;
+  /** Vocabulary restriction, or `undefined` for the whole row. */
+  readonly vocabSize: number | undefined;
+  /** Whether the options reduce to argmax decoding. */
+  readonly greedy: boolean;
+}
+
+/**
+ * Error thrown for an invalid sampling option. It is a `RangeError`, and `option`
+ * names the offending field.
+ *
+ * @example
+ * ```ts
+ * import { SamplingOptionsError, validateSamplingOptions } from "./sampling.ts";
+ * try {
+ *   validateSamplingOptions({ topP: 0 });
+ * } catch (e) {
+ *   console.log(e instanceof SamplingOptionsError, e instanceof RangeError); // true true
+ * }
+ * ```
+ */
+export class SamplingOptionsError extends RangeError {
+  /** Name of the invalid option, e.g. `"topP"`. */
+  readonly option: string;
+
+  /**
+   * Creates the error.
+   *
+   * @param option Name of the invalid option.
+   * @param message Human-readable explanation.
+   *
+   * @example
+   * ```ts
+   * import { SamplingOptionsError } from "./sampling.ts";
+   * const e = new SamplingOptionsError("topK", "topK must be an integer ≥ 0, got -1");
+   * ```
+   */
+  constructor(option: string, message: string) {
+    super(message);
+    this.name = "SamplingOptionsError";
+    this.option = option;
+  }
+}
+
+function fmt(v: unknown): string {
+  return typeof v === "number" ? String(v) : JSON.stringify(v) ?? String(v);
+}
+
+/**
+ * Validates sampling options and fills in the defaults.
+ *
+ * @throws {SamplingOptionsError} (a `RangeError`) when `temperature` is negative, NaN or
+ * infinite; `topK` is negative or not an integer; `topP` is outside (0, 1]; `minP` is
+ * outside [0, 1]; `repetitionPenalty` is ≤ 0 or not finite; `seed` is not an integer;
+ * or `vocabSize` is not a positive integer.
+ *
+ * @example
+ * ```ts
+ * import { validateSamplingOptions } from "./sampling.ts";
+ * const opts = validateSamplingOptions({ temperature: 0.7, topP: 0.9, seed: 42 });
+ * console.log(opts.topK, opts.minP); // 0 0
+ * ```
+ */
+export function validateSamplingOptions(opts: SamplingOptions = {}): ResolvedSamplingOptions {
+  const temperature = opts.temperature ?? 1;
+  if (typeof temperature !== "number" || !(temperature >= 0) || !Number.isFinite(temperature)) {
+    throw new SamplingOptionsError(
+      "temperature",
+      `temperature must be a finite number ≥ 0 (0 = greedy), got ${fmt(opts.temperature)}`,
+    );
+  }
+  const topK = opts.topK ?? 0;
+  if (typeof topK !== "number" || !Number.isInteger(topK) || topK < 0) {
+    throw new SamplingOptionsError(
+      "topK",
+      `topK must be an integer ≥ 0 (0 = off, 1 = greedy), got ${fmt(opts.topK)}`,
+    );
+  }
+  const topP = opts.topP ?? 1;
+  if (typeof topP !== "number" || !(topP > 0 && topP <= 1)) {
+    throw new SamplingOptionsError(
+      "topP",
+      `topP must be in (0, 1] (1 = off), got ${fmt(opts.topP)}`,
+    );
+  }
+  const minP = opts.minP ?? 0;
+  if (typeof minP !== "number" || !(minP >= 0 && minP <= 1)) {
+    throw new SamplingOptionsError(
+      "minP",
+      `minP must be in [0, 1] (0 = off), got ${fmt(opts.minP)}`,
+    );
+  }
+  const repetitionPenalty = opts.repetitionPenalty ?? 1;
+  if (
+    typeof repetitionPenalty !== "number" || !(repetitionPenalty > 0) ||
+    !Number.isFinite(repetitionPenalty)
+  ) {
+    throw new SamplingOptionsError(
+      "repetitionPenalty",
+      `repetitionPenalty must be a finite number > 0 (1 = off), got ${fmt(opts.repetitionPenalty)}`,
+    );
+  }
+  const seed = opts.seed ?? randomSeed();
+  if (typeof seed !== "number" || !Number.isInteger(seed)) {
+    throw new SamplingOptionsError("seed", `seed must be an integer, got ${fmt(opts.seed)}`);
+  }
+  const vocabSize = opts.vocabSize;
+  if (
+    vocabSize !== undefined &&
+    (typeof vocabSize !== "number" || !Number.isInteger(vocabSize) || vocabSize < 1)
+  ) {
+    throw new SamplingOptionsError(
+      "vocabSize",
+      `vocabSize must be a positive integer, got ${fmt(vocabSize)}`,
+    );
+  }
+  return {
+    temperature,
+    topK,
+    topP,
+    minP,
+    repetitionPenalty,
+    seed,
+    vocabSize,
+    greedy: temperature === 0 || topK === 1,
+  };
+}
+
+/**
+ * Index of the largest value among the first `end` entries (the first one on ties;
+ * NaN never wins). Returns -1 when every value is NaN or `end` is 0.
+ *
+ * @example
+ * ```ts
+ * import { argmax } from "./sampling.ts";
+ * console.log(argmax(new Float32Array([1, 5, 5, 2]))); // 1
+ * console.log(argmax(new Float32Array([1, 5, 9]), 2)); // 1
+ * ```
+ */
+export function argmax(values: ArrayLike<number>, end: number = values.length): number {
+  let best = -1;
+  let bestV = -Infinity;
+  const n = Math.min(end, values.length);
+  for (let i = 0; i < n; i++) {
+    const v = values[i];
+    if (v > bestV || (best < 0 && v === -Infinity)) {
+      bestV = v;
+      best = i;
+    }
+  }
+  return best;
+}
+
+/**
+ * Applies the CTRL repetition penalty (as `modify_logit_for_repetition_penalty` in
+ * mamba_ssm): for each *distinct* id in `history` with `0 ≤ id < vocabSize`, the logit
+ * becomes `logit < 0 ? logit * penalty : logit / penalty` (in float32, like the
+ * reference). Writes into `out` (default: a new array holding a copy of the first
+ * `vocabSize` logits) and returns it; `logits` itself is never modified.
+ *
+ * @example
+ * ```ts
+ * import { applyRepetitionPenalty } from "./sampling.ts";
+ * const out = applyRepetitionPenalty(new Float32Array([2, -2, 1]), [0, 1, 1], 2);
+ * console.log(Array.from(out)); // [1, -4, 1]
+ * ```
+ */
+export function applyRepetitionPenalty(
+  logits: Float32Array,
+  history: ArrayLike<number>,
+  penalty: number,
+  out?: Float32Array,
+  vocabSize: number = logits.length,
+): Float32Array {
+  const n = Math.min(vocabSize, logits.length);
+  const dst = out ?? new Float32Array(n);
+  if (dst.length < n) throw new RangeError("output buffer is smaller than vocabSize");
+  if (dst !== logits) dst.set(n === logits.length ? logits : logits.subarray(0, n));
+  if (penalty === 1) return dst;
+  const p = Math.fround(penalty);
+  for (let j = 0; j < history.length; j++) {
+    const id = history[j];
+    if (!(id >= 0 && id < n) || !Number.isInteger(id)) continue;
+    // Computed from the original logit, so repeated ids are penalised once.
+    const v = logits[id];
+    dst[id] = v < 0 ? v * p : v / p;
+  }
+  return dst;
+}
+
+/**
+ * Stateful next-token sampler. It owns a seeded PRNG (so a fixed seed gives a
+ * reproducible sequence) and reuses its scratch buffers between calls.
+ *
+ * @example
+ * ```ts
+ * import { Sampler } from "./sampling.ts";
+ * const sampler = new Sampler({ temperature: 0.8, topK: 40, seed: 1 });
+ * const logits = new Float32Array([0.1, 2.0, 1.5, -1.0]);
+ * const id = sampler.sample(logits, [1]); // one of 0..3
+ * const greedy = new Sampler({ topK: 1 }).sample(logits); // 1
+ * ```
+ */
+export class Sampler {
+  /** The validated options, with defaults filled in (including the seed actually used). */
+  readonly options: ResolvedSamplingOptions;
+  #rng: Xoshiro128;
+  #work = new Float32Array(0);
+  #heap = new Float32Array(0);
+  #sorted = new Float32Array(0);
+  #weights = new Float64Array(0);
+
+  /**
+   * Creates a sampler; the PRNG is seeded from `opts.seed` (or a random seed).
+   *
+   * @param opts Sampling options, validated with {@link validateSamplingOptions}.
+   * @throws {SamplingOptionsError} for invalid options.
+   *
+   * @example
+   * ```ts
+   * import { Sampler } from "./sampling.ts";
+   * const s = new Sampler({ topP: 0.9, seed: 7, vocabSize: 50277 });
+   * ```
+   */
+  constructor(opts: SamplingOptions = {}) {
+    this.options = validateSamplingOptions(opts);
+    this.#rng = new Xoshiro128(this.options.seed);
+  }
+
+  /**
+   * Picks the next token id from one row of logits.
+   *
+   * @param logits Logits of one sequence (length ≥ `vocabSize`; extra padded entries
+   *   are ignored when `vocabSize` is set). Not modified.
+   * @param history Ids seen so far (prompt + generated) for the repetition penalty.
+   * @returns A token id in `[0, vocabSize)`.
+   * @throws {RangeError} when the row is shorter than `vocabSize`.
+   * @throws {Error} when every logit is NaN or −∞.
+   *
+   * @example
+   * ```ts
+   * import { Sampler } from "./sampling.ts";
+   * const s = new Sampler({ topK: 1, repetitionPenalty: 10 });
+   * console.log(s.sample(new Float32Array([3, 2, 0]), [0])); // 1 (3/10 < 2)
+   * ```
+   */
+  sample(logits: Float32Array, history?: ArrayLike<number>): number {
+    const o = this.options;
+    const V = o.vocabSize ?? logits.length;
+    if (logits.length < V) {
+      throw new RangeError(`logits row has ${logits.length} entries but vocabSize is ${V}`);
+    }
+    let src = logits;
+    if (o.repetitionPenalty !== 1 && history !== undefined && history.length > 0) {
+      if (this.#work.length < V) this.#work = new Float32Array(V);
+      src = applyRepetitionPenalty(logits, history, o.repetitionPenalty, this.#work, V);
+    }
+    if (o.greedy) {
+      const id = argmax(src, V);
+      if (id < 0 || src[id] !== src[id]) throw new Error("cannot sample: every logit is NaN");
+      return id;
+    }
+    return this.#sampleStochastic(src, V);
+  }
+
+  #sampleStochastic(src: Float32Array, V: number): number {
+    const o = this.options;
+    const T = o.temperature;
+    const invT = 1 / T;
+    let lmax = -Infinity;
+    for (let i = 0; i < V; i++) {
+      const v = src[i];
+      if (v > lmax) lmax = v;
+    }
+    if (lmax === -Infinity) throw new Error("cannot sample: every logit is NaN or -Infinity");
+    // Every filter keeps an upper set of the (monotonically scaled) logits, so their
+    // composition is a single threshold on the raw logit.
+    let thr = -Infinity;
+    if (o.topK > 0 && o.topK < V) thr = this.#kthLargest(src, V, o.topK);
+    if (o.topP < 1) thr = Math.max(thr, this.#topPThreshold(src, V, thr, lmax, invT, o.topP));
+    if (o.minP > 0) thr = Math.max(thr, lmax + T * Math.log(o.minP));
+    if (thr > lmax) thr = lmax; // guard against rounding: the top token always survives
+
+    if (this.#weights.length < V) this.#weights = new Float64Array(V);
+    const w = this.#weights;
+    let total = 0;
+    let last = -1;
+    for (let i = 0; i < V; i++) {
+      const v = src[i];
+      if (v >= thr) {
+        const x = v === lmax ? 1 : Math.exp((v - lmax) * invT);
+        w[i] = x;
+        total += x;
+        last = i;
+      } else {
+        w[i] = 0;
+      }
+    }
+    const u = this.#rng.nextFloat() * total;
+    let acc = 0;
+    for (let i = 0; i <= last; i++) {
+      const x = w[i];
+      if (x === 0) continue;
+      acc += x;
+      if (u < acc) return i;
+    }
+    return last;
+  }
+
+  /** k-th largest non-NaN value (−∞ when there are fewer than k). Min-heap of size k. */
+  #kthLargest(src: Float32Array, V: number, k: number): number {
+    if (this.#heap.length < k) this.#heap = new Float32Array(k);
+    const h = this.#heap;
+    let size = 0;
+    for (let i = 0; i < V; i++) {
+      const v = src[i];
+      if (v !== v) continue;
+      if (size < k) {
+        // sift up
+        let c = size++;
+        while (c > 0) {
+          const p = (c - 1) >> 1;
+          if (h[p] <= v) break;
+          h[c] = h[p];
+          c = p;
+        }
+        h[c] = v;
+      } else if (v > h[0]) {
+        // replace root, sift down
+        let c = 0;
+        for (;;) {
+          const l = 2 * c + 1;
+          if (l >= k) break;
+          const r = l + 1;
+          const m = r < k && h[r] < h[l] ? r : l;
+          if (h[m] >= v) break;
+          h[c] = h[m];
+          c = m;
+        }
+        h[c] = v;
+      }
+    }
+    return size < k ? -Infinity : h[0];
+  }
+
+  /**
+   * Smallest logit value t such that the tokens with logit ≥ t (among those ≥ `floor`)
+   * form the nucleus: a token is kept when the probability mass of strictly more likely
+   * tokens is below `topP` (ties are kept together).
+   */
+  #topPThreshold(
+    src: Float32Array,
+    V: number,
+    floor: number,
+    lmax: number,
+    invT: number,
+    topP: number,
+  ): number {
+    if (this.#sorted.length < V) this.#sorted = new Float32Array(V);
+    let n = 0;
+    let total = 0;
+    const s = this.#sorted;
+    for (let i = 0; i < V; i++) {
+      const v = src[i];
+      if (v >= floor) {
+        s[n++] = v;
+        total += v === lmax ? 1 : Math.exp((v - lmax) * invT);
+      }
+    }
+    const sorted = s.subarray(0, n);
+    sorted.sort();
+    const target = topP * total;
+    let above = 0;
+    let thr = lmax;
+    let i = n - 1;
+    while (i >= 0) {
+      const v = sorted[i];
+      if (!(above < target)) break;
+      thr = v;
+      const x = v === lmax ? 1 : Math.exp((v - lmax) * invT);
+      while (i >= 0 && sorted[i] === v) {
+        above += x;
+        i--;
+      }
+    }
+    return thr;
+  }
+}
