@@ -26,3 +26,22 @@ export type { Backend, BackendName, StateTensors } from "./src/backend.ts";
 export type { BackendChoice } from "./src/backends/registry.ts";
 export type { WeightsDtype } from "./src/weights.ts";
 export type { HostTensor, LayerWeights, ModelWeights, NormWeights } from "./src/weights.ts";
+export { Tokenizer } from "./src/tokenizer.ts";
+export { byteLevelTokenizerJSON } from "./src/tokenizer.ts";
+export type { EncodeOptions, StreamDecoder, TextTokenizer } from "./src/tokenizer.ts";
+export {
+  applyRepetitionPenalty,
+  argmax,
+  Sampler,
+  SamplingOptionsError,
+  validateSamplingOptions,
+} from "./src/sampling.ts";
+export type { ResolvedSamplingOptions, SamplingOptions } from "./src/sampling.ts";
+export { randomSeed, Xoshiro128 } from "./src/rng.ts";
+export { complete, generate, generateBatch, textStream } from "./src/generate.ts";
+export type {
+  GeneratedToken,
+  GenerateOptions,
+  InferenceStateLike,
+  StepModel,
+} from "./src/generate.ts";

@@ -9,6 +9,15 @@
 import type { Backend } from "./backend.ts";
 import { type BackendChoice, createBackend } from "./backends/registry.ts";
 import { type MambaConfig, parseConfig } from "./config.ts";
+import {
+  complete,
+  generate,
+  generateBatch,
+  type GeneratedToken,
+  type GenerateOptions,
+  textStream,
+} from "./generate.ts";
+import { Tokenizer } from "./tokenizer.ts";
 import { ConfigError, InputError, MambaError } from "./errors.ts";
 import { bindState, InferenceState, markComputed, stateLayout } from "./state.ts";
 import { exists, loadWeights, type ModelWeights, readBytes, type WeightsDtype } from "./weights.ts";
@@ -24,6 +33,11 @@ export interface LoadOptions {
   weightsDtype?: WeightsDtype;
   /** Called as weight shards load. */
   onProgress?: (loaded: number, total: number) => void;
+  /**
+   * The tokenizer: a {@link Tokenizer}, a path or URL of a `tokenizer.json` (or its directory),
+   * or `false` for none. By default the model directory's `tokenizer.json`, when it has one.
+   */
+  tokenizer?: Tokenizer | string | URL | false;
 }
 
 /** Logits of a full-sequence forward. */
@@ -62,11 +76,14 @@ export class MambaLM {
   readonly config: MambaConfig;
   /** The backend computing this model. */
   readonly backend: Backend;
+  /** The tokenizer, when the model came with one: needed for text prompts. */
+  readonly tokenizer: Tokenizer | undefined;
 
   /** Wraps a config and a ready backend; most users want {@link MambaLM.load}. */
-  constructor(config: MambaConfig, backend: Backend) {
+  constructor(config: MambaConfig, backend: Backend, tokenizer?: Tokenizer) {
     this.config = config;
     this.backend = backend;
+    this.tokenizer = tokenizer;
   }
 
   /**
@@ -94,8 +111,15 @@ export class MambaLM {
       options.weightsDtype ?? "f32",
       options.onProgress,
     );
+    let tokenizer: Tokenizer | undefined;
+    const tok = options.tokenizer;
+    if (tok instanceof Tokenizer) tokenizer = tok;
+    else if (tok !== undefined && tok !== false) tokenizer = await Tokenizer.load(tok);
+    else if (tok === undefined && (await exists(new URL("tokenizer.json", base)))) {
+      tokenizer = await Tokenizer.load(base);
+    }
     const backend = await createBackend(options.backend ?? "ref", { config, weights });
-    return new MambaLM(config, backend);
+    return new MambaLM(config, backend, tokenizer);
   }
 
   /**
@@ -113,10 +137,10 @@ export class MambaLM {
   static async fromWeights(
     config: MambaConfig,
     weights: ModelWeights,
-    options: { backend?: BackendChoice } = {},
+    options: { backend?: BackendChoice; tokenizer?: Tokenizer } = {},
   ): Promise<MambaLM> {
     const backend = await createBackend(options.backend ?? "ref", { config, weights });
-    return new MambaLM(config, backend);
+    return new MambaLM(config, backend, options.tokenizer);
   }
 
   /** Name of the backend in use. */
@@ -165,6 +189,51 @@ export class MambaLM {
   /** Advances every sequence by one token: `[batch, paddedVocabSize]` logits. */
   async step(state: InferenceState, tokens: readonly number[]): Promise<Float32Array> {
     return await this.prefill(state, tokens.map((t) => [t]));
+  }
+
+  /**
+   * Streams a continuation of `prompt` (text, or token ids), token by token; each token carries
+   * the UTF-8-safe text it completes. See {@link GenerateOptions} for sampling and stopping.
+   *
+   * @example
+   * ```ts
+   * import { MambaLM } from "@mamba/mamba";
+   * const lm = await MambaLM.load("./models/demo");
+   * for await (const t of lm.generate("The future of AI is", { maxNewTokens: 64, topP: 0.9, temperature: 0.7 })) {
+   *   await Deno.stdout.write(new TextEncoder().encode(t.text));
+   * }
+   * ```
+   */
+  generate(
+    prompt: string | readonly number[],
+    options?: GenerateOptions<InferenceState>,
+  ): AsyncGenerator<GeneratedToken, void, undefined> {
+    return generate(this, prompt, options);
+  }
+
+  /** The whole continuation of `prompt` as one string (see {@link MambaLM.generate}). */
+  complete(
+    prompt: string | readonly number[],
+    options?: GenerateOptions<InferenceState>,
+  ): Promise<string> {
+    return complete(this, prompt, options);
+  }
+
+  /** Continuations of several prompts computed as one batch, each stopping on its own. */
+  generateBatch(
+    prompts: readonly (string | readonly number[])[],
+    options?: GenerateOptions<InferenceState>,
+  ): Promise<string[]> {
+    return generateBatch(this, prompts, options);
+  }
+
+  /**
+   * A `TransformStream` that keeps one state: each chunk of text written to it is fed into the
+   * state, and a continuation of up to `maxNewTokens` is read out. Memory stays constant however
+   * long the stream runs.
+   */
+  textStream(options?: GenerateOptions<InferenceState>): TransformStream<string, string> {
+    return textStream(this, options);
   }
 
   /** Frees the backend's memory. The model cannot be used afterwards. */
