@@ -1,0 +1,228 @@
+/**
+ * Micro-benchmark of the WebAssembly kernels: GEMV bandwidth (weight bytes streamed per second)
+ * for the mamba-130m projection shapes with f32 / f16 / q8 weights, GEMM (prefill) throughput,
+ * the scans, and a plain `Float32Array` sum as a memory-bandwidth baseline.
+ *
+ *     deno run -A bench/wasm_kernels_bench.ts [--quick]
+ *
+ * @module
+ */
+
+import { WasmKernels } from "../src/backends/wasm/kernels.ts";
+
+const quick = Deno.args.includes("--quick");
+const minMs = quick ? 60 : 300;
+
+/** Runs `fn` repeatedly; returns the best per-call time in ms over 5 rounds of >= minMs/5. */
+function time(fn: () => void): number {
+  fn();
+  let reps = 1;
+  for (;;) {
+    const t0 = performance.now();
+    for (let i = 0; i < reps; i++) fn();
+    const dt = performance.now() - t0;
+    if (dt > minMs / 5) break;
+    reps *= 2;
+  }
+  let best = Infinity;
+  for (let round = 0; round < 5; round++) {
+    const t0 = performance.now();
+    for (let i = 0; i < reps; i++) fn();
+    best = Math.min(best, (performance.now() - t0) / reps);
+  }
+  return best;
+}
+
+function rand(a: Float32Array, scale = 1): Float32Array {
+  for (let i = 0; i < a.length; i++) a[i] = (Math.random() * 2 - 1) * scale;
+  return a;
+}
+
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+function toF16(x: number): number {
+  f32[0] = x;
+  const b = u32[0];
+  const s = (b >>> 16) & 0x8000;
+  const e = ((b >>> 23) & 0xff) - 127 + 15;
+  if (e <= 0) return s; // flush tiny (bench data only)
+  return s | (e << 10) | ((b >>> 13) & 0x3ff);
+}
+
+const k = await WasmKernels.create();
+const rows: string[][] = [];
+const print = (...c: (string | number)[]) => {
+  rows.push(c.map(String));
+  console.log(c.join("\t"));
+};
+
+// Baseline: plain JS sum over a Float32Array of the same size (cache-resident for small ones).
+function jsSum(a: Float32Array): number {
+  let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  for (let i = 0; i < a.length; i += 4) {
+    s0 += a[i];
+    s1 += a[i + 1];
+    s2 += a[i + 2];
+    s3 += a[i + 3];
+  }
+  return s0 + s1 + s2 + s3;
+}
+
+console.log("# GEMV (decode), mamba-130m shapes; GB/s = weight bytes / time");
+print("shape (N x K)", "what", "f32 GB/s", "f16 GB/s", "q8 GB/s", "JS sum GB/s (f32 bytes)");
+const shapes: [string, number, number][] = [
+  ["in_proj", 3072, 768],
+  ["x_proj", 80, 1536],
+  ["dt_proj", 1536, 48],
+  ["out_proj", 768, 1536],
+  ["lm_head", 50280, 768],
+];
+let sink = 0;
+for (const [what, n, kk] of shapes) {
+  const mark = k.mark();
+  const wf = rand(new Float32Array(n * kk), 0.05);
+  const w32 = k.upload(wf);
+  const w16 = k.allocU16(n * kk);
+  const v16 = w16.view;
+  for (let i = 0; i < wf.length; i++) v16[i] = toF16(wf[i]);
+  const q = k.allocQ8(n, kk);
+  k.quantizeQ8(w32.ptr, q.q.ptr, q.scales.ptr, n, kk);
+  const x = k.upload(rand(new Float32Array(kk)));
+  const y = k.allocF32(n);
+  const t32 = time(() => k.matvecF32(w32.ptr, x.ptr, y.ptr, n, kk));
+  const t16 = time(() => k.matvecF16(w16.ptr, x.ptr, y.ptr, n, kk));
+  const tq8 = time(() => k.matvecQ8(q.q.ptr, q.scales.ptr, x.ptr, y.ptr, n, kk));
+  const tjs = time(() => {
+    sink += jsSum(wf);
+  });
+  const gb = (bytes: number, ms: number) => (bytes / ms / 1e6).toFixed(1);
+  print(
+    `${n} x ${kk}`,
+    what,
+    gb(n * kk * 4, t32),
+    gb(n * kk * 2, t16),
+    gb(n * kk + n * Math.ceil(kk / 32) * 4, tq8),
+    gb(n * kk * 4, tjs),
+  );
+  k.reset(mark);
+}
+
+// DRAM-sized baseline (well beyond the caches).
+{
+  const big = rand(new Float32Array(64 << 20 >> 2));
+  const t = time(() => {
+    sink += jsSum(big);
+  });
+  print("64 MiB", "JS Float32Array sum", "", "", "", (big.length * 4 / t / 1e6).toFixed(1));
+}
+
+console.log("\n# GEMM (prefill) vs M x GEMV, in_proj 3072 x 768; GFLOP/s = 2*M*N*K / time");
+print("M", "f32 GFLOP/s", "f16 GFLOP/s", "q8 GFLOP/s", "f32 speedup vs M x matvec");
+{
+  const n = 3072, kk = 768;
+  for (const m of [1, 4, 16, 64, 256]) {
+    const mark = k.mark();
+    const wf = rand(new Float32Array(n * kk), 0.05);
+    const w32 = k.upload(wf);
+    const w16 = k.allocU16(n * kk);
+    const v16 = w16.view;
+    for (let i = 0; i < wf.length; i++) v16[i] = toF16(wf[i]);
+    const q = k.allocQ8(n, kk);
+    k.quantizeQ8(w32.ptr, q.q.ptr, q.scales.ptr, n, kk);
+    const x = k.upload(rand(new Float32Array(m * kk)));
+    const y = k.allocF32(m * n);
+    const t32 = time(() => k.matmulF32(x.ptr, kk, w32.ptr, y.ptr, n, m, n, kk));
+    const t16 = time(() => k.matmulF16(x.ptr, kk, w16.ptr, y.ptr, n, m, n, kk));
+    const tq8 = time(() => k.matmulQ8(x.ptr, kk, q.q.ptr, q.scales.ptr, y.ptr, n, m, n, kk));
+    const tmv = time(() => {
+      for (let t = 0; t < m; t++) k.matvecF32(w32.ptr, x.at(t * kk), y.at(t * n), n, kk);
+    });
+    const gf = (ms: number) => (2 * m * n * kk / ms / 1e6).toFixed(1);
+    print(m, gf(t32), gf(t16), gf(tq8), (tmv / t32).toFixed(2) + "x");
+    k.reset(mark);
+  }
+}
+
+console.log(
+  "\n# scans (per token, whole layer), mamba-130m (d_inner 1536, N 16) / mamba2-130m (24 heads x 64, N 128)",
+);
+{
+  const dim = 1536, n = 16, l = 64;
+  const mark = k.mark();
+  const h = k.allocF32(dim * n),
+    a = k.upload(rand(new Float32Array(dim * n)).map((v) => -Math.abs(v) * 4));
+  const u = k.upload(rand(new Float32Array(l * dim))),
+    dl = k.upload(rand(new Float32Array(l * dim)));
+  const bc = k.upload(rand(new Float32Array(l * 2 * n))),
+    z = k.upload(rand(new Float32Array(l * dim)));
+  const d = k.upload(rand(new Float32Array(dim))), bias = k.upload(rand(new Float32Array(dim)));
+  const y = k.allocF32(l * dim);
+  const run = (len: number) =>
+    k.selectiveScan({
+      h: h.ptr,
+      u: u.ptr,
+      ldu: dim,
+      delta: dl.ptr,
+      ldd: dim,
+      a: a.ptr,
+      b: bc.ptr,
+      c: bc.at(n),
+      ldbc: 2 * n,
+      d: d.ptr,
+      z: z.ptr,
+      ldz: dim,
+      dtBias: bias.ptr,
+      y: y.ptr,
+      ldy: dim,
+      l: len,
+      dim,
+      n,
+      flags: 1,
+    });
+  print("selective_scan step (1536 x 16)", (time(() => run(1)) * 1000).toFixed(1) + " us");
+  print("selective_scan seq L=64", (time(() => run(l)) * 1000 / l).toFixed(1) + " us/token");
+  const state = k.allocF32(dim * 2 * n),
+    cs = k.allocF32(dim * 4),
+    cw = k.upload(rand(new Float32Array(dim * 4)));
+  print(
+    "conv1d seq L=64 (1536 ch)",
+    (time(() => k.conv1dSeq(cs.ptr, u.ptr, dim, cw.ptr, d.ptr, y.ptr, dim, l, 4, 0, dim, true)) *
+      1000 / l)
+      .toFixed(2) + " us/token",
+  );
+  void state;
+  k.reset(mark);
+}
+{
+  const nh = 24, p = 64, n = 128, l = 64;
+  const mark = k.mark();
+  const st = k.allocF32(nh * p * n),
+    a = k.upload(rand(new Float32Array(nh)).map((v) => -Math.abs(v)));
+  const x = k.upload(rand(new Float32Array(l * nh * p))),
+    dt = k.upload(rand(new Float32Array(l * nh)));
+  const bc = k.upload(rand(new Float32Array(l * 2 * n)));
+  const y = k.allocF32(l * nh * p);
+  const run = (len: number) =>
+    k.ssdScan({
+      state: st.ptr,
+      x: x.ptr,
+      ldx: nh * p,
+      dt: dt.ptr,
+      lddt: nh,
+      a: a.ptr,
+      b: bc.ptr,
+      c: bc.at(n),
+      ldbc: 2 * n,
+      y: y.ptr,
+      ldy: nh * p,
+      l: len,
+      nheads: nh,
+      headdim: p,
+      n,
+      flags: 1,
+    });
+  print("ssd step (24 x 64 x 128)", (time(() => run(1)) * 1000).toFixed(1) + " us");
+  print("ssd seq L=64", (time(() => run(l)) * 1000 / l).toFixed(1) + " us/token");
+  k.reset(mark);
+}
+if (sink === 42) console.log(sink);

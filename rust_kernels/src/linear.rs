@@ -1,0 +1,663 @@
+//! Linear layers: `y = x · Wᵀ` with `W` [N, K] row-major (PyTorch `Linear` layout), for f32, f16
+//! and q8 (int8 with one f32 scale per block of 32 along K) weights. GEMV (`matvec_*`) for
+//! decoding one token, blocked GEMM (`matmul_*`) for prefill. Every kernel takes a row range
+//! `[row_start, row_end)` of W (= columns of y) so that several workers can split N, and an
+//! `accumulate` flag (`y += …` instead of `y = …`, e.g. to add a bias or a residual in place).
+
+use crate::simd::*;
+use core::arch::wasm32::*;
+
+/// Quantization block length along K for q8 weights.
+pub const Q8_BLOCK: usize = 32;
+
+/// A row-major weight matrix whose elements widen to f32.
+trait Wt: Copy {
+    /// Elements `i..i+8` of row `r` (row stride `ld`) as two f32x4.
+    unsafe fn ld8(self, r: usize, ld: usize, i: usize) -> (v128, v128);
+    /// Elements `i..i+4`.
+    unsafe fn ld4(self, r: usize, ld: usize, i: usize) -> v128;
+    /// Element `i`.
+    unsafe fn ld1(self, r: usize, ld: usize, i: usize) -> f32;
+}
+
+#[derive(Clone, Copy)]
+struct WF32(*const f32);
+#[derive(Clone, Copy)]
+struct WF16(*const u16);
+
+impl Wt for WF32 {
+    #[inline(always)]
+    unsafe fn ld8(self, r: usize, ld: usize, i: usize) -> (v128, v128) {
+        let p = self.0.add(r * ld + i);
+        (self::ld(p), self::ld(p.add(4)))
+    }
+    #[inline(always)]
+    unsafe fn ld4(self, r: usize, ld: usize, i: usize) -> v128 {
+        self::ld(self.0.add(r * ld + i))
+    }
+    #[inline(always)]
+    unsafe fn ld1(self, r: usize, ld: usize, i: usize) -> f32 {
+        *self.0.add(r * ld + i)
+    }
+}
+
+/// f16 weights read as `w * 2^-112` (x must be pre-scaled by 2^112).
+#[derive(Clone, Copy)]
+struct WF16S(*const u16);
+
+impl Wt for WF16S {
+    #[inline(always)]
+    unsafe fn ld8(self, r: usize, ld: usize, i: usize) -> (v128, v128) {
+        f16x8_to_f32_scaled_down(v128_load(self.0.add(r * ld + i) as *const v128))
+    }
+    #[inline(always)]
+    unsafe fn ld4(self, r: usize, ld: usize, i: usize) -> v128 {
+        f16x8_to_f32_scaled_down(v128_load64_zero(self.0.add(r * ld + i) as *const u64)).0
+    }
+    #[inline(always)]
+    unsafe fn ld1(self, r: usize, ld: usize, i: usize) -> f32 {
+        f16_to_f32_1(*self.0.add(r * ld + i)) * (1.0 / F16_UNSCALE)
+    }
+}
+
+impl Wt for WF16 {
+    #[inline(always)]
+    unsafe fn ld8(self, r: usize, ld: usize, i: usize) -> (v128, v128) {
+        ld_f16x8(self.0.add(r * ld + i))
+    }
+    #[inline(always)]
+    unsafe fn ld4(self, r: usize, ld: usize, i: usize) -> v128 {
+        ld_f16x4(self.0.add(r * ld + i))
+    }
+    #[inline(always)]
+    unsafe fn ld1(self, r: usize, ld: usize, i: usize) -> f32 {
+        f16_to_f32_1(*self.0.add(r * ld + i))
+    }
+}
+
+#[inline(always)]
+fn min(a: usize, b: usize) -> usize {
+    if a < b {
+        a
+    } else {
+        b
+    }
+}
+
+#[inline(always)]
+unsafe fn put(y: *mut f32, v: f32, accumulate: bool) {
+    if accumulate {
+        *y += v;
+    } else {
+        *y = v;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMV
+
+/// Dot products of `R` rows starting at `r` with x (K elements).
+#[inline(always)]
+unsafe fn dot_rows<W: Wt, const R: usize>(w: W, r: usize, k: usize, x: *const f32) -> [f32; R] {
+    let mut a = [f32x4_splat(0.0); R];
+    let b = [f32x4_splat(0.0); R];
+    let mut i = 0;
+    while i + 8 <= k {
+        let x0 = ld(x.add(i));
+        let x1 = ld(x.add(i + 4));
+        for j in 0..R {
+            let (w0, w1) = w.ld8(r + j, k, i);
+            a[j] = add(a[j], add(mul(w0, x0), mul(w1, x1)));
+        }
+        i += 8;
+    }
+    if i + 4 <= k {
+        let x0 = ld(x.add(i));
+        for j in 0..R {
+            a[j] = madd(a[j], w.ld4(r + j, k, i), x0);
+        }
+        i += 4;
+    }
+    let mut s = [0f32; R];
+    for j in 0..R {
+        s[j] = hsum(add(a[j], b[j]));
+    }
+    while i < k {
+        let xi = *x.add(i);
+        for j in 0..R {
+            s[j] += w.ld1(r + j, k, i) * xi;
+        }
+        i += 1;
+    }
+    s
+}
+
+#[inline(always)]
+unsafe fn matvec<W: Wt>(
+    w: W,
+    x: *const f32,
+    y: *mut f32,
+    n: usize,
+    k: usize,
+    row_start: usize,
+    row_end: usize,
+    accumulate: bool,
+) {
+    let end = min(row_end, n);
+    let mut r = row_start;
+    while r + 4 <= end {
+        let s = dot_rows::<W, 4>(w, r, k, x);
+        for j in 0..4 {
+            put(y.add(r + j), s[j], accumulate);
+        }
+        r += 4;
+    }
+    while r < end {
+        let s = dot_rows::<W, 1>(w, r, k, x);
+        put(y.add(r), s[0], accumulate);
+        r += 1;
+    }
+}
+
+/// `y[r] (+)= Σ_k W[r, k] x[k]` for rows `r` in `[row_start, min(row_end, n))`; f32 weights.
+#[no_mangle]
+pub unsafe extern "C" fn matvec_f32(
+    w: *const f32,
+    x: *const f32,
+    y: *mut f32,
+    n: usize,
+    k: usize,
+    row_start: usize,
+    row_end: usize,
+    accumulate: u32,
+) {
+    matvec(WF32(w), x, y, n, k, row_start, row_end, accumulate != 0)
+}
+
+/// As `matvec_f32` with IEEE binary16 weights (bit patterns), widened to f32 in registers.
+#[no_mangle]
+pub unsafe extern "C" fn matvec_f16(
+    w: *const u16,
+    x: *const f32,
+    y: *mut f32,
+    n: usize,
+    k: usize,
+    row_start: usize,
+    row_end: usize,
+    accumulate: u32,
+) {
+    // Fast path: feed x * 2^112 (exact while |x| < 2^15) to weights left scaled by 2^-112.
+    if k <= XQ_MAX {
+        let xs = core::ptr::addr_of_mut!(XF) as *mut f32;
+        let mut m = f32x4_splat(0.0);
+        let mut i = 0;
+        while i + 4 <= k {
+            let v = ld(x.add(i));
+            m = f32x4_max(m, f32x4_abs(v));
+            st(xs.add(i), mul(v, splat(F16_UNSCALE)));
+            i += 4;
+        }
+        while i < k {
+            let v = *x.add(i);
+            m = f32x4_max(m, f32x4_abs(f32x4_splat(v)));
+            *xs.add(i) = v * F16_UNSCALE;
+            i += 1;
+        }
+        let m = f32x4_max(m, i32x4_shuffle::<2, 3, 0, 1>(m, m));
+        let m = f32x4_max(m, i32x4_shuffle::<1, 0, 3, 2>(m, m));
+        if lane0(m) < 32768.0 {
+            return matvec(WF16S(w), xs, y, n, k, row_start, row_end, accumulate != 0);
+        }
+    }
+    matvec(WF16(w), x, y, n, k, row_start, row_end, accumulate != 0)
+}
+
+/// Scratch for `matvec_f16`'s pre-scaled x.
+static mut XF: [f32; XQ_MAX] = [0.0; XQ_MAX];
+
+/// Number of q8 scale blocks per row for K columns: `ceil(K / 32)`.
+#[inline(always)]
+fn q8_blocks(k: usize) -> usize {
+    (k + Q8_BLOCK - 1) / Q8_BLOCK
+}
+
+/// Dot product of one q8 block (`len` <= 32 elements at `q`) with x, before scaling.
+#[inline(always)]
+unsafe fn q8_block_dot(q: *const i8, x: *const f32, len: usize) -> v128 {
+    if len == Q8_BLOCK {
+        let w0 = ld_i8x16(q);
+        let w1 = ld_i8x16(q.add(16));
+        let p0 = add(mul(w0[0], ld(x)), mul(w0[1], ld(x.add(4))));
+        let p1 = add(mul(w0[2], ld(x.add(8))), mul(w0[3], ld(x.add(12))));
+        let p2 = add(mul(w1[0], ld(x.add(16))), mul(w1[1], ld(x.add(20))));
+        let p3 = add(mul(w1[2], ld(x.add(24))), mul(w1[3], ld(x.add(28))));
+        add(add(p0, p1), add(p2, p3))
+    } else {
+        let mut acc = f32x4_splat(0.0);
+        let mut i = 0;
+        while i + 4 <= len {
+            acc = madd(acc, ld_i8x4(q.add(i)), ld(x.add(i)));
+            i += 4;
+        }
+        let mut s = 0f32;
+        while i < len {
+            s += *q.add(i) as f32 * *x.add(i);
+            i += 1;
+        }
+        add(acc, f32x4_replace_lane::<0>(f32x4_splat(0.0), s))
+    }
+}
+
+/// Largest K for which `matvec_q8` uses the integer path (16-bit x scratch in static memory).
+const XQ_MAX: usize = 32768;
+static mut XQ: [i16; XQ_MAX] = [0; XQ_MAX];
+static mut XS: [f32; XQ_MAX / Q8_BLOCK] = [0.0; XQ_MAX / Q8_BLOCK];
+
+/// Rounds the first `nfull` blocks of 32 of x to 16-bit fixed point: per block
+/// `s = max|x| / 32767`, `xq = round(x / s)`.
+#[inline(always)]
+unsafe fn quantize_x_i16(x: *const f32, nfull: usize, xq: *mut i16, xs: *mut f32) {
+    for b in 0..nfull {
+        let p = x.add(b * Q8_BLOCK);
+        let mut v = [f32x4_splat(0.0); 8];
+        let mut m = f32x4_splat(0.0);
+        for j in 0..8 {
+            v[j] = ld(p.add(4 * j));
+            m = f32x4_max(m, f32x4_abs(v[j]));
+        }
+        m = f32x4_max(m, i32x4_shuffle::<2, 3, 0, 1>(m, m));
+        m = f32x4_max(m, i32x4_shuffle::<1, 0, 3, 2>(m, m));
+        let amax = lane0(m);
+        *xs.add(b) = amax / 32767.0;
+        let inv = splat(if amax > 0.0 { 32767.0 / amax } else { 0.0 });
+        for j in 0..4 {
+            let lo = i32x4_trunc_sat_f32x4(f32x4_nearest(mul(v[2 * j], inv)));
+            let hi = i32x4_trunc_sat_f32x4(f32x4_nearest(mul(v[2 * j + 1], inv)));
+            v128_store(xq.add(b * Q8_BLOCK + 8 * j) as *mut v128, i16x8_narrow_i32x4(lo, hi));
+        }
+    }
+}
+
+/// Integer dot product of one full block: 32 int8 weights at `q` with 32 int16 x at `xq`.
+#[inline(always)]
+unsafe fn q8_block_dot_i16(q: *const i8, xq: &[v128; 4]) -> v128 {
+    let w0 = v128_load(q as *const v128);
+    let w1 = v128_load(q.add(16) as *const v128);
+    let a = i32x4_add(
+        i32x4_dot_i16x8(i16x8_extend_low_i8x16(w0), xq[0]),
+        i32x4_dot_i16x8(i16x8_extend_high_i8x16(w0), xq[1]),
+    );
+    let b = i32x4_add(
+        i32x4_dot_i16x8(i16x8_extend_low_i8x16(w1), xq[2]),
+        i32x4_dot_i16x8(i16x8_extend_high_i8x16(w1), xq[3]),
+    );
+    f32x4_convert_i32x4(i32x4_add(a, b))
+}
+
+/// As `matvec_f32` with q8 weights: `wq` [N, K] int8 and `scales` [N, ceil(K/32)] f32, weight
+/// `W[r, k] = wq[r, k] * scales[r, k / 32]` (see `quantize_q8`).
+///
+/// For K <= 32768 the full blocks run in integer arithmetic: x is first rounded per block of 32
+/// to 16-bit fixed point (relative error <= 2^-16 of the block's max |x|, some 250 times below
+/// the weights' own 8-bit rounding), then `i32x4.dot_i16x8_s` accumulates exactly. The last
+/// partial block (K not a multiple of 32) and larger K use f32 arithmetic.
+#[no_mangle]
+pub unsafe extern "C" fn matvec_q8(
+    wq: *const i8,
+    scales: *const f32,
+    x: *const f32,
+    y: *mut f32,
+    n: usize,
+    k: usize,
+    row_start: usize,
+    row_end: usize,
+    accumulate: u32,
+) {
+    let end = min(row_end, n);
+    let nb = q8_blocks(k);
+    let nfull = k / Q8_BLOCK;
+    let int_path = k <= XQ_MAX;
+    let xq = core::ptr::addr_of_mut!(XQ) as *mut i16;
+    let xs = core::ptr::addr_of_mut!(XS) as *mut f32;
+    if int_path {
+        quantize_x_i16(x, nfull, xq, xs);
+    }
+    // Full blocks of rows r..r+R into acc.
+    #[inline(always)]
+    unsafe fn full_blocks<const R: usize>(
+        wq: *const i8,
+        scales: *const f32,
+        x: *const f32,
+        xq: *const i16,
+        xs: *const f32,
+        r: usize,
+        k: usize,
+        nb: usize,
+        nfull: usize,
+        int_path: bool,
+        acc: &mut [v128; R],
+    ) {
+        for b in 0..nfull {
+            if int_path {
+                let xp = xq.add(b * Q8_BLOCK) as *const v128;
+                let xv = [v128_load(xp), v128_load(xp.add(1)), v128_load(xp.add(2)), v128_load(xp.add(3))];
+                let sx = *xs.add(b);
+                for j in 0..R {
+                    let d = q8_block_dot_i16(wq.add((r + j) * k + b * Q8_BLOCK), &xv);
+                    acc[j] = madd(acc[j], d, f32x4_splat(*scales.add((r + j) * nb + b) * sx));
+                }
+            } else {
+                for j in 0..R {
+                    let q = wq.add((r + j) * k + b * Q8_BLOCK);
+                    let d = q8_block_dot(q, x.add(b * Q8_BLOCK), Q8_BLOCK);
+                    acc[j] = madd(acc[j], d, f32x4_splat(*scales.add((r + j) * nb + b)));
+                }
+            }
+        }
+        if nfull < nb {
+            let len = k - nfull * Q8_BLOCK;
+            for j in 0..R {
+                let q = wq.add((r + j) * k + nfull * Q8_BLOCK);
+                let d = q8_block_dot(q, x.add(nfull * Q8_BLOCK), len);
+                acc[j] = madd(acc[j], d, f32x4_splat(*scales.add((r + j) * nb + nfull)));
+            }
+        }
+    }
+    let mut r = row_start;
+    while r + 4 <= end {
+        let mut acc = [f32x4_splat(0.0); 4];
+        full_blocks::<4>(wq, scales, x, xq, xs, r, k, nb, nfull, int_path, &mut acc);
+        for j in 0..4 {
+            put(y.add(r + j), hsum(acc[j]), accumulate != 0);
+        }
+        r += 4;
+    }
+    while r < end {
+        let mut acc = [f32x4_splat(0.0); 1];
+        full_blocks::<1>(wq, scales, x, xq, xs, r, k, nb, nfull, int_path, &mut acc);
+        put(y.add(r), hsum(acc[0]), accumulate != 0);
+        r += 1;
+    }
+}
+
+/// Quantizes f32 weights `w` [N, K] to q8: per row and block of 32 along K (the last block may
+/// be shorter), `scale = max|w| / 127` and `q = round_half_even(w / scale)` in [-127, 127], so
+/// `|w - q * scale| <= scale / 2`. Writes `wq` [N, K] and `scales` [N, ceil(K/32)]. Rows
+/// `[row_start, min(row_end, n))` only.
+#[no_mangle]
+pub unsafe extern "C" fn quantize_q8(
+    w: *const f32,
+    wq: *mut i8,
+    scales: *mut f32,
+    n: usize,
+    k: usize,
+    row_start: usize,
+    row_end: usize,
+) {
+    let end = min(row_end, n);
+    let nb = q8_blocks(k);
+    for r in row_start..end {
+        for b in 0..nb {
+            let s0 = b * Q8_BLOCK;
+            let len = min(Q8_BLOCK, k - s0);
+            let src = w.add(r * k + s0);
+            let mut amax = 0f32;
+            for i in 0..len {
+                let a = f32x4_extract_lane::<0>(f32x4_abs(f32x4_splat(*src.add(i))));
+                if a > amax {
+                    amax = a;
+                }
+            }
+            let scale = amax / 127.0;
+            *scales.add(r * nb + b) = scale;
+            let dst = wq.add(r * k + s0);
+            for i in 0..len {
+                let q = if scale > 0.0 {
+                    let v = f32x4_nearest(f32x4_splat(*src.add(i) / scale));
+                    let v = f32x4_min(f32x4_max(v, f32x4_splat(-127.0)), f32x4_splat(127.0));
+                    f32x4_extract_lane::<0>(v) as i8
+                } else {
+                    0
+                };
+                *dst.add(i) = q;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM
+
+/// Tokens per outer block: the block of X stays in L2 while all row tiles of W stream past.
+const MB: usize = 64;
+/// K chunk for f16/q8 weights: a 4-row × KC tile is widened to f32 once per token block.
+const KC: usize = 1024;
+/// Rows of W per register tile.
+const TR: usize = 2;
+/// Tokens per register tile.
+const TT: usize = 4;
+
+/// `y[t, j] (+)= Σ_i x[t, i] w[j, i]` for `R` rows of w × `T` tokens over `kc` elements.
+#[inline(always)]
+unsafe fn tile<const R: usize, const T: usize>(
+    x: *const f32,
+    ldx: usize,
+    w: *const f32,
+    ldw: usize,
+    y: *mut f32,
+    ldy: usize,
+    kc: usize,
+    accumulate: bool,
+) {
+    let mut a = [[f32x4_splat(0.0); T]; R];
+    let mut i = 0;
+    while i + 4 <= kc {
+        let mut wv = [f32x4_splat(0.0); R];
+        for j in 0..R {
+            wv[j] = ld(w.add(j * ldw + i));
+        }
+        for t in 0..T {
+            let xv = ld(x.add(t * ldx + i));
+            for j in 0..R {
+                a[j][t] = madd(a[j][t], wv[j], xv);
+            }
+        }
+        i += 4;
+    }
+    for j in 0..R {
+        for t in 0..T {
+            let mut s = hsum(a[j][t]);
+            let mut ii = i;
+            while ii < kc {
+                s += *w.add(j * ldw + ii) * *x.add(t * ldx + ii);
+                ii += 1;
+            }
+            put(y.add(t * ldy + j), s, accumulate);
+        }
+    }
+}
+
+/// All tokens `[0, m)` of a token block against `R` rows (f32, row stride `ldw`).
+#[inline(always)]
+unsafe fn tokens<const R: usize>(
+    x: *const f32,
+    ldx: usize,
+    w: *const f32,
+    ldw: usize,
+    y: *mut f32,
+    ldy: usize,
+    m: usize,
+    kc: usize,
+    accumulate: bool,
+) {
+    let mut t = 0;
+    while t + TT <= m {
+        tile::<R, TT>(x.add(t * ldx), ldx, w, ldw, y.add(t * ldy), ldy, kc, accumulate);
+        t += TT;
+    }
+    while t < m {
+        tile::<R, 1>(x.add(t * ldx), ldx, w, ldw, y.add(t * ldy), ldy, kc, accumulate);
+        t += 1;
+    }
+}
+
+/// `Y[t, r] (+)= Σ_k X[t, k] W[r, k]` for tokens `t < m` and rows `r` in
+/// `[row_start, min(row_end, n))`; X rows are `ldx` floats apart, Y rows `ldy` floats apart.
+#[no_mangle]
+pub unsafe extern "C" fn matmul_f32(
+    x: *const f32,
+    ldx: usize,
+    w: *const f32,
+    y: *mut f32,
+    ldy: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    row_start: usize,
+    row_end: usize,
+    accumulate: u32,
+) {
+    let end = min(row_end, n);
+    let acc = accumulate != 0;
+    let mut t0 = 0;
+    while t0 < m {
+        let mb = min(MB, m - t0);
+        let xb = x.add(t0 * ldx);
+        let yb = y.add(t0 * ldy);
+        let mut r = row_start;
+        while r + TR <= end {
+            tokens::<TR>(xb, ldx, w.add(r * k), k, yb.add(r), ldy, mb, k, acc);
+            r += TR;
+        }
+        while r < end {
+            tokens::<1>(xb, ldx, w.add(r * k), k, yb.add(r), ldy, mb, k, acc);
+            r += 1;
+        }
+        t0 += mb;
+    }
+}
+
+/// Shared GEMM driver for weights that are widened to f32 into a stack tile first.
+/// `widen(r, rows, k0, kc, dst)` writes rows `r..r+rows`, columns `k0..k0+kc` into `dst`
+/// (row stride KC).
+#[inline(always)]
+unsafe fn matmul_widen<F: Fn(usize, usize, usize, usize, *mut f32)>(
+    widen: F,
+    x: *const f32,
+    ldx: usize,
+    y: *mut f32,
+    ldy: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    row_start: usize,
+    row_end: usize,
+    accumulate: bool,
+) {
+    let end = min(row_end, n);
+    let mut buf = [0f32; TR * KC];
+    let bp = buf.as_mut_ptr();
+    let mut t0 = 0;
+    while t0 < m {
+        let mb = min(MB, m - t0);
+        let xb = x.add(t0 * ldx);
+        let yb = y.add(t0 * ldy);
+        let mut r = row_start;
+        while r < end {
+            let rows = min(TR, end - r);
+            let mut k0 = 0;
+            while k0 < k {
+                let kc = min(KC, k - k0);
+                widen(r, rows, k0, kc, bp);
+                let acc = accumulate || k0 > 0;
+                if rows == TR {
+                    tokens::<TR>(xb.add(k0), ldx, bp, KC, yb.add(r), ldy, mb, kc, acc);
+                } else {
+                    for j in 0..rows {
+                        tokens::<1>(xb.add(k0), ldx, bp.add(j * KC), KC, yb.add(r + j), ldy, mb, kc, acc);
+                    }
+                }
+                k0 += kc;
+            }
+            r += rows;
+        }
+        t0 += mb;
+    }
+}
+
+/// As `matmul_f32` with IEEE binary16 weights.
+#[no_mangle]
+pub unsafe extern "C" fn matmul_f16(
+    x: *const f32,
+    ldx: usize,
+    w: *const u16,
+    y: *mut f32,
+    ldy: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    row_start: usize,
+    row_end: usize,
+    accumulate: u32,
+) {
+    let widen = |r: usize, rows: usize, k0: usize, kc: usize, dst: *mut f32| {
+        for j in 0..rows {
+            let src = w.add((r + j) * k + k0);
+            let d = dst.add(j * KC);
+            let mut i = 0;
+            while i + 8 <= kc {
+                let (a, b) = ld_f16x8(src.add(i));
+                st(d.add(i), a);
+                st(d.add(i + 4), b);
+                i += 8;
+            }
+            while i < kc {
+                *d.add(i) = f16_to_f32_1(*src.add(i));
+                i += 1;
+            }
+        }
+    };
+    matmul_widen(widen, x, ldx, y, ldy, m, n, k, row_start, row_end, accumulate != 0)
+}
+
+/// As `matmul_f32` with q8 weights (`wq` [N, K] int8, `scales` [N, ceil(K/32)]).
+#[no_mangle]
+pub unsafe extern "C" fn matmul_q8(
+    x: *const f32,
+    ldx: usize,
+    wq: *const i8,
+    scales: *const f32,
+    y: *mut f32,
+    ldy: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    row_start: usize,
+    row_end: usize,
+    accumulate: u32,
+) {
+    let nb = q8_blocks(k);
+    // KC is a multiple of 32, so a chunk starts on a block boundary.
+    let widen = |r: usize, rows: usize, k0: usize, kc: usize, dst: *mut f32| {
+        for j in 0..rows {
+            let src = wq.add((r + j) * k + k0);
+            let sc = scales.add((r + j) * nb + k0 / Q8_BLOCK);
+            let d = dst.add(j * KC);
+            let mut i = 0;
+            while i + 16 <= kc {
+                let s = f32x4_splat(*sc.add(i / Q8_BLOCK));
+                let v = ld_i8x16(src.add(i));
+                st(d.add(i), mul(v[0], s));
+                st(d.add(i + 4), mul(v[1], s));
+                st(d.add(i + 8), mul(v[2], s));
+                st(d.add(i + 12), mul(v[3], s));
+                i += 16;
+            }
+            while i < kc {
+                *d.add(i) = *src.add(i) as f32 * *sc.add(i / Q8_BLOCK);
+                i += 1;
+            }
+        }
+    };
+    matmul_widen(widen, x, ldx, y, ldy, m, n, k, row_start, row_end, accumulate != 0)
+}

@@ -1,0 +1,485 @@
+//! The sequence-mixing kernels: causal depthwise conv1d, the Mamba-1 selective scan and the
+//! Mamba-2 SSD recurrence. Each has a step form (one token) and a sequence form (L tokens,
+//! token-major activations with explicit row strides so that they can read straight out of a
+//! projection's output), and works on a channel/head range so that workers can split the layer.
+
+use crate::simd::*;
+use core::arch::wasm32::*;
+use core::mem::transmute;
+
+#[inline(always)]
+fn min(a: usize, b: usize) -> usize {
+    if a < b {
+        a
+    } else {
+        b
+    }
+}
+
+/// Loads `cnt` (1..=4) consecutive floats, zero-padding the rest.
+#[inline(always)]
+unsafe fn ldn(p: *const f32, cnt: usize) -> v128 {
+    if cnt == 4 {
+        ld(p)
+    } else {
+        ld_partial(p, 1, cnt)
+    }
+}
+
+/// Stores the first `cnt` (1..=4) lanes.
+#[inline(always)]
+unsafe fn stn(p: *mut f32, cnt: usize, v: v128) {
+    if cnt == 4 {
+        st(p, v)
+    } else {
+        st_partial(p, 1, cnt, v)
+    }
+}
+
+/// 4×4 transpose of rows `r0..r3`.
+#[inline(always)]
+fn transpose(r0: v128, r1: v128, r2: v128, r3: v128) -> [v128; 4] {
+    let t0 = i32x4_shuffle::<0, 4, 1, 5>(r0, r1);
+    let t1 = i32x4_shuffle::<2, 6, 3, 7>(r0, r1);
+    let t2 = i32x4_shuffle::<0, 4, 1, 5>(r2, r3);
+    let t3 = i32x4_shuffle::<2, 6, 3, 7>(r2, r3);
+    [
+        i32x4_shuffle::<0, 1, 4, 5>(t0, t2),
+        i32x4_shuffle::<2, 3, 6, 7>(t0, t2),
+        i32x4_shuffle::<0, 1, 4, 5>(t1, t3),
+        i32x4_shuffle::<2, 3, 6, 7>(t1, t3),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Causal depthwise conv1d
+
+/// Causal depthwise conv1d over `l` tokens for channels `[c_start, c_end)`.
+///
+/// - `state` [C, d_conv]: per channel the last `d_conv` inputs, oldest first (mamba_ssm's
+///   `conv_state`); read as the left context and overwritten with the window after the last token.
+/// - `x` [L, ldx] token-major input (channel c of token t at `x[t*ldx + c]`).
+/// - `w` [C, d_conv] (the PyTorch weight [C, 1, d_conv] squeezed), `b` [C] or 0.
+/// - `out` [L, ldo]: `out[t, c] = Σ_j w[c, j] · window_t[c, j] + b[c]`, then SiLU if `apply_silu`.
+///
+/// `out` must not alias `x` unless `ldo == ldx` and they are the same buffer (each value is read
+/// before its slot is written).
+#[no_mangle]
+pub unsafe extern "C" fn conv1d_seq(
+    state: *mut f32,
+    x: *const f32,
+    ldx: usize,
+    w: *const f32,
+    b: *const f32,
+    out: *mut f32,
+    ldo: usize,
+    l: usize,
+    d_conv: usize,
+    c_start: usize,
+    c_end: usize,
+    apply_silu: u32,
+) {
+    let mut c = c_start;
+    if d_conv == 4 {
+        while c + 4 <= c_end {
+            let s = state.add(c * 4);
+            let [mut p0, mut p1, mut p2, mut p3] =
+                transpose(ld(s), ld(s.add(4)), ld(s.add(8)), ld(s.add(12)));
+            let wp = w.add(c * 4);
+            let [w0, w1, w2, w3] =
+                transpose(ld(wp), ld(wp.add(4)), ld(wp.add(8)), ld(wp.add(12)));
+            let bv = if b.is_null() { f32x4_splat(0.0) } else { ld(b.add(c)) };
+            for t in 0..l {
+                let xv = ld(x.add(t * ldx + c));
+                p0 = p1;
+                p1 = p2;
+                p2 = p3;
+                p3 = xv;
+                let mut o = mul(w0, p0);
+                o = madd(o, w1, p1);
+                o = madd(o, w2, p2);
+                o = madd(o, w3, p3);
+                o = add(o, bv);
+                if apply_silu != 0 {
+                    o = silu4(o);
+                }
+                st(out.add(t * ldo + c), o);
+            }
+            let [r0, r1, r2, r3] = transpose(p0, p1, p2, p3);
+            st(s, r0);
+            st(s.add(4), r1);
+            st(s.add(8), r2);
+            st(s.add(12), r3);
+            c += 4;
+        }
+    }
+    // Generic path (any d_conv, leftover channels).
+    while c < c_end {
+        let s = state.add(c * d_conv);
+        let wc = w.add(c * d_conv);
+        let bias = if b.is_null() { 0.0 } else { *b.add(c) };
+        for t in 0..l {
+            let mut j = 0;
+            while j + 1 < d_conv {
+                *s.add(j) = *s.add(j + 1);
+                j += 1;
+            }
+            if d_conv > 0 {
+                *s.add(d_conv - 1) = *x.add(t * ldx + c);
+            }
+            let mut o = 0f32;
+            for j in 0..d_conv {
+                o += *wc.add(j) * *s.add(j);
+            }
+            o += bias;
+            if apply_silu != 0 {
+                o = silu1(o);
+            }
+            *out.add(t * ldo + c) = o;
+        }
+        c += 1;
+    }
+}
+
+/// One token of `conv1d_seq`: `x`, `out` [C] (the state shifts left by one, x enters last).
+#[no_mangle]
+pub unsafe extern "C" fn conv1d_step(
+    state: *mut f32,
+    x: *const f32,
+    w: *const f32,
+    b: *const f32,
+    out: *mut f32,
+    d_conv: usize,
+    c_start: usize,
+    c_end: usize,
+    apply_silu: u32,
+) {
+    conv1d_seq(state, x, 0, w, b, out, 0, 1, d_conv, c_start, c_end, apply_silu)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mamba-1 selective scan
+
+/// `flags` bit for `selective_scan` / `ssd_scan`: apply softplus to `delta + dt_bias`.
+pub const FLAG_SOFTPLUS: u32 = 1;
+/// `flags` bit for `ssd_scan`: do not multiply x by dt in the input term (the state update is then
+/// `exp(dt*A) * h + x ⊗ B`, as in `ssd_minimal_discrete` with dt holding the log-decay, A = 1).
+pub const FLAG_SSD_UNSCALED_X: u32 = 2;
+
+/// One channel, one token: `h = exp(dt*A) h + (dt*u) B; return h·C`. Fast path for N = 16.
+#[inline(always)]
+unsafe fn scan_channel(
+    hp: *mut f32,
+    ap: *const f32,
+    dt: f32,
+    du: f32,
+    bt: *const f32,
+    ct: *const f32,
+    n: usize,
+) -> f32 {
+    let dtv = splat(dt);
+    let duv = splat(du);
+    if n == 16 {
+        let mut y = f32x4_splat(0.0);
+        for j in 0..4 {
+            let o = 4 * j;
+            let da = exp4(mul(dtv, ld(ap.add(o))));
+            let h = madd(mul(da, ld(hp.add(o))), duv, ld(bt.add(o)));
+            st(hp.add(o), h);
+            y = madd(y, h, ld(ct.add(o)));
+        }
+        return hsum(y);
+    }
+    let mut y = f32x4_splat(0.0);
+    let mut j = 0;
+    while j + 4 <= n {
+        let da = exp4(mul(dtv, ld(ap.add(j))));
+        let h = madd(mul(da, ld(hp.add(j))), duv, ld(bt.add(j)));
+        st(hp.add(j), h);
+        y = madd(y, h, ld(ct.add(j)));
+        j += 4;
+    }
+    if j < n {
+        let cnt = n - j;
+        let da = exp4(mul(dtv, ld_partial(ap.add(j), 1, cnt)));
+        let h = madd(mul(da, ld_partial(hp.add(j), 1, cnt)), duv, ld_partial(bt.add(j), 1, cnt));
+        st_partial(hp.add(j), 1, cnt, h);
+        y = madd(y, h, ld_partial(ct.add(j), 1, cnt));
+    }
+    hsum(y)
+}
+
+/// Mamba-1 selective scan (mamba_ssm `selective_scan_ref` / `Mamba.step`) over `l` tokens for
+/// channels `[c_start, c_end)` of `dim`, starting from and updating the state `h`.
+///
+/// Per token t and channel c, with `d = delta[t,c] + dt_bias[c]` (softplus'd if
+/// `flags & 1`) and group `g = c / (dim / ngroups)`:
+/// `h[c,:] = exp(d*A[c,:]) * h[c,:] + (d*u[t,c]) * B[t,g,:]`,
+/// `y[t,c] = (h[c,:]·C[t,g,:] + D[c]*u[t,c]) * silu(z[t,c])`.
+///
+/// Layouts: `h`, `a` [dim, n]; `u` [L, ldu], `delta` [L, ldd], `z` [L, ldz], `y` [L, ldy]
+/// token-major with channel c at column c; `bm`, `cm` [L, ldbc] with group g's `n` values at
+/// column `g*n`; `d`, `dt_bias` [dim]. `d`, `z`, `dt_bias` may be 0 (absent). `y` may alias
+/// `u` or `z` when they have the same stride.
+#[no_mangle]
+pub unsafe extern "C" fn selective_scan(
+    h: *mut f32,
+    u: *const f32,
+    ldu: usize,
+    delta: *const f32,
+    ldd: usize,
+    a: *const f32,
+    bm: *const f32,
+    cm: *const f32,
+    ldbc: usize,
+    d: *const f32,
+    z: *const f32,
+    ldz: usize,
+    dt_bias: *const f32,
+    y: *mut f32,
+    ldy: usize,
+    l: usize,
+    dim: usize,
+    n: usize,
+    ngroups: usize,
+    c_start: usize,
+    c_end: usize,
+    flags: u32,
+) {
+    let ng = if ngroups == 0 { 1 } else { ngroups };
+    let cpg = if dim / ng == 0 { 1 } else { dim / ng };
+    let mut c = c_start;
+    while c < c_end {
+        let cnt = min(4, c_end - c);
+        let bias = if dt_bias.is_null() { f32x4_splat(0.0) } else { ldn(dt_bias.add(c), cnt) };
+        let dv = if d.is_null() { f32x4_splat(0.0) } else { ldn(d.add(c), cnt) };
+        let mut goff = [0usize; 4];
+        for i in 0..cnt {
+            goff[i] = ((c + i) / cpg) * n;
+        }
+        for t in 0..l {
+            let mut dt = add(ldn(delta.add(t * ldd + c), cnt), bias);
+            if flags & FLAG_SOFTPLUS != 0 {
+                dt = softplus4(dt);
+            }
+            let uv = ldn(u.add(t * ldu + c), cnt);
+            let dts: [f32; 4] = transmute(dt);
+            let dus: [f32; 4] = transmute(mul(dt, uv));
+            let bt = bm.add(t * ldbc);
+            let ct = cm.add(t * ldbc);
+            let mut ys = [0f32; 4];
+            for i in 0..cnt {
+                let ci = c + i;
+                ys[i] = scan_channel(
+                    h.add(ci * n),
+                    a.add(ci * n),
+                    dts[i],
+                    dus[i],
+                    bt.add(goff[i]),
+                    ct.add(goff[i]),
+                    n,
+                );
+            }
+            let mut yv: v128 = transmute(ys);
+            if !d.is_null() {
+                yv = madd(yv, dv, uv);
+            }
+            if !z.is_null() {
+                yv = mul(yv, silu4(ldn(z.add(t * ldz + c), cnt)));
+            }
+            stn(y.add(t * ldy + c), cnt, yv);
+        }
+        c += cnt;
+    }
+}
+
+/// One token of `selective_scan` (all vectors [dim] / [ngroups*n], `h`, `a` [dim, n]).
+#[no_mangle]
+pub unsafe extern "C" fn selective_scan_step(
+    h: *mut f32,
+    u: *const f32,
+    delta: *const f32,
+    a: *const f32,
+    bm: *const f32,
+    cm: *const f32,
+    d: *const f32,
+    z: *const f32,
+    dt_bias: *const f32,
+    y: *mut f32,
+    dim: usize,
+    n: usize,
+    ngroups: usize,
+    c_start: usize,
+    c_end: usize,
+    flags: u32,
+) {
+    selective_scan(
+        h, u, 0, delta, 0, a, bm, cm, 0, d, z, 0, dt_bias, y, 0, 1, dim, n, ngroups, c_start,
+        c_end, flags,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mamba-2 SSD (recurrent form)
+
+/// Four state rows `p..p+4` of one head for one token.
+#[inline(always)]
+unsafe fn ssd_rows4(
+    sp: *mut f32,
+    n: usize,
+    da: v128,
+    s: [v128; 4],
+    bt: *const f32,
+    ct: *const f32,
+) -> [f32; 4] {
+    let mut y = [f32x4_splat(0.0); 4];
+    let mut j = 0;
+    while j + 4 <= n {
+        let bv = ld(bt.add(j));
+        let cv = ld(ct.add(j));
+        for r in 0..4 {
+            let q = sp.add(r * n + j);
+            let hv = madd(mul(da, ld(q)), s[r], bv);
+            st(q, hv);
+            y[r] = madd(y[r], hv, cv);
+        }
+        j += 4;
+    }
+    if j < n {
+        let cnt = n - j;
+        let bv = ld_partial(bt.add(j), 1, cnt);
+        let cv = ld_partial(ct.add(j), 1, cnt);
+        for r in 0..4 {
+            let q = sp.add(r * n + j);
+            let hv = madd(mul(da, ld_partial(q, 1, cnt)), s[r], bv);
+            st_partial(q, 1, cnt, hv);
+            y[r] = madd(y[r], hv, cv);
+        }
+    }
+    [hsum(y[0]), hsum(y[1]), hsum(y[2]), hsum(y[3])]
+}
+
+/// One state row of one head for one token.
+#[inline(always)]
+unsafe fn ssd_row1(sp: *mut f32, n: usize, da: v128, s: v128, bt: *const f32, ct: *const f32) -> f32 {
+    let mut y = f32x4_splat(0.0);
+    let mut j = 0;
+    while j + 4 <= n {
+        let hv = madd(mul(da, ld(sp.add(j))), s, ld(bt.add(j)));
+        st(sp.add(j), hv);
+        y = madd(y, hv, ld(ct.add(j)));
+        j += 4;
+    }
+    if j < n {
+        let cnt = n - j;
+        let hv = madd(mul(da, ld_partial(sp.add(j), 1, cnt)), s, ld_partial(bt.add(j), 1, cnt));
+        st_partial(sp.add(j), 1, cnt, hv);
+        y = madd(y, hv, ld_partial(ct.add(j), 1, cnt));
+    }
+    hsum(y)
+}
+
+/// Mamba-2 SSD recurrence (mamba_ssm `Mamba2.step`, and the sequence form equal to the chunked
+/// scan up to rounding) over `l` tokens for heads `[h_start, h_end)` of `nheads`, starting from
+/// and updating `state`.
+///
+/// Per token t and head h, with `dt = dt[t,h] + dt_bias[h]` (softplus'd if `flags & 1`) and group
+/// `g = h / (nheads / ngroups)`: `dA = exp(dt * A[h])`;
+/// `state[h,p,:] = dA * state[h,p,:] + (dt * x[t,h,p]) * B[t,g,:]` (just `x[t,h,p]` with flag
+/// 2); `y[t,h,p] = state[h,p,:]·C[t,g,:] + D[h] * x[t,h,p]`.
+///
+/// Layouts: `state` [nheads, headdim, n]; `x` [L, ldx] and `y` [L, ldy] with head h's `headdim`
+/// values at column `h*headdim`; `dt` [L, lddt] with head h at column h; `bm`, `cm` [L, ldbc]
+/// with group g's `n` values at column `g*n`; `a`, `d`, `dt_bias` [nheads]. `d` and `dt_bias`
+/// may be 0. `y` may alias `x` when `ldy == ldx`.
+#[no_mangle]
+pub unsafe extern "C" fn ssd_scan(
+    state: *mut f32,
+    x: *const f32,
+    ldx: usize,
+    dt: *const f32,
+    lddt: usize,
+    a: *const f32,
+    bm: *const f32,
+    cm: *const f32,
+    ldbc: usize,
+    d: *const f32,
+    dt_bias: *const f32,
+    y: *mut f32,
+    ldy: usize,
+    l: usize,
+    nheads: usize,
+    headdim: usize,
+    n: usize,
+    ngroups: usize,
+    h_start: usize,
+    h_end: usize,
+    flags: u32,
+) {
+    let ng = if ngroups == 0 { 1 } else { ngroups };
+    let hpg = if nheads / ng == 0 { 1 } else { nheads / ng };
+    let pn = headdim * n;
+    for hh in h_start..h_end {
+        let goff = (hh / hpg) * n;
+        let sp = state.add(hh * pn);
+        let ah = *a.add(hh);
+        let bias = if dt_bias.is_null() { 0.0 } else { *dt_bias.add(hh) };
+        let dh = if d.is_null() { 0.0 } else { *d.add(hh) };
+        for t in 0..l {
+            let mut dtv = *dt.add(t * lddt + hh) + bias;
+            if flags & FLAG_SOFTPLUS != 0 {
+                dtv = softplus1(dtv);
+            }
+            let da = splat(exp1(dtv * ah));
+            let xscale = splat(if flags & FLAG_SSD_UNSCALED_X != 0 { 1.0 } else { dtv });
+            let xt = x.add(t * ldx + hh * headdim);
+            let yt = y.add(t * ldy + hh * headdim);
+            let bt = bm.add(t * ldbc + goff);
+            let ct = cm.add(t * ldbc + goff);
+            let mut p = 0;
+            while p + 4 <= headdim {
+                let xv = ld(xt.add(p));
+                let sv = mul(xv, xscale);
+                let sa: [f32; 4] = transmute(sv);
+                let s = [splat(sa[0]), splat(sa[1]), splat(sa[2]), splat(sa[3])];
+                let ys = ssd_rows4(sp.add(p * n), n, da, s, bt, ct);
+                let yv = madd(transmute(ys), splat(dh), xv);
+                st(yt.add(p), yv);
+                p += 4;
+            }
+            while p < headdim {
+                let xp = *xt.add(p);
+                let s = splat(xp * lane0(xscale));
+                let yp = ssd_row1(sp.add(p * n), n, da, s, bt, ct);
+                *yt.add(p) = yp + dh * xp;
+                p += 1;
+            }
+        }
+    }
+}
+
+/// One token of `ssd_scan` (`x`, `y` [nheads*headdim], `dt` [nheads], `bm`, `cm` [ngroups*n]).
+#[no_mangle]
+pub unsafe extern "C" fn ssd_step(
+    state: *mut f32,
+    x: *const f32,
+    dt: *const f32,
+    a: *const f32,
+    bm: *const f32,
+    cm: *const f32,
+    d: *const f32,
+    dt_bias: *const f32,
+    y: *mut f32,
+    nheads: usize,
+    headdim: usize,
+    n: usize,
+    ngroups: usize,
+    h_start: usize,
+    h_end: usize,
+    flags: u32,
+) {
+    ssd_scan(
+        state, x, 0, dt, 0, a, bm, cm, 0, d, dt_bias, y, 0, 1, nheads, headdim, n, ngroups,
+        h_start, h_end, flags,
+    )
+}
