@@ -17,11 +17,34 @@ export function createBackend(name: BackendChoice, init: BackendInit): Promise<B
   switch (name) {
     case "ref":
       return Promise.resolve(new RefBackend(init));
+    case "webgpu":
+      return import("./webgpu/backend.ts").then((m) => m.WebGpuBackend.create(init));
     case "auto":
-      return Promise.resolve(new RefBackend(init));
+      return autoBackend(init);
     default:
       return Promise.reject(
         new BackendError(`backend "${name}" is not available (choose ref, wasm, webgpu or auto)`),
       );
   }
+}
+
+/**
+ * `"auto"`: webgpu when a hardware WebGPU adapter exists, else ref (with a note on stderr). A
+ * software adapter (`isFallbackAdapter`, e.g. Mesa's llvmpipe) is slower than the CPU backends.
+ */
+async function autoBackend(init: BackendInit): Promise<Backend> {
+  let why = "no WebGPU adapter";
+  try {
+    const adapter = await navigator.gpu?.requestAdapter();
+    if (adapter && adapter.info.isFallbackAdapter) {
+      why = `only a software WebGPU adapter (${adapter.info.description || "fallback"})`;
+    } else if (adapter) {
+      const m = await import("./webgpu/backend.ts");
+      return await m.WebGpuBackend.create(init);
+    }
+  } catch (e) {
+    why = `webgpu failed: ${(e as Error).message}`;
+  }
+  console.error(`mamba: backend "auto" falls back to "ref" (${why})`);
+  return new RefBackend(init);
 }

@@ -1,0 +1,708 @@
+/**
+ * The `webgpu` backend: the model's operations as WGSL compute kernels (`wgsl/`), recorded into
+ * one command stream and submitted only when a result is read. Weights and recurrent states live
+ * in GPU memory; activations are GPU buffers recycled through a pool.
+ *
+ * Activations are consumed: once passed to {@link WebGpuBackend.addNorm},
+ * {@link WebGpuBackend.mixer}, {@link WebGpuBackend.lmHead} or {@link WebGpuBackend.read}, an
+ * activation's buffer goes back to the pool (the model never uses one twice), which keeps a long
+ * prefill within a few activations' worth of memory.
+ *
+ * @module
+ */
+
+import type { Backend, BackendInit, StateTensors } from "../../backend.ts";
+import type { MambaConfig } from "../../config.ts";
+import { BackendError } from "../../errors.ts";
+import { stateLayout } from "../../state.ts";
+import { type GpuContext, gpuContext } from "./device.ts";
+import { type Buf, Recorder } from "./recorder.ts";
+import { kernel, loadShaderSources, type ShaderDefs, type ShaderFile } from "./shaders.ts";
+import { type GpuLayer, type GpuMatrix, type GpuWeights, uploadWeights } from "./weights.ts";
+
+/** An activation of the `webgpu` backend: `rows × cols` f32 values in a pooled GPU buffer. */
+export interface GpuActivation {
+  /** Rows (tokens). */
+  readonly rows: number;
+  /** Columns (features). */
+  readonly cols: number;
+  /** The buffer (`null` once consumed). */
+  buf: Buf | null;
+}
+
+/** The recurrent state of a batch on the GPU: per layer conv and SSM buffers. */
+export interface GpuState {
+  /** Sequences. */
+  readonly batch: number;
+  /** Per layer `[batch, convDim, dConv]`. */
+  readonly conv: Buf[];
+  /** Per layer `[batch, dInner, dState]` or `[batch, nheads, headdim, dState]`. */
+  readonly ssm: Buf[];
+  /** Set by {@link WebGpuBackend.freeState}. */
+  freed: boolean;
+}
+
+/** Tuning knobs of the backend (tests use them to force a code path). */
+export interface WebGpuOptions {
+  /** Read f16 weights through `shader-f16` (when the device has it) instead of unpacking u32. */
+  f16Native?: boolean;
+  /** Reduce matrix-vector partial sums with subgroup operations when the device has them. */
+  subgroups?: boolean;
+  /** Mamba-1 sequences at least this long use the chunked (parallel) scan. Default 128. */
+  chunkedScanMin?: number;
+  /** Chunk length of the chunked Mamba-1 scan. Default 64. */
+  scanChunk?: number;
+  /** Largest batch·tokens handled by the matrix-vector kernel (more use the tiled matmul). */
+  matvecMaxRows?: number;
+  /** Upper bound, in bytes, of one mixer intermediate (longer prompts are processed in slabs). */
+  slabBytes?: number;
+}
+
+/** Size classes of the buffer pool: within 1/8 of a power of two, at least 4 KiB. */
+function sizeClass(bytes: number): number {
+  if (bytes <= 4096) return 4096;
+  const e = Math.floor(Math.log2(bytes));
+  const step = 2 ** Math.max(12, e - 3);
+  return Math.ceil(bytes / step) * step;
+}
+
+const F32 = 4;
+
+/** The WebGPU backend. Create it with {@link WebGpuBackend.create}. */
+export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
+  /** Always `"webgpu"`. */
+  readonly name = "webgpu" as const;
+  /** The state lives on the GPU. */
+  readonly hostState = false;
+  /** The model's config. */
+  readonly config: MambaConfig;
+  /** The device context. */
+  readonly ctx: GpuContext;
+  /** The command recorder. */
+  readonly rec: Recorder;
+  /** The weights on the GPU. */
+  readonly weights: GpuWeights;
+  readonly #opt: Required<WebGpuOptions>;
+  readonly #free = new Map<number, Buf[]>();
+  #disposed = false;
+
+  private constructor(
+    config: MambaConfig,
+    ctx: GpuContext,
+    rec: Recorder,
+    weights: GpuWeights,
+    opt: WebGpuOptions,
+  ) {
+    this.config = config;
+    this.ctx = ctx;
+    this.rec = rec;
+    this.weights = weights;
+    this.#opt = {
+      f16Native: opt.f16Native ?? false,
+      subgroups: opt.subgroups ?? true,
+      chunkedScanMin: opt.chunkedScanMin ?? 128,
+      scanChunk: opt.scanChunk ?? 64,
+      matvecMaxRows: opt.matvecMaxRows ?? 16,
+      slabBytes: opt.slabBytes ?? 512 << 20,
+    };
+  }
+
+  /**
+   * Uploads the weights and compiles nothing yet (pipelines are compiled on first use and shared
+   * by every model of the process).
+   *
+   * @throws {BackendError} when WebGPU or an adapter is missing.
+   */
+  static async create(init: BackendInit, options: WebGpuOptions = {}): Promise<WebGpuBackend> {
+    const [ctx] = await Promise.all([gpuContext(), loadShaderSources()]);
+    const rec = new Recorder(ctx);
+    const weights = uploadWeights(rec, init.weights);
+    rec.flush();
+    await ctx.device.queue.onSubmittedWorkDone();
+    rec.checkErrors();
+    return new WebGpuBackend(init.config, ctx, rec, weights, options);
+  }
+
+  // ---------------------------------------------------------------- buffers
+
+  /** A pooled buffer of at least `bytes` bytes. Contents are undefined. */
+  temp(bytes: number): Buf {
+    const size = sizeClass(bytes);
+    const list = this.#free.get(size);
+    const b = list?.pop();
+    return b ?? this.rec.buffer(size, "activation");
+  }
+
+  /** Returns a pooled buffer (later GPU work may reuse it; the queue keeps the order). */
+  release(b: Buf): void {
+    let list = this.#free.get(b.size);
+    if (!list) this.#free.set(b.size, list = []);
+    list.push(b);
+  }
+
+  #act(rows: number, cols: number): GpuActivation {
+    return { rows, cols, buf: this.temp(rows * cols * F32) };
+  }
+
+  #use(a: GpuActivation, what: string): Buf {
+    if (this.#disposed) throw new BackendError("the webgpu backend was disposed");
+    if (!a.buf) throw new BackendError(`${what}: this activation was already consumed`);
+    return a.buf;
+  }
+
+  #consume(a: GpuActivation): void {
+    if (a.buf) this.release(a.buf);
+    a.buf = null;
+  }
+
+  #k(file: ShaderFile, entry: string, defs: ShaderDefs = {}) {
+    return kernel(this.ctx.device, file, entry, defs);
+  }
+
+  // ---------------------------------------------------------------- Backend
+
+  embed(ids: Int32Array): GpuActivation {
+    const d = this.config.dModel;
+    const idBuf = this.temp(ids.length * 4);
+    this.rec.write(idBuf, 0, ids);
+    const out = this.#act(ids.length, d);
+    this.encodeEmbed(idBuf, ids.length, out.buf!);
+    this.release(idBuf);
+    return out;
+  }
+
+  /** Records the embedding gather of `rows` ids held in `ids` into `out` (`[rows, dModel]`). */
+  encodeEmbed(ids: Buf, rows: number, out: Buf): void {
+    const E = this.weights.embedding;
+    const k = this.#k("embed", "embed", { F16: E.f16 });
+    for (const part of E.parts) {
+      this.rec.dispatch(
+        k,
+        "uuuuu",
+        [rows, E.K, part.n0, part.n0 + part.n, E.stride],
+        [ids, part.buf, out],
+        Math.ceil(E.K / 64),
+        Math.min(rows, 65535),
+      );
+    }
+  }
+
+  addNorm(
+    hidden: GpuActivation,
+    residual: GpuActivation | null,
+    layer: number | "final",
+  ): { normed: GpuActivation; residual: GpuActivation } {
+    const cfg = this.config;
+    const h = this.#use(hidden, "addNorm");
+    const r = residual ? this.#use(residual, "addNorm") : null;
+    const norm = layer === "final" ? this.weights.normF : this.weights.layers[layer].norm;
+    const resOut = this.#act(hidden.rows, hidden.cols);
+    const normed = this.#act(hidden.rows, hidden.cols);
+    const k = this.#k("add_norm", "add_norm", { HAS_RES: !!r, LAYER_NORM: !cfg.rmsNorm });
+    this.rec.dispatch(
+      k,
+      "uuf",
+      [hidden.rows, hidden.cols, cfg.normEps],
+      [h, r, norm.weight, cfg.rmsNorm ? null : norm.bias!, resOut.buf!, normed.buf!],
+      Math.min(hidden.rows, 65535),
+    );
+    this.#consume(hidden);
+    if (residual) this.#consume(residual);
+    return { normed, residual: resOut };
+  }
+
+  /**
+   * Records `y[m, yOff + n…] = x[m, xOff…] · Wᵀ (+ bias)` for `M` rows: the matrix-vector kernel
+   * for few rows, the tiled matmul for many. Strides and offsets are in f32 elements.
+   */
+  linear(
+    W: GpuMatrix,
+    bias: Buf | undefined,
+    x: Buf,
+    xOff: number,
+    xStride: number,
+    M: number,
+    y: Buf,
+    yOff: number,
+    yStride: number,
+    softplus = false,
+  ): void {
+    const K = W.K;
+    if (M <= this.#opt.matvecMaxRows) {
+      this.matvec(W, { bias, x, xOff, xStride, M, y, yOff, yStride, softplus });
+      return;
+    }
+    const big = M >= 128 && W.N >= 128;
+    const TM = big ? 8 : 4;
+    const BK = big ? 8 : 16;
+    const k = this.#k("matmul", "matmul", {
+      TM,
+      TN: TM,
+      BK,
+      F16: W.f16,
+      BIAS: !!bias,
+      SOFTPLUS: softplus,
+    });
+    const BM = 16 * TM;
+    for (const part of W.parts) {
+      this.rec.dispatch(
+        k,
+        "uuuuuuuuu",
+        [M, part.n, K, W.stride, xStride, xOff, yStride, yOff, part.n0],
+        [part.buf, x, y, bias ?? null],
+        Math.ceil(part.n / BM),
+        Math.ceil(M / BM),
+      );
+    }
+  }
+
+  /** Records the matrix-vector kernel (at most 16 rows), with its fused prologue options. */
+  matvec(
+    W: GpuMatrix,
+    o: {
+      bias?: Buf;
+      x: Buf;
+      xOff: number;
+      xStride: number;
+      M: number;
+      y: Buf;
+      yOff: number;
+      yStride: number;
+      softplus?: boolean;
+      /** RMSNorm prologue: scale weights and eps. */
+      rms?: { weight: Buf; eps: number };
+      /** Residual added to x first (`[M, K]`, row stride K). */
+      resIn?: Buf;
+      /** Where workgroup 0 writes x (+ resIn) (`[M, K]`, row stride K). */
+      resOut?: Buf;
+    },
+  ): void {
+    const K = W.K;
+    const vec = W.f16 ? 8 : 4;
+    const xvec = K % vec === 0 && o.xOff % 4 === 0 && o.xStride % 4 === 0;
+    const native = W.f16 && this.#opt.f16Native && this.ctx.shaderF16;
+    const sg = this.#opt.subgroups && this.ctx.subgroupSize === 32;
+    const k = this.#k("matvec", "matvec", {
+      MB: o.M,
+      WG: 256,
+      TEAM: 32,
+      F16: W.f16 && !native,
+      F16NATIVE: native,
+      XVEC: xvec,
+      PRO_RMS: !!o.rms,
+      PRO_ADD: !!o.resIn,
+      RES_OUT: !!o.resOut,
+      BIAS: !!o.bias,
+      SOFTPLUS: !!o.softplus,
+      SUBGROUP: sg,
+    });
+    const rows = 256 / 32;
+    for (const part of W.parts) {
+      const groups = Math.ceil(part.n / rows);
+      const gx = Math.min(groups, 65535);
+      this.rec.dispatch(
+        k,
+        "uuuuuuuufu",
+        [
+          part.n,
+          K,
+          W.stride,
+          o.xStride,
+          o.xOff,
+          o.yStride,
+          o.yOff,
+          part.n0,
+          o.rms?.eps ?? 0,
+          K,
+        ],
+        [
+          part.buf,
+          o.x,
+          o.y,
+          o.bias ?? null,
+          o.resIn ?? null,
+          o.rms?.weight ?? null,
+          o.resOut ?? null,
+        ],
+        gx,
+        Math.ceil(groups / gx),
+      );
+    }
+  }
+
+  mixer(
+    layer: number,
+    x: GpuActivation,
+    batch: number,
+    seqLen: number,
+    state: GpuState,
+  ): GpuActivation {
+    const cfg = this.config;
+    const xb = this.#use(x, "mixer");
+    if (state.freed) throw new BackendError("mixer: the state was freed");
+    if (state.batch !== batch) {
+      throw new BackendError(`mixer: state holds ${state.batch} sequences, not ${batch}`);
+    }
+    const rows = batch * seqLen;
+    const out = this.#act(rows, cfg.dModel);
+    // Widest intermediate per token, to bound one slab.
+    const width = cfg.arch === "mamba1"
+      ? Math.max(2 * cfg.dInner, cfg.dtRank + 2 * cfg.dState)
+      : Math.max(
+        cfg.dInner + cfg.convDim + cfg.nheads,
+        Math.ceil(cfg.nheads * cfg.headdim * cfg.dState / this.#ssdChunk()),
+      );
+    const cap = Math.min(this.#opt.slabBytes, this.ctx.maxBinding);
+    const maxRows = Math.max(1, Math.floor(cap / (width * F32)));
+    const run = cfg.arch === "mamba1" ? this.#mamba1.bind(this) : this.#mamba2.bind(this);
+    if (rows <= maxRows) {
+      run(layer, xb, 0, batch, seqLen, 0, state, out.buf!);
+    } else {
+      // One sequence at a time, in slabs (a multiple of the SSD chunk).
+      const q = this.#ssdChunk();
+      const slab = Math.max(q, Math.floor(maxRows / q) * q);
+      for (let b = 0; b < batch; b++) {
+        for (let t0 = 0; t0 < seqLen; t0 += slab) {
+          const L = Math.min(slab, seqLen - t0);
+          run(layer, xb, b * seqLen + t0, 1, L, b, state, out.buf!);
+        }
+      }
+    }
+    this.#consume(x);
+    return out;
+  }
+
+  #ssdChunk(): number {
+    return this.config.arch === "mamba2" ? Math.min(64, this.config.chunkSize) : 1;
+  }
+
+  /** Mamba-1 over `batch` sequences of `L` tokens from input row `row0`, state index `sOff`. */
+  #mamba1(
+    layer: number,
+    x: Buf,
+    row0: number,
+    batch: number,
+    L: number,
+    sOff: number,
+    state: GpuState,
+    out: Buf,
+  ): void {
+    const cfg = this.config;
+    const w: GpuLayer = this.weights.layers[layer];
+    const { dModel, dInner: D, dState: N, dConv, dtRank } = cfg;
+    const R = batch * L;
+    const xdw = dtRank + 2 * N;
+    const xz = this.temp(R * 2 * D * F32);
+    this.linear(w.inProj, w.inProjBias, x, row0 * dModel, dModel, R, xz, 0, 2 * D);
+    const u = this.temp(R * D * F32);
+    this.#conv(w, xz, 0, 2 * D, D, batch, L, sOff, state.conv[layer], u);
+    const xdbl = this.temp(R * xdw * F32);
+    this.linear(w.xProj!, undefined, u, 0, D, R, xdbl, 0, xdw);
+    const y = this.temp(R * D * F32);
+    const sig = "uuuuuuuuuuu";
+    const defs = { NS: N };
+    const dtStride = w.dtProj!.stride;
+    if (L === 1) {
+      const k = this.#k("selective_scan", "scan_step", defs);
+      this.rec.dispatch(
+        k,
+        sig,
+        [D, 1, batch, dtRank, xdw, 2 * D, D, sOff, 1, 1, dtStride],
+        [u, null, xdbl, xz, w.A, w.D, state.ssm[layer], y, w.dtProj!.parts[0].buf, w.dtBias],
+        Math.ceil(D / 64),
+        batch,
+      );
+    } else {
+      const delta = this.temp(R * D * F32);
+      this.linear(w.dtProj!, w.dtBias, xdbl, 0, xdw, R, delta, 0, D, true);
+      if (L < this.#opt.chunkedScanMin) {
+        const k = this.#k("selective_scan", "scan_seq", defs);
+        this.rec.dispatch(
+          k,
+          sig,
+          [D, L, batch, dtRank, xdw, 2 * D, D, sOff, 1, 1, dtStride],
+          [u, delta, xdbl, xz, w.A, w.D, state.ssm[layer], y],
+          Math.ceil(D / 64),
+          batch,
+        );
+      } else {
+        const Q = this.#opt.scanChunk;
+        const nC = Math.ceil(L / Q);
+        const chunkH = this.temp(batch * nC * D * N * F32);
+        const chunkSum = this.temp(batch * nC * D * F32);
+        const p = [D, L, batch, dtRank, xdw, 2 * D, D, sOff, Q, nC, dtStride];
+        const k1 = this.#k("selective_scan", "scan_chunk_local", defs);
+        this.rec.dispatch(
+          k1,
+          sig,
+          p,
+          [u, delta, xdbl, null, w.A, null, null, null, null, null, chunkH, chunkSum],
+          Math.ceil(D / 64),
+          nC,
+          batch,
+        );
+        const k2 = this.#k("selective_scan", "scan_chunk_pass", defs);
+        this.rec.dispatch(
+          k2,
+          sig,
+          p,
+          [null, null, null, null, w.A, null, state.ssm[layer], null, null, null, chunkH, chunkSum],
+          Math.ceil(D * N / 64),
+          batch,
+        );
+        const k3 = this.#k("selective_scan", "scan_chunk_out", defs);
+        this.rec.dispatch(
+          k3,
+          sig,
+          p,
+          [u, delta, xdbl, xz, w.A, w.D, null, y, null, null, chunkH],
+          Math.ceil(D / 64),
+          nC,
+          batch,
+        );
+        this.release(chunkH);
+        this.release(chunkSum);
+      }
+      this.release(delta);
+    }
+    this.linear(w.outProj, w.outProjBias, y, 0, D, R, out, row0 * dModel, dModel);
+    for (const b of [xz, u, xdbl, y]) this.release(b);
+    void dConv;
+  }
+
+  /** Causal conv + SiLU of `batch × L` rows of `src` (columns from `off`), updating `conv`. */
+  #conv(
+    w: GpuLayer,
+    src: Buf,
+    off: number,
+    stride: number,
+    C: number,
+    batch: number,
+    L: number,
+    sOff: number,
+    conv: Buf,
+    out: Buf,
+  ): void {
+    const K = this.config.dConv;
+    const defs = { BIAS: !!w.convBias };
+    const p = [C, K, L, batch, stride, off, sOff];
+    const binds = [src, conv, w.convWeight, w.convBias ?? null, out];
+    if (L === 1) {
+      this.rec.dispatch(
+        this.#k("conv1d", "conv_step", defs),
+        "uuuuuuu",
+        p,
+        binds,
+        Math.ceil(C / 64),
+        batch,
+      );
+      return;
+    }
+    this.rec.dispatch(
+      this.#k("conv1d", "conv_seq", defs),
+      "uuuuuuu",
+      p,
+      binds,
+      Math.ceil(C / 64),
+      Math.min(batch * L, 65535),
+    );
+    this.rec.dispatch(
+      this.#k("conv1d", "conv_state", defs),
+      "uuuuuuu",
+      p,
+      [src, conv],
+      Math.ceil(C / 64),
+      batch,
+    );
+  }
+
+  /** Mamba-2 over `batch` sequences of `L` tokens from input row `row0`, state index `sOff`. */
+  #mamba2(
+    layer: number,
+    x: Buf,
+    row0: number,
+    batch: number,
+    L: number,
+    sOff: number,
+    state: GpuState,
+    out: Buf,
+  ): void {
+    const cfg = this.config;
+    const w: GpuLayer = this.weights.layers[layer];
+    const { dModel, dInner, dState: N, nheads: H, headdim: P, ngroups: G, convDim } = cfg;
+    const R = batch * L;
+    const inDim = dInner + convDim + H;
+    const zx = this.temp(R * inDim * F32);
+    this.linear(w.inProj, w.inProjBias, x, row0 * dModel, dModel, R, zx, 0, inDim);
+    const xbc = this.temp(R * convDim * F32);
+    this.#conv(w, zx, dInner, inDim, convDim, batch, L, sOff, state.conv[layer], xbc);
+    const y = this.temp(R * dInner * F32);
+    const gate = !cfg.gatedNorm || !cfg.normBeforeGate;
+    const [dtMin, dtMax] = cfg.dtLimit;
+    const dHdim = cfg.dHasHdim;
+    if (L === 1) {
+      const TP = 4;
+      const k = this.#k("ssd_step", "ssd_step", { TP, GATE: gate, D_HDIM: dHdim });
+      this.rec.dispatch(
+        k,
+        "uuuuuuuuffu",
+        [H, P, N, G, batch, inDim, dInner + convDim, convDim, dtMin, Math.min(dtMax, 3e38), sOff],
+        [zx, xbc, w.dtBias, w.A, w.D, state.ssm[layer], y],
+        Math.ceil(P / TP),
+        H,
+        batch,
+      );
+    } else {
+      const Q = this.#ssdChunk();
+      const nC = Math.ceil(L / Q);
+      const defs = { Q, GATE: gate, D_HDIM: dHdim };
+      const dt = this.temp(R * H * F32);
+      const cum = this.temp(R * H * F32);
+      const cb = this.temp(batch * nC * G * Q * Q * F32);
+      const chunkS = this.temp(batch * nC * H * P * N * F32);
+      const sig = "uuuuuuuuuuffu";
+      const p = [
+        H,
+        P,
+        N,
+        G,
+        batch,
+        L,
+        nC,
+        inDim,
+        dInner + convDim,
+        convDim,
+        dtMin,
+        Math.min(dtMax, 3e38),
+        sOff,
+      ];
+      const S = state.ssm[layer];
+      const d = (entry: string, binds: (Buf | null)[], gx: number, gy: number, gz: number) =>
+        this.rec.dispatch(this.#k("ssd_chunked", entry, defs), sig, p, binds, gx, gy, gz);
+      const _ = null;
+      d("ssd_dt_cumsum", [zx, _, w.dtBias, w.A, _, _, _, dt, cum], Math.ceil(H / 64), nC, batch);
+      d("ssd_chunk_cb", [_, xbc, _, _, _, _, _, _, _, cb], nC, G, batch);
+      d("ssd_chunk_state", [_, xbc, _, _, _, _, _, dt, cum, _, chunkS], nC, H, batch);
+      d(
+        "ssd_state_pass",
+        [_, _, _, _, _, S, _, _, cum, _, chunkS],
+        Math.ceil(P * N / 64),
+        H,
+        batch,
+      );
+      d("ssd_chunk_out", [gate ? zx : _, xbc, _, _, w.D, _, y, dt, cum, cb, chunkS], nC, H, batch);
+      for (const b of [dt, cum, cb, chunkS]) this.release(b);
+    }
+    let g = y;
+    if (cfg.gatedNorm) {
+      g = this.temp(R * dInner * F32);
+      const k = this.#k("gated_norm", "gated_norm", { NORM_BEFORE_GATE: cfg.normBeforeGate });
+      this.rec.dispatch(
+        k,
+        "uuufuu",
+        [R, dInner, dInner / G, 1e-5, inDim, 0],
+        [y, cfg.normBeforeGate ? zx : null, w.gatedNorm!, g],
+        Math.min(R, 65535),
+        G,
+      );
+    }
+    this.linear(w.outProj, w.outProjBias, g, 0, dInner, R, out, row0 * dModel, dModel);
+    for (const b of new Set([zx, xbc, y, g])) this.release(b);
+  }
+
+  lmHead(x: GpuActivation, batch: number, seqLen: number, lastOnly: boolean): GpuActivation {
+    const cfg = this.config;
+    const xb = this.#use(x, "lmHead");
+    const d = cfg.dModel;
+    const V = cfg.paddedVocabSize;
+    const rows = lastOnly ? batch : batch * seqLen;
+    if (rows * V * F32 > this.ctx.maxBinding) {
+      throw new BackendError(
+        `lmHead: ${rows} rows of ${V} logits exceed the device's largest binding; ` +
+          `use prefill (last logits only) or shorter inputs`,
+      );
+    }
+    const out = this.#act(rows, V);
+    const xStride = lastOnly ? seqLen * d : d;
+    const xOff = lastOnly ? (seqLen - 1) * d : 0;
+    this.linear(this.weights.lmHead, undefined, xb, xOff, xStride, rows, out.buf!, 0, V);
+    this.#consume(x);
+    return out;
+  }
+
+  async read(a: GpuActivation): Promise<Float32Array> {
+    const b = this.#use(a, "read");
+    const bytes = await this.rec.read(b, 0, a.rows * a.cols * F32);
+    this.#consume(a);
+    return new Float32Array(bytes);
+  }
+
+  // ---------------------------------------------------------------- state
+
+  #stateSizes(batch: number): [number, number] {
+    const l = stateLayout(this.config, batch);
+    const n = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
+    return [n(l.convShape), n(l.ssmShape)];
+  }
+
+  createState(batch: number): GpuState {
+    const [c, s] = this.#stateSizes(batch);
+    const conv: Buf[] = [];
+    const ssm: Buf[] = [];
+    for (let i = 0; i < this.config.nLayer; i++) {
+      conv.push(this.rec.buffer(c * F32, `conv_state.${i}`));
+      ssm.push(this.rec.buffer(s * F32, `ssm_state.${i}`));
+    }
+    return { batch, conv, ssm, freed: false };
+  }
+
+  uploadState(s: GpuState, host: StateTensors): void {
+    for (let i = 0; i < this.config.nLayer; i++) {
+      this.rec.write(s.conv[i], 0, host.conv[i]);
+      this.rec.write(s.ssm[i], 0, host.ssm[i]);
+    }
+  }
+
+  async downloadState(s: GpuState): Promise<StateTensors> {
+    const [c, n] = this.#stateSizes(s.batch);
+    const L = this.config.nLayer;
+    const per = (c + n) * F32;
+    const all = this.temp(L * per);
+    for (let i = 0; i < L; i++) {
+      this.rec.copy(s.conv[i], 0, all, i * per, c * F32);
+      this.rec.copy(s.ssm[i], 0, all, i * per + c * F32, n * F32);
+    }
+    const bytes = await this.rec.read(all, 0, L * per);
+    this.release(all);
+    const f = new Float32Array(bytes);
+    const conv: Float32Array[] = [];
+    const ssm: Float32Array[] = [];
+    for (let i = 0; i < L; i++) {
+      conv.push(f.slice(i * (c + n), i * (c + n) + c));
+      ssm.push(f.slice(i * (c + n) + c, (i + 1) * (c + n)));
+    }
+    return { conv, ssm };
+  }
+
+  cloneState(s: GpuState): GpuState {
+    const t = this.createState(s.batch);
+    for (let i = 0; i < this.config.nLayer; i++) {
+      this.rec.copy(s.conv[i], 0, t.conv[i], 0, s.conv[i].size);
+      this.rec.copy(s.ssm[i], 0, t.ssm[i], 0, s.ssm[i].size);
+    }
+    return t;
+  }
+
+  freeState(s: GpuState): void {
+    if (s.freed) return;
+    s.freed = true;
+    for (const b of [...s.conv, ...s.ssm]) this.rec.destroy(b);
+  }
+
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.rec.dispose();
+    this.#free.clear();
+  }
+}

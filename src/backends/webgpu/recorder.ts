@@ -1,0 +1,283 @@
+/**
+ * Command recording for the `webgpu` backend: buffers with ids, uniform parameter blocks and bind
+ * groups cached by content (so a shape seen before costs no allocation), dispatches recorded into
+ * one open compute pass, and submission only when a result is read (or a write must be ordered).
+ *
+ * @module
+ */
+
+import { BackendError } from "../../errors.ts";
+import type { GpuContext } from "./device.ts";
+import type { Kernel } from "./shaders.ts";
+
+/** A GPU buffer with a small integer id (for cache keys). */
+export interface Buf {
+  /** The buffer. */
+  readonly buffer: GPUBuffer;
+  /** Unique per buffer. */
+  readonly id: number;
+  /** Size in bytes. */
+  readonly size: number;
+}
+
+/** A buffer range bound to a shader binding. */
+export interface Range {
+  /** The buffer. */
+  readonly buf: Buf;
+  /** Byte offset (a multiple of the storage offset alignment). */
+  readonly offset: number;
+  /** Byte size. */
+  readonly size: number;
+}
+
+/** What a binding slot takes: a whole buffer or a range of one. */
+export type Bindable = Buf | Range;
+
+/** Field types of a uniform parameter block: `u` u32, `i` i32, `f` f32. */
+export type ParamSig = string;
+
+const STORAGE = 0x80 | 0x4 | 0x8; // STORAGE | COPY_SRC | COPY_DST
+let nextBufId = 1;
+
+const errors = new WeakMap<GPUDevice, string[]>();
+
+/** Records and submits GPU work for one backend. */
+export class Recorder {
+  /** The device context. */
+  readonly ctx: GpuContext;
+  /** The device. */
+  readonly device: GPUDevice;
+  #enc: GPUCommandEncoder | null = null;
+  #pass: GPUComputePassEncoder | null = null;
+  #uniforms = new Map<string, Buf>();
+  #groups = new Map<string, GPUBindGroup>();
+  #owned = new Set<Buf>();
+  /** Dispatches recorded since creation (for profiling). */
+  dispatches = 0;
+
+  /** Wraps a device context. */
+  constructor(ctx: GpuContext) {
+    this.ctx = ctx;
+    this.device = ctx.device;
+    if (!errors.has(this.device)) {
+      const list: string[] = [];
+      errors.set(this.device, list);
+      (this.device as unknown as EventTarget).addEventListener("uncapturederror", (ev) => {
+        const msg = (ev as GPUUncapturedErrorEvent).error.message;
+        if (list.length < 16) list.push(msg);
+        console.error(`mamba webgpu: ${msg}`);
+      });
+    }
+  }
+
+  /** A new storage buffer (zeroed), owned by this recorder. */
+  buffer(size: number, label?: string, usage = STORAGE): Buf {
+    const bytes = Math.max(16, Math.ceil(size / 16) * 16);
+    if (bytes > this.ctx.maxBuffer) {
+      throw new BackendError(
+        `buffer of ${bytes} bytes exceeds the device's maxBufferSize ${this.ctx.maxBuffer}`,
+      );
+    }
+    const b: Buf = {
+      buffer: this.device.createBuffer({ size: bytes, usage, label }),
+      id: nextBufId++,
+      size: bytes,
+    };
+    this.#owned.add(b);
+    return b;
+  }
+
+  /** Destroys a buffer made by {@link buffer}. */
+  destroy(b: Buf): void {
+    this.flush();
+    if (this.#owned.delete(b)) b.buffer.destroy();
+  }
+
+  /** Writes host data into a buffer, after everything recorded so far. */
+  write(b: Buf, offset: number, data: ArrayBufferView): void {
+    this.flush();
+    let bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    if (bytes.byteLength % 4) {
+      const padded = new Uint8Array(Math.ceil(bytes.byteLength / 4) * 4);
+      padded.set(bytes);
+      bytes = padded;
+    }
+    // Large writes in slices, so the staging copy stays small.
+    const step = 64 << 20;
+    for (let o = 0; o < bytes.byteLength; o += step) {
+      const part = bytes.subarray(o, Math.min(bytes.byteLength, o + step));
+      this.device.queue.writeBuffer(b.buffer, offset + o, part as Uint8Array<ArrayBuffer>);
+    }
+  }
+
+  /** A cached uniform block holding `values` typed by `sig`. */
+  uniform(sig: ParamSig, values: readonly number[]): Buf {
+    const key = sig + values.join(",");
+    let u = this.#uniforms.get(key);
+    if (!u) {
+      const n = Math.max(4, Math.ceil(values.length / 4) * 4);
+      const ab = new ArrayBuffer(n * 4);
+      const dv = new DataView(ab);
+      values.forEach((v, i) => {
+        const t = sig[i];
+        if (t === "f") dv.setFloat32(i * 4, v, true);
+        else if (t === "i") dv.setInt32(i * 4, v, true);
+        else if (t === "u") dv.setUint32(i * 4, v >>> 0, true);
+        else throw new BackendError(`bad parameter signature ${sig}`);
+      });
+      const buffer = this.device.createBuffer({
+        size: ab.byteLength,
+        usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+        mappedAtCreation: true,
+      });
+      new Uint8Array(buffer.getMappedRange()).set(new Uint8Array(ab));
+      buffer.unmap();
+      u = { buffer, id: nextBufId++, size: ab.byteLength };
+      if (this.#uniforms.size > 8192) this.#dropUniforms();
+      this.#uniforms.set(key, u);
+    }
+    return u;
+  }
+
+  #dropUniforms(): void {
+    this.flush();
+    for (const u of this.#uniforms.values()) u.buffer.destroy();
+    this.#uniforms.clear();
+    this.#groups.clear();
+  }
+
+  /**
+   * Records a dispatch of `k` with parameters (`sig`, `values`) at binding 0 (omitted when
+   * `sig` is empty) and `bindings` at bindings 1, 2, … (a `null` leaves that binding out).
+   */
+  dispatch(
+    k: Kernel,
+    sig: ParamSig,
+    values: readonly number[],
+    bindings: readonly (Bindable | null)[],
+    x: number,
+    y = 1,
+    z = 1,
+  ): void {
+    if (x === 0 || y === 0 || z === 0) return;
+    const max = this.device.limits.maxComputeWorkgroupsPerDimension;
+    if (x > max || y > max || z > max) {
+      throw new BackendError(`dispatch ${x}×${y}×${z} of ${k.label} exceeds ${max} per dimension`);
+    }
+    const u = sig ? this.uniform(sig, values) : null;
+    let key = `${k.id}|${u ? u.id : 0}`;
+    for (const b of bindings) {
+      if (!b) key += "|-";
+      else key += "buf" in b ? `|${b.buf.id}@${b.offset}+${b.size}` : `|${b.id}`;
+    }
+    let group = this.#groups.get(key);
+    if (!group) {
+      const entries: GPUBindGroupEntry[] = [];
+      if (u) entries.push({ binding: 0, resource: { buffer: u.buffer } });
+      bindings.forEach((b, i) => {
+        if (!b) return;
+        entries.push({
+          binding: i + 1,
+          resource: "buf" in b
+            ? { buffer: b.buf.buffer, offset: b.offset, size: b.size }
+            : { buffer: b.buffer },
+        });
+      });
+      group = this.device.createBindGroup({
+        layout: k.pipeline.getBindGroupLayout(0),
+        entries,
+        label: k.label,
+      });
+      if (this.#groups.size > 16384) this.#groups.clear();
+      this.#groups.set(key, group);
+    }
+    const pass = this.#computePass();
+    pass.setPipeline(k.pipeline);
+    pass.setBindGroup(0, group);
+    pass.dispatchWorkgroups(x, y, z);
+    this.dispatches++;
+  }
+
+  /** The open command encoder (closing the compute pass), for copies and clears. */
+  encoder(): GPUCommandEncoder {
+    if (this.#pass) {
+      this.#pass.end();
+      this.#pass = null;
+    }
+    return this.#enc ??= this.device.createCommandEncoder();
+  }
+
+  /** Records a buffer-to-buffer copy. */
+  copy(src: Buf, srcOffset: number, dst: Buf, dstOffset: number, size: number): void {
+    if (size > 0) {
+      this.encoder().copyBufferToBuffer(src.buffer, srcOffset, dst.buffer, dstOffset, size);
+    }
+  }
+
+  /** Records zeroing a range. */
+  clear(b: Buf, offset = 0, size = b.size - offset): void {
+    if (size > 0) this.encoder().clearBuffer(b.buffer, offset, size);
+  }
+
+  /** Opens (or continues) a compute pass, optionally with timestamp writes. */
+  #computePass(timestampWrites?: GPUComputePassTimestampWrites): GPUComputePassEncoder {
+    if (!this.#pass || timestampWrites) {
+      const enc = this.encoder();
+      this.#pass = enc.beginComputePass(timestampWrites ? { timestampWrites } : undefined);
+    }
+    return this.#pass;
+  }
+
+  /** Starts a new compute pass whose begin and end are timestamped into `querySet`. */
+  timedPass(querySet: GPUQuerySet, begin: number, end: number): void {
+    this.#computePass({ querySet, beginningOfPassWriteIndex: begin, endOfPassWriteIndex: end });
+  }
+
+  /** Submits everything recorded so far. */
+  flush(): void {
+    if (!this.#enc) return;
+    if (this.#pass) {
+      this.#pass.end();
+      this.#pass = null;
+    }
+    this.device.queue.submit([this.#enc.finish()]);
+    this.#enc = null;
+  }
+
+  /** Throws the first GPU validation error seen on the device, if any. */
+  checkErrors(): void {
+    const list = errors.get(this.device);
+    if (list && list.length) {
+      const msg = list.splice(0).join("\n");
+      throw new BackendError(`WebGPU error: ${msg}`);
+    }
+  }
+
+  /** Submits, then copies `size` bytes of `src` at `offset` back to the host. */
+  async read(src: Buf, offset: number, size: number): Promise<ArrayBuffer> {
+    const bytes = Math.ceil(size / 4) * 4;
+    const staging = this.device.createBuffer({
+      size: Math.max(16, bytes),
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    this.copy(src, offset, { buffer: staging, id: 0, size: bytes }, 0, bytes);
+    this.flush();
+    try {
+      await staging.mapAsync(GPUMapMode.READ, 0, bytes);
+      this.checkErrors();
+      return staging.getMappedRange(0, bytes).slice(0, size);
+    } finally {
+      staging.destroy();
+    }
+  }
+
+  /** Frees every buffer this recorder made, and its caches. */
+  dispose(): void {
+    this.flush();
+    for (const b of this.#owned) b.buffer.destroy();
+    this.#owned.clear();
+    for (const u of this.#uniforms.values()) u.buffer.destroy();
+    this.#uniforms.clear();
+    this.#groups.clear();
+  }
+}

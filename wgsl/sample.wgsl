@@ -1,0 +1,3 @@
+// placeholder
+@compute @workgroup_size(1)
+fn noop() {}

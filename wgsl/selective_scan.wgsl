@@ -1,0 +1,176 @@
+// Mamba-1 selective scan, one thread per (sequence, channel c), the NS state values in registers:
+//   h = exp(δ·A[c]) ⊙ h + δ·B_t·u;   y = (⟨h, C_t⟩ + D[c]·u) · silu(z).
+//
+// Entry points:
+//   scan_seq          L tokens one after the other (δ precomputed, after softplus)
+//   scan_step         one token, δ = softplus(xdbl[:dtRank] · Wdt[c] + dtBias[c]) fused in
+//   scan_chunk_local  chunked form, phase 1: each chunk of Q tokens scanned from h = 0
+//   scan_chunk_pass   phase 2: per (channel, n), the states entering each chunk, sequentially
+//   scan_chunk_out    phase 3: each chunk rescanned from its entering state, with outputs
+// Defines: NS (state size).
+
+struct P {
+  D: u32,         // channels (d_inner)
+  L: u32,         // tokens per sequence
+  batch: u32,
+  dtRank: u32,
+  xdStride: u32,  // row stride of xdbl = dtRank + 2·NS; B at column dtRank, C at dtRank + NS
+  zStride: u32,   // row stride of the tensor holding z
+  zOff: u32,      // column of z
+  sOff: u32,      // first sequence's index in the state
+  Q: u32,         // chunk length (chunked form)
+  nChunks: u32,
+  wdtStride: u32, // elements per row of wdt
+}
+
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> u: array<f32>;
+@group(0) @binding(2) var<storage, read> delta: array<f32>;
+@group(0) @binding(3) var<storage, read> xdbl: array<f32>;
+@group(0) @binding(4) var<storage, read> zsrc: array<f32>;
+@group(0) @binding(5) var<storage, read> A: array<f32>;
+@group(0) @binding(6) var<storage, read> Dskip: array<f32>;
+@group(0) @binding(7) var<storage, read_write> state: array<f32>;
+@group(0) @binding(8) var<storage, read_write> y: array<f32>;
+@group(0) @binding(9) var<storage, read> wdt: array<f32>;
+@group(0) @binding(10) var<storage, read> dtBias: array<f32>;
+@group(0) @binding(11) var<storage, read_write> chunkH: array<f32>;
+@group(0) @binding(12) var<storage, read_write> chunkSum: array<f32>;
+
+#include util
+
+const NS = ${NS}u;
+
+fn out_value(row: u32, c: u32, acc: f32, ut: f32) -> f32 {
+  let z = zsrc[row * p.zStride + p.zOff + c];
+  return (acc + Dskip[c] * ut) * silu(z);
+}
+
+// Advances h by token `row` of channel c with step d; returns ⟨h, C⟩.
+fn advance(h: ptr<function, array<f32, NS>>, row: u32, c: u32, d: f32, ut: f32) -> f32 {
+  let bc = row * p.xdStride + p.dtRank;
+  var acc = 0.0;
+  for (var n = 0u; n < NS; n++) {
+    let hn = exp(d * A[c * NS + n]) * (*h)[n] + d * xdbl[bc + n] * ut;
+    (*h)[n] = hn;
+    acc += hn * xdbl[bc + NS + n];
+  }
+  return acc;
+}
+
+@compute @workgroup_size(64)
+fn scan_seq(@builtin(global_invocation_id) gid: vec3u) {
+  let c = gid.x;
+  let b = gid.y;
+  if (c >= p.D || b >= p.batch) {
+    return;
+  }
+  let s = ((p.sOff + b) * p.D + c) * NS;
+  var h: array<f32, NS>;
+  for (var n = 0u; n < NS; n++) {
+    h[n] = state[s + n];
+  }
+  for (var t = 0u; t < p.L; t++) {
+    let row = b * p.L + t;
+    let ut = u[row * p.D + c];
+    let acc = advance(&h, row, c, delta[row * p.D + c], ut);
+    y[row * p.D + c] = out_value(row, c, acc, ut);
+  }
+  for (var n = 0u; n < NS; n++) {
+    state[s + n] = h[n];
+  }
+}
+
+@compute @workgroup_size(64)
+fn scan_step(@builtin(global_invocation_id) gid: vec3u) {
+  let c = gid.x;
+  let b = gid.y;
+  if (c >= p.D || b >= p.batch) {
+    return;
+  }
+  var lin = 0.0;
+  for (var r = 0u; r < p.dtRank; r++) {
+    lin += xdbl[b * p.xdStride + r] * wdt[c * p.wdtStride + r];
+  }
+  let d = softplus(lin + dtBias[c]);
+  let s = ((p.sOff + b) * p.D + c) * NS;
+  var h: array<f32, NS>;
+  for (var n = 0u; n < NS; n++) {
+    h[n] = state[s + n];
+  }
+  let ut = u[b * p.D + c];
+  let acc = advance(&h, b, c, d, ut);
+  y[b * p.D + c] = out_value(b, c, acc, ut);
+  for (var n = 0u; n < NS; n++) {
+    state[s + n] = h[n];
+  }
+}
+
+// chunkH[((b · nChunks + k) · D + c) · NS + n], chunkSum[(b · nChunks + k) · D + c].
+@compute @workgroup_size(64)
+fn scan_chunk_local(@builtin(global_invocation_id) gid: vec3u) {
+  let c = gid.x;
+  let k = gid.y;
+  let b = gid.z;
+  if (c >= p.D || k >= p.nChunks || b >= p.batch) {
+    return;
+  }
+  var h: array<f32, NS>;
+  for (var n = 0u; n < NS; n++) {
+    h[n] = 0.0;
+  }
+  var sum = 0.0;
+  let t1 = min(p.L, (k + 1u) * p.Q);
+  for (var t = k * p.Q; t < t1; t++) {
+    let row = b * p.L + t;
+    let d = delta[row * p.D + c];
+    sum += d;
+    advance(&h, row, c, d, u[row * p.D + c]);
+  }
+  let o = (b * p.nChunks + k) * p.D + c;
+  chunkSum[o] = sum;
+  for (var n = 0u; n < NS; n++) {
+    chunkH[o * NS + n] = h[n];
+  }
+}
+
+@compute @workgroup_size(64)
+fn scan_chunk_pass(@builtin(global_invocation_id) gid: vec3u) {
+  let i = gid.x; // c · NS + n
+  let b = gid.y;
+  if (i >= p.D * NS || b >= p.batch) {
+    return;
+  }
+  let c = i / NS;
+  let s = (p.sOff + b) * p.D * NS + i;
+  var h = state[s];
+  for (var k = 0u; k < p.nChunks; k++) {
+    let o = (b * p.nChunks + k) * p.D + c;
+    let local = chunkH[o * NS + i % NS];
+    chunkH[o * NS + i % NS] = h;
+    h = exp(A[i] * chunkSum[o]) * h + local;
+  }
+  state[s] = h;
+}
+
+@compute @workgroup_size(64)
+fn scan_chunk_out(@builtin(global_invocation_id) gid: vec3u) {
+  let c = gid.x;
+  let k = gid.y;
+  let b = gid.z;
+  if (c >= p.D || k >= p.nChunks || b >= p.batch) {
+    return;
+  }
+  let o = (b * p.nChunks + k) * p.D + c;
+  var h: array<f32, NS>;
+  for (var n = 0u; n < NS; n++) {
+    h[n] = chunkH[o * NS + n];
+  }
+  let t1 = min(p.L, (k + 1u) * p.Q);
+  for (var t = k * p.Q; t < t1; t++) {
+    let row = b * p.L + t;
+    let ut = u[row * p.D + c];
+    let acc = advance(&h, row, c, delta[row * p.D + c], ut);
+    y[row * p.D + c] = out_value(row, c, acc, ut);
+  }
+}

@@ -1,0 +1,86 @@
+// Mamba-2 SSD, one token per sequence (decode), dt fused in:
+//   dt = clamp(softplus(dtRaw + dtBias[h]), dtMin, dtMax);  decay = exp(dt·A[h]);
+//   s[p, n] = decay·s[p, n] + (x[p]·dt)·B[n];  y[p] = Σ_n s[p, n]·C[n] + D·x[p]
+//   and, with GATE, y ·= silu(z[p]).
+// A workgroup of TP rows × 32 lanes handles rows p of one (sequence, head); lanes stride n.
+// Defines: TP, GATE, D_HDIM (D per channel instead of per head).
+
+struct P {
+  H: u32,        // heads
+  P: u32,        // head dim
+  N: u32,        // state size
+  G: u32,        // groups
+  batch: u32,
+  inStride: u32, // row stride of zxbcdt (z at column 0, dtRaw at dtOff)
+  dtOff: u32,
+  convDim: u32,  // row stride of xbc (x at 0, B at dInner, C at dInner + G·N)
+  dtMin: f32,
+  dtMax: f32,
+  sOff: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> zxbcdt: array<f32>;
+@group(0) @binding(2) var<storage, read> xbc: array<f32>;
+@group(0) @binding(3) var<storage, read> dtBias: array<f32>;
+@group(0) @binding(4) var<storage, read> A: array<f32>;
+@group(0) @binding(5) var<storage, read> Dskip: array<f32>;
+@group(0) @binding(6) var<storage, read_write> state: array<f32>;
+@group(0) @binding(7) var<storage, read_write> y: array<f32>;
+
+#include util
+
+const TP = ${TP}u;
+const LANES = 32u;
+var<workgroup> red: array<f32, TP * LANES>;
+
+@compute @workgroup_size(LANES * TP)
+fn ssd_step(
+  @builtin(local_invocation_index) lid: u32,
+  @builtin(workgroup_id) wid: vec3u,
+) {
+  let lane = lid % LANES;
+  let pr = lid / LANES;
+  let h = wid.y;
+  let b = wid.z;
+  let pp = wid.x * TP + pr;
+  let valid = pp < p.P;
+  let dInner = p.H * p.P;
+  let g = h / (p.H / p.G);
+  let dt = clamp(softplus(zxbcdt[b * p.inStride + p.dtOff + h] + dtBias[h]), p.dtMin, p.dtMax);
+  let decay = exp(dt * A[h]);
+  let ch = h * p.P + pp;
+  var acc = 0.0;
+  var xv = 0.0;
+  if (valid) {
+    xv = xbc[b * p.convDim + ch];
+    let xdt = xv * dt;
+    let bo = b * p.convDim + dInner + g * p.N;
+    let co = bo + p.G * p.N;
+    let so = ((p.sOff + b) * dInner + ch) * p.N;
+    for (var n = lane; n < p.N; n += LANES) {
+      let s = decay * state[so + n] + xdt * xbc[bo + n];
+      state[so + n] = s;
+      acc += s * xbc[co + n];
+    }
+  }
+  red[lid] = acc;
+  workgroupBarrier();
+  for (var s = LANES / 2u; s > 0u; s >>= 1u) {
+    if (lane < s) {
+      red[lid] += red[lid + s];
+    }
+    workgroupBarrier();
+  }
+  if (valid && lane == 0u) {
+#if D_HDIM
+    var r = red[lid] + xv * Dskip[ch];
+#else
+    var r = red[lid] + xv * Dskip[h];
+#endif
+#if GATE
+    r *= silu(zxbcdt[b * p.inStride + ch]);
+#endif
+    y[b * dInner + ch] = r;
+  }
+}
