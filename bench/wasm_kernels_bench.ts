@@ -38,15 +38,19 @@ function rand(a: Float32Array, scale = 1): Float32Array {
   return a;
 }
 
-const f32 = new Float32Array(1);
-const u32 = new Uint32Array(f32.buffer);
+/** Nearest binary16 bit pattern of a finite number (subnormals included, as real weights have). */
 function toF16(x: number): number {
-  f32[0] = x;
-  const b = u32[0];
-  const s = (b >>> 16) & 0x8000;
-  const e = ((b >>> 23) & 0xff) - 127 + 15;
-  if (e <= 0) return s; // flush tiny (bench data only)
-  return s | (e << 10) | ((b >>> 13) & 0x3ff);
+  const s = x < 0 ? 0x8000 : 0;
+  const a = Math.abs(x);
+  if (a === 0) return s;
+  let e = Math.floor(Math.log2(a));
+  if (e < -14) return s | Math.round(a * 2 ** 24);
+  let m = Math.round((a / 2 ** e - 1) * 1024);
+  if (m === 1024) {
+    m = 0;
+    e++;
+  }
+  return s | ((e + 15) << 10) | m;
 }
 
 const k = await WasmKernels.create();
@@ -116,8 +120,33 @@ for (const [what, n, kk] of shapes) {
   print("64 MiB", "JS Float32Array sum", "", "", "", (big.length * 4 / t / 1e6).toFixed(1));
 }
 
+// f16 GEMV speed vs the share of subnormal weights (they cost a slow path in the FPU).
+{
+  const n = 3072, kk = 768;
+  const mark = k.mark();
+  const w = k.allocU16(n * kk), x = k.upload(rand(new Float32Array(kk))), y = k.allocF32(n);
+  for (const frac of [0, 0.001, 0.01]) {
+    const v = w.view;
+    for (let i = 0; i < v.length; i++) {
+      v[i] = Math.random() < frac
+        ? toF16((Math.random() - 0.5) * 1e-4) | 0
+        : toF16((Math.random() - 0.5) * 0.1);
+    }
+    let subs = 0;
+    for (let i = 0; i < v.length; i++) if ((v[i] & 0x7c00) === 0 && (v[i] & 0x3ff) !== 0) subs++;
+    const t = time(() => k.matvecF16(w.ptr, x.ptr, y.ptr, n, kk));
+    print(
+      `${n} x ${kk}`,
+      `f16, ${(100 * subs / v.length).toFixed(2)}% subnormal`,
+      "",
+      (n * kk * 2 / t / 1e6).toFixed(1),
+    );
+  }
+  k.reset(mark);
+}
+
 console.log("\n# GEMM (prefill) vs M x GEMV, in_proj 3072 x 768; GFLOP/s = 2*M*N*K / time");
-print("M", "f32 GFLOP/s", "f16 GFLOP/s", "q8 GFLOP/s", "f32 speedup vs M x matvec");
+print("M", "f32 GFLOP/s", "f16 GFLOP/s", "q8 GFLOP/s", "speedup vs M x matvec (f32 / f16 / q8)");
 {
   const n = 3072, kk = 768;
   for (const m of [1, 4, 16, 64, 256]) {
@@ -134,13 +163,63 @@ print("M", "f32 GFLOP/s", "f16 GFLOP/s", "q8 GFLOP/s", "f32 speedup vs M x matve
     const t32 = time(() => k.matmulF32(x.ptr, kk, w32.ptr, y.ptr, n, m, n, kk));
     const t16 = time(() => k.matmulF16(x.ptr, kk, w16.ptr, y.ptr, n, m, n, kk));
     const tq8 = time(() => k.matmulQ8(x.ptr, kk, q.q.ptr, q.scales.ptr, y.ptr, n, m, n, kk));
-    const tmv = time(() => {
+    const tmv32 = time(() => {
       for (let t = 0; t < m; t++) k.matvecF32(w32.ptr, x.at(t * kk), y.at(t * n), n, kk);
     });
+    const tmv16 = time(() => {
+      for (let t = 0; t < m; t++) k.matvecF16(w16.ptr, x.at(t * kk), y.at(t * n), n, kk);
+    });
+    const tmvq8 = time(() => {
+      for (let t = 0; t < m; t++) {
+        k.matvecQ8(q.q.ptr, q.scales.ptr, x.at(t * kk), y.at(t * n), n, kk);
+      }
+    });
     const gf = (ms: number) => (2 * m * n * kk / ms / 1e6).toFixed(1);
-    print(m, gf(t32), gf(t16), gf(tq8), (tmv / t32).toFixed(2) + "x");
+    const sp = (a: number, b: number) => (a / b).toFixed(2) + "x";
+    print(
+      m,
+      gf(t32),
+      gf(t16),
+      gf(tq8),
+      `${sp(tmv32, t32)} / ${sp(tmv16, t16)} / ${sp(tmvq8, tq8)}`,
+    );
     k.reset(mark);
   }
+}
+
+if (!quick) {
+  console.log("\n# DRAM-resident weights: 16384 x 2048 (128 MiB f32), M = 32 tokens");
+  print("type", "GEMM GFLOP/s", "M x GEMV GFLOP/s", "speedup");
+  const n = 16384, kk = 2048, m = 32;
+  const mark = k.mark();
+  const wf = rand(new Float32Array(n * kk), 0.05);
+  const w32 = k.upload(wf);
+  const w16 = k.allocU16(n * kk);
+  const v16 = w16.view;
+  for (let i = 0; i < wf.length; i++) v16[i] = toF16(wf[i]);
+  const q = k.allocQ8(n, kk);
+  k.quantizeQ8(w32.ptr, q.q.ptr, q.scales.ptr, n, kk);
+  const x = k.upload(rand(new Float32Array(m * kk)));
+  const y = k.allocF32(m * n);
+  const gf = (ms: number) => (2 * m * n * kk / ms / 1e6).toFixed(1);
+  const rows: [string, () => void, () => void][] = [
+    ["f32", () => k.matmulF32(x.ptr, kk, w32.ptr, y.ptr, n, m, n, kk), () => {
+      for (let t = 0; t < m; t++) k.matvecF32(w32.ptr, x.at(t * kk), y.at(t * n), n, kk);
+    }],
+    ["f16", () => k.matmulF16(x.ptr, kk, w16.ptr, y.ptr, n, m, n, kk), () => {
+      for (let t = 0; t < m; t++) k.matvecF16(w16.ptr, x.at(t * kk), y.at(t * n), n, kk);
+    }],
+    ["q8", () => k.matmulQ8(x.ptr, kk, q.q.ptr, q.scales.ptr, y.ptr, n, m, n, kk), () => {
+      for (let t = 0; t < m; t++) {
+        k.matvecQ8(q.q.ptr, q.scales.ptr, x.at(t * kk), y.at(t * n), n, kk);
+      }
+    }],
+  ];
+  for (const [name, mm, mv] of rows) {
+    const a = time(mm), b = time(mv);
+    print(name, gf(a), gf(b), (b / a).toFixed(2) + "x");
+  }
+  k.reset(mark);
 }
 
 console.log(

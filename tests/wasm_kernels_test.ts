@@ -255,9 +255,9 @@ Deno.test("wasm kernels: exp, log1p, softplus, silu accuracy", async () => {
     return { worst, at };
   };
   const e1 = maxRel(Math.exp, -87, 88.7, () => k.exp(buf.ptr, out.ptr, n));
-  assert.ok(e1.worst < 2.5e-7, `exp rel err ${e1.worst} at ${e1.at}`);
+  assert.ok(e1.worst < 1.5e-7, `exp rel err ${e1.worst} at ${e1.at}`);
   const e2 = maxRel(Math.exp, -0.5, 0.5, () => k.exp(buf.ptr, out.ptr, n));
-  assert.ok(e2.worst < 2e-7, `exp rel err ${e2.worst} at ${e2.at}`);
+  assert.ok(e2.worst < 1.5e-7, `exp rel err ${e2.worst} at ${e2.at}`);
   const l1 = maxRel(Math.log1p, -0.999, 20, () => k.log1p(buf.ptr, out.ptr, n));
   assert.ok(l1.worst < 2.5e-7, `log1p rel err ${l1.worst} at ${l1.at}`);
   const l2 = maxRel(Math.log1p, -1e-6, 1e-6, () => k.log1p(buf.ptr, out.ptr, n), 1e-300);
@@ -426,10 +426,11 @@ Deno.test("wasm kernels: quantize_q8 error bound and matvec_q8 vs dequantized re
     assertWithin(y.view, ref.y, bound, `q8 ${n}x${kk}`);
     // Against the original f32 weights the error stays within the quantization bound.
     const ref32 = matvecRef(wf, xf, n, kk);
+    const sv2 = q.scales.view; // (earlier views may be detached by memory growth)
     const qBound = ref32.bound.map((b, row) => {
       let e = bound[row];
       for (let i = 0; i < kk; i++) {
-        e += (sv[row * nb + Math.floor(i / Q8_BLOCK)] / 2) * Math.abs(xf[i]);
+        e += (sv2[row * nb + Math.floor(i / Q8_BLOCK)] / 2) * Math.abs(xf[i]);
       }
       return b + e;
     });
@@ -458,6 +459,8 @@ Deno.test("wasm kernels: matmul_f32/f16/q8 equal the matvec references (strides,
     [67, 10, 40], // crosses the 64-token block
     [6, 7, 1100], // crosses the 1024 K chunk
     [9, 33, 64],
+    [3, 5, 7], // K < 32: q8 has no full block
+    [3, 5, 33000], // K > 32768: q8 and f16 leave their integer / pre-scaled paths
   ];
   for (const [m, n, kk] of cases) {
     const mark = k.mark();

@@ -188,7 +188,7 @@ pub unsafe extern "C" fn matvec_f16(
 ) {
     // Fast path: feed x * 2^112 (exact while |x| < 2^15) to weights left scaled by 2^-112.
     if k <= XQ_MAX {
-        let xs = core::ptr::addr_of_mut!(XF) as *mut f32;
+        let xs = scratch_f32();
         let mut m = f32x4_splat(0.0);
         let mut i = 0;
         while i + 4 <= k {
@@ -212,8 +212,7 @@ pub unsafe extern "C" fn matvec_f16(
     matvec(WF16(w), x, y, n, k, row_start, row_end, accumulate != 0)
 }
 
-/// Scratch for `matvec_f16`'s pre-scaled x.
-static mut XF: [f32; XQ_MAX] = [0.0; XQ_MAX];
+
 
 /// Number of q8 scale blocks per row for K columns: `ceil(K / 32)`.
 #[inline(always)]
@@ -248,10 +247,36 @@ unsafe fn q8_block_dot(q: *const i8, x: *const f32, len: usize) -> v128 {
     }
 }
 
-/// Largest K for which `matvec_q8` uses the integer path (16-bit x scratch in static memory).
+/// Largest K for which `matvec_q8` / `matvec_f16` use their fast paths (scratch-sized).
 const XQ_MAX: usize = 32768;
-static mut XQ: [i16; XQ_MAX] = [0; XQ_MAX];
-static mut XS: [f32; XQ_MAX / Q8_BLOCK] = [0.0; XQ_MAX / Q8_BLOCK];
+/// Elements of the shared scratch (16-bit x of `matvec_q8` / `matmul_q8`, or f32 x of
+/// `matvec_f16`, which fits in the same bytes for K <= XQ_MAX).
+const SCRATCH_CAP: usize = 1 << 18;
+
+/// Static per-instance scratch shared by the kernels that pre-process x (one kernel runs at a
+/// time in an instance). Zero-initialized memory, so it costs no bytes in the .wasm file.
+#[repr(C, align(64))]
+struct Scratch {
+    q: [i16; SCRATCH_CAP],
+    s: [f32; SCRATCH_CAP / Q8_BLOCK],
+}
+
+static mut SCRATCH: Scratch = Scratch { q: [0; SCRATCH_CAP], s: [0.0; SCRATCH_CAP / Q8_BLOCK] };
+
+#[inline(always)]
+unsafe fn scratch_q() -> *mut i16 {
+    core::ptr::addr_of_mut!(SCRATCH.q) as *mut i16
+}
+
+#[inline(always)]
+unsafe fn scratch_s() -> *mut f32 {
+    core::ptr::addr_of_mut!(SCRATCH.s) as *mut f32
+}
+
+#[inline(always)]
+unsafe fn scratch_f32() -> *mut f32 {
+    scratch_q() as *mut f32
+}
 
 /// Rounds the first `nfull` blocks of 32 of x to 16-bit fixed point: per block
 /// `s = max|x| / 32767`, `xq = round(x / s)`.
@@ -273,7 +298,10 @@ unsafe fn quantize_x_i16(x: *const f32, nfull: usize, xq: *mut i16, xs: *mut f32
         for j in 0..4 {
             let lo = i32x4_trunc_sat_f32x4(f32x4_nearest(mul(v[2 * j], inv)));
             let hi = i32x4_trunc_sat_f32x4(f32x4_nearest(mul(v[2 * j + 1], inv)));
-            v128_store(xq.add(b * Q8_BLOCK + 8 * j) as *mut v128, i16x8_narrow_i32x4(lo, hi));
+            v128_store(
+                xq.add(b * Q8_BLOCK + 8 * j) as *mut v128,
+                i16x8_narrow_i32x4(lo, hi),
+            );
         }
     }
 }
@@ -317,8 +345,8 @@ pub unsafe extern "C" fn matvec_q8(
     let nb = q8_blocks(k);
     let nfull = k / Q8_BLOCK;
     let int_path = k <= XQ_MAX;
-    let xq = core::ptr::addr_of_mut!(XQ) as *mut i16;
-    let xs = core::ptr::addr_of_mut!(XS) as *mut f32;
+    let xq = scratch_q();
+    let xs = scratch_s();
     if int_path {
         quantize_x_i16(x, nfull, xq, xs);
     }
@@ -340,7 +368,12 @@ pub unsafe extern "C" fn matvec_q8(
         for b in 0..nfull {
             if int_path {
                 let xp = xq.add(b * Q8_BLOCK) as *const v128;
-                let xv = [v128_load(xp), v128_load(xp.add(1)), v128_load(xp.add(2)), v128_load(xp.add(3))];
+                let xv = [
+                    v128_load(xp),
+                    v128_load(xp.add(1)),
+                    v128_load(xp.add(2)),
+                    v128_load(xp.add(3)),
+                ];
                 let sx = *xs.add(b);
                 for j in 0..R {
                     let d = q8_block_dot_i16(wq.add((r + j) * k + b * Q8_BLOCK), &xv);
@@ -492,11 +525,29 @@ unsafe fn tokens<const R: usize>(
 ) {
     let mut t = 0;
     while t + TT <= m {
-        tile::<R, TT>(x.add(t * ldx), ldx, w, ldw, y.add(t * ldy), ldy, kc, accumulate);
+        tile::<R, TT>(
+            x.add(t * ldx),
+            ldx,
+            w,
+            ldw,
+            y.add(t * ldy),
+            ldy,
+            kc,
+            accumulate,
+        );
         t += TT;
     }
     while t < m {
-        tile::<R, 1>(x.add(t * ldx), ldx, w, ldw, y.add(t * ldy), ldy, kc, accumulate);
+        tile::<R, 1>(
+            x.add(t * ldx),
+            ldx,
+            w,
+            ldw,
+            y.add(t * ldy),
+            ldy,
+            kc,
+            accumulate,
+        );
         t += 1;
     }
 }
@@ -517,6 +568,9 @@ pub unsafe extern "C" fn matmul_f32(
     row_end: usize,
     accumulate: u32,
 ) {
+    if m == 1 {
+        return matvec_f32(w, x, y, n, k, row_start, row_end, accumulate);
+    }
     let end = min(row_end, n);
     let acc = accumulate != 0;
     let mut t0 = 0;
@@ -574,7 +628,17 @@ unsafe fn matmul_widen<F: Fn(usize, usize, usize, usize, *mut f32)>(
                     tokens::<TR>(xb.add(k0), ldx, bp, KC, yb.add(r), ldy, mb, kc, acc);
                 } else {
                     for j in 0..rows {
-                        tokens::<1>(xb.add(k0), ldx, bp.add(j * KC), KC, yb.add(r + j), ldy, mb, kc, acc);
+                        tokens::<1>(
+                            xb.add(k0),
+                            ldx,
+                            bp.add(j * KC),
+                            KC,
+                            yb.add(r + j),
+                            ldy,
+                            mb,
+                            kc,
+                            acc,
+                        );
                     }
                 }
                 k0 += kc;
@@ -600,6 +664,9 @@ pub unsafe extern "C" fn matmul_f16(
     row_end: usize,
     accumulate: u32,
 ) {
+    if m == 1 {
+        return matvec_f16(w, x, y, n, k, row_start, row_end, accumulate);
+    }
     let widen = |r: usize, rows: usize, k0: usize, kc: usize, dst: *mut f32| {
         for j in 0..rows {
             let src = w.add((r + j) * k + k0);
@@ -617,10 +684,82 @@ pub unsafe extern "C" fn matmul_f16(
             }
         }
     };
-    matmul_widen(widen, x, ldx, y, ldy, m, n, k, row_start, row_end, accumulate != 0)
+    matmul_widen(
+        widen,
+        x,
+        ldx,
+        y,
+        ldy,
+        m,
+        n,
+        k,
+        row_start,
+        row_end,
+        accumulate != 0,
+    )
 }
 
+/// `R` rows × `T` tokens of the integer q8 GEMM over the full blocks: returns the f32 sums.
+#[inline(always)]
+unsafe fn q8_tile<const R: usize, const T: usize>(
+    wq: *const i8,
+    scales: *const f32,
+    xq: *const i16,
+    xs: *const f32,
+    r: usize,
+    k: usize,
+    nb: usize,
+    nfull: usize,
+) -> [[f32; T]; R] {
+    let mut acc = [[f32x4_splat(0.0); T]; R];
+    for b in 0..nfull {
+        let mut w = [[f32x4_splat(0.0); 4]; R];
+        let mut sw = [0f32; R];
+        for j in 0..R {
+            let q = wq.add((r + j) * k + b * Q8_BLOCK);
+            let w0 = v128_load(q as *const v128);
+            let w1 = v128_load(q.add(16) as *const v128);
+            w[j] = [
+                i16x8_extend_low_i8x16(w0),
+                i16x8_extend_high_i8x16(w0),
+                i16x8_extend_low_i8x16(w1),
+                i16x8_extend_high_i8x16(w1),
+            ];
+            sw[j] = *scales.add((r + j) * nb + b);
+        }
+        for t in 0..T {
+            let xp = xq.add(t * k + b * Q8_BLOCK) as *const v128;
+            let sx = *xs.add(t * nb + b);
+            let x = [v128_load(xp), v128_load(xp.add(1)), v128_load(xp.add(2)), v128_load(xp.add(3))];
+            for j in 0..R {
+                let d = i32x4_add(
+                    i32x4_add(i32x4_dot_i16x8(w[j][0], x[0]), i32x4_dot_i16x8(w[j][1], x[1])),
+                    i32x4_add(i32x4_dot_i16x8(w[j][2], x[2]), i32x4_dot_i16x8(w[j][3], x[3])),
+                );
+                acc[j][t] = madd(acc[j][t], f32x4_convert_i32x4(d), f32x4_splat(sw[j] * sx));
+            }
+        }
+    }
+    let mut out = [[0f32; T]; R];
+    for j in 0..R {
+        for t in 0..T {
+            out[j][t] = hsum(acc[j][t]);
+        }
+    }
+    out
+}
+
+/// Tokens per block of the integer q8 GEMM (bounded by the scratch: tokens × K <= 2^18).
+const MBQ: usize = 64;
+/// Rows × tokens of the q8 register tile.
+const QR: usize = 2;
+const QT: usize = 4;
+
 /// As `matmul_f32` with q8 weights (`wq` [N, K] int8, `scales` [N, ceil(K/32)]).
+///
+/// Like `matvec_q8`, for K <= 32768 the full blocks run in integer arithmetic on x rounded per
+/// token and block of 32 to 16-bit fixed point (exact `i32x4.dot_i16x8_s` accumulation, x's
+/// relative rounding <= 2^-16 of its block max); a partial last block, and larger K, use f32.
 #[no_mangle]
 pub unsafe extern "C" fn matmul_q8(
     x: *const f32,
@@ -636,28 +775,73 @@ pub unsafe extern "C" fn matmul_q8(
     row_end: usize,
     accumulate: u32,
 ) {
+    if m == 1 {
+        return matvec_q8(wq, scales, x, y, n, k, row_start, row_end, accumulate);
+    }
     let nb = q8_blocks(k);
-    // KC is a multiple of 32, so a chunk starts on a block boundary.
-    let widen = |r: usize, rows: usize, k0: usize, kc: usize, dst: *mut f32| {
-        for j in 0..rows {
-            let src = wq.add((r + j) * k + k0);
-            let sc = scales.add((r + j) * nb + k0 / Q8_BLOCK);
-            let d = dst.add(j * KC);
-            let mut i = 0;
-            while i + 16 <= kc {
-                let s = f32x4_splat(*sc.add(i / Q8_BLOCK));
-                let v = ld_i8x16(src.add(i));
-                st(d.add(i), mul(v[0], s));
-                st(d.add(i + 4), mul(v[1], s));
-                st(d.add(i + 8), mul(v[2], s));
-                st(d.add(i + 12), mul(v[3], s));
-                i += 16;
+    if k > XQ_MAX || k < Q8_BLOCK {
+        let src = |r: usize, rows: usize, k0: usize, kc: usize, dst: *mut f32| {
+            for j in 0..rows {
+                let q = wq.add((r + j) * k + k0);
+                let sc = scales.add((r + j) * nb);
+                let d = dst.add(j * KC);
+                for i in 0..kc {
+                    *d.add(i) = *q.add(i) as f32 * *sc.add((k0 + i) / Q8_BLOCK);
+                }
             }
-            while i < kc {
-                *d.add(i) = *src.add(i) as f32 * *sc.add(i / Q8_BLOCK);
-                i += 1;
-            }
+        };
+        return matmul_widen(src, x, ldx, y, ldy, m, n, k, row_start, row_end, accumulate != 0);
+    }
+    let end = min(row_end, n);
+    let acc = accumulate != 0;
+    let nfull = k / Q8_BLOCK;
+    let tail = nfull * Q8_BLOCK;
+    let xq = scratch_q();
+    let xs = scratch_s();
+    let mbq = min(MBQ, SCRATCH_CAP / k);
+    let mut t0 = 0;
+    while t0 < m {
+        let mb = min(mbq, m - t0);
+        for t in 0..mb {
+            quantize_x_i16(x.add((t0 + t) * ldx), nfull, xq.add(t * k), xs.add(t * nb));
         }
-    };
-    matmul_widen(widen, x, ldx, y, ldy, m, n, k, row_start, row_end, accumulate != 0)
+        // One row × one token, full blocks and the f32 tail, into y.
+        let finish = |r: usize, t: usize, s: f32| {
+            let mut v = s;
+            if tail < k {
+                let xt = x.add((t0 + t) * ldx + tail);
+                let d = q8_block_dot(wq.add(r * k + tail), xt, k - tail);
+                v += hsum(d) * *scales.add(r * nb + nfull);
+            }
+            put(y.add((t0 + t) * ldy + r), v, acc);
+        };
+        let mut r = row_start;
+        while r < end {
+            let rows = min(QR, end - r);
+            let mut t = 0;
+            while t < mb {
+                let toks = min(QT, mb - t);
+                let xqt = xq.add(t * k);
+                let xst = xs.add(t * nb);
+                if rows == QR && toks == QT {
+                    let o = q8_tile::<QR, QT>(wq, scales, xqt, xst, r, k, nb, nfull);
+                    for j in 0..QR {
+                        for u in 0..QT {
+                            finish(r + j, t + u, o[j][u]);
+                        }
+                    }
+                } else {
+                    for j in 0..rows {
+                        for u in 0..toks {
+                            let o = q8_tile::<1, 1>(wq, scales, xqt.add(u * k), xst.add(u * nb), r + j, k, nb, nfull);
+                            finish(r + j, t + u, o[0][0]);
+                        }
+                    }
+                }
+                t += toks;
+            }
+            r += rows;
+        }
+        t0 += mb;
+    }
 }

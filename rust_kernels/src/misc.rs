@@ -70,7 +70,11 @@ pub unsafe extern "C" fn top_k(x: *const f32, n: usize, k: usize, out_idx: *mut 
         let v = if v != v { f32::NEG_INFINITY } else { v };
         if len == k {
             let last = *x.add(*out_idx.add(k - 1) as usize);
-            let last = if last != last { f32::NEG_INFINITY } else { last };
+            let last = if last != last {
+                f32::NEG_INFINITY
+            } else {
+                last
+            };
             if !(v > last) {
                 continue;
             }

@@ -216,11 +216,12 @@ pub unsafe extern "C" fn gated_rmsnorm(
         let yr = y.add(r * n);
         let zr = z.add(r * ldz);
         let or = out.add(r * n);
+        let mth = Math::get();
         if norm_before_gate == 0 {
             // out = y * silu(z) first (in place in out), then normalize it.
             let mut i = 0;
             while i + 4 <= n {
-                st(or.add(i), mul(ld(yr.add(i)), silu4(ld(zr.add(i)))));
+                st(or.add(i), mul(ld(yr.add(i)), mth.silu4(ld(zr.add(i)))));
                 i += 4;
             }
             while i < n {
@@ -242,7 +243,7 @@ pub unsafe extern "C" fn gated_rmsnorm(
             }
             let mut i = 0;
             while i + 4 <= n {
-                st(or.add(i), mul(ld(or.add(i)), silu4(ld(zr.add(i)))));
+                st(or.add(i), mul(ld(or.add(i)), mth.silu4(ld(zr.add(i)))));
                 i += 4;
             }
             while i < n {
@@ -270,15 +271,17 @@ unsafe fn map<F: Fn(v128) -> v128>(x: *const f32, out: *mut f32, n: usize, f: F)
 /// `out = silu(x) = x * sigmoid(x)` element-wise (`out` may alias `x`).
 #[no_mangle]
 pub unsafe extern "C" fn silu(x: *const f32, out: *mut f32, n: usize) {
-    map(x, out, n, silu4)
+    let m = Math::get();
+    map(x, out, n, |v| m.silu4(v))
 }
 
 /// `out = x * silu(z)` element-wise (`out` may alias `x` or `z`).
 #[no_mangle]
 pub unsafe extern "C" fn mul_silu(x: *const f32, z: *const f32, out: *mut f32, n: usize) {
+    let mth = Math::get();
     let mut i = 0;
     while i + 4 <= n {
-        st(out.add(i), mul(ld(x.add(i)), silu4(ld(z.add(i)))));
+        st(out.add(i), mul(ld(x.add(i)), mth.silu4(ld(z.add(i)))));
         i += 4;
     }
     while i < n {
@@ -290,19 +293,22 @@ pub unsafe extern "C" fn mul_silu(x: *const f32, z: *const f32, out: *mut f32, n
 /// PyTorch softplus element-wise: `x > 20 ? x : log1p(exp(x))`.
 #[no_mangle]
 pub unsafe extern "C" fn softplus(x: *const f32, out: *mut f32, n: usize) {
-    map(x, out, n, softplus4)
+    let m = Math::get();
+    map(x, out, n, |v| m.softplus4(v))
 }
 
 /// `e^x` element-wise (the kernels' SIMD exp, exported for tests and host use).
 #[no_mangle]
 pub unsafe extern "C" fn exp_f32(x: *const f32, out: *mut f32, n: usize) {
-    map(x, out, n, exp4)
+    let m = Math::get();
+    map(x, out, n, |v| m.exp4(v))
 }
 
 /// `ln(1 + x)` element-wise for finite `x > -1` (the kernels' SIMD log1p).
 #[no_mangle]
 pub unsafe extern "C" fn log1p_f32(x: *const f32, out: *mut f32, n: usize) {
-    map(x, out, n, log1p4)
+    let m = Math::get();
+    map(x, out, n, |v| m.log1p4(v))
 }
 
 /// `out = a + b` element-wise (`out` may alias either).

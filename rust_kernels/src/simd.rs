@@ -110,114 +110,188 @@ pub unsafe fn st_strided(p: *mut f32, stride: usize, v: v128) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// exp
+// exp / log / log1p / softplus / silu
 
 const LOG2E: f32 = 1.442_695_04;
 // Cody-Waite split of ln 2: LN2_HI has 9 significant bits, so k * LN2_HI is exact for |k| < 2^15.
 const LN2_HI: f32 = 0.693_359_375;
 const LN2_LO: f32 = -2.121_944_4e-4;
+/// 1.5 * 2^23: adding it rounds to an integer (to nearest even) that then sits in the low bits.
+const MAGIC: f32 = 12_582_912.0;
 
-/// `e^x` per lane. Relative error about 1-2 ulp over the whole range; returns exactly 0 below
-/// about -103.9, +inf above about 88.72, NaN for NaN. Never touches subnormal operands in its
-/// multiplications except for results that are themselves subnormal.
-#[inline(always)]
-pub fn exp4(x: v128) -> v128 {
-    let x = f32x4_min(f32x4_max(x, splat(-104.0)), splat(88.8));
-    let kf = f32x4_nearest(mul(x, splat(LOG2E)));
-    let r = sub(sub(x, mul(kf, splat(LN2_HI))), mul(kf, splat(LN2_LO)));
-    let z = mul(r, r);
-    // Cephes expf minimax polynomial on [-ln2/2, ln2/2].
-    let mut p = splat(1.987_569_15e-4);
-    p = madd(splat(1.398_199_95e-3), p, r);
-    p = madd(splat(8.333_451_9e-3), p, r);
-    p = madd(splat(4.166_579_6e-2), p, r);
-    p = madd(splat(1.666_666_5e-1), p, r);
-    p = madd(splat(5.000_000_1e-1), p, r);
-    let y = add(add(mul(p, z), r), splat(1.0));
-    // 2^k as two factors so that k in [-150, 128] never leaves the normal exponent range.
-    let k = i32x4_trunc_sat_f32x4(kf);
-    let k1 = i32x4_shr(k, 1);
-    let k2 = i32x4_sub(k, k1);
-    let s1 = i32x4_shl(i32x4_add(k1, i32x4_splat(127)), 23);
-    let s2 = i32x4_shl(i32x4_add(k2, i32x4_splat(127)), 23);
-    mul(mul(y, s1), s2)
+macro_rules! sp {
+    ($x:expr) => {
+        f32x4($x, $x, $x, $x)
+    };
+}
+macro_rules! spi {
+    ($x:expr) => {
+        i32x4($x, $x, $x, $x)
+    };
+}
+
+/// The vector constants of the math functions, loaded from memory once per kernel call.
+///
+/// V8 materializes every `v128.const` with several instructions at each use and does not hoist
+/// them out of loops, which made `exp4` several times slower than its arithmetic. Loading the
+/// constants through a volatile read at the top of a kernel turns them into locals (registers or
+/// one-instruction spill reloads) instead.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Math {
+    exp_lo: v128,
+    exp_hi: v128,
+    log2e: v128,
+    magic: v128,
+    ln2_hi: v128,
+    ln2_lo: v128,
+    ep: [v128; 5],
+    one: v128,
+    half: v128,
+    i127: v128,
+    mant: v128,
+    sqrt2: v128,
+    lp: [v128; 9],
+    twenty: v128,
+    sign: v128,
+}
+
+static MATH: Math = Math {
+    exp_lo: sp!(-104.0),
+    exp_hi: sp!(88.8),
+    log2e: sp!(LOG2E),
+    magic: sp!(MAGIC),
+    ln2_hi: sp!(LN2_HI),
+    ln2_lo: sp!(LN2_LO),
+    // e^r = 1 + r + r^2 P(r) on [-ln2/2, ln2/2], P of degree 4 fitted for relative error
+    // (3.8e-9 before f32 rounding; highest degree first).
+    ep: [
+        sp!(1.375_140_7e-3),
+        sp!(8.368_916e-3),
+        sp!(4.166_953_3e-2),
+        sp!(1.666_651_8e-1),
+        sp!(4.999_998_8e-1),
+    ],
+    one: sp!(1.0),
+    half: sp!(0.5),
+    i127: spi!(127),
+    mant: spi!(0x007f_ffff),
+    sqrt2: sp!(core::f32::consts::SQRT_2),
+    // Cephes logf polynomial on [sqrt(1/2) - 1, sqrt(2) - 1] (highest degree first).
+    lp: [
+        sp!(7.037_683_6e-2),
+        sp!(-1.151_461_0e-1),
+        sp!(1.167_699_9e-1),
+        sp!(-1.242_014_1e-1),
+        sp!(1.424_932_3e-1),
+        sp!(-1.666_805_8e-1),
+        sp!(2.000_071_5e-1),
+        sp!(-2.499_999_4e-1),
+        sp!(3.333_333_1e-1),
+    ],
+    twenty: sp!(20.0),
+    sign: spi!(i32::MIN),
+};
+
+impl Math {
+    /// Loads the constants (call once, outside the loops).
+    #[inline(always)]
+    pub fn get() -> Math {
+        unsafe { core::ptr::read_volatile(&MATH) }
+    }
+
+    /// `e^x` per lane. Relative error about 1-2 ulp over the whole range; returns exactly 0
+    /// below about -103.9, +inf above about 88.72, NaN for NaN. Never puts a subnormal operand
+    /// into a multiplication except for results that are themselves subnormal.
+    ///
+    /// Written for V8's x64 lowering: `pmin`/`pmax` (plain minps/maxps) instead of the IEEE
+    /// `min`/`max`, and the 1.5·2^23 magic number instead of `nearest` + `trunc_sat` to round
+    /// `x·log2(e)` to an integer k and get k as bits at the same time.
+    #[inline(always)]
+    pub fn exp4(&self, x: v128) -> v128 {
+        // NaN stays NaN: pmax/pmin return their first operand when the comparison is false.
+        let x = f32x4_pmin(f32x4_pmax(x, self.exp_lo), self.exp_hi);
+        let t = add(mul(x, self.log2e), self.magic);
+        let kf = sub(t, self.magic); // x * log2(e) rounded to nearest even
+        let k = i32x4_sub(t, self.magic); // the same integer, from the bits
+        let r = sub(sub(x, mul(kf, self.ln2_hi)), mul(kf, self.ln2_lo));
+        let z = mul(r, r);
+        let mut p = self.ep[0];
+        for c in &self.ep[1..] {
+            p = madd(*c, p, r);
+        }
+        let y = add(add(mul(p, z), r), self.one);
+        // 2^k as two factors so that k in [-150, 128] never leaves the normal exponent range.
+        let k1 = i32x4_shr(k, 1);
+        let k2 = i32x4_sub(k, k1);
+        let s1 = i32x4_shl(i32x4_add(k1, self.i127), 23);
+        let s2 = i32x4_shl(i32x4_add(k2, self.i127), 23);
+        mul(mul(y, s1), s2)
+    }
+
+    /// Natural log per lane for positive, finite, normal inputs (what log1p needs).
+    #[inline(always)]
+    pub fn log4(&self, x: v128) -> v128 {
+        let mut e = i32x4_sub(u32x4_shr(x, 23), self.i127);
+        // m in [1, 2) (1.0 has the bits of the exponent field alone).
+        let mut m = v128_or(v128_and(x, self.mant), self.one);
+        // Fold the upper part to [sqrt(1/2), 1) so that f = m - 1 is small.
+        let big = f32x4_gt(m, self.sqrt2);
+        m = v128_bitselect(mul(m, self.half), m, big);
+        e = i32x4_sub(e, big); // big lanes are -1
+        let f = sub(m, self.one);
+        let ef = f32x4_convert_i32x4(e);
+        let z = mul(f, f);
+        let mut p = self.lp[0];
+        for c in &self.lp[1..] {
+            p = madd(*c, p, f);
+        }
+        let mut y = mul(mul(f, z), p);
+        y = madd(y, ef, self.ln2_lo);
+        y = sub(y, mul(z, self.half));
+        madd(add(f, y), ef, self.ln2_hi)
+    }
+
+    /// `ln(1 + u)` per lane for finite `u > -1`, accurate also for tiny `u` (Goldberg's trick:
+    /// `log(w) * u / (w - 1)` with `w = 1 + u`, and `u` itself when `w == 1`).
+    #[inline(always)]
+    pub fn log1p4(&self, u: v128) -> v128 {
+        let w = add(self.one, u);
+        let d = sub(w, self.one);
+        let r = mul(self.log4(w), f32x4_div(u, d));
+        v128_bitselect(u, r, f32x4_eq(d, f32x4_splat(0.0)))
+    }
+
+    /// PyTorch's softplus (beta 1, threshold 20): `x > 20 ? x : log1p(exp(x))`.
+    #[inline(always)]
+    pub fn softplus4(&self, x: v128) -> v128 {
+        let r = self.log1p4(self.exp4(x));
+        v128_bitselect(x, r, f32x4_gt(x, self.twenty))
+    }
+
+    /// SiLU `x * sigmoid(x)`, computed as `x / (1 + e^-x)`.
+    #[inline(always)]
+    pub fn silu4(&self, x: v128) -> v128 {
+        f32x4_div(x, add(self.one, self.exp4(v128_xor(x, self.sign))))
+    }
 }
 
 /// Scalar `e^x` (the SIMD routine on one lane).
 #[inline(always)]
 pub fn exp1(x: f32) -> f32 {
-    lane0(exp4(splat(x)))
-}
-
-// ---------------------------------------------------------------------------------------------
-// log / log1p
-
-/// Natural log per lane for positive, finite, normal inputs (what softplus and log1p need).
-#[inline(always)]
-pub fn log4(x: v128) -> v128 {
-    let bits = x;
-    let mut e = i32x4_sub(u32x4_shr(bits, 23), i32x4_splat(127));
-    let mut m = v128_or(
-        v128_and(bits, i32x4_splat(0x007f_ffff)),
-        i32x4_splat(0x3f80_0000),
-    );
-    // m in [1, 2): fold the upper part to [sqrt(1/2), 1) so that f = m - 1 is small.
-    let big = f32x4_gt(m, splat(core::f32::consts::SQRT_2));
-    m = v128_bitselect(mul(m, splat(0.5)), m, big);
-    e = i32x4_sub(e, big); // big lanes are -1
-    let f = sub(m, splat(1.0));
-    let ef = f32x4_convert_i32x4(e);
-    let z = mul(f, f);
-    // Cephes logf polynomial.
-    let mut p = splat(7.037_683_6e-2);
-    p = madd(splat(-1.151_461_0e-1), p, f);
-    p = madd(splat(1.167_699_9e-1), p, f);
-    p = madd(splat(-1.242_014_1e-1), p, f);
-    p = madd(splat(1.424_932_3e-1), p, f);
-    p = madd(splat(-1.666_805_8e-1), p, f);
-    p = madd(splat(2.000_071_5e-1), p, f);
-    p = madd(splat(-2.499_999_4e-1), p, f);
-    p = madd(splat(3.333_333_1e-1), p, f);
-    let mut y = mul(mul(f, z), p);
-    y = madd(y, ef, splat(LN2_LO));
-    y = sub(y, mul(z, splat(0.5)));
-    let r = add(f, y);
-    madd(r, ef, splat(LN2_HI))
-}
-
-/// `ln(1 + u)` per lane for `u > -1` finite, accurate also for tiny `u` (Goldberg's trick:
-/// `log(w) * u / (w - 1)` with `w = 1 + u`, and `u` itself when `w == 1`).
-#[inline(always)]
-pub fn log1p4(u: v128) -> v128 {
-    let w = add(splat(1.0), u);
-    let d = sub(w, splat(1.0));
-    let r = mul(log4(w), f32x4_div(u, d));
-    v128_bitselect(u, r, f32x4_eq(d, splat(0.0)))
-}
-
-/// PyTorch's softplus (beta 1, threshold 20): `x > 20 ? x : log1p(exp(x))`.
-#[inline(always)]
-pub fn softplus4(x: v128) -> v128 {
-    let r = log1p4(exp4(x));
-    v128_bitselect(x, r, f32x4_gt(x, splat(20.0)))
+    lane0(Math::get().exp4(splat(x)))
 }
 
 /// Scalar softplus.
 #[inline(always)]
 pub fn softplus1(x: f32) -> f32 {
-    lane0(softplus4(splat(x)))
-}
-
-/// SiLU `x * sigmoid(x) = x / (1 + e^-x)`.
-#[inline(always)]
-pub fn silu4(x: v128) -> v128 {
-    f32x4_div(x, add(splat(1.0), exp4(f32x4_neg(x))))
+    lane0(Math::get().softplus4(splat(x)))
 }
 
 /// Scalar SiLU.
 #[inline(always)]
 pub fn silu1(x: f32) -> f32 {
-    lane0(silu4(splat(x)))
+    lane0(Math::get().silu4(splat(x)))
 }
 
 // ---------------------------------------------------------------------------------------------

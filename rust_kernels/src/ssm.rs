@@ -86,9 +86,13 @@ pub unsafe extern "C" fn conv1d_seq(
             let [mut p0, mut p1, mut p2, mut p3] =
                 transpose(ld(s), ld(s.add(4)), ld(s.add(8)), ld(s.add(12)));
             let wp = w.add(c * 4);
-            let [w0, w1, w2, w3] =
-                transpose(ld(wp), ld(wp.add(4)), ld(wp.add(8)), ld(wp.add(12)));
-            let bv = if b.is_null() { f32x4_splat(0.0) } else { ld(b.add(c)) };
+            let [w0, w1, w2, w3] = transpose(ld(wp), ld(wp.add(4)), ld(wp.add(8)), ld(wp.add(12)));
+            let bv = if b.is_null() {
+                f32x4_splat(0.0)
+            } else {
+                ld(b.add(c))
+            };
+            let mth = Math::get();
             for t in 0..l {
                 let xv = ld(x.add(t * ldx + c));
                 p0 = p1;
@@ -101,7 +105,7 @@ pub unsafe extern "C" fn conv1d_seq(
                 o = madd(o, w3, p3);
                 o = add(o, bv);
                 if apply_silu != 0 {
-                    o = silu4(o);
+                    o = mth.silu4(o);
                 }
                 st(out.add(t * ldo + c), o);
             }
@@ -154,7 +158,9 @@ pub unsafe extern "C" fn conv1d_step(
     c_end: usize,
     apply_silu: u32,
 ) {
-    conv1d_seq(state, x, 0, w, b, out, 0, 1, d_conv, c_start, c_end, apply_silu)
+    conv1d_seq(
+        state, x, 0, w, b, out, 0, 1, d_conv, c_start, c_end, apply_silu,
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -166,9 +172,14 @@ pub const FLAG_SOFTPLUS: u32 = 1;
 /// `exp(dt*A) * h + x ⊗ B`, as in `ssd_minimal_discrete` with dt holding the log-decay, A = 1).
 pub const FLAG_SSD_UNSCALED_X: u32 = 2;
 
-/// One channel, one token: `h = exp(dt*A) h + (dt*u) B; return h·C`. Fast path for N = 16.
+/// Largest d_state kept in the transposed stack buffers of `selective_scan` (larger N takes the
+/// per-channel path).
+const SCAN_NMAX: usize = 256;
+
+/// One channel, one token: `h = exp(dt*A) h + (dt*u) B; return h·C` (SIMD over N).
 #[inline(always)]
 unsafe fn scan_channel(
+    mth: &Math,
     hp: *mut f32,
     ap: *const f32,
     dt: f32,
@@ -179,34 +190,67 @@ unsafe fn scan_channel(
 ) -> f32 {
     let dtv = splat(dt);
     let duv = splat(du);
-    if n == 16 {
-        let mut y = f32x4_splat(0.0);
-        for j in 0..4 {
-            let o = 4 * j;
-            let da = exp4(mul(dtv, ld(ap.add(o))));
-            let h = madd(mul(da, ld(hp.add(o))), duv, ld(bt.add(o)));
-            st(hp.add(o), h);
-            y = madd(y, h, ld(ct.add(o)));
-        }
-        return hsum(y);
-    }
     let mut y = f32x4_splat(0.0);
     let mut j = 0;
-    while j + 4 <= n {
-        let da = exp4(mul(dtv, ld(ap.add(j))));
-        let h = madd(mul(da, ld(hp.add(j))), duv, ld(bt.add(j)));
-        st(hp.add(j), h);
-        y = madd(y, h, ld(ct.add(j)));
+    while j < n {
+        let cnt = min(4, n - j);
+        let da = mth.exp4(mul(dtv, ldn(ap.add(j), cnt)));
+        let h = madd(mul(da, ldn(hp.add(j), cnt)), duv, ldn(bt.add(j), cnt));
+        stn(hp.add(j), cnt, h);
+        y = madd(y, h, ldn(ct.add(j), cnt));
         j += 4;
     }
-    if j < n {
-        let cnt = n - j;
-        let da = exp4(mul(dtv, ld_partial(ap.add(j), 1, cnt)));
-        let h = madd(mul(da, ld_partial(hp.add(j), 1, cnt)), duv, ld_partial(bt.add(j), 1, cnt));
-        st_partial(hp.add(j), 1, cnt, h);
-        y = madd(y, h, ld_partial(ct.add(j), 1, cnt));
-    }
     hsum(y)
+}
+
+/// Gathers `cnt` (1..=4) rows of a [rows, n] matrix (row stride n) into per-column vectors
+/// `dst[j] = (m[0][j], m[1][j], m[2][j], m[3][j])` (missing rows zero).
+#[inline(always)]
+unsafe fn gather_cols(m: *const f32, n: usize, cnt: usize, dst: *mut v128) {
+    let mut j = 0;
+    if cnt == 4 {
+        while j + 4 <= n {
+            let t = transpose(
+                ld(m.add(j)),
+                ld(m.add(n + j)),
+                ld(m.add(2 * n + j)),
+                ld(m.add(3 * n + j)),
+            );
+            for q in 0..4 {
+                *dst.add(j + q) = t[q];
+            }
+            j += 4;
+        }
+    }
+    while j < n {
+        *dst.add(j) = ld_partial(m.add(j), n, cnt);
+        j += 1;
+    }
+}
+
+/// Inverse of `gather_cols`: writes the `cnt` rows back.
+#[inline(always)]
+unsafe fn scatter_cols(src: *const v128, n: usize, cnt: usize, m: *mut f32) {
+    let mut j = 0;
+    if cnt == 4 {
+        while j + 4 <= n {
+            let t = transpose(
+                *src.add(j),
+                *src.add(j + 1),
+                *src.add(j + 2),
+                *src.add(j + 3),
+            );
+            st(m.add(j), t[0]);
+            st(m.add(n + j), t[1]);
+            st(m.add(2 * n + j), t[2]);
+            st(m.add(3 * n + j), t[3]);
+            j += 4;
+        }
+    }
+    while j < n {
+        st_partial(m.add(j), n, cnt, *src.add(j));
+        j += 1;
+    }
 }
 
 /// Mamba-1 selective scan (mamba_ssm `selective_scan_ref` / `Mamba.step`) over `l` tokens for
@@ -221,6 +265,10 @@ unsafe fn scan_channel(
 /// token-major with channel c at column c; `bm`, `cm` [L, ldbc] with group g's `n` values at
 /// column `g*n`; `d`, `dt_bias` [dim]. `d`, `z`, `dt_bias` may be 0 (absent). `y` may alias
 /// `u` or `z` when they have the same stride.
+///
+/// Channels go four at a time, one per SIMD lane: their `A` and state are transposed into
+/// per-state-index vectors on the stack for the whole sequence, so softplus, the gate and the
+/// output are vector operations and no horizontal sums are needed.
 #[no_mangle]
 pub unsafe extern "C" fn selective_scan(
     h: *mut f32,
@@ -248,46 +296,83 @@ pub unsafe extern "C" fn selective_scan(
 ) {
     let ng = if ngroups == 0 { 1 } else { ngroups };
     let cpg = if dim / ng == 0 { 1 } else { dim / ng };
+    let mth = Math::get();
+    let mut at = [f32x4_splat(0.0); SCAN_NMAX];
+    let mut hs = [f32x4_splat(0.0); SCAN_NMAX];
+    let atp = at.as_mut_ptr();
+    let hsp = hs.as_mut_ptr();
     let mut c = c_start;
     while c < c_end {
-        let cnt = min(4, c_end - c);
-        let bias = if dt_bias.is_null() { f32x4_splat(0.0) } else { ldn(dt_bias.add(c), cnt) };
-        let dv = if d.is_null() { f32x4_splat(0.0) } else { ldn(d.add(c), cnt) };
-        let mut goff = [0usize; 4];
-        for i in 0..cnt {
-            goff[i] = ((c + i) / cpg) * n;
+        let mut cnt = min(4, c_end - c);
+        // Four lanes must share one group of B/C; otherwise go one channel at a time.
+        if (c + cnt - 1) / cpg != c / cpg {
+            cnt = 1;
+        }
+        let goff = (c / cpg) * n;
+        let bias = if dt_bias.is_null() {
+            f32x4_splat(0.0)
+        } else {
+            ldn(dt_bias.add(c), cnt)
+        };
+        let dv = if d.is_null() {
+            f32x4_splat(0.0)
+        } else {
+            ldn(d.add(c), cnt)
+        };
+        if n <= SCAN_NMAX {
+            gather_cols(a.add(c * n), n, cnt, atp);
+            gather_cols(h.add(c * n), n, cnt, hsp);
         }
         for t in 0..l {
             let mut dt = add(ldn(delta.add(t * ldd + c), cnt), bias);
             if flags & FLAG_SOFTPLUS != 0 {
-                dt = softplus4(dt);
+                dt = mth.softplus4(dt);
             }
             let uv = ldn(u.add(t * ldu + c), cnt);
-            let dts: [f32; 4] = transmute(dt);
-            let dus: [f32; 4] = transmute(mul(dt, uv));
-            let bt = bm.add(t * ldbc);
-            let ct = cm.add(t * ldbc);
-            let mut ys = [0f32; 4];
-            for i in 0..cnt {
-                let ci = c + i;
-                ys[i] = scan_channel(
-                    h.add(ci * n),
-                    a.add(ci * n),
-                    dts[i],
-                    dus[i],
-                    bt.add(goff[i]),
-                    ct.add(goff[i]),
-                    n,
-                );
+            let du = mul(dt, uv);
+            let bt = bm.add(t * ldbc + goff);
+            let ct = cm.add(t * ldbc + goff);
+            let mut yv = f32x4_splat(0.0);
+            if n <= SCAN_NMAX {
+                for j in 0..n {
+                    let da = mth.exp4(mul(dt, *atp.add(j)));
+                    let hv = madd(
+                        mul(da, *hsp.add(j)),
+                        du,
+                        v128_load32_splat(bt.add(j) as *const u32),
+                    );
+                    *hsp.add(j) = hv;
+                    yv = madd(yv, hv, v128_load32_splat(ct.add(j) as *const u32));
+                }
+            } else {
+                let dts: [f32; 4] = transmute(dt);
+                let dus: [f32; 4] = transmute(du);
+                let mut ys = [0f32; 4];
+                for i in 0..cnt {
+                    let ci = c + i;
+                    ys[i] = scan_channel(
+                        &mth,
+                        h.add(ci * n),
+                        a.add(ci * n),
+                        dts[i],
+                        dus[i],
+                        bt,
+                        ct,
+                        n,
+                    );
+                }
+                yv = transmute(ys);
             }
-            let mut yv: v128 = transmute(ys);
             if !d.is_null() {
                 yv = madd(yv, dv, uv);
             }
             if !z.is_null() {
-                yv = mul(yv, silu4(ldn(z.add(t * ldz + c), cnt)));
+                yv = mul(yv, mth.silu4(ldn(z.add(t * ldz + c), cnt)));
             }
             stn(y.add(t * ldy + c), cnt, yv);
+        }
+        if n <= SCAN_NMAX {
+            scatter_cols(hsp, n, cnt, h.add(c * n));
         }
         c += cnt;
     }
@@ -361,7 +446,14 @@ unsafe fn ssd_rows4(
 
 /// One state row of one head for one token.
 #[inline(always)]
-unsafe fn ssd_row1(sp: *mut f32, n: usize, da: v128, s: v128, bt: *const f32, ct: *const f32) -> f32 {
+unsafe fn ssd_row1(
+    sp: *mut f32,
+    n: usize,
+    da: v128,
+    s: v128,
+    bt: *const f32,
+    ct: *const f32,
+) -> f32 {
     let mut y = f32x4_splat(0.0);
     let mut j = 0;
     while j + 4 <= n {
@@ -372,7 +464,11 @@ unsafe fn ssd_row1(sp: *mut f32, n: usize, da: v128, s: v128, bt: *const f32, ct
     }
     if j < n {
         let cnt = n - j;
-        let hv = madd(mul(da, ld_partial(sp.add(j), 1, cnt)), s, ld_partial(bt.add(j), 1, cnt));
+        let hv = madd(
+            mul(da, ld_partial(sp.add(j), 1, cnt)),
+            s,
+            ld_partial(bt.add(j), 1, cnt),
+        );
         st_partial(sp.add(j), 1, cnt, hv);
         y = madd(y, hv, ld_partial(ct.add(j), 1, cnt));
     }
@@ -423,7 +519,11 @@ pub unsafe extern "C" fn ssd_scan(
         let goff = (hh / hpg) * n;
         let sp = state.add(hh * pn);
         let ah = *a.add(hh);
-        let bias = if dt_bias.is_null() { 0.0 } else { *dt_bias.add(hh) };
+        let bias = if dt_bias.is_null() {
+            0.0
+        } else {
+            *dt_bias.add(hh)
+        };
         let dh = if d.is_null() { 0.0 } else { *d.add(hh) };
         for t in 0..l {
             let mut dtv = *dt.add(t * lddt + hh) + bias;
@@ -431,7 +531,11 @@ pub unsafe extern "C" fn ssd_scan(
                 dtv = softplus1(dtv);
             }
             let da = splat(exp1(dtv * ah));
-            let xscale = splat(if flags & FLAG_SSD_UNSCALED_X != 0 { 1.0 } else { dtv });
+            let xscale = splat(if flags & FLAG_SSD_UNSCALED_X != 0 {
+                1.0
+            } else {
+                dtv
+            });
             let xt = x.add(t * ldx + hh * headdim);
             let yt = y.add(t * ldy + hh * headdim);
             let bt = bm.add(t * ldbc + goff);
