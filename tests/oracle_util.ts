@@ -145,6 +145,15 @@ export function oracleModelSuite(backend: BackendChoice, options: SuiteOptions =
             assert.ok(a, `missing ${run.name}.${k}`);
             return a.data;
           };
+          /** The final conv and SSM states of every layer against the oracle's. */
+          const assertStates = (state: InferenceState) => {
+            for (let l = 0; l < lm.config.nLayer; l++) {
+              const conv = arr(`layers.${l}.conv_state`);
+              assertClose(state.conv[l], conv, scale(TOL.conv), `conv_state ${l}`);
+              const ssm = arr(`layers.${l}.ssm_state`);
+              assertClose(state.ssm[l], ssm, scale(TOL.ssm), `ssm_state ${l}`);
+            }
+          };
           await t.step(`${run.name}: forward logits`, async () => {
             const full = await lm.forward(run.input_ids);
             assert.deepEqual(full.shape, [run.batch, run.prompt_len, V]);
@@ -162,39 +171,13 @@ export function oracleModelSuite(backend: BackendChoice, options: SuiteOptions =
             }
             assertClose(got, want, scale(TOL.logits), "step_logits");
             await state.sync();
-            for (let l = 0; l < lm.config.nLayer; l++) {
-              assertClose(
-                state.conv[l],
-                arr(`layers.${l}.conv_state`),
-                scale(TOL.conv),
-                `conv_state ${l}`,
-              );
-              assertClose(
-                state.ssm[l],
-                arr(`layers.${l}.ssm_state`),
-                scale(TOL.ssm),
-                `ssm_state ${l}`,
-              );
-            }
+            assertStates(state);
           });
           await t.step(`${run.name}: prefill states equal step states`, async () => {
             const state = lm.createState(run.batch);
             await lm.prefill(state, run.input_ids);
             await state.sync();
-            for (let l = 0; l < lm.config.nLayer; l++) {
-              assertClose(
-                state.conv[l],
-                arr(`layers.${l}.conv_state`),
-                scale(TOL.conv),
-                `conv_state ${l}`,
-              );
-              assertClose(
-                state.ssm[l],
-                arr(`layers.${l}.ssm_state`),
-                scale(TOL.ssm),
-                `ssm_state ${l}`,
-              );
-            }
+            assertStates(state);
           });
           if (!options.skipGreedy) {
             await t.step(`${run.name}: greedy continuation`, async () => {
