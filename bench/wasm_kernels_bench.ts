@@ -8,7 +8,7 @@
  * @module
  */
 
-import { WasmKernels } from "../src/backends/wasm/kernels.ts";
+import { SCAN_INTERLEAVED, SCAN_SOFTPLUS, WasmKernels } from "../src/backends/wasm/kernels.ts";
 
 const quick = Deno.args.includes("--quick");
 const minMs = quick ? 60 : 300;
@@ -260,6 +260,31 @@ console.log(
     });
   print("selective_scan step (1536 x 16)", (time(() => run(1)) * 1000).toFixed(1) + " us");
   print("selective_scan seq L=64", (time(() => run(l)) * 1000 / l).toFixed(1) + " us/token");
+  const hi = k.allocF32(dim * n), ai = k.allocF32(dim * n);
+  k.interleave4(a.ptr, ai.ptr, dim, n);
+  const step = () =>
+    k.selectiveScan({
+      h: hi.ptr,
+      u: u.ptr,
+      ldu: dim,
+      delta: dl.ptr,
+      ldd: dim,
+      a: ai.ptr,
+      b: bc.ptr,
+      c: bc.at(n),
+      ldbc: 2 * n,
+      d: d.ptr,
+      z: z.ptr,
+      ldz: dim,
+      dtBias: bias.ptr,
+      y: y.ptr,
+      ldy: dim,
+      l: 1,
+      dim,
+      n,
+      flags: SCAN_SOFTPLUS | SCAN_INTERLEAVED,
+    });
+  print("selective_scan step, interleaved h/A", (time(step) * 1000).toFixed(1) + " us");
   const state = k.allocF32(dim * 2 * n),
     cs = k.allocF32(dim * 4),
     cw = k.upload(rand(new Float32Array(dim * 4)));

@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import {
   Q8_BLOCK,
+  SCAN_INTERLEAVED,
   SCAN_SOFTPLUS,
   SSD_UNSCALED_X,
   WASM_ABI_VERSION,
@@ -928,6 +929,44 @@ Deno.test("wasm kernels: selective_scan seq / step / channel ranges vs reference
       );
     }
     assertClose(h.view, want.h, 1e-6 * hScale, 1e-5, "scan h (steps)");
+    // 4-channel-interleaved state and A: same numbers bit for bit, whole or split at 4.
+    if (ngroups === 1 || (dim / ngroups) % 4 === 0) {
+      const padded = Math.ceil(dim / 4) * 4 * n;
+      const hi = k.allocF32(padded), ai = k.allocF32(padded), hBack = k.allocF32(dim * n);
+      h.set(h0);
+      k.selectiveScan(args);
+      const yRef = y.toArray(), hRef = h.toArray();
+      for (const cuts of [[0, dim], [0, 4, dim]]) {
+        h.set(h0);
+        k.interleave4(h.ptr, hi.ptr, dim, n);
+        k.interleave4(a.ptr, ai.ptr, dim, n);
+        y.view.fill(0);
+        for (let i = 0; i + 1 < cuts.length; i++) {
+          k.selectiveScan({
+            ...args,
+            h: hi.ptr,
+            a: ai.ptr,
+            flags: flags | SCAN_INTERLEAVED,
+            c0: cuts[i],
+            c1: cuts[i + 1],
+          });
+        }
+        k.deinterleave4(hi.ptr, hBack.ptr, dim, n);
+        assertClose(y.view, yRef, 0, 0, "interleaved y");
+        assertClose(hBack.view, hRef, 0, 0, "interleaved h");
+      }
+      assert.throws(
+        () =>
+          k.selectiveScan({
+            ...args,
+            h: hi.ptr,
+            a: ai.ptr,
+            flags: flags | SCAN_INTERLEAVED,
+            c0: 2,
+          }),
+        WebAssembly.RuntimeError,
+      );
+    }
     k.reset(mark);
   }
 });

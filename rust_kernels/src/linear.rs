@@ -43,16 +43,16 @@ impl Wt for WF32 {
 
 /// f16 weights read as `w * 2^-112` (x must be pre-scaled by 2^112).
 #[derive(Clone, Copy)]
-struct WF16S(*const u16);
+struct WF16S(*const u16, F16Masks);
 
 impl Wt for WF16S {
     #[inline(always)]
     unsafe fn ld8(self, r: usize, ld: usize, i: usize) -> (v128, v128) {
-        f16x8_to_f32_scaled_down(v128_load(self.0.add(r * ld + i) as *const v128))
+        self.1.widen_scaled_down(v128_load(self.0.add(r * ld + i) as *const v128))
     }
     #[inline(always)]
     unsafe fn ld4(self, r: usize, ld: usize, i: usize) -> v128 {
-        f16x8_to_f32_scaled_down(v128_load64_zero(self.0.add(r * ld + i) as *const u64)).0
+        self.1.widen_scaled_down(v128_load64_zero(self.0.add(r * ld + i) as *const u64)).0
     }
     #[inline(always)]
     unsafe fn ld1(self, r: usize, ld: usize, i: usize) -> f32 {
@@ -206,7 +206,7 @@ pub unsafe extern "C" fn matvec_f16(
         let m = f32x4_max(m, i32x4_shuffle::<2, 3, 0, 1>(m, m));
         let m = f32x4_max(m, i32x4_shuffle::<1, 0, 3, 2>(m, m));
         if lane0(m) < 32768.0 {
-            return matvec(WF16S(w), xs, y, n, k, row_start, row_end, accumulate != 0);
+            return matvec(WF16S(w, F16Masks::get()), xs, y, n, k, row_start, row_end, accumulate != 0);
         }
     }
     matvec(WF16(w), x, y, n, k, row_start, row_end, accumulate != 0)

@@ -320,19 +320,42 @@ pub fn f16x8_to_f32(h: v128) -> (v128, v128) {
     (mul(x0, splat(F16_SCALE)), mul(x1, splat(F16_SCALE)))
 }
 
-/// As `f16x8_to_f32` without the final multiplication: returns each half times 2^-112 (exact;
-/// ±inf and NaN stay so). A dot product with x pre-scaled by 2^112 then equals the unscaled one
-/// bit for bit, one multiplication per four weights cheaper.
-#[inline(always)]
-pub fn f16x8_to_f32_scaled_down(h: v128) -> (v128, v128) {
-    let up = v128_and(i16x8_shr(h, 3), i16x8_splat(0x8fff_u16 as i16));
-    let infnan = i16x8_eq(v128_and(h, i16x8_splat(0x7c00)), i16x8_splat(0x7c00));
-    let up = v128_or(up, v128_and(infnan, i16x8_splat(0x7f80)));
-    let lo = i16x8_shl(h, 13);
-    (
-        i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(lo, up),
-        i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(lo, up),
-    )
+/// The three masks of the f16 widening, loaded from memory (see `Math` for why).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct F16Masks {
+    keep: v128,
+    exp: v128,
+    inf: v128,
+}
+
+static F16_MASKS: F16Masks = F16Masks {
+    keep: i32x4(0x8fff_8fff_u32 as i32, 0x8fff_8fff_u32 as i32, 0x8fff_8fff_u32 as i32, 0x8fff_8fff_u32 as i32),
+    exp: i32x4(0x7c00_7c00, 0x7c00_7c00, 0x7c00_7c00, 0x7c00_7c00),
+    inf: i32x4(0x7f80_7f80, 0x7f80_7f80, 0x7f80_7f80, 0x7f80_7f80),
+};
+
+impl F16Masks {
+    /// Loads the masks (once per kernel call).
+    #[inline(always)]
+    pub fn get() -> F16Masks {
+        unsafe { core::ptr::read_volatile(&F16_MASKS) }
+    }
+
+    /// As `f16x8_to_f32` without the final multiplication: returns each half times 2^-112
+    /// (exact; ±inf and NaN stay so). A dot product with x pre-scaled by 2^112 then equals the
+    /// unscaled one bit for bit, one multiplication per four weights cheaper.
+    #[inline(always)]
+    pub fn widen_scaled_down(&self, h: v128) -> (v128, v128) {
+        let up = v128_and(i16x8_shr(h, 3), self.keep);
+        let infnan = i16x8_eq(v128_and(h, self.exp), self.exp);
+        let up = v128_or(up, v128_and(infnan, self.inf));
+        let lo = i16x8_shl(h, 13);
+        (
+            i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(lo, up),
+            i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(lo, up),
+        )
+    }
 }
 
 /// The factor `f16x8_to_f32_scaled_down` leaves out (2^112).

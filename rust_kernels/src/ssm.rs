@@ -171,6 +171,9 @@ pub const FLAG_SOFTPLUS: u32 = 1;
 /// `flags` bit for `ssd_scan`: do not multiply x by dt in the input term (the state update is then
 /// `exp(dt*A) * h + x ⊗ B`, as in `ssd_minimal_discrete` with dt holding the log-decay, A = 1).
 pub const FLAG_SSD_UNSCALED_X: u32 = 2;
+/// `flags` bit for `selective_scan`: `h` and `a` are stored 4-channel-interleaved (see
+/// `interleave4`), so the kernel uses them in place instead of transposing them per call.
+pub const FLAG_SCAN_INTERLEAVED: u32 = 4;
 
 /// Largest d_state kept in the transposed stack buffers of `selective_scan` (larger N takes the
 /// per-channel path).
@@ -297,6 +300,11 @@ pub unsafe extern "C" fn selective_scan(
     let ng = if ngroups == 0 { 1 } else { ngroups };
     let cpg = if dim / ng == 0 { 1 } else { dim / ng };
     let mth = Math::get();
+    let inter = flags & FLAG_SCAN_INTERLEAVED != 0;
+    if inter && (c_start % 4 != 0 || (ng > 1 && cpg % 4 != 0) || n > SCAN_NMAX) {
+        // Interleaved layout needs whole groups of four channels: trap rather than guess.
+        core::arch::wasm32::unreachable();
+    }
     let mut at = [f32x4_splat(0.0); SCAN_NMAX];
     let mut hs = [f32x4_splat(0.0); SCAN_NMAX];
     let atp = at.as_mut_ptr();
@@ -319,10 +327,17 @@ pub unsafe extern "C" fn selective_scan(
         } else {
             ldn(d.add(c), cnt)
         };
-        if n <= SCAN_NMAX {
-            gather_cols(a.add(c * n), n, cnt, atp);
-            gather_cols(h.add(c * n), n, cnt, hsp);
-        }
+        // Per-state-index vectors of the four channels: in place when interleaved (group
+        // c/4 starts at float c*n there too), else transposed into the stack buffers.
+        let (ap, hp): (*const v128, *mut v128) = if inter {
+            (a.add(c * n) as *const v128, h.add(c * n) as *mut v128)
+        } else {
+            if n <= SCAN_NMAX {
+                gather_cols(a.add(c * n), n, cnt, atp);
+                gather_cols(h.add(c * n), n, cnt, hsp);
+            }
+            (atp, hsp)
+        };
         for t in 0..l {
             let mut dt = add(ldn(delta.add(t * ldd + c), cnt), bias);
             if flags & FLAG_SOFTPLUS != 0 {
@@ -335,13 +350,13 @@ pub unsafe extern "C" fn selective_scan(
             let mut yv = f32x4_splat(0.0);
             if n <= SCAN_NMAX {
                 for j in 0..n {
-                    let da = mth.exp4(mul(dt, *atp.add(j)));
+                    let da = mth.exp4(mul(dt, *ap.add(j)));
                     let hv = madd(
-                        mul(da, *hsp.add(j)),
+                        mul(da, *hp.add(j)),
                         du,
                         v128_load32_splat(bt.add(j) as *const u32),
                     );
-                    *hsp.add(j) = hv;
+                    *hp.add(j) = hv;
                     yv = madd(yv, hv, v128_load32_splat(ct.add(j) as *const u32));
                 }
             } else {
@@ -371,10 +386,35 @@ pub unsafe extern "C" fn selective_scan(
             }
             stn(y.add(t * ldy + c), cnt, yv);
         }
-        if n <= SCAN_NMAX {
+        if !inter && n <= SCAN_NMAX {
             scatter_cols(hsp, n, cnt, h.add(c * n));
         }
         c += cnt;
+    }
+}
+
+/// Converts a row-major [rows, n] matrix (e.g. the Mamba-1 state or A, [d_inner, d_state]) to
+/// the 4-row-interleaved layout of `FLAG_SCAN_INTERLEAVED`: element (r, j) goes to
+/// `dst[(r / 4) * 4 * n + j * 4 + r % 4]`. `dst` holds `ceil(rows / 4) * 4 * n` floats; the
+/// padding lanes of a last partial group are written as 0.
+#[no_mangle]
+pub unsafe extern "C" fn interleave4(src: *const f32, dst: *mut f32, rows: usize, n: usize) {
+    let mut r = 0;
+    while r < rows {
+        let cnt = min(4, rows - r);
+        gather_cols(src.add(r * n), n, cnt, dst.add(r * n) as *mut v128);
+        r += 4;
+    }
+}
+
+/// Inverse of `interleave4` (padding lanes are dropped).
+#[no_mangle]
+pub unsafe extern "C" fn deinterleave4(src: *const f32, dst: *mut f32, rows: usize, n: usize) {
+    let mut r = 0;
+    while r < rows {
+        let cnt = min(4, rows - r);
+        scatter_cols(src.add(r * n) as *const v128, n, cnt, dst.add(r * n));
+        r += 4;
     }
 }
 

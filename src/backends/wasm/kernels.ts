@@ -29,6 +29,14 @@ export const SCAN_SOFTPLUS = 1;
  */
 export const SSD_UNSCALED_X = 2;
 
+/**
+ * Flag of {@link WasmKernels.selectiveScan}: the state `h` and `A` are stored 4-channel-interleaved
+ * ({@link WasmKernels.interleave4}), so a decode step uses them in place instead of transposing
+ * them on every call. Needs `c0 % 4 == 0` and, with several groups, `(dim / ngroups) % 4 == 0`
+ * (the kernel traps otherwise); the buffers hold `ceil(dim / 4) * 4 * n` floats.
+ */
+export const SCAN_INTERLEAVED = 4;
+
 /** Elements per q8 scale block along K. */
 export const Q8_BLOCK = 32;
 
@@ -268,6 +276,10 @@ export interface KernelExports {
     c1: number,
     flags: number,
   ): void;
+  /** [rows, n] row-major -> 4-row-interleaved. */
+  interleave4(src: number, dst: number, rows: number, n: number): void;
+  /** 4-row-interleaved -> [rows, n] row-major. */
+  deinterleave4(src: number, dst: number, rows: number, n: number): void;
   /** Mamba-2 SSD recurrence, sequence form. */
   ssd_scan(
     state: number,
@@ -845,6 +857,20 @@ export class WasmKernels {
     );
   }
 
+  /**
+   * Converts a row-major [rows, n] matrix (Mamba-1 state or A) at `src` to the 4-row-interleaved
+   * layout of {@link SCAN_INTERLEAVED} at `dst` (`ceil(rows / 4) * 4 * n` floats; element
+   * (r, j) at `(r >> 2) * 4n + 4j + (r & 3)`).
+   */
+  interleave4(src: number, dst: number, rows: number, n: number): void {
+    this.exports.interleave4(src, dst, rows, n);
+  }
+
+  /** Inverse of {@link WasmKernels.interleave4}. */
+  deinterleave4(src: number, dst: number, rows: number, n: number): void {
+    this.exports.deinterleave4(src, dst, rows, n);
+  }
+
   /** Mamba-2 SSD recurrence over `p.l` tokens for heads `[p.h0, p.h1)`. */
   ssdScan(p: SsdScanArgs): void {
     this.exports.ssd_scan(
@@ -959,7 +985,7 @@ export interface SelectiveScanArgs {
   c0?: number;
   /** End channel (exclusive). */
   c1?: number;
-  /** {@link SCAN_SOFTPLUS}. */
+  /** {@link SCAN_SOFTPLUS} | {@link SCAN_INTERLEAVED}. */
   flags?: number;
 }
 
