@@ -14,7 +14,7 @@
  */
 
 export { MambaLM } from "./src/model.ts";
-export type { LoadOptions, Logits } from "./src/model.ts";
+export type { GenerateTokensOptions, LoadOptions, Logits } from "./src/model.ts";
 export { InferenceState } from "./src/state.ts";
 export type { StateLayout } from "./src/state.ts";
 export { parseConfig } from "./src/config.ts";
@@ -22,7 +22,7 @@ export type { MambaArch, MambaConfig } from "./src/config.ts";
 export { parseSafetensors, tensorToF32 } from "./src/safetensors.ts";
 export type { DType, SafetensorsFile, SafetensorsTensor } from "./src/safetensors.ts";
 export { BackendError, ConfigError, InputError, MambaError, WeightsError } from "./src/errors.ts";
-export type { Backend, BackendName, StateTensors } from "./src/backend.ts";
+export type { Backend, BackendName, DecodeOptions, StateTensors } from "./src/backend.ts";
 export type { BackendChoice } from "./src/backends/registry.ts";
 export type { WeightsDtype } from "./src/weights.ts";
 export type { HostTensor, LayerWeights, ModelWeights, NormWeights } from "./src/weights.ts";

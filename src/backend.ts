@@ -6,12 +6,15 @@
  * Activations are opaque handles owned by the backend (host arrays on `ref`, GPU buffers on
  * `webgpu`): a backend may record operations lazily and only run them when {@link Backend.read}
  * is awaited. An activation holds `rows × cols` float32 values, one row per token, rows ordered
- * sequence-major: row `b·seqLen + t` is token `t` of sequence `b`.
+ * sequence-major: row `b·seqLen + t` is token `t` of sequence `b`. Each activation is used
+ * once: a backend may recycle it as soon as it has been passed to `addNorm`, `mixer`, `lmHead`
+ * or `read` (the model never passes one twice).
  *
  * @module
  */
 
 import type { MambaConfig } from "./config.ts";
+import type { ResolvedSamplingOptions } from "./sampling.ts";
 import type { ModelWeights } from "./weights.ts";
 
 /** Names of the backends. */
@@ -67,6 +70,28 @@ export interface Backend<A = unknown, S = unknown> {
   freeState(s: S): void;
   /** Frees everything the backend holds. */
   dispose(): void;
+  /**
+   * Optional fused decoding: feeds `tokens` (one per sequence) into `state`, then `n` times picks
+   * the next token of every sequence from the logits (per `options.sampling`) and feeds it back,
+   * all on the device. Yields the picked ids in blocks, `[batch][block length]`. After a full run
+   * the state has consumed `tokens` and the first `n − 1` picked tokens (the last is not fed).
+   */
+  decodeTokens?(
+    state: S,
+    tokens: Int32Array,
+    n: number,
+    options: DecodeOptions,
+  ): AsyncGenerator<number[][]>;
+}
+
+/** Options of {@link Backend.decodeTokens}. */
+export interface DecodeOptions {
+  /** How to pick tokens (validated; `vocabSize` restricts the ids). */
+  readonly sampling: ResolvedSamplingOptions;
+  /** Per sequence, the ids seen before `tokens` (for the repetition penalty). */
+  readonly history?: readonly (readonly number[])[];
+  /** Most tokens per block read back (the first blocks are smaller). Default 64. */
+  readonly blockSize?: number;
 }
 
 /** What a backend factory receives. */

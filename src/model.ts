@@ -21,6 +21,7 @@ import { Tokenizer } from "./tokenizer.ts";
 import { ConfigError, InputError, MambaError } from "./errors.ts";
 import { bindState, InferenceState, markComputed, stateLayout } from "./state.ts";
 import { exists, loadWeights, type ModelWeights, readBytes, type WeightsDtype } from "./weights.ts";
+import { Sampler, type SamplingOptions, validateSamplingOptions } from "./sampling.ts";
 
 /** Options of {@link MambaLM.load}. */
 export interface LoadOptions {
@@ -46,6 +47,14 @@ export interface Logits {
   data: Float32Array;
   /** `[batch, seqLen, paddedVocabSize]`. */
   shape: [number, number, number];
+}
+
+/** Options of {@link MambaLM.generateTokens}: sampling options, plus two of its own. */
+export interface GenerateTokensOptions extends SamplingOptions {
+  /** Per sequence, the ids seen before `tokens` (the prompt), for the repetition penalty. */
+  history?: readonly (readonly number[])[];
+  /** Most tokens per yielded block on backends that decode on the device. Default 64. */
+  blockSize?: number;
 }
 
 /** Resolves a directory path or URL to a URL that ends in `/`. */
@@ -234,6 +243,67 @@ export class MambaLM {
    */
   textStream(options?: GenerateOptions<InferenceState>): TransformStream<string, string> {
     return textStream(this, options);
+  }
+
+  /**
+   * Decodes `n` tokens for every sequence: feeds `tokens` (one per sequence: the last prompt
+   * token, or one picked from {@link prefill}'s logits), then `n` times picks the next token
+   * (greedy or sampled, per `options`; ids below the real vocabulary unless `vocabSize` says
+   * otherwise) and feeds it back. Yields blocks of picked ids, `[batch][block length]`. Backends
+   * with fused decoding (`webgpu`) run the whole loop on the device and yield blocks of up to
+   * `blockSize` tokens; the others step on the host with a {@link Sampler} (blocks of one). The
+   * state ends after `tokens` and the first `n − 1` picked tokens; if the consumer stops early,
+   * it may have consumed up to two blocks more than were yielded.
+   *
+   * @example
+   * ```ts
+   * import { MambaLM } from "@mamba/mamba";
+   * const lm = await MambaLM.load("./models/demo", { backend: "auto" });
+   * const state = lm.createState(1);
+   * const prompt = [72, 101, 108, 108, 111];
+   * await lm.prefill(state, [prompt.slice(0, -1)]);
+   * for await (const block of lm.generateTokens(state, [prompt.at(-1)!], 64, { topK: 1 })) {
+   *   console.log(block[0]);
+   * }
+   * ```
+   */
+  async *generateTokens(
+    state: InferenceState,
+    tokens: readonly number[],
+    n: number,
+    options: GenerateTokensOptions = {},
+  ): AsyncGenerator<number[][]> {
+    const [batch, , flat] = this.#checkIds(tokens.map((t) => [t]));
+    this.#checkState(state, batch);
+    if (!Number.isSafeInteger(n) || n < 0) {
+      throw new InputError(`n must be a non-negative integer, got ${n}`);
+    }
+    const sampling = validateSamplingOptions({
+      ...options,
+      vocabSize: options.vocabSize ?? this.config.vocabSize,
+    });
+    if (n === 0) return;
+    const be = this.backend;
+    if (be.decodeTokens) {
+      const handle = await bindState(state, be);
+      markComputed(state);
+      yield* be.decodeTokens(handle, flat, n, {
+        sampling,
+        history: options.history,
+        blockSize: options.blockSize,
+      });
+      return;
+    }
+    const sampler = new Sampler(sampling);
+    const V = this.config.paddedVocabSize;
+    const history = tokens.map((t, b) => [...(options.history?.[b] ?? []), t]);
+    let cur = [...tokens];
+    for (let i = 0; i < n; i++) {
+      const logits = await this.step(state, cur);
+      cur = cur.map((_, b) => sampler.sample(logits.subarray(b * V, (b + 1) * V), history[b]));
+      cur.forEach((t, b) => history[b].push(t));
+      yield cur.map((t) => [t]);
+    }
   }
 
   /** Frees the backend's memory. The model cannot be used afterwards. */

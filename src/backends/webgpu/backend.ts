@@ -11,13 +11,20 @@
  * @module
  */
 
-import type { Backend, BackendInit, StateTensors } from "../../backend.ts";
+import type { Backend, BackendInit, DecodeOptions, StateTensors } from "../../backend.ts";
 import type { MambaConfig } from "../../config.ts";
 import { BackendError } from "../../errors.ts";
 import { stateLayout } from "../../state.ts";
 import { type GpuContext, gpuContext } from "./device.ts";
 import { type Buf, Recorder } from "./recorder.ts";
-import { kernel, loadShaderSources, type ShaderDefs, type ShaderFile } from "./shaders.ts";
+import {
+  type Kernel,
+  kernel,
+  loadShaderSources,
+  type ShaderDefs,
+  type ShaderFile,
+} from "./shaders.ts";
+import { DecodePlan } from "./decode.ts";
 import { type GpuLayer, type GpuMatrix, type GpuWeights, uploadWeights } from "./weights.ts";
 
 /** An activation of the `webgpu` backend: `rows × cols` f32 values in a pooled GPU buffer. */
@@ -84,6 +91,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
   readonly weights: GpuWeights;
   readonly #opt: Required<WebGpuOptions>;
   readonly #free = new Map<number, Buf[]>();
+  readonly #plans = new Map<number, DecodePlan>();
   #disposed = false;
 
   private constructor(
@@ -155,7 +163,8 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     a.buf = null;
   }
 
-  #k(file: ShaderFile, entry: string, defs: ShaderDefs = {}) {
+  /** The compiled pipeline of `entry` in `wgsl/<file>.wgsl` specialised with `defs`. */
+  pipeline(file: ShaderFile, entry: string, defs: ShaderDefs = {}): Kernel {
     return kernel(this.ctx.device, file, entry, defs);
   }
 
@@ -174,7 +183,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
   /** Records the embedding gather of `rows` ids held in `ids` into `out` (`[rows, dModel]`). */
   encodeEmbed(ids: Buf, rows: number, out: Buf): void {
     const E = this.weights.embedding;
-    const k = this.#k("embed", "embed", { F16: E.f16 });
+    const k = this.pipeline("embed", "embed", { F16: E.f16 });
     for (const part of E.parts) {
       this.rec.dispatch(
         k,
@@ -198,7 +207,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     const norm = layer === "final" ? this.weights.normF : this.weights.layers[layer].norm;
     const resOut = this.#act(hidden.rows, hidden.cols);
     const normed = this.#act(hidden.rows, hidden.cols);
-    const k = this.#k("add_norm", "add_norm", { HAS_RES: !!r, LAYER_NORM: !cfg.rmsNorm });
+    const k = this.pipeline("add_norm", "add_norm", { HAS_RES: !!r, LAYER_NORM: !cfg.rmsNorm });
     this.rec.dispatch(
       k,
       "uuf",
@@ -235,7 +244,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     const big = M >= 128 && W.N >= 128;
     const TM = big ? 8 : 4;
     const BK = big ? 8 : 16;
-    const k = this.#k("matmul", "matmul", {
+    const k = this.pipeline("matmul", "matmul", {
       TM,
       TN: TM,
       BK,
@@ -282,7 +291,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     const xvec = K % vec === 0 && o.xOff % 4 === 0 && o.xStride % 4 === 0;
     const native = W.f16 && this.#opt.f16Native && this.ctx.shaderF16;
     const sg = this.#opt.subgroups && this.ctx.subgroupSize === 32;
-    const k = this.#k("matvec", "matvec", {
+    const k = this.pipeline("matvec", "matvec", {
       MB: o.M,
       WG: 256,
       TEAM: 32,
@@ -403,7 +412,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     const defs = { NS: N };
     const dtStride = w.dtProj!.stride;
     if (L === 1) {
-      const k = this.#k("selective_scan", "scan_step", defs);
+      const k = this.pipeline("selective_scan", "scan_step", defs);
       this.rec.dispatch(
         k,
         sig,
@@ -416,7 +425,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       const delta = this.temp(R * D * F32);
       this.linear(w.dtProj!, w.dtBias, xdbl, 0, xdw, R, delta, 0, D, true);
       if (L < this.#opt.chunkedScanMin) {
-        const k = this.#k("selective_scan", "scan_seq", defs);
+        const k = this.pipeline("selective_scan", "scan_seq", defs);
         this.rec.dispatch(
           k,
           sig,
@@ -431,7 +440,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
         const chunkH = this.temp(batch * nC * D * N * F32);
         const chunkSum = this.temp(batch * nC * D * F32);
         const p = [D, L, batch, dtRank, xdw, 2 * D, D, sOff, Q, nC, dtStride];
-        const k1 = this.#k("selective_scan", "scan_chunk_local", defs);
+        const k1 = this.pipeline("selective_scan", "scan_chunk_local", defs);
         this.rec.dispatch(
           k1,
           sig,
@@ -441,7 +450,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
           nC,
           batch,
         );
-        const k2 = this.#k("selective_scan", "scan_chunk_pass", defs);
+        const k2 = this.pipeline("selective_scan", "scan_chunk_pass", defs);
         this.rec.dispatch(
           k2,
           sig,
@@ -450,7 +459,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
           Math.ceil(D * N / 64),
           batch,
         );
-        const k3 = this.#k("selective_scan", "scan_chunk_out", defs);
+        const k3 = this.pipeline("selective_scan", "scan_chunk_out", defs);
         this.rec.dispatch(
           k3,
           sig,
@@ -489,7 +498,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     const binds = [src, conv, w.convWeight, w.convBias ?? null, out];
     if (L === 1) {
       this.rec.dispatch(
-        this.#k("conv1d", "conv_step", defs),
+        this.pipeline("conv1d", "conv_step", defs),
         "uuuuuuu",
         p,
         binds,
@@ -499,7 +508,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       return;
     }
     this.rec.dispatch(
-      this.#k("conv1d", "conv_seq", defs),
+      this.pipeline("conv1d", "conv_seq", defs),
       "uuuuuuu",
       p,
       binds,
@@ -507,7 +516,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       Math.min(batch * L, 65535),
     );
     this.rec.dispatch(
-      this.#k("conv1d", "conv_state", defs),
+      this.pipeline("conv1d", "conv_state", defs),
       "uuuuuuu",
       p,
       [src, conv],
@@ -542,7 +551,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     const dHdim = cfg.dHasHdim;
     if (L === 1) {
       const TP = 4;
-      const k = this.#k("ssd_step", "ssd_step", { TP, GATE: gate, D_HDIM: dHdim });
+      const k = this.pipeline("ssd_step", "ssd_step", { TP, GATE: gate, D_HDIM: dHdim });
       this.rec.dispatch(
         k,
         "uuuuuuuuffu",
@@ -578,7 +587,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       ];
       const S = state.ssm[layer];
       const d = (entry: string, binds: (Buf | null)[], gx: number, gy: number, gz: number) =>
-        this.rec.dispatch(this.#k("ssd_chunked", entry, defs), sig, p, binds, gx, gy, gz);
+        this.rec.dispatch(this.pipeline("ssd_chunked", entry, defs), sig, p, binds, gx, gy, gz);
       const _ = null;
       d("ssd_dt_cumsum", [zx, _, w.dtBias, w.A, _, _, _, dt, cum], Math.ceil(H / 64), nC, batch);
       d("ssd_chunk_cb", [_, xbc, _, _, _, _, _, _, _, cb], nC, G, batch);
@@ -596,7 +605,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     let g = y;
     if (cfg.gatedNorm) {
       g = this.temp(R * dInner * F32);
-      const k = this.#k("gated_norm", "gated_norm", { NORM_BEFORE_GATE: cfg.normBeforeGate });
+      const k = this.pipeline("gated_norm", "gated_norm", { NORM_BEFORE_GATE: cfg.normBeforeGate });
       this.rec.dispatch(
         k,
         "uuufuu",
@@ -635,6 +644,33 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     const bytes = await this.rec.read(b, 0, a.rows * a.cols * F32);
     this.#consume(a);
     return new Float32Array(bytes);
+  }
+
+  /**
+   * Fused decoding (see {@link Backend.decodeTokens}): every step runs on the GPU, the next token
+   * is picked there and fed back, and the ids come back a block at a time with two blocks in
+   * flight. When the consumer stops early, the state has also consumed the tokens of the blocks
+   * already submitted (at most two blocks more than were yielded).
+   */
+  decodeTokens(
+    state: GpuState,
+    tokens: Int32Array,
+    n: number,
+    options: DecodeOptions,
+  ): AsyncGenerator<number[][]> {
+    if (this.#disposed) throw new BackendError("the webgpu backend was disposed");
+    if (state.freed) throw new BackendError("decodeTokens: the state was freed");
+    if (tokens.length !== state.batch) {
+      throw new BackendError(`decodeTokens: ${tokens.length} tokens for ${state.batch} sequences`);
+    }
+    return this.decodePlan(state.batch).run(state, tokens, n, options);
+  }
+
+  /** The fused-decoding buffers for `batch` sequences (made once per batch size). */
+  decodePlan(batch: number): DecodePlan {
+    let plan = this.#plans.get(batch);
+    if (!plan) this.#plans.set(batch, plan = new DecodePlan(this, batch));
+    return plan;
   }
 
   // ---------------------------------------------------------------- state
@@ -702,6 +738,8 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
+    for (const p of this.#plans.values()) p.dispose();
+    this.#plans.clear();
     this.rec.dispose();
     this.#free.clear();
   }

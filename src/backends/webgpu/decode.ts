@@ -1,0 +1,463 @@
+/**
+ * Fused multi-step decoding on the GPU: one recorded step runs the whole model for every
+ * sequence of the batch (with the residual add and the norms folded into the matrix-vector
+ * kernels), picks the next token on the GPU and feeds it back, so that many steps go into one
+ * submission and the host only reads the sampled ids back, a block at a time, with two blocks in
+ * flight.
+ *
+ * @module
+ */
+
+import type { DecodeOptions } from "../../backend.ts";
+import type { MambaConfig } from "../../config.ts";
+import { BackendError } from "../../errors.ts";
+import type { ResolvedSamplingOptions } from "../../sampling.ts";
+import type { GpuState, WebGpuBackend } from "./backend.ts";
+import type { Buf } from "./recorder.ts";
+
+const F32 = 4;
+const ARGMAX_CHUNKS = 64;
+const SAMPLE_SIG = "uuuuuuuufffffu";
+
+/** Seeds xoshiro128** exactly as `new Xoshiro128(seed)` of src/rng.ts does. */
+export function xoshiroSeedState(seed: number): Uint32Array {
+  const mag = Math.abs(seed) % (Number.MAX_SAFE_INTEGER + 1);
+  const lo = mag >>> 0;
+  const hi = Math.floor(mag / 0x100000000) >>> 0;
+  const st = { s: (lo ^ Math.imul(hi, 0x632be5ab) ^ (seed < 0 ? 0x5bd1e995 : 0)) | 0 };
+  const next = () => {
+    st.s = (st.s + 0x9e3779b9) | 0;
+    let z = st.s;
+    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
+    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
+    return (z ^ (z >>> 16)) >>> 0;
+  };
+  const s = Uint32Array.from([next(), next(), next(), next()]);
+  if ((s[0] | s[1] | s[2] | s[3]) === 0) s[0] = 1;
+  return s;
+}
+
+/** The buffers of fused decoding for one batch size, allocated once and reused. */
+export class DecodePlan {
+  /** Sequences. */
+  readonly batch: number;
+  readonly #be: WebGpuBackend;
+  readonly #cfg: MambaConfig;
+  /** Current token of each sequence (u32), fed by the next step. */
+  readonly tok: Buf;
+  readonly #hidden: Buf;
+  readonly #res: [Buf, Buf];
+  readonly #normed: Buf;
+  readonly #a: Buf;
+  readonly #b: Buf;
+  readonly #c: Buf;
+  readonly #d: Buf;
+  /** `[batch, paddedVocab]` logits of the last step. */
+  readonly logits: Buf;
+  readonly #partial: Buf;
+  readonly #rng: Buf;
+  readonly #uni: Buf;
+  readonly #seen: Buf;
+  readonly #work: Buf;
+  readonly #words: number;
+  #out: Buf | null = null;
+  #staging: GPUBuffer[] = [];
+  #maxBlock = 0;
+  #busy = false;
+
+  /** Allocates the buffers for `batch` sequences. */
+  constructor(be: WebGpuBackend, batch: number) {
+    this.#be = be;
+    this.#cfg = be.config;
+    this.batch = batch;
+    const c = this.#cfg;
+    const B = batch;
+    const buf = (bytes: number, label: string) => be.rec.buffer(bytes, label);
+    this.tok = buf(B * 4, "decode.tok");
+    this.#hidden = buf(B * c.dModel * F32, "decode.hidden");
+    this.#res = [buf(B * c.dModel * F32, "decode.res0"), buf(B * c.dModel * F32, "decode.res1")];
+    this.#normed = buf(B * c.dModel * F32, "decode.normed");
+    if (c.arch === "mamba1") {
+      this.#a = buf(B * 2 * c.dInner * F32, "decode.xz");
+      this.#b = buf(B * c.dInner * F32, "decode.u");
+      this.#c = buf(B * (c.dtRank + 2 * c.dState) * F32, "decode.xdbl");
+      this.#d = buf(B * c.dInner * F32, "decode.y");
+    } else {
+      this.#a = buf(B * (c.dInner + c.convDim + c.nheads) * F32, "decode.zxbcdt");
+      this.#b = buf(B * c.convDim * F32, "decode.xbc");
+      this.#c = buf(B * c.dInner * F32, "decode.y");
+      this.#d = buf(B * c.dInner * F32, "decode.g");
+    }
+    const V = c.paddedVocabSize;
+    this.logits = buf(B * V * F32, "decode.logits");
+    this.#partial = buf(B * ARGMAX_CHUNKS * 8, "decode.partial");
+    this.#rng = buf(16, "decode.rng");
+    this.#uni = buf(B * F32, "decode.uniform");
+    this.#words = Math.ceil(V / 32);
+    this.#seen = buf(B * this.#words * 4, "decode.seen");
+    this.#work = buf(B * V * F32, "decode.work");
+  }
+
+  /** Records one step for every sequence: tok → model → logits → next tok (slot `slot`). */
+  encodeStep(state: GpuState, slot: number, s: ResolvedSamplingOptions, vocab: number): void {
+    const be = this.#be;
+    const c = this.#cfg;
+    const B = this.batch;
+    const d = c.dModel;
+    be.encodeEmbed(this.tok, B, this.#hidden);
+    for (let l = 0; l < c.nLayer; l++) {
+      const w = be.weights.layers[l];
+      const resIn = l > 0 ? this.#res[(l - 1) % 2] : undefined;
+      const resOut = this.#res[l % 2];
+      const inW = c.arch === "mamba1" ? 2 * c.dInner : c.dInner + c.convDim + c.nheads;
+      this.#normThen(w.norm.weight, w.norm.bias, resIn, resOut, (x, rms) =>
+        be.matvec(w.inProj, {
+          bias: w.inProjBias,
+          x,
+          xOff: 0,
+          xStride: d,
+          M: B,
+          y: this.#a,
+          yOff: 0,
+          yStride: inW,
+          ...rms,
+        }));
+      if (c.arch === "mamba1") this.#mamba1(l, state);
+      else this.#mamba2(l, state);
+    }
+    const resIn = this.#res[(c.nLayer - 1) % 2];
+    const V = c.paddedVocabSize;
+    this.#normThen(
+      be.weights.normF.weight,
+      be.weights.normF.bias,
+      resIn,
+      undefined,
+      (x, rms) =>
+        be.matvec(be.weights.lmHead, {
+          x,
+          xOff: 0,
+          xStride: d,
+          M: B,
+          y: this.logits,
+          yOff: 0,
+          yStride: V,
+          ...rms,
+        }),
+    );
+    this.#sample(slot, s, vocab);
+  }
+
+  /**
+   * The block's norm before a matrix-vector product: folded into it (RMSNorm), or a separate
+   * add + LayerNorm kernel.
+   */
+  #normThen(
+    weight: Buf,
+    bias: Buf | undefined,
+    resIn: Buf | undefined,
+    resOut: Buf | undefined,
+    mv: (x: Buf, rms: { rms?: { weight: Buf; eps: number }; resIn?: Buf; resOut?: Buf }) => void,
+  ): void {
+    const c = this.#cfg;
+    if (c.rmsNorm) {
+      mv(this.#hidden, { rms: { weight, eps: c.normEps }, resIn, resOut });
+      return;
+    }
+    const be = this.#be;
+    const k = be.pipeline("add_norm", "add_norm", { HAS_RES: !!resIn, LAYER_NORM: true });
+    const out = resOut ?? this.#res[(c.nLayer) % 2];
+    be.rec.dispatch(
+      k,
+      "uuf",
+      [this.batch, c.dModel, c.normEps],
+      [this.#hidden, resIn ?? null, weight, bias!, out, this.#normed],
+      this.batch,
+    );
+    mv(this.#normed, {});
+  }
+
+  #mamba1(l: number, state: GpuState): void {
+    const be = this.#be;
+    const c = this.#cfg;
+    const B = this.batch;
+    const w = be.weights.layers[l];
+    const D = c.dInner;
+    const xdw = c.dtRank + 2 * c.dState;
+    const [xz, u, xdbl, y] = [this.#a, this.#b, this.#c, this.#d];
+    be.rec.dispatch(
+      be.pipeline("conv1d", "conv_step", { BIAS: !!w.convBias }),
+      "uuuuuuu",
+      [D, c.dConv, 1, B, 2 * D, 0, 0],
+      [xz, state.conv[l], w.convWeight, w.convBias ?? null, u],
+      Math.ceil(D / 64),
+      B,
+    );
+    be.matvec(w.xProj!, { x: u, xOff: 0, xStride: D, M: B, y: xdbl, yOff: 0, yStride: xdw });
+    be.rec.dispatch(
+      be.pipeline("selective_scan", "scan_step", { NS: c.dState }),
+      "uuuuuuuuuuu",
+      [D, 1, B, c.dtRank, xdw, 2 * D, D, 0, 1, 1, w.dtProj!.stride],
+      [u, null, xdbl, xz, w.A, w.D, state.ssm[l], y, w.dtProj!.parts[0].buf, w.dtBias],
+      Math.ceil(D / 64),
+      B,
+    );
+    be.matvec(w.outProj, {
+      bias: w.outProjBias,
+      x: y,
+      xOff: 0,
+      xStride: D,
+      M: B,
+      y: this.#hidden,
+      yOff: 0,
+      yStride: c.dModel,
+    });
+  }
+
+  #mamba2(l: number, state: GpuState): void {
+    const be = this.#be;
+    const c = this.#cfg;
+    const B = this.batch;
+    const w = be.weights.layers[l];
+    const { dInner, convDim, nheads: H, headdim: P, dState: N, ngroups: G } = c;
+    const inDim = dInner + convDim + H;
+    const [zx, xbc, y, g] = [this.#a, this.#b, this.#c, this.#d];
+    be.rec.dispatch(
+      be.pipeline("conv1d", "conv_step", { BIAS: !!w.convBias }),
+      "uuuuuuu",
+      [convDim, c.dConv, 1, B, inDim, dInner, 0],
+      [zx, state.conv[l], w.convWeight, w.convBias ?? null, xbc],
+      Math.ceil(convDim / 64),
+      B,
+    );
+    const gate = !c.gatedNorm || !c.normBeforeGate;
+    const TP = 4;
+    const [dtMin, dtMax] = c.dtLimit;
+    be.rec.dispatch(
+      be.pipeline("ssd_step", "ssd_step", { TP, GATE: gate, D_HDIM: c.dHasHdim }),
+      "uuuuuuuuffu",
+      [H, P, N, G, B, inDim, dInner + convDim, convDim, dtMin, Math.min(dtMax, 3e38), 0],
+      [zx, xbc, w.dtBias, w.A, w.D, state.ssm[l], y],
+      Math.ceil(P / TP),
+      H,
+      B,
+    );
+    const out = {
+      bias: w.outProjBias,
+      x: y,
+      xOff: 0,
+      xStride: dInner,
+      M: B,
+      y: this.#hidden,
+      yOff: 0,
+      yStride: c.dModel,
+    };
+    if (c.gatedNorm && !c.normBeforeGate && G === 1) {
+      be.matvec(w.outProj, { ...out, rms: { weight: w.gatedNorm!, eps: 1e-5 } });
+      return;
+    }
+    if (c.gatedNorm) {
+      be.rec.dispatch(
+        be.pipeline("gated_norm", "gated_norm", { NORM_BEFORE_GATE: c.normBeforeGate }),
+        "uuufuu",
+        [B, dInner, dInner / G, 1e-5, inDim, 0],
+        [y, c.normBeforeGate ? zx : null, w.gatedNorm!, g],
+        B,
+        G,
+      );
+      be.matvec(w.outProj, { ...out, x: g });
+      return;
+    }
+    be.matvec(w.outProj, out);
+  }
+
+  #sample(slot: number, s: ResolvedSamplingOptions, vocab: number): void {
+    const be = this.#be;
+    const B = this.batch;
+    const V = this.#cfg.paddedVocabSize;
+    const penalty = s.repetitionPenalty !== 1;
+    const chunk = Math.ceil(vocab / ARGMAX_CHUNKS);
+    const flags = (s.greedy ? 1 : 0) | (penalty ? 2 : 0) | (s.topP < 1 ? 4 : 0) |
+      (s.minP > 0 ? 8 : 0);
+    const params = [
+      V,
+      vocab,
+      B,
+      slot,
+      chunk,
+      ARGMAX_CHUNKS,
+      s.topK,
+      flags,
+      s.temperature > 0 ? 1 / s.temperature : 1,
+      s.temperature,
+      s.topP,
+      s.minP > 0 ? Math.log(s.minP) : 0,
+      s.repetitionPenalty,
+      this.#words,
+    ];
+    const out = this.#out!;
+    if (s.greedy && !penalty) {
+      be.rec.dispatch(
+        be.pipeline("sample", "argmax_partial"),
+        SAMPLE_SIG,
+        params,
+        [this.logits, null, null, this.#partial],
+        ARGMAX_CHUNKS,
+        B,
+      );
+      be.rec.dispatch(
+        be.pipeline("sample", "argmax_final"),
+        SAMPLE_SIG,
+        params,
+        [null, this.tok, out, this.#partial],
+        1,
+      );
+      return;
+    }
+    if (!s.greedy) {
+      be.rec.dispatch(
+        be.pipeline("sample", "rng_draw"),
+        SAMPLE_SIG,
+        params,
+        [null, null, null, null, this.#rng, this.#uni],
+        1,
+      );
+    }
+    be.rec.dispatch(
+      be.pipeline("sample", "sample_rows"),
+      SAMPLE_SIG,
+      params,
+      [
+        this.logits,
+        this.tok,
+        out,
+        null,
+        null,
+        this.#uni,
+        this.#seen,
+        this.#work,
+      ],
+      B,
+    );
+  }
+
+  #ensureBlock(maxBlock: number): void {
+    if (maxBlock <= this.#maxBlock) return;
+    const be = this.#be;
+    if (this.#out) be.rec.destroy(this.#out);
+    for (const s of this.#staging) s.destroy();
+    const bytes = Math.max(16, maxBlock * this.batch * 4);
+    this.#out = be.rec.buffer(bytes, "decode.out");
+    this.#staging = [0, 1, 2].map(() =>
+      be.rec.device.createBuffer({
+        size: bytes,
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      })
+    );
+    this.#maxBlock = maxBlock;
+  }
+
+  /**
+   * Feeds `tokens`, then samples and feeds back `n` tokens, yielding them in blocks
+   * (`[batch][block length]`).
+   */
+  async *run(
+    state: GpuState,
+    tokens: Int32Array,
+    n: number,
+    options: DecodeOptions,
+  ): AsyncGenerator<number[][]> {
+    if (this.#busy) throw new BackendError("decodeTokens: this batch size is already decoding");
+    this.#busy = true;
+    const be = this.#be;
+    const B = this.batch;
+    const s = options.sampling;
+    const vocab = Math.min(s.vocabSize ?? this.#cfg.paddedVocabSize, this.#cfg.paddedVocabSize);
+    const maxBlock = Math.max(1, Math.min(options.blockSize ?? 64, 1024));
+    this.#ensureBlock(maxBlock);
+    be.rec.write(this.tok, 0, Uint32Array.from(tokens));
+    if (!s.greedy) be.rec.write(this.#rng, 0, xoshiroSeedState(s.seed));
+    if (s.repetitionPenalty !== 1) {
+      const h = Array.from({ length: B }, (_, b) => [...(options.history?.[b] ?? []), tokens[b]]);
+      this.#writeSeen(h, vocab);
+    }
+    const inflight: { staging: GPUBuffer; len: number; done: Promise<void> }[] = [];
+    let submitted = 0;
+    let block = Math.min(8, maxBlock);
+    let ring = 0;
+    const submit = () => {
+      const len = Math.min(block, n - submitted);
+      for (let i = 0; i < len; i++) this.encodeStep(state, i, s, vocab);
+      const staging = this.#staging[ring];
+      ring = (ring + 1) % this.#staging.length;
+      be.rec.encoder().copyBufferToBuffer(this.#out!.buffer, 0, staging, 0, len * B * 4);
+      be.rec.flush();
+      inflight.push({ staging, len, done: staging.mapAsync(GPUMapMode.READ, 0, len * B * 4) });
+      submitted += len;
+      block = Math.min(block * 2, maxBlock);
+    };
+    try {
+      while (submitted < n && inflight.length < 2) submit();
+      while (inflight.length) {
+        const head = inflight[0];
+        await head.done;
+        inflight.shift();
+        be.rec.checkErrors();
+        const ids = new Uint32Array(head.staging.getMappedRange(0, head.len * B * 4).slice(0));
+        head.staging.unmap();
+        while (submitted < n && inflight.length < 2) submit();
+        const rows: number[][] = [];
+        for (let b = 0; b < B; b++) {
+          const row: number[] = [];
+          for (let i = 0; i < head.len; i++) row.push(ids[i * B + b]);
+          rows.push(row);
+        }
+        yield rows;
+      }
+    } finally {
+      for (const f of inflight) {
+        await f.done.catch(() => {});
+        f.staging.unmap();
+      }
+      this.#busy = false;
+    }
+  }
+
+  /**
+   * Picks one token per row from given logits (`[batch, paddedVocab]`) with the GPU sampler, as
+   * one decode step would (for tests). The RNG continues from the previous call unless `seed`
+   * is given; `history` (re)sets the repetition-penalty bitmap.
+   */
+  async sampleLogits(
+    logits: Float32Array,
+    s: ResolvedSamplingOptions,
+    options: { seed?: number; history?: readonly (readonly number[])[] } = {},
+  ): Promise<number[]> {
+    const be = this.#be;
+    const vocab = Math.min(s.vocabSize ?? this.#cfg.paddedVocabSize, this.#cfg.paddedVocabSize);
+    this.#ensureBlock(1);
+    be.rec.write(this.logits, 0, logits);
+    if (options.seed !== undefined) be.rec.write(this.#rng, 0, xoshiroSeedState(options.seed));
+    if (options.history) this.#writeSeen(options.history, vocab);
+    this.#sample(0, s, vocab);
+    const out = new Uint32Array(await be.rec.read(this.#out!, 0, this.batch * 4));
+    return [...out];
+  }
+
+  #writeSeen(history: readonly (readonly number[])[], vocab: number): void {
+    const bits = new Uint32Array(this.batch * this.#words);
+    for (let b = 0; b < this.batch; b++) {
+      for (const id of history[b] ?? []) {
+        if (Number.isInteger(id) && id >= 0 && id < vocab) {
+          bits[b * this.#words + (id >>> 5)] |= 1 << (id & 31);
+        }
+      }
+    }
+    this.#be.rec.write(this.#seen, 0, bits);
+  }
+
+  /** Frees the plan's buffers. */
+  dispose(): void {
+    for (const s of this.#staging) s.destroy();
+    this.#staging = [];
+  }
+}

@@ -1,0 +1,229 @@
+/**
+ * Tests of the `webgpu` backend beyond the oracle suite: the code paths the oracle's short
+ * prompts do not reach (chunked Mamba-1 scan, prompts split into slabs, the tiled matmul, f16
+ * through shader-f16), fused decoding against the oracle's greedy tokens, and the GPU sampler
+ * against the host sampler on the same logits and seed.
+ */
+
+import assert from "node:assert/strict";
+import { MambaLM, parseConfig } from "../mod.ts";
+import { WebGpuBackend, type WebGpuOptions } from "../src/backends/webgpu/backend.ts";
+import { preprocess } from "../src/backends/webgpu/shaders.ts";
+import { Sampler, type SamplingOptions, validateSamplingOptions } from "../src/sampling.ts";
+import { loadWeights, type WeightsDtype } from "../src/weights.ts";
+import { assertClose, loadExpected, oracleDir, TOL } from "./oracle_util.ts";
+
+const adapter = await navigator.gpu?.requestAdapter().catch(() => null);
+const ignore = !adapter;
+if (ignore) console.error("webgpu tests: no WebGPU adapter, skipped");
+
+Deno.test("webgpu: shader preprocessor", () => {
+  const src = "a\n#if X\nb ${N}\n#elif !Y\nc\n#else\nd\n#endif\n#if !X\ne\n#endif";
+  assert.equal(preprocess(src, { X: true, N: 3 }), "a\nb 3");
+  assert.equal(preprocess(src, { X: false, Y: false }), "a\nc\ne");
+  assert.equal(preprocess(src, { X: false, Y: true }), "a\nd\ne");
+  assert.throws(() => preprocess("#if A\n", {}));
+  assert.throws(() => preprocess("${M}", {}));
+});
+
+/** A model of an oracle case on a webgpu backend made with `options`. */
+async function oracleModel(
+  name: string,
+  options: WebGpuOptions,
+  dtype: WeightsDtype = "f32",
+): Promise<MambaLM> {
+  const dir = `${oracleDir()}/${name}`;
+  const config = parseConfig(JSON.parse(Deno.readTextFileSync(`${dir}/config.json`)));
+  const weights = await loadWeights(config, new URL(`file://${dir}/`), dtype);
+  return new MambaLM(config, await WebGpuBackend.create({ config, weights }, options));
+}
+
+/** Forward logits and prefill states of every run of `name` against the oracle. */
+async function checkCase(name: string, options: WebGpuOptions, dtype: WeightsDtype = "f32") {
+  const exp = loadExpected(name);
+  const lm = await oracleModel(name, options, dtype);
+  const s = dtype === "f32" ? 1 : 300;
+  const tol = (t: { atol: number; rtol: number }) => ({ atol: t.atol * s, rtol: t.rtol * s });
+  try {
+    for (const run of exp.json.runs) {
+      const arr = (k: string) => exp.arrays.get(`${run.name}.${k}`)!.data;
+      const full = await lm.forward(run.input_ids);
+      assertClose(full.data, arr("logits"), tol(TOL.logits), `${name} ${run.name} logits`);
+      const state = lm.createState(run.batch);
+      await lm.prefill(state, run.input_ids);
+      await state.sync();
+      for (let l = 0; l < lm.config.nLayer; l++) {
+        assertClose(state.conv[l], arr(`layers.${l}.conv_state`), tol(TOL.conv), `conv ${l}`);
+        assertClose(state.ssm[l], arr(`layers.${l}.ssm_state`), tol(TOL.ssm), `ssm ${l}`);
+      }
+    }
+  } finally {
+    lm.dispose();
+  }
+}
+
+const M1 = ["m1_d64_l7", "m1_d96_l64_vocab500", "m1_f16_l64"];
+const M2 = ["m2_hd16_ds16_l64", "m2_hd32_ds64_l7"];
+
+Deno.test({
+  name: "webgpu: chunked Mamba-1 scan (uneven chunks) matches the oracle",
+  ignore,
+  async fn() {
+    for (const name of M1) await checkCase(name, { chunkedScanMin: 2, scanChunk: 5 });
+  },
+});
+
+Deno.test({
+  name: "webgpu: prompts split into slabs match the oracle",
+  ignore,
+  async fn() {
+    // Slabs of a few tokens: every sequence of the batch on its own, state carried across.
+    for (const name of [...M1, ...M2]) await checkCase(name, { slabBytes: 8192 });
+  },
+});
+
+Deno.test({
+  name: "webgpu: tiled matmul for every row count matches the oracle (f32 and f16 weights)",
+  ignore,
+  async fn() {
+    for (const name of [...M1, ...M2]) await checkCase(name, { matvecMaxRows: 0 });
+    for (const name of ["m1_d64_l7", "m2_hd16_ds16_l64"]) {
+      await checkCase(name, { matvecMaxRows: 0 }, "f16");
+    }
+  },
+});
+
+Deno.test({
+  name: "webgpu: f16 weights through shader-f16 and without subgroups match the oracle",
+  ignore,
+  async fn() {
+    for (const name of ["m1_d96_l64_vocab500", "m2_hd32_ds64_l7"]) {
+      await checkCase(name, { f16Native: true, subgroups: false }, "f16");
+    }
+  },
+});
+
+Deno.test({
+  name: "webgpu: fused decoding reproduces the oracle's greedy tokens and the step path's state",
+  ignore,
+  async fn() {
+    const cases = [...M1, ...M2, "m1_d32_l1_dtrank8", "m2_d32_ds64_l1"];
+    for (const name of cases) {
+      const exp = loadExpected(name);
+      const lm = await MambaLM.load(`${oracleDir()}/${name}`, { backend: "webgpu" });
+      try {
+        for (const run of exp.json.runs) {
+          for (
+            const [key, vocabSize] of [["generated", exp.json.padded_vocab_size], [
+              "generated_real_vocab",
+              exp.json.vocab_size,
+            ]] as const
+          ) {
+            const want = run[key];
+            if (!want) continue;
+            const state = lm.createState(run.batch);
+            if (run.prompt_len > 1) {
+              await lm.prefill(state, run.input_ids.map((r) => r.slice(0, -1)));
+            }
+            const got: number[][] = run.input_ids.map(() => []);
+            const last = run.input_ids.map((r) => r.at(-1)!);
+            // Small blocks, so several are in flight.
+            const opts = { topK: 1, vocabSize, blockSize: 5 };
+            for await (const block of lm.generateTokens(state, last, want[0].length, opts)) {
+              block.forEach((r, b) => got[b].push(...r));
+            }
+            assert.deepEqual(got, want, `${name} ${run.name} ${key}`);
+            // The state has consumed the prompt and the first n − 1 tokens: one more step on
+            // the last token must give the logits of a fresh prefill of all of it.
+            const next = await lm.step(state, got.map((g) => g.at(-1)!));
+            const ref = lm.createState(run.batch);
+            const all = run.input_ids.map((r, b) => [...r, ...got[b]]);
+            const want2 = await lm.prefill(ref, all);
+            assertClose(next, want2, { atol: 2e-4, rtol: 2e-4 }, `${name} state after decode`);
+          }
+        }
+      } finally {
+        lm.dispose();
+      }
+    }
+  },
+});
+
+Deno.test({
+  name: "webgpu: the GPU sampler picks what the host sampler picks (same logits, same seed)",
+  ignore,
+  async fn() {
+    const lm = await MambaLM.load(`${oracleDir()}/m1_d96_l64_vocab500`, { backend: "webgpu" });
+    try {
+      const be = lm.backend as WebGpuBackend;
+      const B = 3;
+      const V = lm.config.paddedVocabSize; // 512
+      const plan = be.decodePlan(B);
+      let x = 12345;
+      const rand = () => ((x = (Math.imul(x, 1103515245) + 12345) >>> 0) / 2 ** 32);
+      const sets: SamplingOptions[] = [
+        { temperature: 0.7 },
+        { temperature: 1.3, topK: 20 },
+        { topP: 0.8 },
+        { temperature: 0.9, topK: 50, topP: 0.95, minP: 0.02 },
+        { minP: 0.1, repetitionPenalty: 1.5 },
+        { topK: 1, repetitionPenalty: 2 },
+        { temperature: 0 },
+        { topK: 7, topP: 0.5 },
+      ];
+      for (const [i, opts] of sets.entries()) {
+        const o = { ...opts, seed: 100 + i, vocabSize: 500 };
+        const cpu = new Sampler(o);
+        const s = validateSamplingOptions(o);
+        const history = Array.from({ length: B }, () => [] as number[]);
+        for (let step = 0; step < 20; step++) {
+          const logits = new Float32Array(B * V);
+          for (let j = 0; j < logits.length; j++) logits[j] = (rand() - 0.5) * 8;
+          // Some ties and repeated values, as real logits have.
+          logits[3] = logits[7] = logits[11];
+          const gpu = await plan.sampleLogits(logits, s, {
+            seed: step === 0 ? o.seed : undefined,
+            history,
+          });
+          const want = Array.from(
+            { length: B },
+            (_, b) => cpu.sample(logits.subarray(b * V, (b + 1) * V), history[b]),
+          );
+          assert.deepEqual(gpu, want, `options ${JSON.stringify(o)}, step ${step}`);
+          want.forEach((t, b) => history[b].push(t));
+        }
+      }
+    } finally {
+      lm.dispose();
+    }
+  },
+});
+
+Deno.test({
+  name: "webgpu: sampled fused decoding equals step-by-step decoding with the host sampler",
+  ignore,
+  async fn() {
+    const name = "m2_hd16_ds16_l64";
+    const gpu = await MambaLM.load(`${oracleDir()}/${name}`, { backend: "webgpu" });
+    const cpu = await MambaLM.load(`${oracleDir()}/${name}`, { backend: "ref" });
+    try {
+      const prompt = [[1, 2, 3, 4], [9, 8, 7, 6]];
+      const opts = { temperature: 0.8, topK: 30, topP: 0.9, seed: 7, repetitionPenalty: 1.2 };
+      const run = async (lm: MambaLM) => {
+        const state = lm.createState(2);
+        await lm.prefill(state, prompt.map((r) => r.slice(0, -1)));
+        const got: number[][] = [[], []];
+        const it = lm.generateTokens(state, prompt.map((r) => r.at(-1)!), 24, {
+          ...opts,
+          history: prompt.map((r) => r.slice(0, -1)),
+        });
+        for await (const block of it) block.forEach((r, b) => got[b].push(...r));
+        return got;
+      };
+      assert.deepEqual(await run(gpu), await run(cpu));
+    } finally {
+      gpu.dispose();
+      cpu.dispose();
+    }
+  },
+});
