@@ -772,6 +772,32 @@ Deno.test("wasm kernels: conv1d seq and step vs reference (SIMD and generic path
           assertClose(os.view, want.subarray(t * ldo, t * ldo + C), 1e-6, 1e-5, `conv step t=${t}`);
         }
         assertClose(state.view, wantState, 0, 0, "conv state after steps");
+        // in place: out = x (same stride)
+        state.set(st0);
+        const inPlace = k.upload(xf);
+        k.conv1dSeq(
+          state.ptr,
+          inPlace.ptr,
+          ldx,
+          w.ptr,
+          withBias ? b.ptr : 0,
+          inPlace.ptr,
+          ldx,
+          L,
+          dConv,
+          0,
+          C,
+          silu,
+        );
+        for (let t = 0; t < L; t++) {
+          assertClose(
+            inPlace.view.subarray(t * ldx, t * ldx + C),
+            want.subarray(t * ldo, t * ldo + C),
+            1e-6,
+            1e-5,
+            `conv in place t=${t}`,
+          );
+        }
         k.reset(mark);
       }
     }
@@ -889,6 +915,19 @@ Deno.test("wasm kernels: selective_scan seq / step / channel ranges vs reference
     k.selectiveScan({ ...args, c0: cut, c1: dim });
     assertClose(y.view, want.y, 1e-6 * yScale, 1e-5, "scan y (ranges)");
     assertClose(h.view, want.h, 1e-6 * hScale, 1e-5, "scan h (ranges)");
+    // y written over u (same stride)
+    h.set(h0);
+    const uy = k.upload(uF);
+    k.selectiveScan({ ...args, u: uy.ptr, y: uy.ptr, ldy: ldu });
+    for (let t = 0; t < L; t++) {
+      assertClose(
+        uy.view.subarray(t * ldu, t * ldu + dim),
+        want.y.subarray(t * dim, (t + 1) * dim),
+        1e-6 * yScale,
+        1e-5,
+        "scan y over u",
+      );
+    }
     // step by step on contiguous per-token vectors
     h.set(h0);
     const us = k.allocF32(dim),
@@ -1073,6 +1112,21 @@ Deno.test("wasm kernels: ssd_scan seq / step / head ranges vs reference", async 
     k.ssdScan({ ...args, h0: cut, h1: nheads });
     k.ssdScan({ ...args, h0: 0, h1: cut });
     check("ssd ranges");
+    // y written over x (same stride)
+    state.set(s0);
+    const xy = k.upload(xF);
+    k.ssdScan({ ...args, x: xy.ptr, y: xy.ptr, ldy: ldx });
+    for (let t = 0; t < L; t++) {
+      const yw = want.subarray(t * ldy, t * ldy + di);
+      const ys = Math.max(...yw.map(Math.abs));
+      assertClose(
+        xy.view.subarray(t * ldx, t * ldx + di),
+        yw,
+        1e-6 * ys,
+        1e-5,
+        `ssd y over x t=${t}`,
+      );
+    }
     // steps
     state.set(s0);
     const xs = k.allocF32(di),
