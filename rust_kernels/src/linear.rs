@@ -48,11 +48,14 @@ struct WF16S(*const u16, F16Masks);
 impl Wt for WF16S {
     #[inline(always)]
     unsafe fn ld8(self, r: usize, ld: usize, i: usize) -> (v128, v128) {
-        self.1.widen_scaled_down(v128_load(self.0.add(r * ld + i) as *const v128))
+        self.1
+            .widen_scaled_down(v128_load(self.0.add(r * ld + i) as *const v128))
     }
     #[inline(always)]
     unsafe fn ld4(self, r: usize, ld: usize, i: usize) -> v128 {
-        self.1.widen_scaled_down(v128_load64_zero(self.0.add(r * ld + i) as *const u64)).0
+        self.1
+            .widen_scaled_down(v128_load64_zero(self.0.add(r * ld + i) as *const u64))
+            .0
     }
     #[inline(always)]
     unsafe fn ld1(self, r: usize, ld: usize, i: usize) -> f32 {
@@ -96,37 +99,38 @@ unsafe fn put(y: *mut f32, v: f32, accumulate: bool) {
 // ---------------------------------------------------------------------------------------------
 // GEMV
 
-/// Dot products of `R` rows starting at `r` with x (K elements).
+/// Dot product of row `r` with x, four independent accumulators (16 elements per step).
+///
+/// The GEMVs go one row at a time on purpose: a single sequential weight stream is what the
+/// hardware prefetchers follow best. Interleaving 4 rows (reusing each x load 4 times) is ~30%
+/// faster while the matrix sits in cache, but twice slower streaming from DRAM, which is where
+/// the weights of a real model are at decode time.
 #[inline(always)]
-unsafe fn dot_rows<W: Wt, const R: usize>(w: W, r: usize, k: usize, x: *const f32) -> [f32; R] {
-    let mut a = [f32x4_splat(0.0); R];
-    let b = [f32x4_splat(0.0); R];
+unsafe fn dot_row1<W: Wt>(w: W, r: usize, k: usize, x: *const f32) -> f32 {
+    let mut a = [f32x4_splat(0.0); 4];
     let mut i = 0;
-    while i + 8 <= k {
-        let x0 = ld(x.add(i));
-        let x1 = ld(x.add(i + 4));
-        for j in 0..R {
-            let (w0, w1) = w.ld8(r + j, k, i);
-            a[j] = add(a[j], add(mul(w0, x0), mul(w1, x1)));
-        }
+    while i + 16 <= k {
+        let (w0, w1) = w.ld8(r, k, i);
+        let (w2, w3) = w.ld8(r, k, i + 8);
+        a[0] = madd(a[0], w0, ld(x.add(i)));
+        a[1] = madd(a[1], w1, ld(x.add(i + 4)));
+        a[2] = madd(a[2], w2, ld(x.add(i + 8)));
+        a[3] = madd(a[3], w3, ld(x.add(i + 12)));
+        i += 16;
+    }
+    if i + 8 <= k {
+        let (w0, w1) = w.ld8(r, k, i);
+        a[0] = madd(a[0], w0, ld(x.add(i)));
+        a[1] = madd(a[1], w1, ld(x.add(i + 4)));
         i += 8;
     }
     if i + 4 <= k {
-        let x0 = ld(x.add(i));
-        for j in 0..R {
-            a[j] = madd(a[j], w.ld4(r + j, k, i), x0);
-        }
+        a[2] = madd(a[2], w.ld4(r, k, i), ld(x.add(i)));
         i += 4;
     }
-    let mut s = [0f32; R];
-    for j in 0..R {
-        s[j] = hsum(add(a[j], b[j]));
-    }
+    let mut s = hsum(add(add(a[0], a[1]), add(a[2], a[3])));
     while i < k {
-        let xi = *x.add(i);
-        for j in 0..R {
-            s[j] += w.ld1(r + j, k, i) * xi;
-        }
+        s += w.ld1(r, k, i) * *x.add(i);
         i += 1;
     }
     s
@@ -145,16 +149,8 @@ unsafe fn matvec<W: Wt>(
 ) {
     let end = min(row_end, n);
     let mut r = row_start;
-    while r + 4 <= end {
-        let s = dot_rows::<W, 4>(w, r, k, x);
-        for j in 0..4 {
-            put(y.add(r + j), s[j], accumulate);
-        }
-        r += 4;
-    }
     while r < end {
-        let s = dot_rows::<W, 1>(w, r, k, x);
-        put(y.add(r), s[0], accumulate);
+        put(y.add(r), dot_row1(w, r, k, x), accumulate);
         r += 1;
     }
 }
@@ -206,13 +202,20 @@ pub unsafe extern "C" fn matvec_f16(
         let m = f32x4_max(m, i32x4_shuffle::<2, 3, 0, 1>(m, m));
         let m = f32x4_max(m, i32x4_shuffle::<1, 0, 3, 2>(m, m));
         if lane0(m) < 32768.0 {
-            return matvec(WF16S(w, F16Masks::get()), xs, y, n, k, row_start, row_end, accumulate != 0);
+            return matvec(
+                WF16S(w, F16Masks::get()),
+                xs,
+                y,
+                n,
+                k,
+                row_start,
+                row_end,
+                accumulate != 0,
+            );
         }
     }
     matvec(WF16(w), x, y, n, k, row_start, row_end, accumulate != 0)
 }
-
-
 
 /// Number of q8 scale blocks per row for K columns: `ceil(K / 32)`.
 #[inline(always)]
@@ -261,7 +264,10 @@ struct Scratch {
     s: [f32; SCRATCH_CAP / Q8_BLOCK],
 }
 
-static mut SCRATCH: Scratch = Scratch { q: [0; SCRATCH_CAP], s: [0.0; SCRATCH_CAP / Q8_BLOCK] };
+static mut SCRATCH: Scratch = Scratch {
+    q: [0; SCRATCH_CAP],
+    s: [0.0; SCRATCH_CAP / Q8_BLOCK],
+};
 
 #[inline(always)]
 unsafe fn scratch_q() -> *mut i16 {
@@ -397,14 +403,6 @@ pub unsafe extern "C" fn matvec_q8(
         }
     }
     let mut r = row_start;
-    while r + 4 <= end {
-        let mut acc = [f32x4_splat(0.0); 4];
-        full_blocks::<4>(wq, scales, x, xq, xs, r, k, nb, nfull, int_path, &mut acc);
-        for j in 0..4 {
-            put(y.add(r + j), hsum(acc[j]), accumulate != 0);
-        }
-        r += 4;
-    }
     while r < end {
         let mut acc = [f32x4_splat(0.0); 1];
         full_blocks::<1>(wq, scales, x, xq, xs, r, k, nb, nfull, int_path, &mut acc);
@@ -730,11 +728,22 @@ unsafe fn q8_tile<const R: usize, const T: usize>(
         for t in 0..T {
             let xp = xq.add(t * k + b * Q8_BLOCK) as *const v128;
             let sx = *xs.add(t * nb + b);
-            let x = [v128_load(xp), v128_load(xp.add(1)), v128_load(xp.add(2)), v128_load(xp.add(3))];
+            let x = [
+                v128_load(xp),
+                v128_load(xp.add(1)),
+                v128_load(xp.add(2)),
+                v128_load(xp.add(3)),
+            ];
             for j in 0..R {
                 let d = i32x4_add(
-                    i32x4_add(i32x4_dot_i16x8(w[j][0], x[0]), i32x4_dot_i16x8(w[j][1], x[1])),
-                    i32x4_add(i32x4_dot_i16x8(w[j][2], x[2]), i32x4_dot_i16x8(w[j][3], x[3])),
+                    i32x4_add(
+                        i32x4_dot_i16x8(w[j][0], x[0]),
+                        i32x4_dot_i16x8(w[j][1], x[1]),
+                    ),
+                    i32x4_add(
+                        i32x4_dot_i16x8(w[j][2], x[2]),
+                        i32x4_dot_i16x8(w[j][3], x[3]),
+                    ),
                 );
                 acc[j][t] = madd(acc[j][t], f32x4_convert_i32x4(d), f32x4_splat(sw[j] * sx));
             }
@@ -790,7 +799,19 @@ pub unsafe extern "C" fn matmul_q8(
                 }
             }
         };
-        return matmul_widen(src, x, ldx, y, ldy, m, n, k, row_start, row_end, accumulate != 0);
+        return matmul_widen(
+            src,
+            x,
+            ldx,
+            y,
+            ldy,
+            m,
+            n,
+            k,
+            row_start,
+            row_end,
+            accumulate != 0,
+        );
     }
     let end = min(row_end, n);
     let acc = accumulate != 0;
@@ -833,7 +854,16 @@ pub unsafe extern "C" fn matmul_q8(
                 } else {
                     for j in 0..rows {
                         for u in 0..toks {
-                            let o = q8_tile::<1, 1>(wq, scales, xqt.add(u * k), xst.add(u * nb), r + j, k, nb, nfull);
+                            let o = q8_tile::<1, 1>(
+                                wq,
+                                scales,
+                                xqt.add(u * k),
+                                xst.add(u * nb),
+                                r + j,
+                                k,
+                                nb,
+                                nfull,
+                            );
                             finish(r + j, t + u, o[0][0]);
                         }
                     }

@@ -330,7 +330,12 @@ pub struct F16Masks {
 }
 
 static F16_MASKS: F16Masks = F16Masks {
-    keep: i32x4(0x8fff_8fff_u32 as i32, 0x8fff_8fff_u32 as i32, 0x8fff_8fff_u32 as i32, 0x8fff_8fff_u32 as i32),
+    keep: i32x4(
+        0x8fff_8fff_u32 as i32,
+        0x8fff_8fff_u32 as i32,
+        0x8fff_8fff_u32 as i32,
+        0x8fff_8fff_u32 as i32,
+    ),
     exp: i32x4(0x7c00_7c00, 0x7c00_7c00, 0x7c00_7c00, 0x7c00_7c00),
     inf: i32x4(0x7f80_7f80, 0x7f80_7f80, 0x7f80_7f80, 0x7f80_7f80),
 };
