@@ -436,7 +436,12 @@ export class WasmKernels {
    */
   static compile(source?: URL | string | BufferSource): Promise<WebAssembly.Module> {
     if (source === undefined) {
-      defaultModule ??= readUrl(WasmKernels.defaultUrl).then((b) => WebAssembly.compile(b));
+      defaultModule ??= readUrl(WasmKernels.defaultUrl).then((b) => WebAssembly.compile(b)).catch(
+        (e) => {
+          defaultModule = undefined; // let a later call retry
+          throw e;
+        },
+      );
       return defaultModule;
     }
     if (typeof source === "string" || source instanceof URL) {
