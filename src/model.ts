@@ -39,6 +39,13 @@ export interface LoadOptions {
    * or `false` for none. By default the model directory's `tokenizer.json`, when it has one.
    */
   tokenizer?: Tokenizer | string | URL | false;
+  /**
+   * Options of the `wasm` backend (ignored by the others): `threads`, the number of threads
+   * (default `navigator.hardwareConcurrency`; 1 = no workers), and `weights`, how it stores the
+   * matrices: `"f32"`, `"f16"`, or `"q8"` (int8, one scale per 32 weights, quantized at load);
+   * by default as loaded (see `weightsDtype`).
+   */
+  wasm?: { threads?: number; weights?: "f32" | "f16" | "q8" };
 }
 
 /** Logits of a full-sequence forward. */
@@ -127,7 +134,7 @@ export class MambaLM {
     else if (tok === undefined && (await exists(new URL("tokenizer.json", base)))) {
       tokenizer = await Tokenizer.load(base);
     }
-    const backend = await createBackend(options.backend ?? "ref", { config, weights });
+    const backend = await createBackend(options.backend ?? "ref", { config, weights }, options);
     return new MambaLM(config, backend, tokenizer);
   }
 
@@ -146,9 +153,9 @@ export class MambaLM {
   static async fromWeights(
     config: MambaConfig,
     weights: ModelWeights,
-    options: { backend?: BackendChoice; tokenizer?: Tokenizer } = {},
+    options: { backend?: BackendChoice; tokenizer?: Tokenizer; wasm?: LoadOptions["wasm"] } = {},
   ): Promise<MambaLM> {
-    const backend = await createBackend(options.backend ?? "ref", { config, weights });
+    const backend = await createBackend(options.backend ?? "ref", { config, weights }, options);
     return new MambaLM(config, backend, options.tokenizer);
   }
 

@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import {
   type BackendChoice,
   InferenceState,
+  type LoadOptions,
   MambaLM,
   parseSafetensors,
   tensorToF32,
@@ -120,6 +121,12 @@ export interface SuiteOptions {
   weightsDtype?: "f32" | "f16" | "as-stored";
   /** Skip the exact greedy comparison (for low-precision runs). */
   skipGreedy?: boolean;
+  /** Per-array tolerances replacing the (scaled) oracle ones (for quantized weights, say). */
+  tol?: Partial<Record<"logits" | "conv" | "ssm", { atol: number; rtol: number }>>;
+  /** Options of the `wasm` backend (threads, weight storage). */
+  wasm?: LoadOptions["wasm"];
+  /** Appended to the test names, to tell several suites of one backend apart. */
+  label?: string;
 }
 
 /**
@@ -128,13 +135,16 @@ export interface SuiteOptions {
  */
 export function oracleModelSuite(backend: BackendChoice, options: SuiteOptions = {}): void {
   const s = options.tolScale ?? 1;
-  const scale = (t: { atol: number; rtol: number }) => ({ atol: t.atol * s, rtol: t.rtol * s });
+  const scale = (k: "logits" | "conv" | "ssm") =>
+    options.tol?.[k] ?? { atol: TOL[k].atol * s, rtol: TOL[k].rtol * s };
+  const name = options.label ? `${backend} (${options.label})` : backend;
   for (const c of oracleCases().filter((c) => c.kind === "model")) {
-    Deno.test(`oracle ${backend}: ${c.case}`, async (t) => {
+    Deno.test(`oracle ${name}: ${c.case}`, async (t) => {
       const exp = loadExpected(c.case);
       const lm = await MambaLM.load(`${oracleDir()}/${c.case}`, {
         backend,
         weightsDtype: options.weightsDtype,
+        wasm: options.wasm,
       });
       try {
         const V = lm.config.paddedVocabSize;
@@ -149,15 +159,15 @@ export function oracleModelSuite(backend: BackendChoice, options: SuiteOptions =
           const assertStates = (state: InferenceState) => {
             for (let l = 0; l < lm.config.nLayer; l++) {
               const conv = arr(`layers.${l}.conv_state`);
-              assertClose(state.conv[l], conv, scale(TOL.conv), `conv_state ${l}`);
+              assertClose(state.conv[l], conv, scale("conv"), `conv_state ${l}`);
               const ssm = arr(`layers.${l}.ssm_state`);
-              assertClose(state.ssm[l], ssm, scale(TOL.ssm), `ssm_state ${l}`);
+              assertClose(state.ssm[l], ssm, scale("ssm"), `ssm_state ${l}`);
             }
           };
           await t.step(`${run.name}: forward logits`, async () => {
             const full = await lm.forward(run.input_ids);
             assert.deepEqual(full.shape, [run.batch, run.prompt_len, V]);
-            assertClose(full.data, arr("logits"), scale(TOL.logits), "logits");
+            assertClose(full.data, arr("logits"), scale("logits"), "logits");
           });
           await t.step(`${run.name}: step logits and final states`, async () => {
             const state = lm.createState(run.batch);
@@ -169,7 +179,7 @@ export function oracleModelSuite(backend: BackendChoice, options: SuiteOptions =
                 got.set(logits.subarray(b * V, (b + 1) * V), (b * run.prompt_len + i) * V);
               }
             }
-            assertClose(got, want, scale(TOL.logits), "step_logits");
+            assertClose(got, want, scale("logits"), "step_logits");
             await state.sync();
             assertStates(state);
           });
@@ -217,7 +227,7 @@ export function oracleModelSuite(backend: BackendChoice, options: SuiteOptions =
                 assertClose(
                   logits.subarray(b * V, (b + 1) * V),
                   full.data.subarray((b * L + pos) * V, (b * L + pos + 1) * V),
-                  scale(TOL.logits),
+                  scale("logits"),
                   `position ${pos} row ${b}`,
                 );
               }

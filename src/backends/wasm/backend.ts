@@ -1,0 +1,485 @@
+/**
+ * The `wasm` backend: the model on WebAssembly SIMD kernels (`kernels.ts`), multi-threaded like
+ * tensor parallelism. Each of T ranks — the calling thread as rank 0, and T − 1 Web Workers —
+ * owns one slice of the inner channels (see `plan.ts`) with its own kernel instance and memory
+ * holding only its weights and its part of every state, plus a slice of the vocabulary. Per
+ * layer the ranks meet twice, at two small reductions through a `SharedArrayBuffer`
+ * (Mamba-1: `x_proj`, `out_proj`; Mamba-2: the gated norm's sums of squares, `out_proj`),
+ * synchronised with `Atomics` (see `engine.ts`).
+ *
+ * The operations the model calls are recorded and run when a result is read: rank 0 writes the
+ * op list into the shared buffer, bumps the program word that the workers wait on, and runs its
+ * own share; nothing is posted per token. Weights are copied into wasm memory once, at load; f16
+ * stays f16 and q8 is quantized there. States live in the ranks' memories and move through the
+ * shared buffer only when uploaded, downloaded or cloned.
+ *
+ * @module
+ */
+
+import type { Backend, BackendInit, StateTensors } from "../../backend.ts";
+import type { MambaConfig } from "../../config.ts";
+import { BackendError } from "../../errors.ts";
+import { RankEngine } from "./engine.ts";
+import { WasmKernels } from "./kernels.ts";
+import type { WasmOptions } from "./options.ts";
+import { makeShards, maxRanks, packedBuffers, packRank, type Shard } from "./plan.ts";
+import {
+  abort,
+  AbortedError,
+  align64,
+  canBlock,
+  CMD_EXIT,
+  CMD_RUN,
+  CTL,
+  HEADER_BYTES,
+  OP,
+  OP_WORDS,
+  PRM,
+  PRM_OFFSET,
+  readError,
+} from "./shared.ts";
+import type { WorkerInit } from "./worker.ts";
+
+export type { WasmOptions, WasmWeights } from "./options.ts";
+
+/** An activation of the `wasm` backend: a register of the program being recorded. */
+export interface WasmActivation {
+  /** Register number. */
+  readonly reg: number;
+  /** Rows (tokens). */
+  readonly rows: number;
+  /** Columns (features). */
+  readonly cols: number;
+  /** The program it belongs to (activations do not outlive the read that runs them). */
+  readonly program: number;
+}
+
+/** A state of the `wasm` backend: its id in every rank's memory. */
+export interface WasmState {
+  /** Id in the ranks' state tables. */
+  readonly id: number;
+  /** Sequences. */
+  readonly batch: number;
+  /** Set by {@link WasmBackend.freeState}. */
+  freed: boolean;
+}
+
+interface StageEntry {
+  /** Op whose second argument is the staging offset. */
+  op: number;
+  bytes: number;
+  /** Upload data (public layout); absent for a download. */
+  data?: Float32Array;
+  /** Download: where the result goes. */
+  state?: WasmState;
+}
+
+const MAX_SAB = [16 * 2 ** 30, 4 * 2 ** 30, 2 ** 31 - 65536, 2 ** 30];
+
+function growableSab(bytes: number): SharedArrayBuffer {
+  for (const max of MAX_SAB) {
+    try {
+      return new SharedArrayBuffer(bytes, { maxByteLength: max });
+    } catch {
+      // this engine reserves less: try smaller
+    }
+  }
+  throw new BackendError("wasm backend: cannot create a growable SharedArrayBuffer");
+}
+
+/** The multi-threaded WebAssembly backend. Create it with {@link WasmBackend.create}. */
+export class WasmBackend implements Backend<WasmActivation, WasmState> {
+  /** Always `"wasm"`. */
+  readonly name = "wasm" as const;
+  /** States live in the ranks' wasm memories. */
+  readonly hostState = false;
+  /** Number of ranks (threads) computing. */
+  readonly threads: number;
+  /** What each rank owns. */
+  readonly shards: readonly Shard[];
+  /** Bytes of weights all ranks together read per decoded token (batch 1, last-token logits). */
+  readonly weightBytesPerToken: number;
+  readonly #cfg: MambaConfig;
+  readonly #sab: SharedArrayBuffer;
+  readonly #engine: RankEngine;
+  readonly #workers: Worker[];
+  readonly #chunk: number;
+  #ops: number[] = [];
+  #ids: Int32Array | null = null;
+  #shape: { batch: number; seqLen: number } | null = null;
+  #rows = 0;
+  #stage: StageEntry[] = [];
+  #lmOut: { reg: number; rows: number } | null = null;
+  #live = new Set<number>();
+  #nextReg = 1;
+  #nextState = 1;
+  #program = 0;
+  #broken: string | null = null;
+  #disposed = false;
+
+  private constructor(
+    cfg: MambaConfig,
+    shards: Shard[],
+    sab: SharedArrayBuffer,
+    engine: RankEngine,
+    workers: Worker[],
+    workerBytes: number,
+    chunk: number,
+  ) {
+    this.#cfg = cfg;
+    this.shards = shards;
+    this.threads = shards.length;
+    this.#sab = sab;
+    this.#engine = engine;
+    this.#workers = workers;
+    this.#chunk = chunk;
+    this.weightBytesPerToken = engine.weightBytesPerToken + workerBytes;
+  }
+
+  /**
+   * Compiles the kernels, starts `threads − 1` workers and copies each rank's weight slice into
+   * its memory.
+   *
+   * @throws {BackendError} when workers, shared memory or WebAssembly are unavailable, or a rank
+   *   cannot hold its slice.
+   */
+  static async create(init: BackendInit, options: WasmOptions = {}): Promise<WasmBackend> {
+    const cfg = init.config;
+    if (typeof SharedArrayBuffer !== "function") {
+      throw new BackendError("wasm backend: SharedArrayBuffer is not available here");
+    }
+    const cores = Math.max(1, globalThis.navigator?.hardwareConcurrency ?? 1);
+    const asked = options.threads ?? cores;
+    if (!Number.isSafeInteger(asked) || asked < 1) {
+      throw new BackendError(`wasm backend: threads must be a positive integer, got ${asked}`);
+    }
+    const chunk = options.chunkTokens ?? 256;
+    if (!Number.isSafeInteger(chunk) || chunk < 1) {
+      throw new BackendError(`wasm backend: chunkTokens must be a positive integer, got ${chunk}`);
+    }
+    const ranks = Math.min(asked, maxRanks(cfg));
+    const shards = makeShards(cfg, ranks);
+    // Spin at barriers only when every rank can have a core.
+    const spin = ranks <= cores ? 20000 : 0;
+    const idleSpin = ranks <= cores ? 200000 : 0;
+    let module: WebAssembly.Module;
+    try {
+      module = await WasmKernels.compile();
+    } catch (e) {
+      throw new BackendError(`wasm backend: cannot load the kernels: ${(e as Error).message}`);
+    }
+    const sab = growableSab(HEADER_BYTES);
+    const workers: Worker[] = [];
+    let workerBytes = 0;
+    try {
+      for (let r = 1; r < ranks; r++) {
+        const packed = packRank(cfg, init.weights, shards[r], options.weights, true);
+        const worker = new Worker(new URL("./worker.ts", import.meta.url), { type: "module" });
+        workers.push(worker);
+        const msg: WorkerInit = {
+          module,
+          sab,
+          config: cfg,
+          shard: shards[r],
+          packed,
+          spin,
+          idleSpin,
+        };
+        const ready = new Promise<number>((resolve, reject) => {
+          worker.onmessage = (e: MessageEvent) => {
+            if (e.data?.ready) resolve(e.data.bytes ?? 0);
+            else reject(new BackendError(`wasm rank ${r}: ${e.data?.error ?? "failed to start"}`));
+          };
+          worker.onerror = (e: ErrorEvent) => {
+            e.preventDefault();
+            reject(new BackendError(`wasm rank ${r}: ${e.message}`));
+          };
+        });
+        worker.postMessage(msg, packedBuffers(packed));
+        workerBytes += await ready;
+        worker.onmessage = null;
+        worker.onerror = null;
+      }
+      const k = await WasmKernels.create(module);
+      const packed = packRank(cfg, init.weights, shards[0], options.weights, false);
+      const engine = new RankEngine(k, cfg, shards[0], packed, sab, spin, canBlock());
+      return new WasmBackend(cfg, shards, sab, engine, workers, workerBytes, chunk);
+    } catch (e) {
+      for (const w of workers) w.terminate();
+      if (e instanceof BackendError) throw e;
+      throw new BackendError(`wasm backend: ${(e as Error).message}`);
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // recording
+
+  #check(): void {
+    if (this.#disposed) throw new BackendError("the wasm backend was disposed");
+    if (this.#broken) throw new BackendError(`the wasm backend failed earlier: ${this.#broken}`);
+  }
+
+  #op(code: number, ...args: number[]): number {
+    const i = this.#ops.length / OP_WORDS;
+    this.#ops.push(code, ...args);
+    for (let j = args.length + 1; j < OP_WORDS; j++) this.#ops.push(0);
+    return i;
+  }
+
+  #act(rows: number, cols: number): WasmActivation {
+    const reg = this.#nextReg++;
+    this.#live.add(reg);
+    return { reg, rows, cols, program: this.#program };
+  }
+
+  #use(a: WasmActivation): number {
+    if (a.program !== this.#program || !this.#live.has(a.reg)) {
+      throw new BackendError(
+        "wasm backend: this activation was already used or read (activations are used once)",
+      );
+    }
+    this.#live.delete(a.reg);
+    return a.reg;
+  }
+
+  #setShape(batch: number, seqLen: number, rows: number): void {
+    if (!this.#shape) this.#shape = { batch, seqLen };
+    const s = this.#shape;
+    if (s.batch !== batch || s.seqLen !== seqLen || rows !== batch * seqLen) {
+      throw new BackendError(
+        "wasm backend: every operation between two reads must have the same batch and length",
+      );
+    }
+  }
+
+  embed(ids: Int32Array): WasmActivation {
+    this.#check();
+    if (this.#ids) throw new BackendError("wasm backend: one embed per read");
+    this.#ids = ids.slice();
+    this.#rows = ids.length;
+    const out = this.#act(ids.length, this.#cfg.dModel);
+    this.#op(OP.EMBED, out.reg);
+    return out;
+  }
+
+  addNorm(
+    hidden: WasmActivation,
+    residual: WasmActivation | null,
+    layer: number | "final",
+  ): { normed: WasmActivation; residual: WasmActivation } {
+    this.#check();
+    const h = this.#use(hidden);
+    const r = residual ? this.#use(residual) : -1;
+    const normed = this.#act(hidden.rows, hidden.cols);
+    const res = this.#act(hidden.rows, hidden.cols);
+    this.#op(OP.ADDNORM, h, r, layer === "final" ? -1 : layer, normed.reg, res.reg);
+    return { normed, residual: res };
+  }
+
+  mixer(
+    layer: number,
+    x: WasmActivation,
+    batch: number,
+    seqLen: number,
+    state: WasmState,
+  ): WasmActivation {
+    this.#check();
+    if (state.freed) throw new BackendError("wasm backend: the state was freed");
+    if (state.batch !== batch) {
+      throw new BackendError(`wasm backend: state of ${state.batch} sequences, batch ${batch}`);
+    }
+    this.#setShape(batch, seqLen, x.rows);
+    const out = this.#act(x.rows, x.cols);
+    this.#op(OP.MIXER, layer, this.#use(x), state.id, out.reg);
+    return out;
+  }
+
+  lmHead(x: WasmActivation, batch: number, seqLen: number, lastOnly: boolean): WasmActivation {
+    this.#check();
+    this.#setShape(batch, seqLen, x.rows);
+    if (this.#lmOut) throw new BackendError("wasm backend: one LM head per read");
+    const rows = lastOnly ? batch : batch * seqLen;
+    const out = this.#act(rows, this.#cfg.paddedVocabSize);
+    this.#op(OP.LMHEAD, this.#use(x), lastOnly ? 1 : 0, out.reg);
+    this.#lmOut = { reg: out.reg, rows };
+    return out;
+  }
+
+  read(a: WasmActivation): Promise<Float32Array> {
+    try {
+      this.#check();
+      if (this.#lmOut && a.reg === this.#lmOut.reg && a.program === this.#program) {
+        this.#use(a);
+        const rows = this.#lmOut.rows;
+        const off = this.#flush(null);
+        const V = this.#cfg.paddedVocabSize;
+        return Promise.resolve(new Float32Array(this.#sab, off.logits, rows * V).slice());
+      }
+      const out = new Float32Array(a.rows * a.cols);
+      this.#op(OP.READ, this.#use(a));
+      this.#flush(out);
+      return Promise.resolve(out);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // states
+
+  #stateFloats(batch: number): { conv: number; ssm: number } {
+    const c = this.#cfg;
+    const ssm = c.arch === "mamba1" ? c.dInner * c.dState : c.nheads * c.headdim * c.dState;
+    return { conv: batch * c.convDim * c.dConv, ssm: batch * ssm };
+  }
+
+  createState(batch: number): WasmState {
+    this.#check();
+    const id = this.#nextState++;
+    this.#op(OP.STATE_NEW, id, batch);
+    return { id, batch, freed: false };
+  }
+
+  uploadState(s: WasmState, host: StateTensors): void {
+    this.#check();
+    if (s.freed) throw new BackendError("wasm backend: the state was freed");
+    const { conv, ssm } = this.#stateFloats(s.batch);
+    const data = new Float32Array(this.#cfg.nLayer * (conv + ssm));
+    for (let l = 0; l < this.#cfg.nLayer; l++) {
+      data.set(host.conv[l], l * (conv + ssm));
+      data.set(host.ssm[l], l * (conv + ssm) + conv);
+    }
+    const op = this.#op(OP.STATE_UPLOAD, s.id, 0);
+    this.#stage.push({ op, bytes: data.length * 4, data });
+  }
+
+  downloadState(s: WasmState): Promise<StateTensors> {
+    try {
+      this.#check();
+      if (s.freed) throw new BackendError("wasm backend: the state was freed");
+      const { conv, ssm } = this.#stateFloats(s.batch);
+      const op = this.#op(OP.STATE_DOWNLOAD, s.id, 0);
+      const entry: StageEntry = { op, bytes: this.#cfg.nLayer * (conv + ssm) * 4, state: s };
+      this.#stage.push(entry);
+      const off = this.#flush(null);
+      const base = off.stage.get(entry)!;
+      const out: StateTensors = { conv: [], ssm: [] };
+      for (let l = 0; l < this.#cfg.nLayer; l++) {
+        const o = base + l * (conv + ssm) * 4;
+        out.conv.push(new Float32Array(this.#sab, o, conv).slice());
+        out.ssm.push(new Float32Array(this.#sab, o + conv * 4, ssm).slice());
+      }
+      return Promise.resolve(out);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  cloneState(s: WasmState): WasmState {
+    this.#check();
+    if (s.freed) throw new BackendError("wasm backend: the state was freed");
+    const id = this.#nextState++;
+    this.#op(OP.STATE_CLONE, id, s.id);
+    return { id, batch: s.batch, freed: false };
+  }
+
+  freeState(s: WasmState): void {
+    if (s.freed || this.#disposed) return;
+    s.freed = true;
+    this.#op(OP.STATE_FREE, s.id);
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // running
+
+  /**
+   * Runs the recorded program on all ranks; returns where the logits and staged states are.
+   * `readOut` receives the register of a READ op.
+   */
+  #flush(readOut: Float32Array | null): { logits: number; stage: Map<StageEntry, number> } {
+    const cfg = this.#cfg;
+    const T = this.threads;
+    const nOps = this.#ops.length / OP_WORDS;
+    const batch = this.#shape?.batch ?? 1;
+    const seqLen = this.#shape?.seqLen ?? Math.max(this.#rows, 1);
+    const chunk = Math.min(seqLen, this.#chunk);
+    const V = cfg.paddedVocabSize;
+    const wide = Math.max(cfg.dModel, cfg.dtRank + 2 * cfg.dState, cfg.ngroups);
+    let off = HEADER_BYTES;
+    const offOps = off;
+    off = align64(off + nOps * OP_WORDS * 4);
+    const offIds = off;
+    off = align64(off + (this.#ids?.length ?? 0) * 4);
+    const slot = align64(batch * chunk * wide * 4);
+    const offRed = off;
+    if (T > 1) off += 2 * T * slot;
+    const offLogits = off;
+    off = align64(off + (this.#lmOut?.rows ?? 0) * V * 4);
+    const stage = new Map<StageEntry, number>();
+    for (const e of this.#stage) {
+      stage.set(e, off);
+      this.#ops[e.op * OP_WORDS + 2] = off / 64;
+      off = align64(off + e.bytes);
+    }
+    const sab = this.#sab;
+    if (sab.byteLength < off) sab.grow(Math.min(sab.maxByteLength, align64(off + (1 << 20))));
+    const prm = new Float64Array(sab, PRM_OFFSET, 16);
+    prm[PRM.NOPS] = nOps;
+    prm[PRM.BATCH] = batch;
+    prm[PRM.SEQLEN] = seqLen;
+    prm[PRM.CHUNK] = chunk;
+    prm[PRM.OFF_OPS] = offOps;
+    prm[PRM.OFF_IDS] = offIds;
+    prm[PRM.OFF_RED] = offRed;
+    prm[PRM.RED_SLOT] = slot;
+    prm[PRM.OFF_LOGITS] = offLogits;
+    new Int32Array(sab, offOps, nOps * OP_WORDS).set(this.#ops);
+    if (this.#ids) new Int32Array(sab, offIds, this.#ids.length).set(this.#ids);
+    for (const e of this.#stage) {
+      if (e.data) new Float32Array(sab, stage.get(e)!, e.data.length).set(e.data);
+    }
+    // The recorded program is consumed whatever happens next.
+    this.#ops = [];
+    this.#ids = null;
+    this.#shape = null;
+    this.#rows = 0;
+    this.#stage = [];
+    this.#lmOut = null;
+    this.#live.clear();
+    this.#program++;
+    const ctl = new Int32Array(sab, 0, 16);
+    if (T > 1) {
+      Atomics.store(ctl, CTL.CMD, CMD_RUN);
+      Atomics.add(ctl, CTL.SEQ, 1);
+      Atomics.notify(ctl, CTL.SEQ);
+    }
+    try {
+      this.#engine.readOut = readOut;
+      this.#engine.run();
+    } catch (e) {
+      let msg: string;
+      if (e instanceof AbortedError) msg = readError(sab);
+      else {
+        msg = `wasm rank 0: ${(e as Error)?.message ?? e}`;
+        abort(sab, msg);
+      }
+      this.#broken = msg;
+      throw new BackendError(msg);
+    } finally {
+      this.#engine.readOut = null;
+    }
+    return { logits: offLogits, stage };
+  }
+
+  /** Stops the workers and drops the weights. */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    const ctl = new Int32Array(this.#sab, 0, 16);
+    Atomics.store(ctl, CTL.CMD, CMD_EXIT);
+    Atomics.add(ctl, CTL.SEQ, 1);
+    Atomics.notify(ctl, CTL.SEQ);
+    for (const w of this.#workers) w.terminate();
+    this.#workers.length = 0;
+  }
+}

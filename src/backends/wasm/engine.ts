@@ -1,0 +1,932 @@
+/**
+ * One rank of the `wasm` backend: a kernel instance (its own wasm memory) holding the rank's
+ * weight slice and state slices, and the interpreter of the programs rank 0 writes into the
+ * shared buffer. Rank 0 runs it on the calling thread, the other ranks in workers; all run the
+ * same op list and meet only at the reductions:
+ *
+ * - Mamba-1, per layer: the `x_proj` partial sums (each rank multiplies its channels' columns),
+ *   and the `out_proj` partial sums;
+ * - Mamba-2, per layer: the gated RMSNorm's sums of squares, and the `out_proj` partial sums;
+ * - the embedding (each rank writes the rows of the ids it owns) once per chunk.
+ *
+ * A reduction writes the rank's partial into its slot of the shared buffer, waits at the
+ * barrier, and sums the slots of all ranks in rank order (so every rank holds bit-identical
+ * results). Two reduction buffers alternate, so a slot is never rewritten before every rank has
+ * read it. The residual stream and the norms are computed redundantly on every rank.
+ *
+ * Long sequences run in chunks of tokens through all layers (the state carries over), which
+ * bounds the activations' memory.
+ *
+ * @module
+ */
+
+import type { MambaConfig } from "../../config.ts";
+import { SCAN_INTERLEAVED, SCAN_SOFTPLUS, type WasmKernels } from "./kernels.ts";
+import type { PackedMatrix, PackedModel, Shard } from "./plan.ts";
+import { align64, Barrier, OP, OP_WORDS, PRM, PRM_OFFSET } from "./shared.ts";
+
+const Q8_BLOCK = 32;
+
+/** A matrix `[n, k]` in wasm memory. */
+interface Mat {
+  readonly dtype: "f32" | "f16" | "q8";
+  /** Weights (f32, u16 or i8). */
+  readonly ptr: number;
+  /** q8 scales `[n, ceil(k/32)]`. */
+  readonly scales: number;
+  readonly n: number;
+  readonly k: number;
+  /** Bytes of weights read per use. */
+  readonly bytes: number;
+}
+
+interface Layer {
+  norm: number;
+  normBias: number;
+  inProj: Mat;
+  inProjBias: number;
+  convW: number;
+  convB: number;
+  xProj: Mat | null;
+  dtProj: Mat | null;
+  dtBias: number;
+  A: number;
+  D: number;
+  gatedNorm: number;
+  outProj: Mat;
+  outBias: number;
+}
+
+interface RankState {
+  ptr: number;
+  bytes: number;
+  batch: number;
+}
+
+/**
+ * A first-fit free list over the kernel's bump allocator, so that states and scratch buffers can
+ * be freed and reused.
+ */
+class Heap {
+  readonly #k: WasmKernels;
+  readonly #sizes = new Map<number, number>();
+  #free: { ptr: number; bytes: number }[] = [];
+
+  constructor(k: WasmKernels) {
+    this.#k = k;
+  }
+
+  alloc(bytes: number): number {
+    const n = Math.max(64, align64(bytes));
+    for (let i = 0; i < this.#free.length; i++) {
+      const f = this.#free[i];
+      if (f.bytes >= n) {
+        const ptr = f.ptr;
+        if (f.bytes === n) this.#free.splice(i, 1);
+        else {
+          f.ptr += n;
+          f.bytes -= n;
+        }
+        this.#sizes.set(ptr, n);
+        return ptr;
+      }
+    }
+    const ptr = this.#k.alloc(n);
+    this.#sizes.set(ptr, n);
+    return ptr;
+  }
+
+  free(ptr: number): void {
+    const n = this.#sizes.get(ptr);
+    if (n === undefined) return;
+    this.#sizes.delete(ptr);
+    this.#free.push({ ptr, bytes: n });
+    this.#free.sort((a, b) => a.ptr - b.ptr);
+    const merged: { ptr: number; bytes: number }[] = [];
+    for (const f of this.#free) {
+      const last = merged[merged.length - 1];
+      if (last && last.ptr + last.bytes === f.ptr) last.bytes += f.bytes;
+      else merged.push({ ...f });
+    }
+    this.#free = merged;
+  }
+}
+
+/** Per-rank sizes and buffers of the current chunk capacity. */
+interface Scratch {
+  /** Rows the buffers hold. */
+  rows: number;
+  /** Logit rows the LM head buffer holds. */
+  lmRows: number;
+  /** Mixer buffers (see the mixers). */
+  a: number;
+  b: number;
+  c: number;
+  d: number;
+  e: number;
+  /** Partial sums (local) and the reduction's temporary. */
+  part: number;
+  tmp: number;
+  /** LM head output `[lmRows, nv]`. */
+  logits: number;
+}
+
+/** Runs one rank's share of the programs. */
+export class RankEngine {
+  readonly #k: WasmKernels;
+  readonly #cfg: MambaConfig;
+  readonly #s: Shard;
+  readonly #sab: SharedArrayBuffer;
+  readonly #barrier: Barrier;
+  readonly #heap: Heap;
+  readonly #layers: Layer[];
+  readonly #normF: number;
+  readonly #normFBias: number;
+  readonly #lm: Mat;
+  readonly #emb: Mat;
+  readonly #states = new Map<number, RankState>();
+  /** Channels of this rank (M1 channels, M2 channels of its heads). */
+  readonly #nc: number;
+  /** M2 heads of this rank. */
+  readonly #nh: number;
+  /** Conv channels of this rank (M2: its x channels + all of B and C). */
+  readonly #convCh: number;
+  /** Floats of one sequence's SSM state slice. */
+  readonly #ssmSz: number;
+  /** Mamba-1 state and A stored 4-channel-interleaved. */
+  readonly #inter: boolean;
+  /** Row-major `[nc, N]` temporary for (de)interleaving a Mamba-1 state. */
+  readonly #interTmp: number;
+  /** A row of f32 for f16 → f32 embedding rows. */
+  readonly #rowTmp: number;
+  #sc: Scratch | null = null;
+  /** Free activation buffers (`rows × dModel`) and the registers' buffers. */
+  #pool: number[] = [];
+  #regs = new Map<number, number>();
+  #redUse = 0;
+  /** Bytes of weights this rank reads per decoded token (for the benchmark's accounting). */
+  readonly weightBytesPerToken: number;
+  /** Rank 0 only: where READ copies a register (rows in global order). */
+  readOut: Float32Array | null = null;
+
+  /** Copies the packed weights into `k`'s memory. */
+  constructor(
+    k: WasmKernels,
+    cfg: MambaConfig,
+    shard: Shard,
+    packed: PackedModel,
+    sab: SharedArrayBuffer,
+    spin: number,
+    block: boolean,
+  ) {
+    this.#k = k;
+    this.#cfg = cfg;
+    this.#s = shard;
+    this.#sab = sab;
+    this.#barrier = new Barrier(sab, shard.ranks, spin, block);
+    this.#heap = new Heap(k);
+    this.#nc = shard.c1 - shard.c0;
+    this.#nh = shard.h1 - shard.h0;
+    const N = cfg.dState;
+    this.#inter = cfg.arch === "mamba1" && N <= 256;
+    if (cfg.arch === "mamba1") {
+      this.#convCh = this.#nc;
+      this.#ssmSz = (this.#inter ? Math.ceil(this.#nc / 4) * 4 : this.#nc) * N;
+    } else {
+      this.#convCh = this.#nc + 2 * cfg.ngroups * N;
+      this.#ssmSz = this.#nh * cfg.headdim * N;
+    }
+    let bytes = 0;
+    const mat = (m: PackedMatrix) => {
+      const r = this.#upMat(m);
+      bytes += r.bytes;
+      return r;
+    };
+    const vec = (a: Float32Array | undefined) => {
+      if (!a) return 0;
+      bytes += a.length * 4;
+      return this.#upVec(a);
+    };
+    this.#layers = packed.layers.map((l) => {
+      const layer: Layer = {
+        norm: vec(l.norm),
+        normBias: vec(l.normBias),
+        inProj: mat(l.inProj),
+        inProjBias: vec(l.inProjBias),
+        convW: vec(l.convW),
+        convB: vec(l.convB),
+        xProj: l.xProj ? mat(l.xProj) : null,
+        dtProj: l.dtProj ? mat(l.dtProj) : null,
+        dtBias: vec(l.dtBias),
+        A: 0,
+        D: vec(l.D),
+        gatedNorm: vec(l.gatedNorm),
+        outProj: mat(l.outProj),
+        outBias: vec(l.outBias),
+      };
+      if (this.#inter) {
+        const nc = this.#nc;
+        layer.A = this.#heap.alloc(Math.ceil(nc / 4) * 4 * N * 4);
+        const tmp = this.#upVec(l.A);
+        k.interleave4(tmp, layer.A, nc, N);
+        this.#heap.free(tmp);
+        bytes += l.A.length * 4;
+      } else {
+        layer.A = vec(l.A);
+      }
+      return layer;
+    });
+    this.#normF = vec(packed.normF);
+    this.#normFBias = vec(packed.normFBias);
+    this.#lm = mat(packed.lmHead);
+    this.#emb = packed.embedding ? this.#upMat(packed.embedding) : this.#lm;
+    this.#interTmp = this.#inter ? this.#heap.alloc(Math.max(1, this.#nc * N) * 4) : 0;
+    this.#rowTmp = this.#heap.alloc(cfg.dModel * 4);
+    this.weightBytesPerToken = bytes;
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // memory
+
+  get #f32(): Float32Array {
+    return new Float32Array(this.#k.memory.buffer);
+  }
+
+  #upVec(a: Float32Array): number {
+    const p = this.#heap.alloc(a.length * 4);
+    this.#f32.set(a, p >> 2);
+    return p;
+  }
+
+  #upMat(m: PackedMatrix): Mat {
+    const { n, k } = m.host;
+    if (!m.q8) {
+      if (m.host.dtype === "f32") {
+        return { dtype: "f32", ptr: this.#upVec(m.host.data), scales: 0, n, k, bytes: n * k * 4 };
+      }
+      const p = this.#heap.alloc(n * k * 2);
+      new Uint16Array(this.#k.memory.buffer).set(m.host.data, p >> 1);
+      return { dtype: "f16", ptr: p, scales: 0, n, k, bytes: n * k * 2 };
+    }
+    const nb = Math.ceil(k / Q8_BLOCK);
+    const q = this.#heap.alloc(n * k);
+    const scales = this.#heap.alloc(n * nb * 4);
+    // Quantize row blocks through a bounded temporary (at the top of the bump heap).
+    const rowsPer = Math.max(1, Math.floor((16 << 20) / (k * 4)));
+    const mark = this.#k.mark();
+    const tmp = this.#k.alloc(Math.min(n, rowsPer) * k * 4);
+    const tmp16 = m.host.dtype === "f16" ? this.#k.alloc(Math.min(n, rowsPer) * k * 2) : 0;
+    for (let r0 = 0; r0 < n; r0 += rowsPer) {
+      const r1 = Math.min(n, r0 + rowsPer);
+      const src = m.host.data.subarray(r0 * k, r1 * k);
+      if (m.host.dtype === "f32") this.#f32.set(src as Float32Array, tmp >> 2);
+      else {
+        new Uint16Array(this.#k.memory.buffer).set(src as Uint16Array, tmp16 >> 1);
+        this.#k.f16ToF32(tmp16, tmp, (r1 - r0) * k);
+      }
+      this.#k.quantizeQ8(tmp, q + r0 * k, scales + r0 * nb * 4, r1 - r0, k);
+    }
+    this.#k.reset(mark);
+    return { dtype: "q8", ptr: q, scales, n, k, bytes: n * k + n * nb * 4 };
+  }
+
+  /** `Y[m, n] (+)= X[m, k] · Wᵀ` (all rows of W). */
+  #matmul(w: Mat, x: number, ldx: number, y: number, ldy: number, m: number, acc = false) {
+    const e = this.#k.exports;
+    const a = acc ? 1 : 0;
+    if (w.dtype === "f32") e.matmul_f32(x, ldx, w.ptr, y, ldy, m, w.n, w.k, 0, w.n, a);
+    else if (w.dtype === "f16") e.matmul_f16(x, ldx, w.ptr, y, ldy, m, w.n, w.k, 0, w.n, a);
+    else e.matmul_q8(x, ldx, w.ptr, w.scales, y, ldy, m, w.n, w.k, 0, w.n, a);
+  }
+
+  /** Adds the vector `b` (`n`) to each of `m` rows of `y` (stride `ld`). */
+  #addRows(y: number, ld: number, b: number, m: number, n: number) {
+    for (let r = 0; r < m; r++) this.#k.add(y + r * ld * 4, b, y + r * ld * 4, n);
+  }
+
+  #ensureScratch(rows: number, lmRows: number): Scratch {
+    const sc = this.#sc;
+    if (sc && sc.rows >= rows && sc.lmRows >= lmRows) return sc;
+    const R = Math.max(rows, sc?.rows ?? 0);
+    const LR = Math.max(lmRows, sc?.lmRows ?? 0);
+    if (sc) {
+      for (const p of [sc.a, sc.b, sc.c, sc.d, sc.e, sc.part, sc.tmp, sc.logits]) {
+        this.#heap.free(p);
+      }
+      for (const p of this.#pool) this.#heap.free(p);
+      for (const p of this.#regs.values()) this.#heap.free(p);
+      this.#pool = [];
+      this.#regs.clear();
+    }
+    const cfg = this.#cfg;
+    const nc = Math.max(this.#nc, 1);
+    const N = cfg.dState;
+    const GN = cfg.ngroups * N;
+    const xd = cfg.dtRank + 2 * N;
+    const f = (n: number) => this.#heap.alloc(Math.max(1, n) * 4);
+    const wide = Math.max(cfg.dModel, xd, cfg.ngroups);
+    const next: Scratch = cfg.arch === "mamba1"
+      ? {
+        rows: R,
+        lmRows: LR,
+        a: f(R * 2 * nc), // xz
+        b: f(R * nc), // u
+        c: f(R * xd), // x_dbl
+        d: f(R * nc), // delta
+        e: f(R * nc), // y
+        part: f(R * wide),
+        tmp: f(R * wide),
+        logits: f(LR * (this.#s.v1 - this.#s.v0)),
+      }
+      : {
+        rows: R,
+        lmRows: LR,
+        a: f(R * (2 * nc + 2 * GN + this.#nh)), // zxbcdt
+        b: f(R * (nc + 2 * GN)), // xBC after the conv
+        c: f(R * this.#nh), // clamped dt
+        d: f(R * cfg.ngroups), // sums of squares
+        e: f(R * nc), // y
+        part: f(R * wide),
+        tmp: f(R * wide),
+        logits: f(LR * (this.#s.v1 - this.#s.v0)),
+      };
+    this.#sc = next;
+    return next;
+  }
+
+  #regAlloc(reg: number): number {
+    const sc = this.#sc!;
+    const p = this.#pool.pop() ?? this.#heap.alloc(sc.rows * this.#cfg.dModel * 4);
+    this.#regs.set(reg, p);
+    return p;
+  }
+
+  #regTake(reg: number): number {
+    const p = this.#regs.get(reg);
+    if (p === undefined) throw new Error(`wasm backend: register ${reg} is not live`);
+    this.#regs.delete(reg);
+    return p;
+  }
+
+  #release(p: number): void {
+    this.#pool.push(p);
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // reductions through the shared buffer
+
+  /** Offset (bytes) of slot `rank` of the next reduction buffer. */
+  #nextRed(): number {
+    const prm = new Float64Array(this.#sab, PRM_OFFSET, 16);
+    const buf = this.#redUse++ & 1;
+    return prm[PRM.OFF_RED] + buf * this.#s.ranks * prm[PRM.RED_SLOT];
+  }
+
+  /** `dst = Σ_ranks partial` (`count` floats), summed in rank order on every rank. */
+  #allreduce(partial: number, dst: number, count: number): void {
+    const T = this.#s.ranks;
+    if (T === 1) {
+      if (partial !== dst) this.#f32.copyWithin(dst >> 2, partial >> 2, (partial >> 2) + count);
+      return;
+    }
+    const slot = new Float64Array(this.#sab, PRM_OFFSET, 16)[PRM.RED_SLOT];
+    const base = this.#nextRed();
+    const shared = new Float32Array(this.#sab);
+    let mem = this.#f32;
+    shared.set(
+      mem.subarray(partial >> 2, (partial >> 2) + count),
+      (base + this.#s.rank * slot) >> 2,
+    );
+    this.#barrier.arrive();
+    mem = this.#f32;
+    mem.set(shared.subarray(base >> 2, (base >> 2) + count), dst >> 2);
+    const tmp = this.#sc!.tmp;
+    for (let r = 1; r < T; r++) {
+      const o = (base + r * slot) >> 2;
+      mem.set(shared.subarray(o, o + count), tmp >> 2);
+      this.#k.add(dst, tmp, dst, count);
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // states
+
+  #stateBytes(batch: number): number {
+    const cfg = this.#cfg;
+    return cfg.nLayer * batch * (this.#convCh * cfg.dConv + this.#ssmSz) * 4;
+  }
+
+  /** Byte offsets of layer `l`, sequence `b`'s conv and SSM slices. */
+  #stPtr(st: RankState, l: number, b: number): [number, number] {
+    const cfg = this.#cfg;
+    const conv = this.#convCh * cfg.dConv;
+    const layer = st.batch * (conv + this.#ssmSz);
+    const base = st.ptr + l * layer * 4;
+    return [base + b * conv * 4, base + (st.batch * conv + b * this.#ssmSz) * 4];
+  }
+
+  #state(id: number): RankState {
+    const st = this.#states.get(id);
+    if (!st) throw new Error(`wasm backend: state ${id} does not exist`);
+    return st;
+  }
+
+  #stateNew(id: number, batch: number): void {
+    const bytes = this.#stateBytes(batch);
+    const ptr = this.#heap.alloc(bytes);
+    new Uint8Array(this.#k.memory.buffer, ptr, bytes).fill(0);
+    this.#states.set(id, { ptr, bytes, batch });
+  }
+
+  #stateFree(id: number): void {
+    const st = this.#states.get(id);
+    if (!st) return;
+    this.#heap.free(st.ptr);
+    this.#states.delete(id);
+  }
+
+  #stateClone(dst: number, src: number): void {
+    const s = this.#state(src);
+    const ptr = this.#heap.alloc(s.bytes);
+    new Uint8Array(this.#k.memory.buffer).copyWithin(ptr, s.ptr, s.ptr + s.bytes);
+    this.#states.set(dst, { ptr, bytes: s.bytes, batch: s.batch });
+  }
+
+  /**
+   * Copies a state between this rank's memory and the staging area (public layout: per layer
+   * conv `[B, convDim, dConv]` then SSM `[B, …]`), `up` = staging → rank.
+   */
+  #stateTransfer(id: number, stage: number, up: boolean): void {
+    const cfg = this.#cfg;
+    const st = this.#state(id);
+    const B = st.batch;
+    const { dConv, dInner, convDim, dState: N } = cfg;
+    const ssmFull = cfg.arch === "mamba1" ? dInner * N : cfg.nheads * cfg.headdim * N;
+    const shared = new Float32Array(this.#sab);
+    const s = this.#s;
+    const nc = this.#nc;
+    const copy = (memPtr: number, stageFloat: number, n: number) => {
+      if (n === 0) return;
+      const mem = this.#f32;
+      if (up) mem.set(shared.subarray(stageFloat, stageFloat + n), memPtr >> 2);
+      else shared.set(mem.subarray(memPtr >> 2, (memPtr >> 2) + n), stageFloat);
+    };
+    let o = stage >> 2;
+    for (let l = 0; l < cfg.nLayer; l++) {
+      for (let b = 0; b < B; b++) {
+        const [conv, ssm] = this.#stPtr(st, l, b);
+        const cBase = o + b * convDim * dConv;
+        copy(conv, cBase + s.c0 * dConv, nc * dConv);
+        if (cfg.arch === "mamba2" && (up || s.rank === 0)) {
+          const gn2 = 2 * cfg.ngroups * N;
+          copy(conv + nc * dConv * 4, cBase + dInner * dConv, gn2 * dConv);
+        }
+        const sBase = o + B * convDim * dConv + b * ssmFull;
+        if (cfg.arch === "mamba2") {
+          copy(ssm, sBase + s.h0 * cfg.headdim * N, this.#ssmSz);
+        } else if (!this.#inter) {
+          copy(ssm, sBase + s.c0 * N, nc * N);
+        } else if (up) {
+          copy(this.#interTmp, sBase + s.c0 * N, nc * N);
+          this.#k.interleave4(this.#interTmp, ssm, nc, N);
+        } else {
+          this.#k.deinterleave4(ssm, this.#interTmp, nc, N);
+          copy(this.#interTmp, sBase + s.c0 * N, nc * N);
+        }
+      }
+      o += B * (convDim * dConv + ssmFull);
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // the interpreter
+
+  /** Runs the program in the shared buffer (every rank calls this once per program). */
+  run(): void {
+    const prm = new Float64Array(this.#sab, PRM_OFFSET, 16);
+    const nOps = prm[PRM.NOPS];
+    const ops = new Int32Array(this.#sab, prm[PRM.OFF_OPS], nOps * OP_WORDS);
+    this.#redUse = 0;
+    let i = 0;
+    while (i < nOps) {
+      const code = ops[i * OP_WORDS];
+      if (code < OP.EMBED) {
+        this.#stateOp(ops.subarray(i * OP_WORDS, (i + 1) * OP_WORDS));
+        i++;
+        continue;
+      }
+      let j = i;
+      while (j < nOps && ops[j * OP_WORDS] >= OP.EMBED) j++;
+      this.#computeSegment(ops, i, j, prm);
+      i = j;
+    }
+    // Everyone done: rank 0 may read the logits and staged states.
+    this.#barrier.arrive();
+  }
+
+  #stateOp(op: Int32Array): void {
+    switch (op[0]) {
+      case OP.STATE_NEW:
+        return this.#stateNew(op[1], op[2]);
+      case OP.STATE_FREE:
+        return this.#stateFree(op[1]);
+      case OP.STATE_CLONE:
+        return this.#stateClone(op[1], op[2]);
+      case OP.STATE_UPLOAD:
+        return this.#stateTransfer(op[1], op[2] * 64, true);
+      case OP.STATE_DOWNLOAD:
+        return this.#stateTransfer(op[1], op[2] * 64, false);
+      default:
+        throw new Error(`wasm backend: unknown op ${op[0]}`);
+    }
+  }
+
+  #computeSegment(ops: Int32Array, i0: number, i1: number, prm: Float64Array): void {
+    const B = prm[PRM.BATCH];
+    const L = prm[PRM.SEQLEN];
+    const C = prm[PRM.CHUNK];
+    let lmRows = 0;
+    for (let i = i0; i < i1; i++) {
+      if (ops[i * OP_WORDS] === OP.LMHEAD) lmRows = ops[i * OP_WORDS + 2] ? B : B * C;
+    }
+    this.#ensureScratch(B * C, Math.max(lmRows, 1));
+    for (let t0 = 0; t0 < L; t0 += C) {
+      const lc = Math.min(C, L - t0);
+      for (let i = i0; i < i1; i++) {
+        this.#computeOp(ops.subarray(i * OP_WORDS, (i + 1) * OP_WORDS), B, L, t0, lc, prm);
+      }
+      for (const p of this.#regs.values()) this.#release(p);
+      this.#regs.clear();
+    }
+  }
+
+  #computeOp(op: Int32Array, B: number, L: number, t0: number, lc: number, prm: Float64Array) {
+    const rows = B * lc;
+    switch (op[0]) {
+      case OP.EMBED:
+        return this.#embed(op[1], B, L, t0, lc, prm);
+      case OP.ADDNORM:
+        return this.#addNorm(op[1], op[2], op[3], op[4], op[5], rows);
+      case OP.MIXER: {
+        const x = this.#regTake(op[2]);
+        const st = this.#state(op[3]);
+        const out = this.#regAlloc(op[4]);
+        if (this.#cfg.arch === "mamba1") this.#mamba1(op[1], x, out, st, B, lc);
+        else this.#mamba2(op[1], x, out, st, B, lc);
+        this.#release(x);
+        return;
+      }
+      case OP.LMHEAD:
+        return this.#lmHead(op[1], op[2] !== 0, B, L, t0, lc, prm);
+      case OP.READ: {
+        const p = this.#regs.get(op[1]);
+        if (p === undefined) return; // the logits: rank 0's caller reads the shared buffer
+        this.#regs.delete(op[1]);
+        if (this.#s.rank === 0 && this.readOut) {
+          const d = this.#cfg.dModel;
+          const mem = this.#f32;
+          for (let b = 0; b < B; b++) {
+            const src = (p >> 2) + b * lc * d;
+            this.readOut.set(mem.subarray(src, src + lc * d), (b * L + t0) * d);
+          }
+        }
+        this.#release(p);
+        return;
+      }
+      default:
+        throw new Error(`wasm backend: unknown op ${op[0]}`);
+    }
+  }
+
+  #embed(out: number, B: number, L: number, t0: number, lc: number, prm: Float64Array): void {
+    const d = this.#cfg.dModel;
+    const dst = this.#regAlloc(out);
+    const ids = new Int32Array(this.#sab, prm[PRM.OFF_IDS], B * L);
+    const T = this.#s.ranks;
+    const { v0, v1 } = this.#s;
+    const base = T > 1 ? this.#nextRed() : 0;
+    const shared = new Float32Array(this.#sab);
+    const e = this.#emb;
+    for (let b = 0; b < B; b++) {
+      for (let t = 0; t < lc; t++) {
+        const id = ids[b * L + t0 + t];
+        if (id < v0 || id >= v1) continue;
+        const row = b * lc + t;
+        const r = id - v0;
+        let src: number;
+        if (e.dtype === "f32") src = e.ptr + r * d * 4;
+        else if (e.dtype === "f16") {
+          this.#k.f16ToF32(e.ptr + r * d * 2, this.#rowTmp, d);
+          src = this.#rowTmp;
+        } else {
+          const mem = this.#f32;
+          const q = new Int8Array(this.#k.memory.buffer, e.ptr + r * d, d);
+          const nb = Math.ceil(d / Q8_BLOCK);
+          const sc = (e.scales >> 2) + r * nb;
+          const o = this.#rowTmp >> 2;
+          for (let i = 0; i < d; i++) mem[o + i] = q[i] * mem[sc + (i >> 5)];
+          src = this.#rowTmp;
+        }
+        const mem = this.#f32;
+        const vals = mem.subarray(src >> 2, (src >> 2) + d);
+        if (T > 1) shared.set(vals, (base >> 2) + row * d);
+        else mem.set(vals, (dst >> 2) + row * d);
+      }
+    }
+    if (T > 1) {
+      this.#barrier.arrive();
+      this.#f32.set(shared.subarray(base >> 2, (base >> 2) + B * lc * d), dst >> 2);
+    }
+  }
+
+  #addNorm(h: number, r: number, layer: number, nOut: number, rOut: number, rows: number) {
+    const cfg = this.#cfg;
+    const hid = this.#regTake(h);
+    const normed = this.#regAlloc(nOut);
+    const w = layer < 0 ? this.#normF : this.#layers[layer].norm;
+    const bias = layer < 0 ? this.#normFBias : this.#layers[layer].normBias;
+    const d = cfg.dModel;
+    const eps = cfg.normEps;
+    if (r < 0) {
+      if (cfg.rmsNorm) this.#k.rmsnorm(hid, w, normed, d, eps, rows);
+      else this.#k.layernorm(hid, w, bias, normed, d, eps, rows);
+      this.#regs.set(rOut, hid);
+      return;
+    }
+    const res = this.#regTake(r);
+    if (cfg.rmsNorm) this.#k.addRmsnorm(res, hid, w, normed, d, eps, rows);
+    else this.#k.addLayernorm(res, hid, w, bias, normed, d, eps, rows);
+    this.#release(hid);
+    this.#regs.set(rOut, res);
+  }
+
+  #lmHead(
+    x: number,
+    lastOnly: boolean,
+    B: number,
+    L: number,
+    t0: number,
+    lc: number,
+    prm: Float64Array,
+  ) {
+    const p = this.#regTake(x);
+    const isLast = t0 + lc === L;
+    if (lastOnly && !isLast) {
+      this.#release(p);
+      return;
+    }
+    const d = this.#cfg.dModel;
+    const V = this.#cfg.paddedVocabSize;
+    const { v0, v1 } = this.#s;
+    const nv = v1 - v0;
+    const sc = this.#sc!;
+    const m = lastOnly ? B : B * lc;
+    if (nv > 0) {
+      if (lastOnly) this.#matmul(this.#lm, p + (lc - 1) * d * 4, lc * d, sc.logits, nv, B);
+      else this.#matmul(this.#lm, p, d, sc.logits, nv, m);
+      const shared = new Float32Array(this.#sab);
+      const mem = this.#f32;
+      const off = prm[PRM.OFF_LOGITS] >> 2;
+      for (let j = 0; j < m; j++) {
+        const g = lastOnly ? j : Math.floor(j / lc) * L + t0 + (j % lc);
+        const src = (sc.logits >> 2) + j * nv;
+        shared.set(mem.subarray(src, src + nv), off + g * V + v0);
+      }
+    }
+    this.#release(p);
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // mixers
+
+  /**
+   * Mamba-1 on this rank's channels for `B` sequences of `lc` tokens (rows sequence-major):
+   * `x` `[rows, dModel]` → `out` `[rows, dModel]` (reduced over the ranks).
+   */
+  #mamba1(layer: number, x: number, out: number, st: RankState, B: number, lc: number) {
+    const cfg = this.#cfg;
+    const k = this.#k;
+    const w = this.#layers[layer];
+    const sc = this.#sc!;
+    const nc = this.#nc;
+    const N = cfg.dState;
+    const R = cfg.dtRank;
+    const xd = R + 2 * N;
+    const rows = B * lc;
+    const d = cfg.dModel;
+    const T = this.#s.ranks;
+    // in_proj: xz [rows, 2nc] (x, then z, of this rank's channels).
+    this.#matmul(w.inProj, x, d, sc.a, 2 * nc, rows);
+    if (w.inProjBias) this.#addRows(sc.a, 2 * nc, w.inProjBias, rows, 2 * nc);
+    // Causal conv + SiLU → u [rows, nc].
+    for (let b = 0; b < B; b++) {
+      const [conv] = this.#stPtr(st, layer, b);
+      const r0 = b * lc;
+      k.conv1dSeq(
+        conv,
+        sc.a + r0 * 2 * nc * 4,
+        2 * nc,
+        w.convW,
+        w.convB,
+        sc.b + r0 * nc * 4,
+        nc,
+        lc,
+        cfg.dConv,
+        0,
+        nc,
+        true,
+      );
+    }
+    // x_proj: partial over this rank's channels, reduced → x_dbl [rows, dtRank + 2N].
+    const part = T > 1 ? sc.part : sc.c;
+    this.#matmul(w.xProj!, sc.b, nc, part, xd, rows);
+    this.#allreduce(part, sc.c, rows * xd);
+    // dt_proj (this rank's rows) → delta [rows, nc] (bias and softplus in the scan).
+    this.#matmul(w.dtProj!, sc.c, xd, sc.d, nc, rows);
+    // Selective scan with D skip and SiLU(z) gate → y [rows, nc].
+    const flags = SCAN_SOFTPLUS | (this.#inter ? SCAN_INTERLEAVED : 0);
+    for (let b = 0; b < B; b++) {
+      const [, ssm] = this.#stPtr(st, layer, b);
+      const r0 = b * lc;
+      k.exports.selective_scan(
+        ssm,
+        sc.b + r0 * nc * 4,
+        nc,
+        sc.d + r0 * nc * 4,
+        nc,
+        w.A,
+        sc.c + (r0 * xd + R) * 4,
+        sc.c + (r0 * xd + R + N) * 4,
+        xd,
+        w.D,
+        sc.a + (r0 * 2 * nc + nc) * 4,
+        2 * nc,
+        w.dtBias,
+        sc.e + r0 * nc * 4,
+        nc,
+        lc,
+        nc,
+        N,
+        1,
+        0,
+        nc,
+        flags,
+      );
+    }
+    // out_proj: partial over this rank's channels, reduced → out [rows, dModel].
+    const opart = T > 1 ? sc.part : out;
+    this.#matmul(w.outProj, sc.e, nc, opart, d, rows);
+    this.#allreduce(opart, out, rows * d);
+    if (w.outBias) this.#addRows(out, d, w.outBias, rows, d);
+  }
+
+  /** Mamba-2 on this rank's heads (see {@link RankEngine.#mamba1} for the shapes). */
+  #mamba2(layer: number, x: number, out: number, st: RankState, B: number, lc: number) {
+    const cfg = this.#cfg;
+    const k = this.#k;
+    const w = this.#layers[layer];
+    const sc = this.#sc!;
+    const s = this.#s;
+    const nc = this.#nc;
+    const nh = this.#nh;
+    const P = cfg.headdim;
+    const N = cfg.dState;
+    const G = cfg.ngroups;
+    const GN = G * N;
+    const Dl = 2 * nc + 2 * GN + nh;
+    const Cc = nc + 2 * GN;
+    const rows = B * lc;
+    const d = cfg.dModel;
+    const T = s.ranks;
+    // in_proj → [z | x | B | C | dt] of this rank [rows, Dl].
+    this.#matmul(w.inProj, x, d, sc.a, Dl, rows);
+    if (w.inProjBias) this.#addRows(sc.a, Dl, w.inProjBias, rows, Dl);
+    // Causal conv + SiLU over [x | B | C] → xBC [rows, Cc].
+    for (let b = 0; b < B; b++) {
+      const [conv] = this.#stPtr(st, layer, b);
+      const r0 = b * lc;
+      k.conv1dSeq(
+        conv,
+        sc.a + (r0 * Dl + nc) * 4,
+        Dl,
+        w.convW,
+        w.convB,
+        sc.b + r0 * Cc * 4,
+        Cc,
+        lc,
+        cfg.dConv,
+        0,
+        Cc,
+        true,
+      );
+    }
+    // dt: softplus(dt + bias) in the kernel, unless dt_limit clamps it.
+    let dt = sc.a + (2 * nc + 2 * GN) * 4;
+    let lddt = Dl;
+    let flags = SCAN_SOFTPLUS;
+    let dtBias = w.dtBias;
+    const [lo, hi] = cfg.dtLimit;
+    if (lo > 0 || hi < Infinity) {
+      const mem = this.#f32;
+      const bias = mem.subarray(w.dtBias >> 2, (w.dtBias >> 2) + nh);
+      for (let r = 0; r < rows; r++) {
+        for (let h = 0; h < nh; h++) {
+          const v = mem[(dt >> 2) + r * Dl + h] + bias[h];
+          const sp = v > 20 ? v : Math.log1p(Math.exp(v));
+          mem[(sc.c >> 2) + r * nh + h] = Math.min(Math.max(sp, lo), hi);
+        }
+      }
+      dt = sc.c;
+      lddt = nh;
+      flags = 0;
+      dtBias = 0;
+    }
+    // SSD recurrence per sequence and per run of heads sharing a B/C group → y [rows, nc].
+    const hpg = cfg.nheads / G;
+    for (let b = 0; b < B; b++) {
+      const [, ssm] = this.#stPtr(st, layer, b);
+      const r0 = b * lc;
+      for (let ha = 0; ha < nh;) {
+        const g = Math.floor((s.h0 + ha) / hpg);
+        const hb = Math.min(nh, (g + 1) * hpg - s.h0);
+        const xr = sc.b + (r0 * Cc + ha * P) * 4;
+        k.exports.ssd_scan(
+          ssm + ha * P * N * 4,
+          xr,
+          Cc,
+          dt + (r0 * lddt + ha) * 4,
+          lddt,
+          w.A + ha * 4,
+          sc.b + (r0 * Cc + nc + g * N) * 4,
+          sc.b + (r0 * Cc + nc + GN + g * N) * 4,
+          Cc,
+          cfg.dHasHdim ? 0 : w.D + ha * 4,
+          dtBias ? dtBias + ha * 4 : 0,
+          sc.e + (r0 * nc + ha * P) * 4,
+          nc,
+          lc,
+          hb - ha,
+          P,
+          N,
+          1,
+          0,
+          hb - ha,
+          flags,
+        );
+        ha = hb;
+      }
+    }
+    const mem0 = this.#f32;
+    if (cfg.dHasHdim) {
+      const D = mem0.subarray(w.D >> 2, (w.D >> 2) + nc);
+      for (let r = 0; r < rows; r++) {
+        const yo = (sc.e >> 2) + r * nc;
+        const xo = (sc.b >> 2) + r * Cc;
+        for (let c = 0; c < nc; c++) mem0[yo + c] += D[c] * mem0[xo + c];
+      }
+    }
+    // Gate: y·silu(z), or the gated RMSNorm whose sums of squares are reduced over the ranks.
+    const gate = () => {
+      for (let r = 0; r < rows; r++) {
+        const y = sc.e + r * nc * 4;
+        k.mulSilu(y, sc.a + r * Dl * 4, y, nc);
+      }
+    };
+    if (!cfg.gatedNorm || !cfg.normBeforeGate) gate();
+    if (cfg.gatedNorm) {
+      const gs = cfg.dInner / G;
+      const part = T > 1 ? sc.part : sc.d;
+      let mem = this.#f32;
+      for (let r = 0; r < rows; r++) {
+        for (let g = 0; g < G; g++) {
+          const a = Math.max(s.c0, g * gs) - s.c0;
+          const e = Math.min(s.c1, (g + 1) * gs) - s.c0;
+          if (e <= a) {
+            mem[(part >> 2) + r * G + g] = 0;
+            continue;
+          }
+          const y = sc.e + (r * nc + a) * 4;
+          k.exports.matvec_f32(y, y, part + (r * G + g) * 4, 1, e - a, 0, 1, 0);
+        }
+      }
+      this.#allreduce(part, sc.d, rows * G);
+      mem = this.#f32;
+      const gw = mem.subarray(w.gatedNorm >> 2, (w.gatedNorm >> 2) + nc);
+      for (let r = 0; r < rows; r++) {
+        const yo = (sc.e >> 2) + r * nc;
+        for (let c = 0; c < nc;) {
+          const g = Math.floor((s.c0 + c) / gs);
+          const e = Math.min(nc, (g + 1) * gs - s.c0);
+          const scale = 1 / Math.sqrt(mem[(sc.d >> 2) + r * G + g] / gs + 1e-5);
+          for (; c < e; c++) mem[yo + c] = mem[yo + c] * scale * gw[c];
+        }
+      }
+      if (cfg.normBeforeGate) gate();
+    }
+    // out_proj partial → reduced out [rows, dModel].
+    const opart = T > 1 ? sc.part : out;
+    this.#matmul(w.outProj, sc.e, nc, opart, d, rows);
+    this.#allreduce(opart, out, rows * d);
+    if (w.outBias) this.#addRows(out, d, w.outBias, rows, d);
+  }
+}

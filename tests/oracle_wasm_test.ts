@@ -1,0 +1,35 @@
+/**
+ * The oracle suite on the `wasm` backend:
+ *
+ * - f32 weights at the oracle's tolerances, with 1 thread (rank 0 alone, no workers) and with 2
+ *   threads (rank 0 + one worker: every reduction crosses the shared buffer);
+ * - f16 weights (every tensor rounded to f16 at load, math in f32) at 300× the oracle's
+ *   tolerances (logits within 3e-2, the README's expectation for f16; measured worst: logits
+ *   10×, conv state 133×, SSM state 23× the oracle tolerances), without the exact greedy match;
+ * - q8 weights (`in_proj`, `out_proj` and the embedding / LM head as int8 with one scale per 32
+ *   weights; measured worst over the cases: logits 1.1e-2, conv state 2.3e-2·(1 + |x|), SSM
+ *   state 4e-4 + 4e-2·|x|) at logits 3e-2 + 3e-2·|x|, conv 6e-2 + 6e-2·|x|, SSM
+ *   2e-3 + 6e-2·|x|, without the exact greedy match.
+ */
+
+import { oracleModelSuite } from "./oracle_util.ts";
+
+oracleModelSuite("wasm", { wasm: { threads: 1 }, label: "1 thread" });
+oracleModelSuite("wasm", { wasm: { threads: 2 }, label: "2 threads" });
+oracleModelSuite("wasm", {
+  weightsDtype: "f16",
+  wasm: { threads: 2 },
+  tolScale: 300,
+  skipGreedy: true,
+  label: "f16, 2 threads",
+});
+oracleModelSuite("wasm", {
+  wasm: { threads: 2, weights: "q8" },
+  tol: {
+    logits: { atol: 3e-2, rtol: 3e-2 },
+    conv: { atol: 6e-2, rtol: 6e-2 },
+    ssm: { atol: 2e-3, rtol: 6e-2 },
+  },
+  skipGreedy: true,
+  label: "q8, 2 threads",
+});
