@@ -50,9 +50,11 @@ fn matmul(
   let m0 = wid.y * BM;
   let n0 = wid.x * BN;
   var acc: array<f32, TM * TN>;
-  for (var i = 0u; i < TM * TN; i++) {
-    acc[i] = 0.0;
-  }
+#unroll I TM
+#unroll J TN
+  acc[${I}u * TN + ${J}u] = 0.0;
+#endunroll
+#endunroll
   for (var k0 = 0u; k0 < p.K; k0 += BK) {
     // x tile: BM rows × BK columns.
     for (var e = lid; e < BM * BK; e += 256u) {
@@ -95,39 +97,36 @@ fn matmul(
 #endif
     workgroupBarrier();
     for (var kk = 0u; kk < BK; kk++) {
-      var a: array<f32, TM>;
-      var b: array<f32, TN>;
-      for (var i = 0u; i < TM; i++) {
-        a[i] = As[kk * BM + l.y + 16u * i];
-      }
-      for (var j = 0u; j < TN; j++) {
-        b[j] = Bs[kk * BN + l.x + 16u * j];
-      }
-      for (var i = 0u; i < TM; i++) {
-        for (var j = 0u; j < TN; j++) {
-          acc[i * TN + j] = fma(a[i], b[j], acc[i * TN + j]);
-        }
-      }
+#unroll I TM
+      let a${I} = As[kk * BM + l.y + 16u * ${I}u];
+#endunroll
+#unroll J TN
+      let b${J} = Bs[kk * BN + l.x + 16u * ${J}u];
+#endunroll
+#unroll I TM
+#unroll J TN
+      acc[${I}u * TN + ${J}u] = fma(a${I}, b${J}, acc[${I}u * TN + ${J}u]);
+#endunroll
+#endunroll
     }
     workgroupBarrier();
   }
-  for (var i = 0u; i < TM; i++) {
-    let m = m0 + l.y + 16u * i;
-    if (m >= p.M) {
-      continue;
-    }
-    for (var j = 0u; j < TN; j++) {
-      let n = n0 + l.x + 16u * j;
-      if (n < p.N) {
-        var r = acc[i * TN + j];
+#unroll I TM
+#unroll J TN
+  {
+    let m = m0 + l.y + 16u * ${I}u;
+    let n = n0 + l.x + 16u * ${J}u;
+    if (m < p.M && n < p.N) {
+      var r = acc[${I}u * TN + ${J}u];
 #if BIAS
-        r += bias[p.nBase + n];
+      r += bias[p.nBase + n];
 #endif
 #if SOFTPLUS
-        r = softplus(r);
+      r = softplus(r);
 #endif
-        y[p.yOff + m * p.yStride + p.nBase + n] = r;
-      }
+      y[p.yOff + m * p.yStride + p.nBase + n] = r;
     }
   }
+#endunroll
+#endunroll
 }

@@ -1,10 +1,14 @@
 // Matrix-vector product for a few rows of x (decode): for m < MB, n < N,
 //   y[m, nBase + n] = epilogue( pro(x[m, :]) · W[n, :] + bias[nBase + n] ).
 // One team of TEAM lanes per output row n, WG / TEAM rows per workgroup; lanes stride K with
-// 16-byte weight loads, then the team reduces its partial sums.
+// 16-byte weight loads (UNR of them in flight), then the team reduces its partial sums through
+// workgroup memory. Private arrays are only indexed by literals (#unroll), so they stay in
+// registers.
 //
 // Defines:
-//   MB        rows of x (the batch), WG workgroup size, TEAM lanes per output row
+//   MB        rows of x (the batch), WG workgroup size, TEAM lanes per output row (32)
+//   NV        values per lane: MB, or 2·MB with PRO_RMS; NR = ceil(NV / 8) reduction rounds
+//   UNR       weight loads in flight per lane
 //   F16       W holds f16 pairs packed in u32 (unpack2x16float), 8 per load
 //   F16NATIVE W holds f16 (shader-f16), 8 per load as mat2x4<f16>
 //   XVEC      x (and resIn, normW, resOut) read as vec4: K % VEC == 0 and 4-aligned offsets
@@ -13,7 +17,6 @@
 //   PRO_ADD   x ← x + resIn first (the residual add)
 //   RES_OUT   workgroup 0 also writes x (after PRO_ADD) to resOut
 //   BIAS, SOFTPLUS  epilogue
-//   SUBGROUP  reduce with subgroupAdd (TEAM must equal the subgroup size)
 #if F16NATIVE
 enable f16;
 #endif
@@ -76,6 +79,8 @@ const MB = ${MB}u;
 const WG = ${WG}u;
 const TEAM = ${TEAM}u;
 const ROWS = WG / TEAM;
+const UNR = ${UNR}u;
+const NV = ${NV}u;
 #if F16
 const VEC = 8u;
 #elif F16NATIVE
@@ -83,13 +88,8 @@ const VEC = 8u;
 #else
 const VEC = 4u;
 #endif
-#if PRO_RMS
-const NV = 2u * MB;
-#else
-const NV = MB;
-#endif
 
-// Four consecutive x values of row m from column k (zero past K).
+// Four consecutive x values of row m from column k (zero past K), after the residual add.
 fn xload(m: u32, k: u32) -> vec4<f32> {
 #if XVEC
   var v = x[(p.xOff + m * p.xStride + k) >> 2u];
@@ -101,10 +101,11 @@ fn xload(m: u32, k: u32) -> vec4<f32> {
   let b = p.xOff + m * p.xStride + k;
   for (var j = 0u; j < 4u; j++) {
     if (k + j < p.K) {
-      v[j] = x[b + j];
+      var e = x[b + j];
 #if PRO_ADD
-      v[j] += resIn[m * p.rStride + k + j];
+      e += resIn[m * p.rStride + k + j];
 #endif
+      v[j] = e;
     }
   }
 #endif
@@ -141,46 +142,8 @@ fn rstore(m: u32, k: u32, v: vec4<f32>) {
 }
 #endif
 
-// Accumulates VEC columns from k of weight row `wrow` (element offset) into v.
-fn step(k: u32, wrow: u32, writer: bool, v: ptr<function, array<f32, NV>>) {
-  let wi = (wrow + k) / VEC;
-#if F16NATIVE
-  let wm = w[wi];
-  let wv = array<vec4<f32>, 2>(vec4<f32>(wm[0]), vec4<f32>(wm[1]));
-#elif F16
-  let wq = w[wi];
-  let wv = array<vec4<f32>, 2>(
-    vec4<f32>(unpack2x16float(wq.x), unpack2x16float(wq.y)),
-    vec4<f32>(unpack2x16float(wq.z), unpack2x16float(wq.w)),
-  );
-#else
-  let wv = array<vec4<f32>, 1>(w[wi]);
-#endif
-  for (var h = 0u; h < VEC / 4u; h++) {
-    let kk = k + 4u * h;
-#if PRO_RMS
-    let g = nload(kk);
-#endif
-    for (var m = 0u; m < MB; m++) {
-      let xv = xload(m, kk);
-#if RES_OUT
-      if (writer) {
-        rstore(m, kk, xv);
-      }
-#endif
-#if PRO_RMS
-      (*v)[MB + m] += dot(xv, xv);
-      (*v)[m] += dot(xv * g, wv[h]);
-#else
-      (*v)[m] += dot(xv, wv[h]);
-#endif
-    }
-  }
-}
-
-#if !SUBGROUP
-var<workgroup> red: array<f32, 2048>;
-#endif
+var<workgroup> red: array<f32, 2048>;  // [team][lane][8]
+var<workgroup> res: array<f32, 8 * 32>; // [team][value]
 
 @compute @workgroup_size(WG)
 fn matvec(
@@ -194,66 +157,110 @@ fn matvec(
   let valid = n < p.N;
   let writer = wid.x == 0u && wid.y == 0u && team == 0u;
   var v: array<f32, NV>;
-  for (var j = 0u; j < NV; j++) {
-    v[j] = 0.0;
-  }
+#unroll J NV
+  v[${J}] = 0.0;
+#endunroll
   if (valid) {
     let wrow = n * p.wStride;
     let stride = TEAM * VEC;
-    var k = lane * VEC;
-    for (; k + stride < p.K; k += 2u * stride) {
-      step(k, wrow, writer, &v);
-      step(k + stride, wrow, writer, &v);
-    }
-    if (k < p.K) {
-      step(k, wrow, writer, &v);
-    }
-  }
-#if SUBGROUP
-  for (var j = 0u; j < NV; j++) {
-    v[j] = subgroupAdd(v[j]);
-  }
+    for (var k0 = lane * VEC; k0 < p.K; k0 += UNR * stride) {
+#unroll U UNR
+      {
+        let k = k0 + ${U}u * stride;
+        if (k < p.K) {
+          let wi = (wrow + k) / VEC;
+#if F16NATIVE
+          let wm = w[wi];
+          let w0 = vec4<f32>(wm[0]);
+          let w1 = vec4<f32>(wm[1]);
+#elif F16
+          let wq = w[wi];
+          let w0 = vec4<f32>(unpack2x16float(wq.x), unpack2x16float(wq.y));
+          let w1 = vec4<f32>(unpack2x16float(wq.z), unpack2x16float(wq.w));
 #else
-  for (var j0 = 0u; j0 < NV; j0 += 8u) {
-    for (var jj = 0u; jj < 8u; jj++) {
-      if (j0 + jj < NV) {
-        red[jj * WG + lid] = v[j0 + jj];
-      }
-    }
-    workgroupBarrier();
-    for (var s = TEAM / 2u; s > 0u; s >>= 1u) {
-      if (lane < s) {
-        for (var jj = 0u; jj < 8u; jj++) {
-          if (j0 + jj < NV) {
-            red[jj * WG + lid] += red[jj * WG + lid + s];
+          let w0 = w[wi];
+#endif
+#if PRO_RMS
+          let g0 = nload(k);
+#if F16
+          let g1 = nload(k + 4u);
+#elif F16NATIVE
+          let g1 = nload(k + 4u);
+#endif
+#endif
+#unroll M MB
+          {
+            let x0 = xload(${M}u, k);
+#if F16
+            let x1 = xload(${M}u, k + 4u);
+#elif F16NATIVE
+            let x1 = xload(${M}u, k + 4u);
+#endif
+#if RES_OUT
+            if (writer) {
+              rstore(${M}u, k, x0);
+#if F16
+              rstore(${M}u, k + 4u, x1);
+#elif F16NATIVE
+              rstore(${M}u, k + 4u, x1);
+#endif
+            }
+#endif
+#if PRO_RMS
+            v[MB + ${M}u] += dot(x0, x0);
+            v[${M}] += dot(x0 * g0, w0);
+#if F16
+            v[MB + ${M}u] += dot(x1, x1);
+            v[${M}] += dot(x1 * g1, w1);
+#elif F16NATIVE
+            v[MB + ${M}u] += dot(x1, x1);
+            v[${M}] += dot(x1 * g1, w1);
+#endif
+#else
+            v[${M}] += dot(x0, w0);
+#if F16
+            v[${M}] += dot(x1, w1);
+#elif F16NATIVE
+            v[${M}] += dot(x1, w1);
+#endif
+#endif
           }
+#endunroll
         }
       }
-      workgroupBarrier();
+#endunroll
     }
-    if (lane == 0u) {
-      for (var jj = 0u; jj < 8u; jj++) {
-        if (j0 + jj < NV) {
-          v[j0 + jj] = red[jj * WG + lid];
-        }
+  }
+  // Team reduction, 8 values per round: every lane stores its 8, then lanes 0..7 each sum one
+  // value over the team's 32 lanes.
+#unroll R NR
+  {
+#unroll J 8
+    red[lid * 8u + ${J}u] = v[min(${R}u * 8u + ${J}u, NV - 1u)];
+#endunroll
+    workgroupBarrier();
+    if (lane < 8u && ${R}u * 8u + lane < NV) {
+      var s = 0.0;
+      for (var l = 0u; l < TEAM; l++) {
+        s += red[(team * TEAM + l) * 8u + lane];
       }
+      res[team * 32u + ${R}u * 8u + lane] = s;
     }
     workgroupBarrier();
   }
-#endif
-  if (valid && lane == 0u) {
-    for (var m = 0u; m < MB; m++) {
-      var r = v[m];
+#endunroll
+  if (valid && lane < MB) {
+    let m = lane;
+    var r = res[team * 32u + m];
 #if PRO_RMS
-      r *= 1.0 / sqrt(v[MB + m] / f32(p.K) + p.eps);
+    r *= 1.0 / sqrt(res[team * 32u + MB + m] / f32(p.K) + p.eps);
 #endif
 #if BIAS
-      r += bias[p.nBase + n];
+    r += bias[p.nBase + n];
 #endif
 #if SOFTPLUS
-      r = softplus(r);
+    r = softplus(r);
 #endif
-      y[p.yOff + m * p.yStride + p.nBase + n] = r;
-    }
+    y[p.yOff + m * p.yStride + p.nBase + n] = r;
   }
 }

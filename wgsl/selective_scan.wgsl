@@ -46,16 +46,32 @@ fn out_value(row: u32, c: u32, acc: f32, ut: f32) -> f32 {
   return (acc + Dskip[c] * ut) * silu(z);
 }
 
-// Advances h by token `row` of channel c with step d; returns ⟨h, C⟩.
+// Advances h by token `row` of channel c with step d; returns ⟨h, C⟩. (Literal indices only:
+// h stays in registers.)
 fn advance(h: ptr<function, array<f32, NS>>, row: u32, c: u32, d: f32, ut: f32) -> f32 {
   let bc = row * p.xdStride + p.dtRank;
+  let du = d * ut;
   var acc = 0.0;
-  for (var n = 0u; n < NS; n++) {
-    let hn = exp(d * A[c * NS + n]) * (*h)[n] + d * xdbl[bc + n] * ut;
-    (*h)[n] = hn;
-    acc += hn * xdbl[bc + NS + n];
+#unroll N NS
+  {
+    let hn = exp(d * A[c * NS + ${N}u]) * (*h)[${N}] + du * xdbl[bc + ${N}u];
+    (*h)[${N}] = hn;
+    acc += hn * xdbl[bc + NS + ${N}u];
   }
+#endunroll
   return acc;
+}
+
+fn load_h(h: ptr<function, array<f32, NS>>, src: u32) {
+#unroll N NS
+  (*h)[${N}] = state[src + ${N}u];
+#endunroll
+}
+
+fn store_h(h: ptr<function, array<f32, NS>>, dst: u32) {
+#unroll N NS
+  state[dst + ${N}u] = (*h)[${N}];
+#endunroll
 }
 
 @compute @workgroup_size(64)
@@ -67,18 +83,14 @@ fn scan_seq(@builtin(global_invocation_id) gid: vec3u) {
   }
   let s = ((p.sOff + b) * p.D + c) * NS;
   var h: array<f32, NS>;
-  for (var n = 0u; n < NS; n++) {
-    h[n] = state[s + n];
-  }
+  load_h(&h, s);
   for (var t = 0u; t < p.L; t++) {
     let row = b * p.L + t;
     let ut = u[row * p.D + c];
     let acc = advance(&h, row, c, delta[row * p.D + c], ut);
     y[row * p.D + c] = out_value(row, c, acc, ut);
   }
-  for (var n = 0u; n < NS; n++) {
-    state[s + n] = h[n];
-  }
+  store_h(&h, s);
 }
 
 @compute @workgroup_size(64)
@@ -95,15 +107,11 @@ fn scan_step(@builtin(global_invocation_id) gid: vec3u) {
   let d = softplus(lin + dtBias[c]);
   let s = ((p.sOff + b) * p.D + c) * NS;
   var h: array<f32, NS>;
-  for (var n = 0u; n < NS; n++) {
-    h[n] = state[s + n];
-  }
+  load_h(&h, s);
   let ut = u[b * p.D + c];
   let acc = advance(&h, b, c, d, ut);
   y[b * p.D + c] = out_value(b, c, acc, ut);
-  for (var n = 0u; n < NS; n++) {
-    state[s + n] = h[n];
-  }
+  store_h(&h, s);
 }
 
 // chunkH[((b · nChunks + k) · D + c) · NS + n], chunkSum[(b · nChunks + k) · D + c].
@@ -116,9 +124,9 @@ fn scan_chunk_local(@builtin(global_invocation_id) gid: vec3u) {
     return;
   }
   var h: array<f32, NS>;
-  for (var n = 0u; n < NS; n++) {
-    h[n] = 0.0;
-  }
+#unroll N NS
+  h[${N}] = 0.0;
+#endunroll
   var sum = 0.0;
   let t1 = min(p.L, (k + 1u) * p.Q);
   for (var t = k * p.Q; t < t1; t++) {
@@ -129,9 +137,9 @@ fn scan_chunk_local(@builtin(global_invocation_id) gid: vec3u) {
   }
   let o = (b * p.nChunks + k) * p.D + c;
   chunkSum[o] = sum;
-  for (var n = 0u; n < NS; n++) {
-    chunkH[o * NS + n] = h[n];
-  }
+#unroll N NS
+  chunkH[o * NS + ${N}u] = h[${N}];
+#endunroll
 }
 
 @compute @workgroup_size(64)
@@ -163,9 +171,9 @@ fn scan_chunk_out(@builtin(global_invocation_id) gid: vec3u) {
   }
   let o = (b * p.nChunks + k) * p.D + c;
   var h: array<f32, NS>;
-  for (var n = 0u; n < NS; n++) {
-    h[n] = chunkH[o * NS + n];
-  }
+#unroll N NS
+  h[${N}] = chunkH[o * NS + ${N}u];
+#endunroll
   let t1 = min(p.L, (k + 1u) * p.Q);
   for (var t = k * p.Q; t < t1; t++) {
     let row = b * p.L + t;

@@ -7,7 +7,8 @@
 //                   (written over S), and the final state
 //   ssd_chunk_out   per (chunk, head): y_i = Σ_{j≤i} CB[i, j]·exp(cum_i − cum_j)·x_j·dt_j
 //                   + exp(cum_i)·(S_in · C_i) + D·x_i, and with GATE y ·= silu(z_i)
-// Rows are sequence-major: row b·L + t. Defines: Q (chunk length ≤ 64), GATE, D_HDIM.
+// Rows are sequence-major: row b·L + t. Defines: Q (chunk length ≤ 64), EPT = ceil(Q²/256),
+// GATE, D_HDIM.
 
 struct P {
   H: u32,
@@ -68,7 +69,7 @@ fn ssd_dt_cumsum(@builtin(global_invocation_id) gid: vec3u) {
 
 var<workgroup> cs: array<f32, Q * NT>;
 var<workgroup> bs: array<f32, Q * NT>;
-const EPT = (Q * Q + WG - 1u) / WG;
+const EPT = ${EPT}u; // ceil(Q·Q / WG)
 
 @compute @workgroup_size(WG)
 fn ssd_chunk_cb(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3u) {
@@ -80,9 +81,9 @@ fn ssd_chunk_cb(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
   let bo = p.H * p.P + g * p.N;
   let co = bo + p.G * p.N;
   var acc: array<f32, EPT>;
-  for (var r = 0u; r < EPT; r++) {
-    acc[r] = 0.0;
-  }
+#unroll R EPT
+  acc[${R}] = 0.0;
+#endunroll
   for (var n0 = 0u; n0 < p.N; n0 += NT) {
     for (var e = lid; e < Q * NT; e += WG) {
       let i = e / NT;
@@ -97,8 +98,9 @@ fn ssd_chunk_cb(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
       bs[e] = bv;
     }
     workgroupBarrier();
-    for (var r = 0u; r < EPT; r++) {
-      let e = lid + r * WG;
+#unroll R EPT
+    {
+      let e = lid + ${R}u * WG;
       let i = e / Q;
       let j = e % Q;
       if (e < Q * Q && j <= i) {
@@ -106,18 +108,18 @@ fn ssd_chunk_cb(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
         for (var n = 0u; n < NT; n++) {
           d += cs[i * NT + n] * bs[j * NT + n];
         }
-        acc[r] += d;
+        acc[${R}] += d;
       }
     }
+#endunroll
     workgroupBarrier();
   }
   let o = ((b * p.nChunks + k) * p.G + g) * Q * Q;
-  for (var r = 0u; r < EPT; r++) {
-    let e = lid + r * WG;
-    if (e < Q * Q) {
-      cb[o + e] = acc[r];
-    }
+#unroll R EPT
+  if (lid + ${R}u * WG < Q * Q) {
+    cb[o + lid + ${R}u * WG] = acc[${R}];
   }
+#endunroll
 }
 
 var<workgroup> wsh: array<f32, Q>;

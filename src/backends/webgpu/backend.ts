@@ -53,8 +53,6 @@ export interface GpuState {
 export interface WebGpuOptions {
   /** Read f16 weights through `shader-f16` (when the device has it) instead of unpacking u32. */
   f16Native?: boolean;
-  /** Reduce matrix-vector partial sums with subgroup operations when the device has them. */
-  subgroups?: boolean;
   /** Mamba-1 sequences at least this long use the chunked (parallel) scan. Default 128. */
   chunkedScanMin?: number;
   /** Chunk length of the chunked Mamba-1 scan. Default 64. */
@@ -107,7 +105,6 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     this.weights = weights;
     this.#opt = {
       f16Native: opt.f16Native ?? false,
-      subgroups: opt.subgroups ?? true,
       chunkedScanMin: opt.chunkedScanMin ?? 128,
       scanChunk: opt.scanChunk ?? 64,
       matvecMaxRows: opt.matvecMaxRows ?? 16,
@@ -290,9 +287,12 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     const vec = W.f16 ? 8 : 4;
     const xvec = K % vec === 0 && o.xOff % 4 === 0 && o.xStride % 4 === 0;
     const native = W.f16 && this.#opt.f16Native && this.ctx.shaderF16;
-    const sg = this.#opt.subgroups && this.ctx.subgroupSize === 32;
+    const NV = o.rms ? 2 * o.M : o.M;
     const k = this.pipeline("matvec", "matvec", {
       MB: o.M,
+      NV,
+      NR: Math.ceil(NV / 8),
+      UNR: 4,
       WG: 256,
       TEAM: 32,
       F16: W.f16 && !native,
@@ -303,7 +303,6 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       RES_OUT: !!o.resOut,
       BIAS: !!o.bias,
       SOFTPLUS: !!o.softplus,
-      SUBGROUP: sg,
     });
     const rows = 256 / 32;
     for (const part of W.parts) {
@@ -564,7 +563,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     } else {
       const Q = this.#ssdChunk();
       const nC = Math.ceil(L / Q);
-      const defs = { Q, GATE: gate, D_HDIM: dHdim };
+      const defs = { Q, EPT: Math.ceil(Q * Q / 256), GATE: gate, D_HDIM: dHdim };
       const dt = this.temp(R * H * F32);
       const cum = this.temp(R * H * F32);
       const cb = this.temp(batch * nC * G * Q * Q * F32);
@@ -671,6 +670,40 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     let plan = this.#plans.get(batch);
     if (!plan) this.#plans.set(batch, plan = new DecodePlan(this, batch));
     return plan;
+  }
+
+  /**
+   * Times `reps` back-to-back matrix-vector products (`M` rows of x) with weight `W` on the GPU
+   * (for benchmarks): seconds per product, from timestamp queries when the device has them,
+   * else from the wall clock. The bytes moved per product are `W`'s plus x's and y's.
+   */
+  async timeMatvec(W: GpuMatrix, reps: number, M = 1): Promise<{ seconds: number; bytes: number }> {
+    const x = this.temp(M * W.K * F32);
+    const y = this.temp(M * W.N * F32);
+    this.rec.clear(x);
+    const run = () => {
+      for (let i = 0; i < reps; i++) {
+        this.matvec(W, { x, xOff: 0, xStride: W.K, M, y, yOff: 0, yStride: W.N });
+      }
+    };
+    run(); // warm-up (pipeline compilation)
+    await this.rec.read(y, 0, 4);
+    let seconds: number;
+    if (this.rec.startTiming(1)) {
+      run();
+      const [t] = await this.rec.stopTiming();
+      seconds = t / reps;
+    } else {
+      const t0 = performance.now();
+      run();
+      await this.rec.read(y, 0, 4);
+      seconds = (performance.now() - t0) / 1000 / reps;
+    }
+    this.release(x);
+    this.release(y);
+    let bytes = M * (W.K + W.N) * F32;
+    for (const p of W.parts) bytes += p.buf.size;
+    return { seconds, bytes };
   }
 
   // ---------------------------------------------------------------- state

@@ -13,7 +13,7 @@ import type { MambaConfig } from "../../config.ts";
 import { BackendError } from "../../errors.ts";
 import type { ResolvedSamplingOptions } from "../../sampling.ts";
 import type { GpuState, WebGpuBackend } from "./backend.ts";
-import type { Buf } from "./recorder.ts";
+import type { Buf, Command } from "./recorder.ts";
 
 const F32 = 4;
 const ARGMAX_CHUNKS = 64;
@@ -64,6 +64,7 @@ export class DecodePlan {
   #staging: GPUBuffer[] = [];
   #maxBlock = 0;
   #busy = false;
+  #captured = new WeakMap<GpuState, Map<string, { body: Command[]; tails: Command[][] }>>();
 
   /** Allocates the buffers for `batch` sequences. */
   constructor(be: WebGpuBackend, batch: number) {
@@ -98,8 +99,35 @@ export class DecodePlan {
     this.#work = buf(B * V * F32, "decode.work");
   }
 
-  /** Records one step for every sequence: tok → model → logits → next tok (slot `slot`). */
+  /**
+   * Records one step for every sequence: tok → model → logits → next tok (slot `slot`), by
+   * replaying the step captured for this state and sampling setup.
+   */
   encodeStep(state: GpuState, slot: number, s: ResolvedSamplingOptions, vocab: number): void {
+    const rec = this.#be.rec;
+    const key = JSON.stringify([
+      s.greedy,
+      s.temperature,
+      s.topK,
+      s.topP,
+      s.minP,
+      s.repetitionPenalty,
+      vocab,
+    ]);
+    let byKey = this.#captured.get(state);
+    if (!byKey) this.#captured.set(state, byKey = new Map());
+    let step = byKey.get(key);
+    if (!step) {
+      if (byKey.size > 8) byKey.clear();
+      byKey.set(key, step = { body: rec.capture(() => this.#encodeModel(state)), tails: [] });
+    }
+    rec.replay(step.body);
+    step.tails[slot] ??= rec.capture(() => this.#sample(slot, s, vocab));
+    rec.replay(step.tails[slot]);
+  }
+
+  /** Records the model part of a step (everything up to the logits). */
+  #encodeModel(state: GpuState): void {
     const be = this.#be;
     const c = this.#cfg;
     const B = this.batch;
@@ -144,7 +172,6 @@ export class DecodePlan {
           ...rms,
         }),
     );
-    this.#sample(slot, s, vocab);
   }
 
   /**

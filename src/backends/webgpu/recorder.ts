@@ -33,6 +33,22 @@ export interface Range {
 /** What a binding slot takes: a whole buffer or a range of one. */
 export type Bindable = Buf | Range;
 
+/** A recorded dispatch, ready to replay (see {@link Recorder.capture}). */
+export interface Command {
+  /** Pipeline. */
+  readonly pipeline: GPUComputePipeline;
+  /** Its bind group. */
+  readonly group: GPUBindGroup;
+  /** Workgroups. */
+  readonly x: number;
+  /** Workgroups. */
+  readonly y: number;
+  /** Workgroups. */
+  readonly z: number;
+  /** The kernel's label (for profiles). */
+  readonly label: string;
+}
+
 /** Field types of a uniform parameter block: `u` u32, `i` i32, `f` f32. */
 export type ParamSig = string;
 
@@ -54,6 +70,9 @@ export class Recorder {
   #owned = new Set<Buf>();
   /** Dispatches recorded since creation (for profiling). */
   dispatches = 0;
+  #timing: { set: GPUQuerySet; max: number; used: number; resolve: Buf } | null = null;
+  #captured: Command[] | null = null;
+  #profile: { set: GPUQuerySet; max: number; labels: string[]; resolve: Buf } | null = null;
 
   /** Wraps a device context. */
   constructor(ctx: GpuContext) {
@@ -140,8 +159,7 @@ export class Recorder {
   }
 
   #dropUniforms(): void {
-    this.flush();
-    for (const u of this.#uniforms.values()) u.buffer.destroy();
+    // Not destroyed: captured commands may still use them (garbage collection frees them).
     this.#uniforms.clear();
     this.#groups.clear();
   }
@@ -191,6 +209,15 @@ export class Recorder {
       if (this.#groups.size > 16384) this.#groups.clear();
       this.#groups.set(key, group);
     }
+    const cmd = { pipeline: k.pipeline, group, x, y, z, label: k.label };
+    if (this.#captured) {
+      this.#captured.push(cmd);
+      return;
+    }
+    if (this.#profile) {
+      this.#profiled(cmd);
+      return;
+    }
     const pass = this.#computePass();
     pass.setPipeline(k.pipeline);
     pass.setBindGroup(0, group);
@@ -198,8 +225,101 @@ export class Recorder {
     this.dispatches++;
   }
 
+  /** Encodes one dispatch in a pass of its own, timestamped (profiling). */
+  #profiled(c: Command): void {
+    const p = this.#profile!;
+    if (p.labels.length >= p.max) {
+      const pass = this.#computePass();
+      pass.setPipeline(c.pipeline);
+      pass.setBindGroup(0, c.group);
+      pass.dispatchWorkgroups(c.x, c.y, c.z);
+      return;
+    }
+    const i = 2 * p.labels.length;
+    p.labels.push(c.label);
+    const pass = this.encoder().beginComputePass({
+      timestampWrites: {
+        querySet: p.set,
+        beginningOfPassWriteIndex: i,
+        endOfPassWriteIndex: i + 1,
+      },
+    });
+    pass.setPipeline(c.pipeline);
+    pass.setBindGroup(0, c.group);
+    pass.dispatchWorkgroups(c.x, c.y, c.z);
+    pass.end();
+    this.dispatches++;
+  }
+
+  /**
+   * Starts profiling (needs `timestamp-query`): each of the next `max` dispatches runs in a
+   * timestamped pass of its own. Returns false without timestamps.
+   */
+  startProfile(max = 2048): boolean {
+    if (!this.ctx.timestamps) return false;
+    this.flush();
+    const set = this.device.createQuerySet({ type: "timestamp", count: 2 * max });
+    const resolve = this.buffer(16 * max, "profile", 0x200 | 0x4);
+    this.#profile = { set, max, labels: [], resolve };
+    return true;
+  }
+
+  /** Ends profiling: GPU seconds and dispatch count per kernel label. */
+  async stopProfile(): Promise<Map<string, { seconds: number; count: number }>> {
+    const p = this.#profile;
+    const out = new Map<string, { seconds: number; count: number }>();
+    if (!p) return out;
+    this.#profile = null;
+    if (p.labels.length) {
+      this.encoder().resolveQuerySet(p.set, 0, 2 * p.labels.length, p.resolve.buffer, 0);
+      const raw = new BigUint64Array(await this.read(p.resolve, 0, 16 * p.labels.length));
+      p.labels.forEach((label, i) => {
+        const e = out.get(label) ?? { seconds: 0, count: 0 };
+        e.seconds += Number(raw[2 * i + 1] - raw[2 * i]) / 1e9;
+        e.count++;
+        out.set(label, e);
+      });
+    }
+    p.set.destroy();
+    this.destroy(p.resolve);
+    return out;
+  }
+
+  /**
+   * Runs `fn`, collecting the dispatches it records instead of encoding them, for
+   * {@link replay}: a sequence encoded many times (a decode step) then costs three calls per
+   * dispatch and nothing else. Only dispatches may be recorded inside `fn`.
+   */
+  capture(fn: () => void): Command[] {
+    if (this.#captured) throw new BackendError("capture: already capturing");
+    this.#captured = [];
+    try {
+      fn();
+      return this.#captured;
+    } finally {
+      this.#captured = null;
+    }
+  }
+
+  /** Encodes captured dispatches. */
+  replay(cmds: readonly Command[]): void {
+    if (this.#profile) {
+      for (const c of cmds) this.#profiled(c);
+      return;
+    }
+    const pass = this.#computePass();
+    let last: GPUComputePipeline | null = null;
+    for (const c of cmds) {
+      if (c.pipeline !== last) pass.setPipeline(last = c.pipeline);
+      pass.setBindGroup(0, c.group);
+      pass.dispatchWorkgroups(c.x, c.y, c.z);
+    }
+    this.dispatches += cmds.length;
+  }
+
   /** The open command encoder (closing the compute pass), for copies and clears. */
   encoder(): GPUCommandEncoder {
+    if (this.#captured) throw new BackendError("capture: only dispatches can be captured");
     if (this.#pass) {
       this.#pass.end();
       this.#pass = null;
@@ -219,18 +339,61 @@ export class Recorder {
     if (size > 0) this.encoder().clearBuffer(b.buffer, offset, size);
   }
 
-  /** Opens (or continues) a compute pass, optionally with timestamp writes. */
-  #computePass(timestampWrites?: GPUComputePassTimestampWrites): GPUComputePassEncoder {
-    if (!this.#pass || timestampWrites) {
+  /** Opens (or continues) a compute pass; timestamped while {@link startTiming} is active. */
+  #computePass(): GPUComputePassEncoder {
+    if (!this.#pass) {
       const enc = this.encoder();
-      this.#pass = enc.beginComputePass(timestampWrites ? { timestampWrites } : undefined);
+      const t = this.#timing;
+      if (t && t.used < t.max) {
+        const i = 2 * t.used++;
+        this.#pass = enc.beginComputePass({
+          timestampWrites: {
+            querySet: t.set,
+            beginningOfPassWriteIndex: i,
+            endOfPassWriteIndex: i + 1,
+          },
+        });
+      } else {
+        this.#pass = enc.beginComputePass();
+      }
     }
     return this.#pass;
   }
 
-  /** Starts a new compute pass whose begin and end are timestamped into `querySet`. */
-  timedPass(querySet: GPUQuerySet, begin: number, end: number): void {
-    this.#computePass({ querySet, beginningOfPassWriteIndex: begin, endOfPassWriteIndex: end });
+  /**
+   * Starts timing compute passes on the GPU (needs `timestamp-query`; returns false without
+   * it). At most `maxPasses` passes are timed until {@link stopTiming}.
+   */
+  startTiming(maxPasses = 256): boolean {
+    if (!this.ctx.timestamps) return false;
+    this.flush();
+    const set = this.device.createQuerySet({ type: "timestamp", count: 2 * maxPasses });
+    const resolve = this.buffer(16 * maxPasses, "timestamps", 0x200 | 0x4); // QUERY_RESOLVE | COPY_SRC
+    this.#timing = { set, max: maxPasses, used: 0, resolve };
+    return true;
+  }
+
+  /** Ends timing: the GPU seconds of each timed pass. */
+  async stopTiming(): Promise<number[]> {
+    const t = this.#timing;
+    if (!t) return [];
+    this.#timing = null;
+    if (this.#pass) {
+      this.#pass.end();
+      this.#pass = null;
+    }
+    if (t.used === 0) {
+      t.set.destroy();
+      this.destroy(t.resolve);
+      return [];
+    }
+    this.encoder().resolveQuerySet(t.set, 0, 2 * t.used, t.resolve.buffer, 0);
+    const raw = new BigUint64Array(await this.read(t.resolve, 0, 16 * t.used));
+    t.set.destroy();
+    this.destroy(t.resolve);
+    const out: number[] = [];
+    for (let i = 0; i < t.used; i++) out.push(Number(raw[2 * i + 1] - raw[2 * i]) / 1e9);
+    return out;
   }
 
   /** Submits everything recorded so far. */

@@ -1,8 +1,11 @@
 /**
  * Loading the WGSL sources of `wgsl/` and specialising them: a small preprocessor (`#if NAME`,
- * `#if !NAME`, `#elif`, `#else`, `#endif` and `#include FILE` on their own lines, and `${NAME}`
- * substitution), so that one file can be compiled for f32 or f16 weights, a batch size, a state
- * size, and so on.
+ * `#if !NAME`, `#elif`, `#else`, `#endif`, `#include FILE` and `#unroll VAR COUNT` …
+ * `#endunroll` on their own lines, and `${NAME}` substitution), so that one file can be compiled
+ * for f32 or f16 weights, a batch size, a state size, and so on. `#unroll` repeats its lines
+ * COUNT times (a number or a defined name) with `${VAR}` replaced by 0, 1, …: private arrays
+ * indexed only by such literals stay in registers (a dynamic index puts them in slow local
+ * memory on some GPUs).
  *
  * @module
  */
@@ -52,6 +55,37 @@ export async function loadShaderSources(): Promise<void> {
   }));
 }
 
+/** Expands `#unroll VAR COUNT` … `#endunroll` blocks (nested ones too). */
+function unroll(lines: string[], defs: ShaderDefs): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < lines.length; i++) {
+    const t = lines[i].trim();
+    if (!t.startsWith("#unroll ")) {
+      if (t === "#endunroll") throw new BackendError("#endunroll without #unroll");
+      out.push(lines[i]);
+      continue;
+    }
+    const [, name, countText] = t.split(/\s+/);
+    const count = /^\d+$/.test(countText) ? Number(countText) : Number(defs[countText]);
+    if (!name || !Number.isInteger(count) || count < 0) {
+      throw new BackendError(`bad directive "${t}"`);
+    }
+    let depth = 1;
+    let j = i + 1;
+    for (; j < lines.length; j++) {
+      const u = lines[j].trim();
+      if (u.startsWith("#unroll ")) depth++;
+      else if (u === "#endunroll" && --depth === 0) break;
+    }
+    if (depth) throw new BackendError("unterminated #unroll");
+    const body = unroll(lines.slice(i + 1, j), defs);
+    const re = new RegExp(`\\$\\{${name}\\}`, "g");
+    for (let k = 0; k < count; k++) for (const l of body) out.push(l.replace(re, String(k)));
+    i = j;
+  }
+  return out;
+}
+
 /** Applies the preprocessor to `src`. Exported for tests. */
 export function preprocess(src: string, defs: ShaderDefs): string {
   const out: string[] = [];
@@ -96,7 +130,7 @@ export function preprocess(src: string, defs: ShaderDefs): string {
     }
   }
   if (stack.length) throw new BackendError("unterminated #if");
-  return out.join("\n").replace(/\$\{(\w+)\}/g, (_, name: string) => {
+  return unroll(out, defs).join("\n").replace(/\$\{(\w+)\}/g, (_, name: string) => {
     const v = defs[name];
     if (v === undefined) throw new BackendError(`shader constant ${name} is not defined`);
     return typeof v === "boolean" ? (v ? "true" : "false") : String(v);

@@ -1,0 +1,461 @@
+/**
+ * Benchmark of the `webgpu` backend on random weights in the public shapes: fused greedy decode
+ * (batch 1 and 16), prefill, and the memory bandwidth of the largest matrix-vector products.
+ *
+ * ```sh
+ * deno run -A bench/webgpu_bench.ts                          # the full set (for an H200)
+ * deno run -A bench/webgpu_bench.ts --model mamba-130m --dtype f16 --decode 256 --batch 1
+ * deno run -A bench/webgpu_bench.ts --check                  # webgpu vs ref on small models
+ * deno run -A bench/webgpu_bench.ts --json                   # results as JSON on stdout
+ * ```
+ *
+ * Decode: an 8-token prompt (7 prefilled, the 8th fed by the fused decoder), then `--decode`
+ * greedy tokens; rate = batch × tokens / wall time from the call to the last block (plus the
+ * steady rate after the first block, and the GPU time per token from timestamp queries).
+ * Prefill: one `prefill` of `--prefill` tokens after a warm-up of the same length; wall time,
+ * and GPU time from timestamp queries. Bandwidth: weight bytes / GPU time of back-to-back
+ * products with the LM head and layer 0's in_proj.
+ *
+ * Weights: `randomWeights` for models under 1B parameters; above, a fast fill with the same
+ * distributions (a random block tiled over each large matrix) so the set stays within minutes.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { type MambaConfig, MambaLM, type ModelWeights, parseConfig } from "../mod.ts";
+import { PUBLIC_CONFIGS, randomWeights } from "../testing.ts";
+import { WebGpuBackend } from "../src/backends/webgpu/backend.ts";
+import { gpuContext } from "../src/backends/webgpu/device.ts";
+import { f32ArrayToF16 } from "../src/half.ts";
+import { expectedTensors, type HostTensor } from "../src/weights.ts";
+
+/** One measured figure. */
+export interface WebGpuBenchResult {
+  /** Model shape name. */
+  model: string;
+  /** Weight dtype. */
+  weights: "f32" | "f16";
+  /** What was measured. */
+  kind: "decode" | "prefill" | "bandwidth" | "check";
+  /** Sequences. */
+  batch?: number;
+  /** Tokens generated or prefilled. */
+  tokens?: number;
+  /** Tokens per second (all sequences), wall clock. */
+  tokPerS?: number;
+  /** Decode rate after the first block. */
+  steadyTokPerS?: number;
+  /** GPU seconds per token (decode) or per call (prefill), from timestamps. */
+  gpuSeconds?: number;
+  /** Tokens per second if only GPU time counted. */
+  gpuTokPerS?: number;
+  /** Matrix for bandwidth. */
+  matrix?: string;
+  /** Achieved bandwidth, GB/s. */
+  gbPerS?: number;
+  /** Free-form note. */
+  note?: string;
+}
+
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * Random weights with `randomWeights`' distributions, fast: tensors of over 64k values tile a
+ * random block (a prime length, so rows differ) instead of drawing every value.
+ */
+export function fastRandomWeights(config: MambaConfig, dtype: "f32" | "f16"): ModelWeights {
+  const rand = mulberry32(1);
+  const BLOCK = 1_048_573;
+  const unit = new Float32Array(BLOCK).map(() => 2 * rand() - 1);
+  const blocks = new Map<number, Float32Array | Uint16Array>();
+  const blockFor = (bound: number) => {
+    let b = blocks.get(bound);
+    if (!b) {
+      const f = unit.map((v) => v * bound);
+      blocks.set(bound, b = dtype === "f16" ? f32ArrayToF16(f) : f);
+    }
+    return b;
+  };
+  const make = (name: string, shape: number[]): HostTensor => {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const s = name.endsWith("conv1d.weight") ? [shape[0], shape[2]] : shape;
+    const fanIn = shape.length > 1 ? shape[shape.length - 1] : 1;
+    const plain = name.endsWith("norm.weight") || name.endsWith(".D") ||
+      name.endsWith("norm.bias") || name.endsWith("conv1d.bias") || name.endsWith("A_log") ||
+      name.endsWith("dt_proj.bias") || name.endsWith("dt_bias");
+    if (plain || n < 65536) {
+      const v = new Float32Array(n);
+      if (name.endsWith("norm.weight") || name.endsWith(".D")) v.fill(1);
+      else if (name.endsWith("norm.bias") || name.endsWith("conv1d.bias")) v.fill(0);
+      else if (name.endsWith("A_log")) {
+        for (let i = 0; i < n; i++) v[i] = Math.log(1 + 15 * rand());
+      } else if (name.endsWith("dt_proj.bias") || name.endsWith("dt_bias")) {
+        for (let i = 0; i < n; i++) {
+          const dt = Math.exp(Math.log(1e-3) + rand() * (Math.log(1e-1) - Math.log(1e-3)));
+          v[i] = dt + Math.log(-Math.expm1(-dt));
+        }
+      } else {
+        const bound = 1 / Math.sqrt(fanIn);
+        for (let i = 0; i < n; i++) v[i] = (2 * rand() - 1) * bound;
+      }
+      return dtype === "f16"
+        ? { dtype, shape: s, data: f32ArrayToF16(v) }
+        : { dtype, shape: s, data: v };
+    }
+    const bound = name.endsWith("embedding.weight") ? 0.02 * Math.sqrt(3) : 1 / Math.sqrt(fanIn);
+    const block = blockFor(bound);
+    const data = dtype === "f16" ? new Uint16Array(n) : new Float32Array(n);
+    for (let o = 0; o < n; o += BLOCK) {
+      const len = Math.min(BLOCK, n - o);
+      // deno-lint-ignore no-explicit-any
+      (data as any).set(len === BLOCK ? block : block.subarray(0, len), o);
+    }
+    return dtype === "f16"
+      ? { dtype, shape: s, data: data as Uint16Array }
+      : { dtype, shape: s, data: data as Float32Array };
+  };
+  const t = new Map<string, HostTensor>();
+  for (const [name, shape] of expectedTensors(config)) t.set(name, make(name, shape));
+  const get = (name: string) => t.get(name)!;
+  const norm = (p: string) => ({ weight: get(`${p}.weight`), bias: t.get(`${p}.bias`) });
+  const embedding = get("backbone.embedding.weight");
+  return {
+    embedding,
+    layers: Array.from({ length: config.nLayer }, (_, i) => {
+      const m = `backbone.layers.${i}.mixer`;
+      return {
+        norm: norm(`backbone.layers.${i}.norm`),
+        inProj: get(`${m}.in_proj.weight`),
+        inProjBias: t.get(`${m}.in_proj.bias`),
+        convWeight: get(`${m}.conv1d.weight`),
+        convBias: t.get(`${m}.conv1d.bias`),
+        xProj: t.get(`${m}.x_proj.weight`),
+        dtProjWeight: t.get(`${m}.dt_proj.weight`),
+        dtBias: get(config.arch === "mamba1" ? `${m}.dt_proj.bias` : `${m}.dt_bias`),
+        aLog: get(`${m}.A_log`),
+        d: get(`${m}.D`),
+        gatedNorm: t.get(`${m}.norm.weight`),
+        outProj: get(`${m}.out_proj.weight`),
+        outProjBias: t.get(`${m}.out_proj.bias`),
+      };
+    }),
+    normF: norm("backbone.norm_f"),
+    lmHead: embedding,
+  };
+}
+
+const log = (msg: string) => console.error(`[${(performance.now() / 1000).toFixed(1)}s] ${msg}`);
+
+async function buildModel(
+  name: string,
+  dtype: "f32" | "f16",
+  extra: Record<string, unknown> = {},
+): Promise<MambaLM> {
+  const raw = PUBLIC_CONFIGS[name];
+  if (!raw) throw new Error(`unknown model ${name} (one of ${Object.keys(PUBLIC_CONFIGS)})`);
+  const config = parseConfig({ ...raw, ...extra });
+  const t0 = performance.now();
+  const small = config.dModel * config.dModel * config.nLayer < 1e8;
+  const weights = small ? randomWeights(config, { dtype }) : fastRandomWeights(config, dtype);
+  const t1 = performance.now();
+  const lm = new MambaLM(config, await WebGpuBackend.create({ config, weights }));
+  log(
+    `${name} ${dtype}: weights ${((t1 - t0) / 1000).toFixed(1)} s, upload ${
+      ((performance.now() - t1) / 1000).toFixed(1)
+    } s`,
+  );
+  return lm;
+}
+
+const gpu = (lm: MambaLM) => lm.backend as WebGpuBackend;
+
+async function decode(
+  lm: MambaLM,
+  batch: number,
+  n: number,
+): Promise<Pick<WebGpuBenchResult, "tokPerS" | "steadyTokPerS" | "gpuSeconds" | "gpuTokPerS">> {
+  const V = lm.config.vocabSize;
+  const prompt = Array.from({ length: batch }, (_, b) => [1, 2, 3, 4, 5, 6, 7, 8 + b]);
+  const run = async (count: number, time: boolean) => {
+    const state = lm.createState(batch);
+    await lm.prefill(state, prompt.map((r) => r.slice(0, 7)));
+    const timing = time && gpu(lm).rec.startTiming(64);
+    const t0 = performance.now();
+    let first = 0;
+    let firstLen = 0;
+    let got = 0;
+    for await (
+      const block of lm.generateTokens(state, prompt.map((r) => r[7]), count, { topK: 1 })
+    ) {
+      if (!first) [first, firstLen] = [performance.now(), block[0].length];
+      got += block[0].length;
+      if (block.some((r) => r.some((t) => t < 0 || t >= V))) throw new Error("bad token id");
+    }
+    const t1 = performance.now();
+    const passes = timing ? await gpu(lm).rec.stopTiming() : [];
+    const gpuSec = passes.reduce((a, b) => a + b, 0);
+    if (got !== count) throw new Error(`decoded ${got} of ${count}`);
+    return {
+      tokPerS: (count * batch) / ((t1 - t0) / 1000),
+      steadyTokPerS: ((count - firstLen) * batch) / ((t1 - first) / 1000),
+      gpuSeconds: timing ? gpuSec / count : undefined,
+      gpuTokPerS: timing ? (count * batch) / gpuSec : undefined,
+    };
+  };
+  await run(16, false); // warm-up: pipelines, decode buffers
+  return await run(n, true);
+}
+
+async function prefill(
+  lm: MambaLM,
+  len: number,
+): Promise<Pick<WebGpuBenchResult, "tokPerS" | "gpuSeconds" | "gpuTokPerS">> {
+  const ids = [Array.from({ length: len }, (_, i) => (i * 7919 + 13) % lm.config.vocabSize)];
+  await lm.prefill(lm.createState(1), ids); // warm-up: pipelines, buffer pool
+  const state = lm.createState(1);
+  const timing = gpu(lm).rec.startTiming(16);
+  const t0 = performance.now();
+  await lm.prefill(state, ids);
+  const t1 = performance.now();
+  const passes = timing ? await gpu(lm).rec.stopTiming() : [];
+  const gpuSec = passes.reduce((a, b) => a + b, 0);
+  return {
+    tokPerS: len / ((t1 - t0) / 1000),
+    gpuSeconds: timing ? gpuSec : undefined,
+    gpuTokPerS: timing ? len / gpuSec : undefined,
+  };
+}
+
+/** Per-kernel GPU time of `run` (each dispatch in a timestamped pass of its own). */
+async function profile(lm: MambaLM, what: string, per: number, run: () => Promise<void>) {
+  const rec = gpu(lm).rec;
+  if (!rec.startProfile()) return;
+  await run();
+  const prof = await rec.stopProfile();
+  const rows = [...prof.entries()].sort((a, b) => b[1].seconds - a[1].seconds);
+  const total = rows.reduce((a, [, e]) => a + e.seconds, 0);
+  const short = (l: string) => l.replace(/,?[A-Z0-9_]+=false/g, "").replace(/:(\w+):/, ":$1 ");
+  log(`profile ${what}: ${(total / per * 1e3).toFixed(3)} ms per ${per > 1 ? "step" : "call"}`);
+  for (const [label, e] of rows.slice(0, 14)) {
+    console.error(
+      `  ${(100 * e.seconds / total).toFixed(1).padStart(5)}%  ${
+        (e.seconds / e.count * 1e6).toFixed(1).padStart(8)
+      } µs × ${(e.count / per).toFixed(0).padStart(4)}  ${short(label).slice(0, 110)}`,
+    );
+  }
+}
+
+async function bandwidth(lm: MambaLM): Promise<{ matrix: string; gbPerS: number }[]> {
+  const be = gpu(lm);
+  const out = [];
+  for (
+    const [matrix, W, reps] of [
+      ["lm_head", be.weights.lmHead, 20],
+      ["layers.0.in_proj", be.weights.layers[0].inProj, 100],
+      ["layers.0.out_proj", be.weights.layers[0].outProj, 100],
+    ] as const
+  ) {
+    const { seconds, bytes } = await be.timeMatvec(W, reps);
+    out.push({ matrix: `${matrix} [${W.N}×${W.K}]`, gbPerS: bytes / seconds / 1e9 });
+  }
+  return out;
+}
+
+/** webgpu against ref on small random models (both mixers, f32 and f16 weights). */
+async function check(): Promise<WebGpuBenchResult[]> {
+  const out: WebGpuBenchResult[] = [];
+  const argmax = (x: Float32Array, o: number, n: number) => {
+    let b = 0;
+    for (let i = 1; i < n; i++) if (x[o + i] > x[o + b]) b = i;
+    return b;
+  };
+  for (const layer of ["Mamba1", "Mamba2"]) {
+    for (const dtype of ["f32", "f16"] as const) {
+      for (const f16Native of dtype === "f16" ? [false, true] : [false]) {
+        const config = parseConfig({
+          d_model: 256,
+          n_layer: 3,
+          vocab_size: 1000,
+          ssm_cfg: layer === "Mamba2" ? { layer, headdim: 32, chunk_size: 32 } : {},
+        });
+        const weights = randomWeights(config, { dtype, seed: 3 });
+        const ref = await MambaLM.fromWeights(config, weights, { backend: "ref" });
+        const wg = new MambaLM(
+          config,
+          await WebGpuBackend.create({ config, weights }, { f16Native }),
+        );
+        const ids = [Array.from({ length: 100 }, (_, i) => (i * 37) % 1000)];
+        const a = await ref.forward(ids);
+        const b = await wg.forward(ids);
+        let maxErr = 0;
+        let maxRef = 0;
+        for (let i = 0; i < a.data.length; i++) {
+          maxErr = Math.max(maxErr, Math.abs(a.data[i] - b.data[i]));
+          maxRef = Math.max(maxRef, Math.abs(a.data[i]));
+        }
+        // Greedy decode: fused on the GPU against ref steps.
+        const sr = ref.createState(1);
+        let logits = await ref.prefill(sr, [ids[0].slice(0, 99)]);
+        logits = await ref.step(sr, [ids[0][99]]);
+        const want: number[] = [];
+        for (let i = 0; i < 24; i++) {
+          want.push(argmax(logits, 0, config.vocabSize));
+          if (i < 23) logits = await ref.step(sr, [want[i]]);
+        }
+        const sw = wg.createState(1);
+        await wg.prefill(sw, [ids[0].slice(0, 99)]);
+        const got: number[] = [];
+        for await (const blk of wg.generateTokens(sw, [ids[0][99]], 24, { topK: 1 })) {
+          got.push(...blk[0]);
+        }
+        let same = 0;
+        while (same < 24 && got[same] === want[same]) same++;
+        const ok = maxErr <= 1e-3 * Math.max(1, maxRef) && same === 24;
+        const note = `${ok ? "PASS" : "FAIL"} max |Δlogit| ${maxErr.toExponential(2)} ` +
+          `(max |logit| ${maxRef.toFixed(2)}), greedy tokens equal for ${same}/24` +
+          (f16Native ? " (shader-f16)" : "");
+        log(`check ${layer} ${dtype}: ${note}`);
+        out.push({ model: `random-${layer}`, weights: dtype, kind: "check", note });
+        ref.dispose();
+        wg.dispose();
+      }
+    }
+  }
+  return out;
+}
+
+if (import.meta.main) {
+  const { values: v } = parseArgs({
+    args: Deno.args,
+    options: {
+      model: { type: "string", multiple: true },
+      dtype: { type: "string", multiple: true },
+      decode: { type: "string", default: "256" },
+      batch: { type: "string", multiple: true },
+      prefill: { type: "string", multiple: true },
+      bandwidth: { type: "boolean", default: true },
+      "no-bandwidth": { type: "boolean" },
+      check: { type: "boolean" },
+      info: { type: "boolean" },
+      profile: { type: "boolean" },
+      json: { type: "boolean" },
+      out: { type: "string" },
+    },
+  });
+  const results: WebGpuBenchResult[] = [];
+  const emit = (r: WebGpuBenchResult) => {
+    results.push(r);
+    if (v.out) Deno.writeTextFileSync(v.out, JSON.stringify(r) + "\n", { append: true });
+    const f = (x?: number, d = 0) => x === undefined ? "-" : x.toFixed(d);
+    if (r.kind === "decode" || r.kind === "prefill") {
+      log(
+        `${r.model} ${r.weights} ${r.kind} b${r.batch} ×${r.tokens}: ${f(r.tokPerS)} tok/s` +
+          (r.steadyTokPerS ? ` (steady ${f(r.steadyTokPerS)})` : "") +
+          (r.gpuTokPerS ? `, GPU-only ${f(r.gpuTokPerS)} tok/s` : "") +
+          (r.gpuSeconds ? ` (${f(r.gpuSeconds * 1e3, 3)} ms)` : ""),
+      );
+    } else if (r.kind === "bandwidth") {
+      log(`${r.model} ${r.weights} matvec ${r.matrix}: ${f(r.gbPerS)} GB/s`);
+    }
+  };
+  const ctx = await gpuContext();
+  const info = {
+    adapter: ctx.adapterInfo,
+    shaderF16: ctx.shaderF16,
+    timestamps: ctx.timestamps,
+    subgroupSize: ctx.subgroupSize,
+    maxBinding: ctx.maxBinding,
+    maxBuffer: ctx.maxBuffer,
+    maxWorkgroupStorage: ctx.maxWorkgroupStorage,
+    features: [...ctx.device.features],
+    date: new Date().toISOString(),
+  };
+  log(`adapter: ${JSON.stringify(info)}`);
+  if (v.check) { for (const r of await check()) emit(r); }
+
+  type Task = { model: string; dtype: "f32" | "f16"; batches: number[]; prefill: number[] };
+  let tasks: Task[];
+  const dtypes = (v.dtype ?? ["f32", "f16"]) as ("f32" | "f16")[];
+  if (v.model) {
+    tasks = v.model.flatMap((model) =>
+      dtypes.map((dtype) => ({
+        model,
+        dtype,
+        batches: (v.batch ?? ["1"]).map(Number),
+        prefill: (v.prefill ?? []).map(Number),
+      }))
+    );
+  } else if (v.check || v.info) {
+    tasks = [];
+  } else {
+    // The full set of the issue.
+    tasks = [
+      ...dtypes.map((dtype) => ({ model: "mamba-130m", dtype, batches: [1, 16], prefill: [] })),
+      ...dtypes.map((dtype) => ({
+        model: "mamba2-130m",
+        dtype,
+        batches: [1],
+        prefill: dtype === "f32" ? [2048, 16384] : [2048],
+      })),
+      ...dtypes.map((dtype) => ({ model: "mamba-2.8b", dtype, batches: [1], prefill: [] })),
+      ...dtypes.map((dtype) => ({
+        model: "mamba2-2.7b",
+        dtype,
+        batches: [1],
+        prefill: dtype === "f16" ? [2048, 16384] : [],
+      })),
+    ];
+  }
+  const n = Number(v.decode);
+  for (const t of tasks) {
+    const lm = await buildModel(t.model, t.dtype);
+    try {
+      for (const batch of t.batches) {
+        if (n > 0) {
+          const r = await decode(lm, batch, n);
+          emit({ model: t.model, weights: t.dtype, kind: "decode", batch, tokens: n, ...r });
+          if (v.profile) {
+            await profile(lm, `${t.model} ${t.dtype} decode b${batch}`, 4, async () => {
+              const state = lm.createState(batch);
+              const first = Array.from({ length: batch }, (_, b) => 5 + b);
+              for await (const _ of lm.generateTokens(state, first, 4, { topK: 1 })) { /**/ }
+            });
+          }
+        }
+      }
+      for (const len of t.prefill) {
+        const r = await prefill(lm, len);
+        emit({ model: t.model, weights: t.dtype, kind: "prefill", batch: 1, tokens: len, ...r });
+        if (v.profile) {
+          const ids = [
+            Array.from({ length: len }, (_, i) => (i * 7919 + 13) % lm.config.vocabSize),
+          ];
+          await profile(lm, `${t.model} ${t.dtype} prefill ${len}`, 1, async () => {
+            await lm.prefill(lm.createState(1), ids);
+          });
+        }
+      }
+      if (v.bandwidth && !v["no-bandwidth"]) {
+        for (const r of await bandwidth(lm)) {
+          emit({ model: t.model, weights: t.dtype, kind: "bandwidth", ...r });
+        }
+      }
+    } catch (e) {
+      log(`${t.model} ${t.dtype}: ERROR ${(e as Error).stack}`);
+      emit({ model: t.model, weights: t.dtype, kind: "check", note: `error: ${e}` });
+    } finally {
+      lm.dispose();
+    }
+  }
+  if (v.json) console.log(JSON.stringify({ info, results }, null, 2));
+}
