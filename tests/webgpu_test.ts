@@ -11,6 +11,7 @@ import { WebGpuBackend, type WebGpuOptions } from "../src/backends/webgpu/backen
 import { preprocess } from "../src/backends/webgpu/shaders.ts";
 import { Sampler, type SamplingOptions, validateSamplingOptions } from "../src/sampling.ts";
 import { loadWeights, type WeightsDtype } from "../src/weights.ts";
+import { randomWeights } from "../testing.ts";
 import { assertClose, loadExpected, oracleDir, TOL } from "./oracle_util.ts";
 
 const adapter = await navigator.gpu?.requestAdapter().catch(() => null);
@@ -106,6 +107,36 @@ Deno.test({
 });
 
 Deno.test({
+  name: "webgpu: long prompts (128×128 matmul, many SSD chunks, slabs) match the ref backend",
+  ignore,
+  async fn() {
+    for (const ssm of [{}, { layer: "Mamba2", headdim: 32, d_state: 32, chunk_size: 64 }]) {
+      for (const dtype of ["f32", "f16"] as const) {
+        const config = parseConfig({ d_model: 128, n_layer: 2, vocab_size: 300, ssm_cfg: ssm });
+        const weights = randomWeights(config, { dtype, seed: 5 });
+        const ref = await MambaLM.fromWeights(config, weights, { backend: "ref" });
+        const ids = [Array.from({ length: 300 }, (_, i) => (i * 31 + 7) % 300)];
+        const want = await ref.forward(ids);
+        for (const opts of [{}, { slabBytes: 64 * 1024, chunkedScanMin: 2 }]) {
+          const lm = new MambaLM(config, await WebGpuBackend.create({ config, weights }, opts));
+          try {
+            const got = await lm.forward(ids);
+            assertClose(got.data, want.data, TOL.logits, `${dtype} ${JSON.stringify(ssm)}`);
+            const state = lm.createState(1);
+            const last = await lm.prefill(state, ids);
+            const V = config.paddedVocabSize;
+            assertClose(last, want.data.subarray(299 * V), TOL.logits, "prefill");
+          } finally {
+            lm.dispose();
+          }
+        }
+        ref.dispose();
+      }
+    }
+  },
+});
+
+Deno.test({
   name: "webgpu: fused decoding reproduces the oracle's greedy tokens and the step path's state",
   ignore,
   async fn() {
@@ -143,6 +174,32 @@ Deno.test({
             const want2 = await lm.prefill(ref, all);
             assertClose(next, want2, { atol: 2e-4, rtol: 2e-4 }, `${name} state after decode`);
           }
+        }
+      } finally {
+        lm.dispose();
+      }
+    }
+  },
+});
+
+Deno.test({
+  name: "webgpu: fused decoding with separate norm kernels reproduces the oracle's greedy tokens",
+  ignore,
+  async fn() {
+    for (const name of ["m1_d64_l7", "m2_hd16_ds16_l64"]) {
+      const exp = loadExpected(name);
+      const lm = await oracleModel(name, { fuseNorm: false });
+      try {
+        for (const run of exp.json.runs) {
+          const state = lm.createState(run.batch);
+          await lm.prefill(state, run.input_ids.map((r) => r.slice(0, -1)));
+          const got: number[][] = run.input_ids.map(() => []);
+          const last = run.input_ids.map((r) => r.at(-1)!);
+          const opts = { topK: 1, vocabSize: exp.json.padded_vocab_size };
+          for await (const block of lm.generateTokens(state, last, 32, opts)) {
+            block.forEach((r, b) => got[b].push(...r));
+          }
+          assert.deepEqual(got, run.generated, `${name} ${run.name}`);
         }
       } finally {
         lm.dispose();

@@ -130,3 +130,92 @@ fn matmul(
 #endunroll
 #endunroll
 }
+
+// ---------------------------------------------------------------------------------------------
+// matmul128: the same product with 128×128 tiles for large problems (K % 4 == 0, x rows
+// 4-aligned). A thread computes rows ty·8 … ty·8+7 and columns tx·8 … tx·8+7, reading its
+// operands from workgroup memory as vec4 (4 loads per 64 FMAs); tiles are loaded as vec4 along K.
+// Uses W as vec2<u32> (4 halves) for F16 or vec4<f32>.
+
+#if F16
+@group(0) @binding(5) var<storage, read> w4: array<vec2<u32>>;
+#else
+@group(0) @binding(5) var<storage, read> w4: array<vec4<f32>>;
+#endif
+@group(0) @binding(6) var<storage, read> x4: array<vec4<f32>>;
+
+var<workgroup> A4: array<vec4<f32>, 256>; // [k 0..7][m / 4 0..31]
+var<workgroup> B4: array<vec4<f32>, 256>; // [k 0..7][n / 4 0..31]
+
+@compute @workgroup_size(16, 16)
+fn matmul128(
+  @builtin(local_invocation_id) l: vec3u,
+  @builtin(local_invocation_index) lid: u32,
+  @builtin(workgroup_id) wid: vec3u,
+) {
+  let m0 = wid.y * 128u;
+  let n0 = wid.x * 128u;
+  var acc: array<vec4<f32>, 16>;
+#unroll I 16
+  acc[${I}] = vec4<f32>(0.0);
+#endunroll
+  let r = lid / 2u;
+  let c = (lid % 2u) * 4u;
+  for (var k0 = 0u; k0 < p.K; k0 += 8u) {
+    let k = k0 + c;
+    var xv = vec4<f32>(0.0);
+    if (m0 + r < p.M && k < p.K) {
+      xv = x4[(p.xOff + (m0 + r) * p.xStride + k) >> 2u];
+    }
+    var wv = vec4<f32>(0.0);
+    if (n0 + r < p.N && k < p.K) {
+#if F16
+      let q = w4[((n0 + r) * p.wStride + k) >> 2u];
+      wv = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+#else
+      wv = w4[((n0 + r) * p.wStride + k) >> 2u];
+#endif
+    }
+#unroll J 4
+    A4[(c + ${J}u) * 32u + r / 4u][r % 4u] = xv[${J}];
+    B4[(c + ${J}u) * 32u + r / 4u][r % 4u] = wv[${J}];
+#endunroll
+    workgroupBarrier();
+    for (var kk = 0u; kk < 8u; kk++) {
+      let a0 = A4[kk * 32u + l.y * 2u];
+      let a1 = A4[kk * 32u + l.y * 2u + 1u];
+      let b0 = B4[kk * 32u + l.x * 2u];
+      let b1 = B4[kk * 32u + l.x * 2u + 1u];
+#unroll I 4
+      acc[${I}u * 2u] = fma(vec4<f32>(a0[${I}]), b0, acc[${I}u * 2u]);
+      acc[${I}u * 2u + 1u] = fma(vec4<f32>(a0[${I}]), b1, acc[${I}u * 2u + 1u]);
+      acc[(${I}u + 4u) * 2u] = fma(vec4<f32>(a1[${I}]), b0, acc[(${I}u + 4u) * 2u]);
+      acc[(${I}u + 4u) * 2u + 1u] = fma(vec4<f32>(a1[${I}]), b1, acc[(${I}u + 4u) * 2u + 1u]);
+#endunroll
+    }
+    workgroupBarrier();
+  }
+#unroll I 8
+#unroll H 2
+  {
+    let m = m0 + l.y * 8u + ${I}u;
+    let v = acc[${I}u * 2u + ${H}u];
+#unroll J 4
+    {
+      let n = n0 + l.x * 8u + ${H}u * 4u + ${J}u;
+      if (m < p.M && n < p.N) {
+        var o = v[${J}];
+#if BIAS
+        o += bias[p.nBase + n];
+#endif
+#if SOFTPLUS
+        o = softplus(o);
+#endif
+        y[p.yOff + m * p.yStride + p.nBase + n] = o;
+      }
+    }
+#endunroll
+  }
+#endunroll
+#endunroll
+}

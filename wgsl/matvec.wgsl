@@ -1,22 +1,28 @@
 // Matrix-vector product for a few rows of x (decode): for m < MB, n < N,
 //   y[m, nBase + n] = epilogue( pro(x[m, :]) · W[n, :] + bias[nBase + n] ).
-// One team of TEAM lanes per output row n, WG / TEAM rows per workgroup; lanes stride K with
-// 16-byte weight loads (UNR of them in flight), then the team reduces its partial sums through
-// workgroup memory. Private arrays are only indexed by literals (#unroll), so they stay in
-// registers.
+// One team of TEAM lanes (32…256) per output row n, WG / TEAM rows per workgroup; lanes stride K
+// with 16-byte weight loads (UNR in flight), then each 32-lane subteam reduces its partial sums
+// through workgroup memory and the subteams of a team are added. Private arrays are only indexed
+// by literals (#unroll), so they stay in registers.
 //
 // Defines:
-//   MB        rows of x (the batch), WG workgroup size, TEAM lanes per output row (32)
-//   NV        values per lane: MB, or 2·MB with PRO_RMS; NR = ceil(NV / 8) reduction rounds
+//   MB        rows of x (the batch); WG = 256; TEAM lanes per output row
+//   NV        values per lane (MB); NR = ceil(NV / 8) reduction rounds
 //   UNR       weight loads in flight per lane
 //   F16       W holds f16 pairs packed in u32 (unpack2x16float), 8 per load
 //   F16NATIVE W holds f16 (shader-f16), 8 per load as mat2x4<f16>
 //   XVEC      x (and resIn, normW, resOut) read as vec4: K % VEC == 0 and 4-aligned offsets
-//   PRO_RMS   x ← RMSNorm(x)·normW over the K columns (eps p.eps), fused: the workgroup sums x²
-//             alongside the dot product and scales at the end
+//   PRO_RMS   x ← RMSNorm(x)·normW (eps p.eps). Needs XVEC and STAGE: the workgroup first
+//             stages x·normW in workgroup memory (XS4 vec4s = MB·K/4) and sums x², then the
+//             product reads x from there and the result is scaled by 1/rms
 //   PRO_ADD   x ← x + resIn first (the residual add)
 //   RES_OUT   workgroup 0 also writes x (after PRO_ADD) to resOut
 //   BIAS, SOFTPLUS  epilogue
+//   CONV_EPI  epilogue: outputs nBase + n in [convLo, convLo + convC) also feed the causal
+//             conv step of channel c = nBase + n − convLo (state, taps, bias, SiLU → convOut)
+//   SCAN_EPI  epilogue (Mamba-1 dt_proj): y = softplus(· + bias) is δ of channel n, and the
+//             selective-scan step of that channel runs here (NS ≤ TEAM lanes, one state each);
+//             y[m, n] then receives the scan output instead of δ
 #if F16NATIVE
 enable f16;
 #endif
@@ -32,6 +38,14 @@ struct P {
   nBase: u32,    // output column (and bias index) of this part's row 0
   eps: f32,
   rStride: u32,  // elements between rows of resIn / resOut
+  convLo: u32,   // CONV_EPI: first output column that is a conv channel
+  convC: u32,    //           conv channels (row stride of convOut and of the state)
+  convK: u32,    //           taps
+  zStride: u32,  // SCAN_EPI: row stride of the tensor holding z, and its column
+  zOff: u32,
+  bcStride: u32, //           row stride of xdbl (B at column bOff, C at bOff + NS)
+  bOff: u32,
+  uStride: u32,  //           row stride of u (the conv output)
 }
 
 @group(0) @binding(0) var<uniform> p: P;
@@ -52,25 +66,29 @@ struct P {
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 #endif
 #if PRO_ADD
-#if XVEC
 @group(0) @binding(5) var<storage, read> resIn: array<vec4<f32>>;
-#else
-@group(0) @binding(5) var<storage, read> resIn: array<f32>;
-#endif
 #endif
 #if PRO_RMS
-#if XVEC
 @group(0) @binding(6) var<storage, read> normW: array<vec4<f32>>;
-#else
-@group(0) @binding(6) var<storage, read> normW: array<f32>;
-#endif
 #endif
 #if RES_OUT
-#if XVEC
 @group(0) @binding(7) var<storage, read_write> resOut: array<vec4<f32>>;
-#else
-@group(0) @binding(7) var<storage, read_write> resOut: array<f32>;
 #endif
+#if CONV_EPI
+@group(0) @binding(8) var<storage, read_write> convState: array<f32>;
+@group(0) @binding(9) var<storage, read> convW: array<f32>;
+#if CONV_BIAS
+@group(0) @binding(10) var<storage, read> convB: array<f32>;
+#endif
+@group(0) @binding(11) var<storage, read_write> convOut: array<f32>;
+#endif
+#if SCAN_EPI
+@group(0) @binding(12) var<storage, read> A: array<f32>;
+@group(0) @binding(13) var<storage, read> Dskip: array<f32>;
+@group(0) @binding(14) var<storage, read_write> ssm: array<f32>;
+@group(0) @binding(15) var<storage, read> xdbl: array<f32>;
+@group(0) @binding(16) var<storage, read> zsrc: array<f32>;
+@group(0) @binding(17) var<storage, read> u: array<f32>;
 #endif
 
 #include util
@@ -79,6 +97,7 @@ const MB = ${MB}u;
 const WG = ${WG}u;
 const TEAM = ${TEAM}u;
 const ROWS = WG / TEAM;
+const ST = TEAM / 32u;
 const UNR = ${UNR}u;
 const NV = ${NV}u;
 #if F16
@@ -89,61 +108,32 @@ const VEC = 8u;
 const VEC = 4u;
 #endif
 
-// Four consecutive x values of row m from column k (zero past K), after the residual add.
-fn xload(m: u32, k: u32) -> vec4<f32> {
-#if XVEC
-  var v = x[(p.xOff + m * p.xStride + k) >> 2u];
-#if PRO_ADD
-  v += resIn[(m * p.rStride + k) >> 2u];
+var<workgroup> red: array<f32, 2048>;  // [subteam][lane][8]
+var<workgroup> sub: array<f32, 256>;   // [subteam][value]
+var<workgroup> fin: array<f32, 256>;   // [team][value]
+#if PRO_RMS
+var<workgroup> xs: array<vec4<f32>, ${XS4}>;  // [m][K / 4], x·normW
+var<workgroup> red4: array<vec4<f32>, WG>;
+var<workgroup> rs: array<f32, 16>;
 #endif
+
+// Four consecutive x values of row m from column k (zero past K).
+fn xload(m: u32, k: u32) -> vec4<f32> {
+#if PRO_RMS
+  return xs[(m * p.K + k) >> 2u];
+#elif XVEC
+  return x[(p.xOff + m * p.xStride + k) >> 2u];
 #else
   var v = vec4<f32>(0.0);
   let b = p.xOff + m * p.xStride + k;
   for (var j = 0u; j < 4u; j++) {
     if (k + j < p.K) {
-      var e = x[b + j];
-#if PRO_ADD
-      e += resIn[m * p.rStride + k + j];
-#endif
-      v[j] = e;
-    }
-  }
-#endif
-  return v;
-}
-
-#if PRO_RMS
-fn nload(k: u32) -> vec4<f32> {
-#if XVEC
-  return normW[k >> 2u];
-#else
-  var v = vec4<f32>(0.0);
-  for (var j = 0u; j < 4u; j++) {
-    if (k + j < p.K) {
-      v[j] = normW[k + j];
+      v[j] = x[b + j];
     }
   }
   return v;
 #endif
 }
-#endif
-
-#if RES_OUT
-fn rstore(m: u32, k: u32, v: vec4<f32>) {
-#if XVEC
-  resOut[(m * p.rStride + k) >> 2u] = v;
-#else
-  for (var j = 0u; j < 4u; j++) {
-    if (k + j < p.K) {
-      resOut[m * p.rStride + k + j] = v[j];
-    }
-  }
-#endif
-}
-#endif
-
-var<workgroup> red: array<f32, 2048>;  // [team][lane][8]
-var<workgroup> res: array<f32, 8 * 32>; // [team][value]
 
 @compute @workgroup_size(WG)
 fn matvec(
@@ -153,9 +143,49 @@ fn matvec(
 ) {
   let team = lid / TEAM;
   let lane = lid % TEAM;
+  let st = lid / 32u;
+  let slane = lid % 32u;
   let n = (wid.y * nwg.x + wid.x) * ROWS + team;
   let valid = n < p.N;
-  let writer = wid.x == 0u && wid.y == 0u && team == 0u;
+#if PRO_RMS
+  // Stage x (+ residual) · normW, sum x² per row, and let workgroup 0 write the residual.
+  let K4 = p.K / 4u;
+  let writer = wid.x == 0u && wid.y == 0u;
+  var ss = vec4<f32>(0.0);
+#unroll M MB
+  for (var k4 = lid; k4 < K4; k4 += WG) {
+    var v = x[(p.xOff + ${M}u * p.xStride) / 4u + k4];
+#if PRO_ADD
+    v += resIn[${M}u * p.rStride / 4u + k4];
+#endif
+#if RES_OUT
+    if (writer) {
+      resOut[${M}u * p.rStride / 4u + k4] = v;
+    }
+#endif
+    ss[${M}u % 4u] += dot(v, v);
+    xs[${M}u * K4 + k4] = v * normW[k4];
+  }
+  if (${M}u % 4u == 3u || ${M}u == MB - 1u) {
+    red4[lid] = ss;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+      if (lid < s) {
+        red4[lid] += red4[lid + s];
+      }
+      workgroupBarrier();
+    }
+    if (lid == 0u) {
+      let t = red4[0];
+      for (var j = 0u; j <= ${M}u % 4u; j++) {
+        rs[${M}u - ${M}u % 4u + j] = 1.0 / sqrt(t[j] / f32(p.K) + p.eps);
+      }
+    }
+    workgroupBarrier();
+    ss = vec4<f32>(0.0);
+  }
+#endunroll
+#endif
   var v: array<f32, NV>;
 #unroll J NV
   v[${J}] = 0.0;
@@ -180,87 +210,107 @@ fn matvec(
 #else
           let w0 = w[wi];
 #endif
-#if PRO_RMS
-          let g0 = nload(k);
-#if F16
-          let g1 = nload(k + 4u);
-#elif F16NATIVE
-          let g1 = nload(k + 4u);
-#endif
-#endif
 #unroll M MB
-          {
-            let x0 = xload(${M}u, k);
+          v[${M}] += dot(xload(${M}u, k), w0);
 #if F16
-            let x1 = xload(${M}u, k + 4u);
+          v[${M}] += dot(xload(${M}u, k + 4u), w1);
 #elif F16NATIVE
-            let x1 = xload(${M}u, k + 4u);
+          v[${M}] += dot(xload(${M}u, k + 4u), w1);
 #endif
-#if RES_OUT
-            if (writer) {
-              rstore(${M}u, k, x0);
-#if F16
-              rstore(${M}u, k + 4u, x1);
-#elif F16NATIVE
-              rstore(${M}u, k + 4u, x1);
-#endif
-            }
-#endif
-#if PRO_RMS
-            v[MB + ${M}u] += dot(x0, x0);
-            v[${M}] += dot(x0 * g0, w0);
-#if F16
-            v[MB + ${M}u] += dot(x1, x1);
-            v[${M}] += dot(x1 * g1, w1);
-#elif F16NATIVE
-            v[MB + ${M}u] += dot(x1, x1);
-            v[${M}] += dot(x1 * g1, w1);
-#endif
-#else
-            v[${M}] += dot(x0, w0);
-#if F16
-            v[${M}] += dot(x1, w1);
-#elif F16NATIVE
-            v[${M}] += dot(x1, w1);
-#endif
-#endif
-          }
 #endunroll
         }
       }
 #endunroll
     }
   }
-  // Team reduction, 8 values per round: every lane stores its 8, then lanes 0..7 each sum one
-  // value over the team's 32 lanes.
+  // Reduction: 8 values per round, every lane stores its 8, then lanes 0..7 of each 32-lane
+  // subteam each add one value over the subteam; then the subteams of a team are added.
 #unroll R NR
   {
 #unroll J 8
     red[lid * 8u + ${J}u] = v[min(${R}u * 8u + ${J}u, NV - 1u)];
 #endunroll
     workgroupBarrier();
-    if (lane < 8u && ${R}u * 8u + lane < NV) {
+    if (slane < 8u && ${R}u * 8u + slane < NV) {
       var s = 0.0;
-      for (var l = 0u; l < TEAM; l++) {
-        s += red[(team * TEAM + l) * 8u + lane];
+      for (var l = 0u; l < 32u; l++) {
+        s += red[(st * 32u + l) * 8u + slane];
       }
-      res[team * 32u + ${R}u * 8u + lane] = s;
+      sub[st * 32u + ${R}u * 8u + slane] = s;
     }
     workgroupBarrier();
   }
 #endunroll
+  if (lane < NV) {
+    var s = 0.0;
+    for (var q = 0u; q < ST; q++) {
+      s += sub[(team * ST + q) * 32u + lane];
+    }
+    fin[team * 32u + lane] = s;
+  }
+  workgroupBarrier();
+  let col = p.nBase + n;
+#if SCAN_EPI
+  // Mamba-1 step of channel `col`: lanes < NS each own one state value.
+#unroll M MB
+  {
+    var part = 0.0;
+    var ut = 0.0;
+    if (valid && lane < ${NS}u) {
+      let d = softplus(fin[team * 32u + ${M}u] + bias[col]);
+      ut = u[${M}u * p.uStride + col];
+      let si = (${M}u * p.N + col) * ${NS}u + lane; // one part: N = d_inner
+      let bc = ${M}u * p.bcStride + p.bOff;
+      let h = exp(d * A[col * ${NS}u + lane]) * ssm[si] + d * xdbl[bc + lane] * ut;
+      ssm[si] = h;
+      part = h * xdbl[bc + ${NS}u + lane];
+    }
+    red[lid] = part;
+    workgroupBarrier();
+    if (valid && lane == 0u) {
+      var s = 0.0;
+      for (var l = 0u; l < ${NS}u; l++) {
+        s += red[team * TEAM + l];
+      }
+      let z = zsrc[${M}u * p.zStride + p.zOff + col];
+      y[p.yOff + ${M}u * p.yStride + col] = (s + Dskip[col] * ut) * silu(z);
+    }
+    workgroupBarrier();
+  }
+#endunroll
+#else
   if (valid && lane < MB) {
     let m = lane;
-    var r = res[team * 32u + m];
+    var r = fin[team * 32u + m];
 #if PRO_RMS
-    r *= 1.0 / sqrt(res[team * 32u + MB + m] / f32(p.K) + p.eps);
+    r *= rs[m];
 #endif
 #if BIAS
-    r += bias[p.nBase + n];
+    r += bias[col];
 #endif
 #if SOFTPLUS
     r = softplus(r);
 #endif
-    y[p.yOff + m * p.yStride + p.nBase + n] = r;
+    y[p.yOff + m * p.yStride + col] = r;
+#if CONV_EPI
+    if (col >= p.convLo && col < p.convLo + p.convC) {
+      let c = col - p.convLo;
+      let s = (m * p.convC + c) * p.convK;
+#if CONV_BIAS
+      var acc = convB[c];
+#else
+      var acc = 0.0;
+#endif
+      for (var k = 0u; k + 1u < p.convK; k++) {
+        let sv = convState[s + k + 1u];
+        acc += convW[c * p.convK + k] * sv;
+        convState[s + k] = sv;
+      }
+      acc += convW[c * p.convK + p.convK - 1u] * r;
+      convState[s + p.convK - 1u] = r;
+      convOut[m * p.convC + c] = silu(acc);
+    }
+#endif
   }
+#endif
 }

@@ -233,3 +233,215 @@ fn ssd_chunk_out(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
     y[(row0 + i) * dInner + ch] = r;
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Register-tiled forms of ssd_chunk_state and ssd_chunk_out (head dim ≤ 16·PT, state ≤ 16·NB):
+// each thread owns a 16-strided tile of outputs and the operands go through workgroup memory in
+// slices of 16 along the reduction.
+
+const PT = ${PT}u;  // ceil(P / 16)
+const NB = ${NB}u;  // ceil(N / 16)
+const TI = (Q + 15u) / 16u;
+const PP = 16u * PT;
+const NN = 16u * NB;
+
+var<workgroup> xw: array<f32, 16u * PP>;   // [s][p]
+var<workgroup> bt: array<f32, 16u * NN>;   // [s][n]
+
+@compute @workgroup_size(WG)
+fn ssd_chunk_state2(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3u) {
+  let k = wid.x;
+  let h = wid.y;
+  let b = wid.z;
+  let q = chunk_len(k);
+  let row0 = b * p.L + k * Q;
+  let g = h / (p.H / p.G);
+  let last = cum[(row0 + q - 1u) * p.H + h];
+  let bo = p.H * p.P + g * p.N;
+  let tp = lid / 16u;
+  let tn = lid % 16u;
+  var acc: array<f32, PT * NB>;
+#unroll A PT
+#unroll B NB
+  acc[${A}u * NB + ${B}u] = 0.0;
+#endunroll
+#endunroll
+  for (var s0 = 0u; s0 < q; s0 += 16u) {
+    for (var e = lid; e < 16u * PP; e += WG) {
+      let s = e / PP;
+      let pc = e % PP;
+      var v = 0.0;
+      if (s0 + s < q && pc < p.P) {
+        let row = row0 + s0 + s;
+        let wt = exp(last - cum[row * p.H + h]) * dtv[row * p.H + h];
+        v = xbc[row * p.convDim + h * p.P + pc] * wt;
+      }
+      xw[e] = v;
+    }
+    for (var e = lid; e < 16u * NN; e += WG) {
+      let s = e / NN;
+      let n = e % NN;
+      var v = 0.0;
+      if (s0 + s < q && n < p.N) {
+        v = xbc[(row0 + s0 + s) * p.convDim + bo + n];
+      }
+      bt[e] = v;
+    }
+    workgroupBarrier();
+    for (var s = 0u; s < 16u; s++) {
+#unroll B NB
+      let b${B} = bt[s * NN + tn + 16u * ${B}u];
+#endunroll
+#unroll A PT
+      {
+        let xa = xw[s * PP + tp + 16u * ${A}u];
+#unroll B NB
+        acc[${A}u * NB + ${B}u] = fma(xa, b${B}, acc[${A}u * NB + ${B}u]);
+#endunroll
+      }
+#endunroll
+    }
+    workgroupBarrier();
+  }
+  let o = ((b * p.nChunks + k) * p.H + h) * p.P * p.N;
+#unroll A PT
+#unroll B NB
+  {
+    let pc = tp + 16u * ${A}u;
+    let n = tn + 16u * ${B}u;
+    if (pc < p.P && n < p.N) {
+      chunkS[o + pc * p.N + n] = acc[${A}u * NB + ${B}u];
+    }
+  }
+#endunroll
+#endunroll
+}
+
+var<workgroup> ct: array<f32, 16u * TI * 16u>; // [i][n slice]
+var<workgroup> ht: array<f32, PP * 16u>;       // [p][n slice]
+
+@compute @workgroup_size(WG)
+fn ssd_chunk_out2(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3u) {
+  let k = wid.x;
+  let h = wid.y;
+  let b = wid.z;
+  let q = chunk_len(k);
+  let row0 = b * p.L + k * Q;
+  let g = h / (p.H / p.G);
+  for (var i = lid; i < Q; i += WG) {
+    if (i < q) {
+      cumsh[i] = cum[(row0 + i) * p.H + h];
+      dtsh[i] = dtv[(row0 + i) * p.H + h];
+    }
+  }
+  workgroupBarrier();
+  let cbo = ((b * p.nChunks + k) * p.G + g) * Q * Q;
+  for (var e = lid; e < Q * Q; e += WG) {
+    let i = e / Q;
+    let j = e % Q;
+    var v = 0.0;
+    if (j <= i && i < q) {
+      v = cb[cbo + e] * exp(cumsh[i] - cumsh[j]);
+    }
+    lm[e] = v;
+  }
+  let ti = lid / 16u;
+  let tp = lid % 16u;
+  var acc1: array<f32, TI * PT>;
+  var acc2: array<f32, TI * PT>;
+#unroll A TI_
+#unroll B PT
+  acc1[${A}u * PT + ${B}u] = 0.0;
+  acc2[${A}u * PT + ${B}u] = 0.0;
+#endunroll
+#endunroll
+  // Σ_j L[i, j]·x_j·dt_j, 16 tokens j at a time.
+  for (var j0 = 0u; j0 < q; j0 += 16u) {
+    workgroupBarrier();
+    for (var e = lid; e < 16u * PP; e += WG) {
+      let jj = e / PP;
+      let pc = e % PP;
+      var v = 0.0;
+      if (j0 + jj < q && pc < p.P) {
+        v = xbc[(row0 + j0 + jj) * p.convDim + h * p.P + pc] * dtsh[j0 + jj];
+      }
+      xw[e] = v;
+    }
+    workgroupBarrier();
+    for (var jj = 0u; jj < 16u; jj++) {
+      let j = min(j0 + jj, Q - 1u); // past q: xw is zero
+#unroll B PT
+      let x${B} = xw[jj * PP + tp + 16u * ${B}u];
+#endunroll
+#unroll A TI_
+      {
+        let la = lm[min(ti + 16u * ${A}u, Q - 1u) * Q + j];
+#unroll B PT
+        acc1[${A}u * PT + ${B}u] = fma(la, x${B}, acc1[${A}u * PT + ${B}u]);
+#endunroll
+      }
+#endunroll
+    }
+  }
+  // Σ_n C_i[n]·S_in[p, n], 16 state values at a time.
+  let co = p.H * p.P + p.G * p.N + g * p.N;
+  let so = ((b * p.nChunks + k) * p.H + h) * p.P * p.N;
+  for (var n0 = 0u; n0 < p.N; n0 += 16u) {
+    workgroupBarrier();
+    for (var e = lid; e < 16u * TI * 16u; e += WG) {
+      let i = e / 16u;
+      let nn = e % 16u;
+      var v = 0.0;
+      if (i < q && n0 + nn < p.N) {
+        v = xbc[(row0 + i) * p.convDim + co + n0 + nn];
+      }
+      ct[e] = v;
+    }
+    for (var e = lid; e < PP * 16u; e += WG) {
+      let pc = e / 16u;
+      let nn = e % 16u;
+      var v = 0.0;
+      if (pc < p.P && n0 + nn < p.N) {
+        v = chunkS[so + pc * p.N + n0 + nn];
+      }
+      ht[e] = v;
+    }
+    workgroupBarrier();
+    for (var nn = 0u; nn < 16u; nn++) {
+#unroll B PT
+      let h${B} = ht[(tp + 16u * ${B}u) * 16u + nn];
+#endunroll
+#unroll A TI_
+      {
+        let ca = ct[(ti + 16u * ${A}u) * 16u + nn];
+#unroll B PT
+        acc2[${A}u * PT + ${B}u] = fma(ca, h${B}, acc2[${A}u * PT + ${B}u]);
+#endunroll
+      }
+#endunroll
+    }
+  }
+  let dInner = p.H * p.P;
+#unroll A TI_
+#unroll B PT
+  {
+    let i = ti + 16u * ${A}u;
+    let pc = tp + 16u * ${B}u;
+    if (i < q && pc < p.P) {
+      let ch = h * p.P + pc;
+      let xi = xbc[(row0 + i) * p.convDim + ch];
+#if D_HDIM
+      let dv = Dskip[ch];
+#else
+      let dv = Dskip[h];
+#endif
+      var r = exp(cumsh[i]) * acc2[${A}u * PT + ${B}u] + acc1[${A}u * PT + ${B}u] + xi * dv;
+#if GATE
+      r *= silu(zxbcdt[(row0 + i) * p.inStride + ch]);
+#endif
+      y[(row0 + i) * dInner + ch] = r;
+    }
+  }
+#endunroll
+#endunroll
+}

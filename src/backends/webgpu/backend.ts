@@ -61,6 +61,55 @@ export interface WebGpuOptions {
   matvecMaxRows?: number;
   /** Upper bound, in bytes, of one mixer intermediate (longer prompts are processed in slabs). */
   slabBytes?: number;
+  /** Fold RMSNorms into the matrix-vector kernels when decoding (default true). */
+  fuseNorm?: boolean;
+  /** Use the 128×128-tile matmul for large products (default true). */
+  matmul128?: boolean;
+}
+
+/** Options of {@link WebGpuBackend.matvec}; strides and offsets in f32 elements. */
+export interface MatvecOptions {
+  /** Bias added to each output. */
+  bias?: Buf;
+  /** Input rows. */
+  x: Buf;
+  /** Offset of x[0, 0]. */
+  xOff: number;
+  /** Distance between x rows. */
+  xStride: number;
+  /** Rows (at most 16). */
+  M: number;
+  /** Output. */
+  y: Buf;
+  /** Offset of y[0, 0]. */
+  yOff: number;
+  /** Distance between y rows. */
+  yStride: number;
+  /** softplus on the outputs. */
+  softplus?: boolean;
+  /** RMSNorm prologue: scale weights and eps. */
+  rms?: { weight: Buf; eps: number };
+  /** Residual added to x first (`[M, K]`). */
+  resIn?: Buf;
+  /** Where workgroup 0 writes x (+ resIn) (`[M, K]`). */
+  resOut?: Buf;
+  /** Conv step epilogue on output columns `[lo, lo + C)` (decode, state of `M` sequences). */
+  conv?: { state: Buf; weight: Buf; bias?: Buf; out: Buf; lo: number; C: number };
+  /** Mamba-1 scan step epilogue (outputs are δ before softplus; see wgsl/matvec.wgsl). */
+  scan?: {
+    NS: number;
+    A: Buf;
+    D: Buf;
+    ssm: Buf;
+    xdbl: Buf;
+    z: Buf;
+    zStride: number;
+    zOff: number;
+    bcStride: number;
+    bOff: number;
+    u: Buf;
+    uStride: number;
+  };
 }
 
 /** Size classes of the buffer pool: within 1/8 of a power of two, at least 4 KiB. */
@@ -109,6 +158,8 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       scanChunk: opt.scanChunk ?? 64,
       matvecMaxRows: opt.matvecMaxRows ?? 16,
       slabBytes: opt.slabBytes ?? 512 << 20,
+      fuseNorm: opt.fuseNorm ?? true,
+      matmul128: opt.matmul128 ?? true,
     };
   }
 
@@ -238,6 +289,30 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       this.matvec(W, { bias, x, xOff, xStride, M, y, yOff, yStride, softplus });
       return;
     }
+    if (
+      this.#opt.matmul128 && M >= 128 && W.N >= 128 && K % 4 === 0 && xOff % 4 === 0 &&
+      xStride % 4 === 0
+    ) {
+      const k = this.pipeline("matmul", "matmul128", {
+        TM: 1,
+        TN: 1,
+        BK: 1,
+        F16: W.f16,
+        BIAS: !!bias,
+        SOFTPLUS: softplus,
+      });
+      for (const part of W.parts) {
+        this.rec.dispatch(
+          k,
+          "uuuuuuuuu",
+          [M, part.n, K, W.stride, xStride, xOff, yStride, yOff, part.n0],
+          [null, null, y, bias ?? null, part.buf, x],
+          Math.ceil(part.n / 128),
+          Math.ceil(M / 128),
+        );
+      }
+      return;
+    }
     const big = M >= 128 && W.N >= 128;
     const TM = big ? 8 : 4;
     const BK = big ? 8 : 16;
@@ -262,55 +337,60 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     }
   }
 
-  /** Records the matrix-vector kernel (at most 16 rows), with its fused prologue options. */
-  matvec(
-    W: GpuMatrix,
-    o: {
-      bias?: Buf;
-      x: Buf;
-      xOff: number;
-      xStride: number;
-      M: number;
-      y: Buf;
-      yOff: number;
-      yStride: number;
-      softplus?: boolean;
-      /** RMSNorm prologue: scale weights and eps. */
-      rms?: { weight: Buf; eps: number };
-      /** Residual added to x first (`[M, K]`, row stride K). */
-      resIn?: Buf;
-      /** Where workgroup 0 writes x (+ resIn) (`[M, K]`, row stride K). */
-      resOut?: Buf;
-    },
-  ): void {
+  /** Whether {@link matvec} can fold an RMSNorm prologue for `M` rows of `K` columns. */
+  canFuseRms(K: number, M: number): boolean {
+    return this.#opt.fuseNorm && K % 8 === 0 &&
+      M * K * 4 <= this.ctx.maxWorkgroupStorage - 15 * 1024;
+  }
+
+  /**
+   * Records the matrix-vector kernel (at most 16 rows), with its fused prologue and epilogue
+   * options (see wgsl/matvec.wgsl).
+   */
+  matvec(W: GpuMatrix, o: MatvecOptions): void {
     const K = W.K;
     const vec = W.f16 ? 8 : 4;
     const xvec = K % vec === 0 && o.xOff % 4 === 0 && o.xStride % 4 === 0;
+    if (o.rms && (!xvec || !this.canFuseRms(K, o.M))) {
+      throw new BackendError("matvec: RMSNorm prologue needs K % 8 == 0 and a small M·K");
+    }
+    if (o.scan && W.parts.length !== 1) throw new BackendError("matvec: scan epilogue, one part");
     const native = W.f16 && this.#opt.f16Native && this.ctx.shaderF16;
-    const NV = o.rms ? 2 * o.M : o.M;
+    // Wider teams (split K) when there are too few rows to fill the GPU.
+    let team = 32;
+    while (
+      team < 256 && !o.scan && Math.ceil(W.N * team / 256) < 512 && K / (team * vec) >= 4
+    ) team *= 2;
     const k = this.pipeline("matvec", "matvec", {
       MB: o.M,
-      NV,
-      NR: Math.ceil(NV / 8),
+      NV: o.M,
+      NR: Math.ceil(o.M / 8),
       UNR: 4,
       WG: 256,
-      TEAM: 32,
+      TEAM: team,
       F16: W.f16 && !native,
       F16NATIVE: native,
       XVEC: xvec,
       PRO_RMS: !!o.rms,
       PRO_ADD: !!o.resIn,
       RES_OUT: !!o.resOut,
+      XS4: o.rms ? o.M * K / 4 : 1,
       BIAS: !!o.bias,
       SOFTPLUS: !!o.softplus,
+      CONV_EPI: !!o.conv,
+      CONV_BIAS: !!o.conv?.bias,
+      SCAN_EPI: !!o.scan,
+      NS: o.scan?.NS ?? 0,
     });
-    const rows = 256 / 32;
+    const rows = 256 / team;
+    const c = o.conv;
+    const sc = o.scan;
     for (const part of W.parts) {
       const groups = Math.ceil(part.n / rows);
       const gx = Math.min(groups, 65535);
       this.rec.dispatch(
         k,
-        "uuuuuuuufu",
+        "uuuuuuuufuuuuuuuuu",
         [
           part.n,
           K,
@@ -322,6 +402,14 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
           part.n0,
           o.rms?.eps ?? 0,
           K,
+          c?.lo ?? 0,
+          c?.C ?? 0,
+          c ? this.config.dConv : 0,
+          sc?.zStride ?? 0,
+          sc?.zOff ?? 0,
+          sc?.bcStride ?? 0,
+          sc?.bOff ?? 0,
+          sc?.uStride ?? 0,
         ],
         [
           part.buf,
@@ -331,6 +419,16 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
           o.resIn ?? null,
           o.rms?.weight ?? null,
           o.resOut ?? null,
+          c?.state ?? null,
+          c?.weight ?? null,
+          c?.bias ?? null,
+          c?.out ?? null,
+          sc?.A ?? null,
+          sc?.D ?? null,
+          sc?.ssm ?? null,
+          sc?.xdbl ?? null,
+          sc?.z ?? null,
+          sc?.u ?? null,
         ],
         gx,
         Math.ceil(groups / gx),
@@ -563,7 +661,18 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     } else {
       const Q = this.#ssdChunk();
       const nC = Math.ceil(L / Q);
-      const defs = { Q, EPT: Math.ceil(Q * Q / 256), GATE: gate, D_HDIM: dHdim };
+      const PT = Math.ceil(P / 16);
+      const NB = Math.ceil(N / 16);
+      const tiled = PT <= 8 && NB <= 8;
+      const defs = {
+        Q,
+        EPT: Math.ceil(Q * Q / 256),
+        PT: Math.min(PT, 8),
+        NB: Math.min(NB, 8),
+        TI_: Math.ceil(Q / 16),
+        GATE: gate,
+        D_HDIM: dHdim,
+      };
       const dt = this.temp(R * H * F32);
       const cum = this.temp(R * H * F32);
       const cb = this.temp(batch * nC * G * Q * Q * F32);
@@ -590,7 +699,13 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       const _ = null;
       d("ssd_dt_cumsum", [zx, _, w.dtBias, w.A, _, _, _, dt, cum], Math.ceil(H / 64), nC, batch);
       d("ssd_chunk_cb", [_, xbc, _, _, _, _, _, _, _, cb], nC, G, batch);
-      d("ssd_chunk_state", [_, xbc, _, _, _, _, _, dt, cum, _, chunkS], nC, H, batch);
+      d(
+        tiled ? "ssd_chunk_state2" : "ssd_chunk_state",
+        [_, xbc, _, _, _, _, _, dt, cum, _, chunkS],
+        nC,
+        H,
+        batch,
+      );
       d(
         "ssd_state_pass",
         [_, _, _, _, _, S, _, _, cum, _, chunkS],
@@ -598,7 +713,13 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
         H,
         batch,
       );
-      d("ssd_chunk_out", [gate ? zx : _, xbc, _, _, w.D, _, y, dt, cum, cb, chunkS], nC, H, batch);
+      d(
+        tiled ? "ssd_chunk_out2" : "ssd_chunk_out",
+        [gate ? zx : _, xbc, _, _, w.D, _, y, dt, cum, cb, chunkS],
+        nC,
+        H,
+        batch,
+      );
       for (const b of [dt, cum, cb, chunkS]) this.release(b);
     }
     let g = y;

@@ -137,7 +137,17 @@ export class DecodePlan {
       const w = be.weights.layers[l];
       const resIn = l > 0 ? this.#res[(l - 1) % 2] : undefined;
       const resOut = this.#res[l % 2];
-      const inW = c.arch === "mamba1" ? 2 * c.dInner : c.dInner + c.convDim + c.nheads;
+      const m1 = c.arch === "mamba1";
+      const inW = m1 ? 2 * c.dInner : c.dInner + c.convDim + c.nheads;
+      // The conv step of every channel is folded into in_proj's epilogue.
+      const conv = {
+        state: state.conv[l],
+        weight: w.convWeight,
+        bias: w.convBias,
+        out: this.#b,
+        lo: m1 ? 0 : c.dInner,
+        C: m1 ? c.dInner : c.convDim,
+      };
       this.#normThen(w.norm.weight, w.norm.bias, resIn, resOut, (x, rms) =>
         be.matvec(w.inProj, {
           bias: w.inProjBias,
@@ -148,6 +158,7 @@ export class DecodePlan {
           y: this.#a,
           yOff: 0,
           yStride: inW,
+          conv,
           ...rms,
         }));
       if (c.arch === "mamba1") this.#mamba1(l, state);
@@ -186,18 +197,18 @@ export class DecodePlan {
     mv: (x: Buf, rms: { rms?: { weight: Buf; eps: number }; resIn?: Buf; resOut?: Buf }) => void,
   ): void {
     const c = this.#cfg;
-    if (c.rmsNorm) {
+    const be = this.#be;
+    if (c.rmsNorm && be.canFuseRms(c.dModel, this.batch)) {
       mv(this.#hidden, { rms: { weight, eps: c.normEps }, resIn, resOut });
       return;
     }
-    const be = this.#be;
-    const k = be.pipeline("add_norm", "add_norm", { HAS_RES: !!resIn, LAYER_NORM: true });
+    const k = be.pipeline("add_norm", "add_norm", { HAS_RES: !!resIn, LAYER_NORM: !c.rmsNorm });
     const out = resOut ?? this.#res[(c.nLayer) % 2];
     be.rec.dispatch(
       k,
       "uuf",
       [this.batch, c.dModel, c.normEps],
-      [this.#hidden, resIn ?? null, weight, bias!, out, this.#normed],
+      [this.#hidden, resIn ?? null, weight, c.rmsNorm ? null : bias!, out, this.#normed],
       this.batch,
     );
     mv(this.#normed, {});
@@ -211,23 +222,43 @@ export class DecodePlan {
     const D = c.dInner;
     const xdw = c.dtRank + 2 * c.dState;
     const [xz, u, xdbl, y] = [this.#a, this.#b, this.#c, this.#d];
-    be.rec.dispatch(
-      be.pipeline("conv1d", "conv_step", { BIAS: !!w.convBias }),
-      "uuuuuuu",
-      [D, c.dConv, 1, B, 2 * D, 0, 0],
-      [xz, state.conv[l], w.convWeight, w.convBias ?? null, u],
-      Math.ceil(D / 64),
-      B,
-    );
     be.matvec(w.xProj!, { x: u, xOff: 0, xStride: D, M: B, y: xdbl, yOff: 0, yStride: xdw });
-    be.rec.dispatch(
-      be.pipeline("selective_scan", "scan_step", { NS: c.dState }),
-      "uuuuuuuuuuu",
-      [D, 1, B, c.dtRank, xdw, 2 * D, D, 0, 1, 1, w.dtProj!.stride],
-      [u, null, xdbl, xz, w.A, w.D, state.ssm[l], y, w.dtProj!.parts[0].buf, w.dtBias],
-      Math.ceil(D / 64),
-      B,
-    );
+    if (c.dState <= 32) {
+      // dt_proj + softplus, with the selective-scan step in its epilogue.
+      be.matvec(w.dtProj!, {
+        bias: w.dtBias,
+        x: xdbl,
+        xOff: 0,
+        xStride: xdw,
+        M: B,
+        y,
+        yOff: 0,
+        yStride: D,
+        scan: {
+          NS: c.dState,
+          A: w.A,
+          D: w.D,
+          ssm: state.ssm[l],
+          xdbl,
+          z: xz,
+          zStride: 2 * D,
+          zOff: D,
+          bcStride: xdw,
+          bOff: c.dtRank,
+          u,
+          uStride: D,
+        },
+      });
+    } else {
+      be.rec.dispatch(
+        be.pipeline("selective_scan", "scan_step", { NS: c.dState }),
+        "uuuuuuuuuuu",
+        [D, 1, B, c.dtRank, xdw, 2 * D, D, 0, 1, 1, w.dtProj!.stride],
+        [u, null, xdbl, xz, w.A, w.D, state.ssm[l], y, w.dtProj!.parts[0].buf, w.dtBias],
+        Math.ceil(D / 64),
+        B,
+      );
+    }
     be.matvec(w.outProj, {
       bias: w.outProjBias,
       x: y,
@@ -248,14 +279,6 @@ export class DecodePlan {
     const { dInner, convDim, nheads: H, headdim: P, dState: N, ngroups: G } = c;
     const inDim = dInner + convDim + H;
     const [zx, xbc, y, g] = [this.#a, this.#b, this.#c, this.#d];
-    be.rec.dispatch(
-      be.pipeline("conv1d", "conv_step", { BIAS: !!w.convBias }),
-      "uuuuuuu",
-      [convDim, c.dConv, 1, B, inDim, dInner, 0],
-      [zx, state.conv[l], w.convWeight, w.convBias ?? null, xbc],
-      Math.ceil(convDim / 64),
-      B,
-    );
     const gate = !c.gatedNorm || !c.normBeforeGate;
     const TP = 4;
     const [dtMin, dtMax] = c.dtLimit;
@@ -278,7 +301,7 @@ export class DecodePlan {
       yOff: 0,
       yStride: c.dModel,
     };
-    if (c.gatedNorm && !c.normBeforeGate && G === 1) {
+    if (c.gatedNorm && !c.normBeforeGate && G === 1 && be.canFuseRms(dInner, B)) {
       be.matvec(w.outProj, { ...out, rms: { weight: w.gatedNorm!, eps: 1e-5 } });
       return;
     }
