@@ -36,6 +36,9 @@ import {
   OP_WORDS,
   PRM,
   PRM_OFFSET,
+  PROF,
+  PROF_OFFSET,
+  PROF_SLOTS,
   readError,
 } from "./shared.ts";
 import type { WorkerInit } from "./worker.ts";
@@ -99,6 +102,11 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
   readonly shards: readonly Shard[];
   /** Bytes of weights all ranks together read per decoded token (batch 1, last-token logits). */
   readonly weightBytesPerToken: number;
+  /**
+   * For benchmarks: while true, every rank adds the time it spends in each kind of work to a
+   * profile that {@link WasmBackend.readProfile} returns (timing costs a little).
+   */
+  profiling = false;
   readonly #cfg: MambaConfig;
   readonly #sab: SharedArrayBuffer;
   readonly #engine: RankEngine;
@@ -433,6 +441,7 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
     prm[PRM.OFF_RED] = offRed;
     prm[PRM.RED_SLOT] = slot;
     prm[PRM.OFF_LOGITS] = offLogits;
+    prm[PRM.PROFILE] = this.profiling ? 1 : 0;
     new Int32Array(sab, offOps, nOps * OP_WORDS).set(this.#ops);
     if (this.#ids) new Int32Array(sab, offIds, this.#ids.length).set(this.#ids);
     for (const e of this.#stage) {
@@ -469,6 +478,23 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
       this.#engine.readOut = null;
     }
     return { logits: offLogits, stage };
+  }
+
+  /**
+   * The profile gathered while {@link WasmBackend.profiling} was on: per rank (the first 16),
+   * milliseconds spent in each kind of work (`programs` counts the programs run). Resets it
+   * unless `reset` is false.
+   */
+  readProfile(reset = true): Record<keyof typeof PROF, number>[] {
+    const out: Record<keyof typeof PROF, number>[] = [];
+    for (let r = 0; r < Math.min(this.threads, 16); r++) {
+      const slots = new Float64Array(this.#sab, PROF_OFFSET + r * PROF_SLOTS * 8, PROF_SLOTS);
+      const rec = {} as Record<keyof typeof PROF, number>;
+      for (const [k, i] of Object.entries(PROF)) rec[k as keyof typeof PROF] = slots[i];
+      out.push(rec);
+      if (reset) slots.fill(0);
+    }
+    return out;
   }
 
   /** Stops the workers and drops the weights. */

@@ -23,7 +23,17 @@
 import type { MambaConfig } from "../../config.ts";
 import { SCAN_INTERLEAVED, SCAN_SOFTPLUS, type WasmKernels } from "./kernels.ts";
 import type { PackedMatrix, PackedModel, Shard } from "./plan.ts";
-import { align64, Barrier, OP, OP_WORDS, PRM, PRM_OFFSET } from "./shared.ts";
+import {
+  align64,
+  Barrier,
+  OP,
+  OP_WORDS,
+  PRM,
+  PRM_OFFSET,
+  PROF,
+  PROF_OFFSET,
+  PROF_SLOTS,
+} from "./shared.ts";
 
 const Q8_BLOCK = 32;
 
@@ -164,6 +174,9 @@ export class RankEngine {
   #pool: number[] = [];
   #regs = new Map<number, number>();
   #redUse = 0;
+  /** This rank's profile slots while profiling, else null. */
+  #pf: Float64Array | null = null;
+  #last = 0;
   /** Bytes of weights this rank reads per decoded token (for the benchmark's accounting). */
   readonly weightBytesPerToken: number;
   /** Rank 0 only: where READ copies a register (rows in global order). */
@@ -372,6 +385,15 @@ export class RankEngine {
     this.#pool.push(p);
   }
 
+  /** While profiling: adds the time since the previous lap to slot `cat`. */
+  #lap(cat: number): void {
+    const pf = this.#pf;
+    if (!pf) return;
+    const t = performance.now();
+    pf[cat] += t - this.#last;
+    this.#last = t;
+  }
+
   // ------------------------------------------------------------------------------------------
   // reductions through the shared buffer
 
@@ -397,7 +419,9 @@ export class RankEngine {
       mem.subarray(partial >> 2, (partial >> 2) + count),
       (base + this.#s.rank * slot) >> 2,
     );
+    this.#lap(PROF.reduce);
     this.#barrier.arrive();
+    this.#lap(PROF.wait);
     mem = this.#f32;
     mem.set(shared.subarray(base >> 2, (base >> 2) + count), dst >> 2);
     const tmp = this.#sc!.tmp;
@@ -406,6 +430,7 @@ export class RankEngine {
       mem.set(shared.subarray(o, o + count), tmp >> 2);
       this.#k.add(dst, tmp, dst, count);
     }
+    this.#lap(PROF.reduce);
   }
 
   // ------------------------------------------------------------------------------------------
@@ -507,11 +532,18 @@ export class RankEngine {
     const nOps = prm[PRM.NOPS];
     const ops = new Int32Array(this.#sab, prm[PRM.OFF_OPS], nOps * OP_WORDS);
     this.#redUse = 0;
+    const r = this.#s.rank;
+    this.#pf = prm[PRM.PROFILE] && r < 16
+      ? new Float64Array(this.#sab, PROF_OFFSET + r * PROF_SLOTS * 8, PROF_SLOTS)
+      : null;
+    const start = performance.now();
+    this.#last = start;
     let i = 0;
     while (i < nOps) {
       const code = ops[i * OP_WORDS];
       if (code < OP.EMBED) {
         this.#stateOp(ops.subarray(i * OP_WORDS, (i + 1) * OP_WORDS));
+        this.#lap(PROF.state);
         i++;
         continue;
       }
@@ -522,6 +554,11 @@ export class RankEngine {
     }
     // Everyone done: rank 0 may read the logits and staged states.
     this.#barrier.arrive();
+    this.#lap(PROF.wait);
+    if (this.#pf) {
+      this.#pf[PROF.total] += performance.now() - start;
+      this.#pf[PROF.programs]++;
+    }
   }
 
   #stateOp(op: Int32Array): void {
@@ -564,9 +601,11 @@ export class RankEngine {
     const rows = B * lc;
     switch (op[0]) {
       case OP.EMBED:
-        return this.#embed(op[1], B, L, t0, lc, prm);
+        this.#embed(op[1], B, L, t0, lc, prm);
+        return this.#lap(PROF.embed);
       case OP.ADDNORM:
-        return this.#addNorm(op[1], op[2], op[3], op[4], op[5], rows);
+        this.#addNorm(op[1], op[2], op[3], op[4], op[5], rows);
+        return this.#lap(PROF.norm);
       case OP.MIXER: {
         const x = this.#regTake(op[2]);
         const st = this.#state(op[3]);
@@ -577,7 +616,8 @@ export class RankEngine {
         return;
       }
       case OP.LMHEAD:
-        return this.#lmHead(op[1], op[2] !== 0, B, L, t0, lc, prm);
+        this.#lmHead(op[1], op[2] !== 0, B, L, t0, lc, prm);
+        return this.#lap(PROF.lmHead);
       case OP.READ: {
         const p = this.#regs.get(op[1]);
         if (p === undefined) return; // the logits: rank 0's caller reads the shared buffer
@@ -634,7 +674,9 @@ export class RankEngine {
       }
     }
     if (T > 1) {
+      this.#lap(PROF.embed);
       this.#barrier.arrive();
+      this.#lap(PROF.wait);
       this.#f32.set(shared.subarray(base >> 2, (base >> 2) + B * lc * d), dst >> 2);
     }
   }
@@ -718,6 +760,7 @@ export class RankEngine {
     // in_proj: xz [rows, 2nc] (x, then z, of this rank's channels).
     this.#matmul(w.inProj, x, d, sc.a, 2 * nc, rows);
     if (w.inProjBias) this.#addRows(sc.a, 2 * nc, w.inProjBias, rows, 2 * nc);
+    this.#lap(PROF.inProj);
     // Causal conv + SiLU → u [rows, nc].
     for (let b = 0; b < B; b++) {
       const [conv] = this.#stPtr(st, layer, b);
@@ -737,12 +780,15 @@ export class RankEngine {
         true,
       );
     }
+    this.#lap(PROF.conv);
     // x_proj: partial over this rank's channels, reduced → x_dbl [rows, dtRank + 2N].
     const part = T > 1 ? sc.part : sc.c;
     this.#matmul(w.xProj!, sc.b, nc, part, xd, rows);
+    this.#lap(PROF.xProj);
     this.#allreduce(part, sc.c, rows * xd);
     // dt_proj (this rank's rows) → delta [rows, nc] (bias and softplus in the scan).
     this.#matmul(w.dtProj!, sc.c, xd, sc.d, nc, rows);
+    this.#lap(PROF.dtProj);
     // Selective scan with D skip and SiLU(z) gate → y [rows, nc].
     const flags = SCAN_SOFTPLUS | (this.#inter ? SCAN_INTERLEAVED : 0);
     for (let b = 0; b < B; b++) {
@@ -773,9 +819,11 @@ export class RankEngine {
         flags,
       );
     }
+    this.#lap(PROF.scan);
     // out_proj: partial over this rank's channels, reduced → out [rows, dModel].
     const opart = T > 1 ? sc.part : out;
     this.#matmul(w.outProj, sc.e, nc, opart, d, rows);
+    this.#lap(PROF.outProj);
     this.#allreduce(opart, out, rows * d);
     if (w.outBias) this.#addRows(out, d, w.outBias, rows, d);
   }
@@ -801,6 +849,7 @@ export class RankEngine {
     // in_proj → [z | x | B | C | dt] of this rank [rows, Dl].
     this.#matmul(w.inProj, x, d, sc.a, Dl, rows);
     if (w.inProjBias) this.#addRows(sc.a, Dl, w.inProjBias, rows, Dl);
+    this.#lap(PROF.inProj);
     // Causal conv + SiLU over [x | B | C] → xBC [rows, Cc].
     for (let b = 0; b < B; b++) {
       const [conv] = this.#stPtr(st, layer, b);
@@ -820,6 +869,7 @@ export class RankEngine {
         true,
       );
     }
+    this.#lap(PROF.conv);
     // dt: softplus(dt + bias) in the kernel, unless dt_limit clamps it.
     let dt = sc.a + (2 * nc + 2 * GN) * 4;
     let lddt = Dl;
@@ -876,6 +926,7 @@ export class RankEngine {
         ha = hb;
       }
     }
+    this.#lap(PROF.scan);
     const mem0 = this.#f32;
     if (cfg.dHasHdim) {
       const D = mem0.subarray(w.D >> 2, (w.D >> 2) + nc);
@@ -909,6 +960,7 @@ export class RankEngine {
           k.exports.matvec_f32(y, y, part + (r * G + g) * 4, 1, e - a, 0, 1, 0);
         }
       }
+      this.#lap(PROF.gate);
       this.#allreduce(part, sc.d, rows * G);
       mem = this.#f32;
       const gw = mem.subarray(w.gatedNorm >> 2, (w.gatedNorm >> 2) + nc);
@@ -923,9 +975,11 @@ export class RankEngine {
       }
       if (cfg.normBeforeGate) gate();
     }
+    this.#lap(PROF.gate);
     // out_proj partial → reduced out [rows, dModel].
     const opart = T > 1 ? sc.part : out;
     this.#matmul(w.outProj, sc.e, nc, opart, d, rows);
+    this.#lap(PROF.outProj);
     this.#allreduce(opart, out, rows * d);
     if (w.outBias) this.#addRows(out, d, w.outBias, rows, d);
   }

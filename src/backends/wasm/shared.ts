@@ -54,6 +54,8 @@ export const PRM = {
   OFF_LOGITS: 8,
   /** Byte offset of the state staging area. */
   OFF_STAGE: 9,
+  /** Non-zero: the ranks add the time of each kind of work to the profile area. */
+  PROFILE: 10,
 } as const;
 
 /** Byte offset of the program parameters. */
@@ -61,7 +63,45 @@ export const PRM_OFFSET = 64;
 /** Byte offset of the error message. */
 export const ERR_OFFSET = 256;
 /** Room for the error message. */
-export const ERR_BYTES = 3840;
+export const ERR_BYTES = 1792;
+/** Byte offset of the profile: per rank (the first 16) {@link PROF_SLOTS} Float64 milliseconds. */
+export const PROF_OFFSET = 2048;
+/** Float64 slots per rank in the profile area. */
+export const PROF_SLOTS = 16;
+
+/** What the profile slots count (milliseconds spent in each kind of work, per rank). */
+export const PROF = {
+  /** Embedding lookup (and its broadcast). */
+  embed: 0,
+  /** Residual add + norm. */
+  norm: 1,
+  /** `in_proj`. */
+  inProj: 2,
+  /** Causal conv. */
+  conv: 3,
+  /** Mamba-1 `x_proj` partial. */
+  xProj: 4,
+  /** Mamba-1 `dt_proj`. */
+  dtProj: 5,
+  /** Selective scan / SSD. */
+  scan: 6,
+  /** Mamba-2 gate and gated norm. */
+  gate: 7,
+  /** `out_proj` partial. */
+  outProj: 8,
+  /** Copying partials to and from the shared buffer, summing them. */
+  reduce: 9,
+  /** Waiting at barriers. */
+  wait: 10,
+  /** LM head and copying logits out. */
+  lmHead: 11,
+  /** State ops. */
+  state: 12,
+  /** Whole programs. */
+  total: 13,
+  /** Number of programs. */
+  programs: 14,
+} as const;
 /** Bytes before the first data region. */
 export const HEADER_BYTES = 4096;
 

@@ -39,9 +39,9 @@ const scope = globalThis as unknown as {
   close(): void;
 };
 
-function serve(engine: RankEngine, init: WorkerInit): void {
+/** Runs programs from sequence number `seq` on until the exit command. */
+function serve(engine: RankEngine, init: WorkerInit, seq: number): void {
   const ctl = new Int32Array(init.sab, 0, 16);
-  let seq = Atomics.load(ctl, CTL.SEQ);
   for (;;) {
     let i = 0;
     while (Atomics.load(ctl, CTL.SEQ) === seq) {
@@ -78,7 +78,9 @@ scope.onmessage = (e: MessageEvent<WorkerInit>) => {
     scope.postMessage({ error: (err as Error)?.message ?? String(err) });
     return;
   }
+  // Read the sequence word before answering: rank 0 may start the first program right after.
+  const seq = Atomics.load(new Int32Array(e.data.sab, 0, 16), CTL.SEQ);
   scope.postMessage({ ready: true, bytes: engine.weightBytesPerToken });
-  serve(engine, e.data);
+  serve(engine, e.data, seq);
   scope.close();
 };

@@ -1,0 +1,239 @@
+/**
+ * The `wasm` backend beyond the oracle suite: config variants the oracle cases do not cover
+ * (LayerNorm, biases, untied LM head, several B/C groups split across ranks, `D_has_hdim`,
+ * `dt_limit`, norm before gate, no gated norm), odd thread counts, chunked prefill, the state API
+ * across threads and backends, reading any activation, and misuse errors. Every result is
+ * compared with the `ref` backend on the same random weights.
+ */
+
+import assert from "node:assert/strict";
+import { BackendError, InferenceState, MambaLM, type ModelWeights, parseConfig } from "../mod.ts";
+import { randomWeights } from "../testing.ts";
+import { WasmBackend, type WasmOptions } from "../src/backends/wasm/backend.ts";
+import { assertClose, oracleDir, TOL } from "./oracle_util.ts";
+
+/** A small config in the mamba_ssm format. */
+function config(ssm: Record<string, unknown>, top: Record<string, unknown> = {}) {
+  return parseConfig({ d_model: 32, n_layer: 2, vocab_size: 101, ssm_cfg: ssm, ...top });
+}
+
+/** Random weights, with a separate (untied) LM head when the config says so. */
+function weightsFor(cfg: ReturnType<typeof config>, seed = 7): ModelWeights {
+  const w = randomWeights(cfg, { seed });
+  if (cfg.tieEmbeddings) return w;
+  const other = randomWeights(cfg, { seed: seed + 1 }).embedding;
+  return { ...w, lmHead: other };
+}
+
+async function pair(cfg: ReturnType<typeof config>, opts: WasmOptions, seed = 7) {
+  const w = weightsFor(cfg, seed);
+  const ref = await MambaLM.fromWeights(cfg, w, { backend: "ref" });
+  const wasm = new MambaLM(cfg, await WasmBackend.create({ config: cfg, weights: w }, opts));
+  return { ref, wasm };
+}
+
+function ids(batch: number, len: number, vocab: number, salt = 0): number[][] {
+  return Array.from(
+    { length: batch },
+    (_, b) => Array.from({ length: len }, (_, t) => (t * 31 + b * 17 + salt * 7 + 3) % vocab),
+  );
+}
+
+/** forward, prefill + steps and the final states of `wasm` against `ref`. */
+async function assertSame(ref: MambaLM, wasm: MambaLM, batch: number, len: number) {
+  const V = ref.config.paddedVocabSize;
+  const prompt = ids(batch, len, ref.config.vocabSize);
+  const a = await ref.forward(prompt);
+  const b = await wasm.forward(prompt);
+  assertClose(b.data, a.data, TOL.logits, "forward logits");
+  const sa = ref.createState(batch);
+  const sb = wasm.createState(batch);
+  const half = Math.max(1, len >> 1);
+  let la = await ref.prefill(sa, prompt.map((r) => r.slice(0, half)));
+  let lb = await wasm.prefill(sb, prompt.map((r) => r.slice(0, half)));
+  assertClose(lb, la, TOL.logits, "prefill logits");
+  for (let t = half; t < len; t++) {
+    la = await ref.step(sa, prompt.map((r) => r[t]));
+    lb = await wasm.step(sb, prompt.map((r) => r[t]));
+    assertClose(lb, la, TOL.logits, `step ${t} logits`);
+  }
+  assert.equal(lb.length, batch * V);
+  await sb.sync();
+  for (let l = 0; l < ref.config.nLayer; l++) {
+    assertClose(sb.conv[l], sa.conv[l], TOL.conv, `conv state ${l}`);
+    assertClose(sb.ssm[l], sa.ssm[l], TOL.ssm, `ssm state ${l}`);
+  }
+}
+
+const variants: [string, ReturnType<typeof config>][] = [
+  [
+    "mamba1, LayerNorm, biases, no conv bias, untied head",
+    config(
+      { bias: true, conv_bias: false, d_state: 8 },
+      { rms_norm: false, tie_embeddings: false },
+    ),
+  ],
+  ["mamba1, d_state 40, dt_rank 5", config({ d_state: 40, dt_rank: 5 })],
+  [
+    "mamba2, 4 groups split across ranks, D_has_hdim, dt_limit",
+    config({
+      layer: "Mamba2",
+      d_state: 16,
+      headdim: 8,
+      ngroups: 4,
+      D_has_hdim: true,
+      dt_limit: [0.01, 0.05],
+    }),
+  ],
+  [
+    "mamba2, norm before gate, LayerNorm, biases",
+    config(
+      { layer: "Mamba2", d_state: 8, headdim: 16, norm_before_gate: true, bias: true },
+      { rms_norm: false },
+    ),
+  ],
+  [
+    "mamba2, no gated norm, 2 groups, untied head",
+    config(
+      { layer: "Mamba2", d_state: 8, headdim: 8, ngroups: 2, rmsnorm: false },
+      { tie_embeddings: false },
+    ),
+  ],
+];
+
+for (const [name, cfg] of variants) {
+  for (const threads of [1, 2, 3]) {
+    Deno.test(`wasm backend: ${name}, ${threads} thread(s), equals ref`, async () => {
+      const { ref, wasm } = await pair(cfg, { threads, chunkTokens: 5 });
+      try {
+        await assertSame(ref, wasm, 2, 12);
+        await assertSame(ref, wasm, 1, 1);
+      } finally {
+        wasm.dispose();
+      }
+    });
+  }
+}
+
+Deno.test("wasm backend: thread count is capped by the slices, and validated", async () => {
+  const cfg = config({ layer: "Mamba2", d_state: 8, headdim: 16 }); // 4 heads
+  const w = randomWeights(cfg);
+  const be = await WasmBackend.create({ config: cfg, weights: w }, { threads: 9 });
+  assert.equal(be.threads, 4);
+  assert.deepEqual(be.shards.map((s) => [s.h0, s.h1]), [[0, 1], [1, 2], [2, 3], [3, 4]]);
+  be.dispose();
+  await assert.rejects(
+    () => WasmBackend.create({ config: cfg, weights: w }, { threads: 0 }),
+    BackendError,
+  );
+  await assert.rejects(
+    () => WasmBackend.create({ config: cfg, weights: w }, { chunkTokens: 1.5 }),
+    BackendError,
+  );
+});
+
+Deno.test("wasm backend: chunked prefill equals one pass, and long forwards chunk", async () => {
+  const cfg = config({ d_state: 8 });
+  const w = randomWeights(cfg);
+  const one = new MambaLM(
+    cfg,
+    await WasmBackend.create({ config: cfg, weights: w }, { threads: 2 }),
+  );
+  const chunked = new MambaLM(
+    cfg,
+    await WasmBackend.create({ config: cfg, weights: w }, { threads: 2, chunkTokens: 7 }),
+  );
+  try {
+    const prompt = ids(3, 40, cfg.vocabSize);
+    const a = await one.forward(prompt);
+    const b = await chunked.forward(prompt);
+    assertClose(b.data, a.data, TOL.logits, "forward");
+    const sa = one.createState(3);
+    const sb = chunked.createState(3);
+    assertClose(await chunked.prefill(sb, prompt), await one.prefill(sa, prompt), TOL.logits, "p");
+    await sa.sync();
+    await sb.sync();
+    for (let l = 0; l < cfg.nLayer; l++) assertClose(sb.ssm[l], sa.ssm[l], TOL.ssm, "ssm");
+  } finally {
+    one.dispose();
+    chunked.dispose();
+  }
+});
+
+Deno.test("wasm backend: states save, restore, clone and move between backends", async () => {
+  const lm = await MambaLM.load(`${oracleDir()}/m2_hd16_ds16_l64`, {
+    backend: "wasm",
+    wasm: { threads: 2 },
+  });
+  const ref = await MambaLM.load(`${oracleDir()}/m2_hd16_ds16_l64`, { backend: "ref" });
+  try {
+    const prompt = ids(2, 9, lm.config.vocabSize);
+    const s = lm.createState(2);
+    await lm.prefill(s, prompt);
+    // A clone branches: stepping it leaves the original as it was.
+    const c = s.clone();
+    await lm.step(c, [1, 2]);
+    const saved = InferenceState.fromBytes(await s.toBytes());
+    const x = await lm.step(s, [5, 6]);
+    // Restored on wasm, and moved to ref: both continue like the original.
+    assertClose(await lm.step(saved, [5, 6]), x, TOL.logits, "restored");
+    const moved = InferenceState.fromBytes(await c.toBytes());
+    const viaRef = ref.createState(2);
+    await ref.prefill(viaRef, prompt);
+    await ref.step(viaRef, [1, 2]);
+    assertClose(await ref.step(moved, [3, 4]), await ref.step(viaRef, [3, 4]), TOL.logits, "ref");
+    // And back: a ref-computed state continues on wasm.
+    assertClose(await lm.step(viaRef, [7, 8]), await ref.step(moved, [7, 8]), TOL.logits, "back");
+    // Reset zeroes the wasm copy.
+    s.reset();
+    const fresh = lm.createState(2);
+    assertClose(await lm.step(s, [9, 9]), await lm.step(fresh, [9, 9]), TOL.logits, "reset");
+  } finally {
+    lm.dispose();
+  }
+});
+
+Deno.test("wasm backend: any activation can be read; misuse is refused", async () => {
+  const cfg = config({ d_state: 8 });
+  const w = randomWeights(cfg);
+  const refLm = await MambaLM.fromWeights(cfg, w, { backend: "ref" });
+  const be = await WasmBackend.create({ config: cfg, weights: w }, { threads: 2 });
+  try {
+    const toks = new Int32Array([3, 1, 4, 1, 5]);
+    const e = be.embed(toks);
+    const { normed } = be.addNorm(e, null, 0);
+    const got = await be.read(normed);
+    const r = refLm.backend;
+    const want = await r.read(r.addNorm(r.embed(toks), null, 0).normed);
+    assertClose(got, want, TOL.logits, "normed");
+    // An activation is used once, and does not outlive its read.
+    const e2 = be.embed(toks);
+    const { normed: n2, residual: r2 } = be.addNorm(e2, null, 0);
+    assert.throws(() => be.addNorm(e2, null, 0), BackendError);
+    assert.throws(() => be.embed(toks), BackendError); // one embed per read
+    await be.read(n2);
+    assert.throws(() => be.addNorm(r2, null, 1), BackendError);
+    // Freed states are refused.
+    const st = be.createState(1);
+    be.freeState(st);
+    be.freeState(st);
+    await assert.rejects(() => be.downloadState(st), BackendError);
+  } finally {
+    be.dispose();
+  }
+  assert.throws(() => be.embed(new Int32Array([1])), BackendError);
+  be.dispose();
+});
+
+Deno.test("wasm backend: f16 and q8 storage read half and about a quarter of the bytes", async () => {
+  const cfg = config({ d_state: 8 }, { d_model: 64 });
+  const w = randomWeights(cfg);
+  const sizes: number[] = [];
+  for (const weights of ["f32", "f16", "q8"] as const) {
+    const be = await WasmBackend.create({ config: cfg, weights: w }, { threads: 2, weights });
+    sizes.push(be.weightBytesPerToken);
+    be.dispose();
+  }
+  assert.ok(Math.abs(sizes[1] / sizes[0] - 0.5) < 0.05, `f16 ${sizes[1]} vs f32 ${sizes[0]}`);
+  assert.ok(sizes[2] / sizes[0] < 0.4, `q8 ${sizes[2]} vs f32 ${sizes[0]}`);
+});
