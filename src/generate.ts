@@ -84,6 +84,18 @@ export interface StepModel<S extends InferenceStateLike = InferenceStateLike> {
   prefill(state: S, ids: number[][]): Promise<Float32Array>;
   /** Feeds one token per row and returns the next logits. */
   step(state: S, tokens: number[]): Promise<Float32Array>;
+  /**
+   * True when {@link StepModel.generateTokens} runs the decoding loop on the device; then
+   * {@link generate} uses it for states it owns, instead of one `step` (and read-back) per token.
+   */
+  readonly fusedDecoding?: boolean;
+  /** Fused decoding: feeds `tokens`, then picks and feeds `n` more; yields `[batch][block]` ids. */
+  generateTokens?(
+    state: S,
+    tokens: readonly number[],
+    n: number,
+    options: SamplingOptions & { history?: readonly (readonly number[])[] },
+  ): AsyncGenerator<number[][]>;
 }
 
 /**
@@ -330,49 +342,100 @@ interface RunContext {
 }
 
 /**
- * Core single-sequence loop, from the logits after the prompt: samples and steps. Each token
- * is yielded once the next one has been sampled (or it is known to be the last), so
- * that text held at the very end can travel with the last real token.
+ * Token ids picked on the host: sample from `logits`, hand the id out, and feed it to the state
+ * only when the next id is asked for (so a consumer that stops early never pays for a step).
  */
-async function* run<S extends InferenceStateLike>(
+async function* hostIds<S extends InferenceStateLike>(
   model: StepModel<S>,
   state: S,
   logits: Float32Array,
   r: Resolved,
   history: number[],
+  ctx: RunContext,
+): AsyncGenerator<number, void, undefined> {
+  for (;;) {
+    yield r.sampler.sample(rowOf(logits, 1, 0), history);
+    logits = await model.step(state, [ctx.pending!]);
+    ctx.pending = undefined;
+  }
+}
+
+/**
+ * Token ids picked by the device's fused decoding loop (`webgpu`): the first from the prefill
+ * logits on the host, the rest in blocks without a read-back per token. Only for states the
+ * caller cannot see afterwards, since a stop may leave the device up to two blocks ahead.
+ */
+async function* fusedIds<S extends InferenceStateLike>(
+  generateTokens: NonNullable<StepModel<S>["generateTokens"]>,
+  state: S,
+  logits: Float32Array,
+  r: Resolved,
+  history: number[],
+): AsyncGenerator<number, void, undefined> {
+  const first = r.sampler.sample(rowOf(logits, 1, 0), history);
+  yield first;
+  const o = r.sampler.options;
+  const blocks = generateTokens(state, [first], r.maxNewTokens - 1, {
+    temperature: o.temperature,
+    topK: o.topK,
+    topP: o.topP,
+    minP: o.minP,
+    repetitionPenalty: o.repetitionPenalty,
+    vocabSize: o.vocabSize,
+    // A different stream than the first token's, still fixed by the seed.
+    seed: (o.seed + 0x9e3779b9) >>> 0,
+    history: [history.slice()],
+  });
+  for await (const block of blocks) yield* block[0];
+}
+
+/**
+ * Core single-sequence loop over picked ids: stops at `maxNewTokens`, the end-of-text token, a
+ * stop string or an abort. Each token is yielded once the next one has been picked (or it is
+ * known to be the last), so that text held at the very end can travel with the last real token.
+ */
+async function* run(
+  ids: AsyncGenerator<number, void, undefined>,
+  tokenizer: TextTokenizer | undefined,
+  r: Resolved,
+  history: number[],
   signal: AbortSignal | undefined,
   ctx: RunContext,
 ): AsyncGenerator<GeneratedToken, void, undefined> {
-  const sink = new TextSink(model.tokenizer, r.stop);
+  const sink = new TextSink(tokenizer, r.stop);
   const poll = new AbortPoller(signal);
   let prev: GeneratedToken | undefined;
   let produced = 0;
-  for (;;) {
-    if (produced >= r.maxNewTokens || await poll.aborted()) break;
-    const id = r.sampler.sample(rowOf(logits, 1, 0), history);
-    if (id === r.eos) break;
-    history.push(id);
-    produced++;
-    ctx.pending = id;
-    let text = sink.push(id);
-    const last = sink.stopped || produced >= r.maxNewTokens;
+  try {
+    for (;;) {
+      if (produced >= r.maxNewTokens || await poll.aborted()) break;
+      const next = await ids.next();
+      if (next.done) break;
+      const id = next.value;
+      if (id === r.eos) break;
+      history.push(id);
+      produced++;
+      ctx.pending = id;
+      let text = sink.push(id);
+      const last = sink.stopped || produced >= r.maxNewTokens;
+      if (prev !== undefined) {
+        const p = prev;
+        prev = undefined;
+        yield p;
+      }
+      if (last) {
+        if (!sink.stopped) text += sink.finish();
+        yield { id, text };
+        return;
+      }
+      prev = { id, text };
+    }
     if (prev !== undefined) {
-      const p = prev;
-      prev = undefined;
-      yield p;
+      prev.text += sink.finish();
+      yield prev;
     }
-    if (last) {
-      if (!sink.stopped) text += sink.finish();
-      yield { id, text };
-      return;
-    }
-    logits = await model.step(state, [id]);
-    ctx.pending = undefined;
-    prev = { id, text };
-  }
-  if (prev !== undefined) {
-    prev.text += sink.finish();
-    yield prev;
+  } finally {
+    await ids.return();
   }
 }
 
@@ -422,7 +485,14 @@ export async function* generate<S extends InferenceStateLike>(
   const ctx: RunContext = { pending: undefined };
   let failed = false;
   try {
-    yield* run(model, genState, logits, r, ids.slice(), opts.signal, ctx);
+    const history = ids.slice();
+    const fused = opts.state === undefined && model.fusedDecoding
+      ? model.generateTokens
+      : undefined;
+    const source = fused
+      ? fusedIds(fused.bind(model), genState, logits, r, history)
+      : hostIds(model, genState, logits, r, history, ctx);
+    yield* run(source, model.tokenizer, r, history, opts.signal, ctx);
   } catch (e) {
     failed = true;
     throw e;
@@ -611,7 +681,9 @@ export function textStream<S extends InferenceStateLike>(
       const logits = await model.prefill(state, [ids]);
       const gen = keep ? state : cloneState(state);
       let text = "";
-      for await (const t of run(model, gen, logits, r, ids.slice(), opts.signal, ctx)) {
+      const history = ids.slice();
+      const source = hostIds(model, gen, logits, r, history, ctx);
+      for await (const t of run(source, model.tokenizer, r, history, opts.signal, ctx)) {
         text += t.text;
       }
       if (!keep) ctx.pending = undefined;

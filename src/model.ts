@@ -159,6 +159,11 @@ export class MambaLM {
     return new MambaLM(config, backend, options.tokenizer);
   }
 
+  /** Whether the backend decodes many tokens per submit on the device (see {@link generateTokens}). */
+  get fusedDecoding(): boolean {
+    return this.backend.decodeTokens !== undefined;
+  }
+
   /** Name of the backend in use. */
   get backendName(): string {
     return this.backend.name;
