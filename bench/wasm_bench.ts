@@ -25,7 +25,7 @@ import type { WasmWeights } from "../src/backends/wasm/options.ts";
 import { WasmKernels } from "../src/backends/wasm/kernels.ts";
 
 // ---------------------------------------------------------------------------------------------
-// Read bandwidth: T threads (this one + T − 1 workers of this same file) each stream their share
+// Read bandwidth: T workers (of this same file) each stream their share
 // of a 512 MiB f32 matrix through the GEMV kernel, started together.
 
 const BW_MIB = 512;
@@ -40,7 +40,7 @@ interface BwMsg {
 }
 
 /** One thread's share: set up, wait for the start, stream, report its time. */
-function bwRank(m: BwMsg, wait: boolean): void {
+function bwRank(m: BwMsg): void {
   const ctl = new Int32Array(m.sab, 0, 4);
   const times = new Float64Array(m.sab, 64, 64);
   const kern = WasmKernels.fromModule(m.module);
@@ -53,9 +53,7 @@ function bwRank(m: BwMsg, wait: boolean): void {
   kern.matvecF32(w.ptr, x.ptr, y.ptr, n, m.k);
   Atomics.add(ctl, 0, 1);
   Atomics.notify(ctl, 0);
-  if (wait) {
-    while (Atomics.load(ctl, 1) === 0) Atomics.wait(ctl, 1, 0, 100);
-  }
+  while (Atomics.load(ctl, 1) === 0) Atomics.wait(ctl, 1, 0, 100);
   const t0 = performance.now();
   for (let r = 0; r < BW_REPS; r++) kern.matvecF32(w.ptr, x.ptr, y.ptr, n, m.k);
   times[m.rank] = performance.now() - t0;
@@ -70,33 +68,38 @@ if (inWorker) {
     close(): void;
   };
   scope.onmessage = (e) => {
-    bwRank(e.data, true);
+    bwRank(e.data);
     scope.close();
   };
 }
 
-/** GB/s read by `threads` threads streaming rows of `k` f32 weights (512 MiB in all). */
-async function bandwidth(threads: number, k: number): Promise<number> {
+/** GB/s read by `threads` workers streaming rows of `k` f32 weights (512 MiB in all). */
+async function bandwidthAt(threads: number, k: number): Promise<number> {
   const module = await WasmKernels.compile();
   const sab = new SharedArrayBuffer(64 + 64 * 8);
   const ctl = new Int32Array(sab, 0, 4);
   const workers = Array.from(
-    { length: threads - 1 },
+    { length: threads },
     () => new Worker(import.meta.url, { type: "module" }),
   );
-  workers.forEach((w, i) => w.postMessage({ module, sab, rank: i + 1, threads, k }));
-  // Rank 0 sets up, waits for the others, then starts everyone.
-  const m: BwMsg = { module, sab, rank: 0, threads, k };
-  const n = Math.floor((BW_MIB * 2 ** 20) / threads / 4 / k);
-  while (Atomics.load(ctl, 0) < threads - 1) Atomics.wait(ctl, 0, Atomics.load(ctl, 0), 100);
+  workers.forEach((w, rank) => w.postMessage({ module, sab, rank, threads, k }));
+  // Start everyone together once all are set up.
+  while (Atomics.load(ctl, 0) < threads) await new Promise((r) => setTimeout(r, 5));
   Atomics.store(ctl, 1, 1);
   Atomics.notify(ctl, 1);
-  bwRank(m, false);
-  while (Atomics.load(ctl, 2) < threads) Atomics.wait(ctl, 2, Atomics.load(ctl, 2), 100);
+  while (Atomics.load(ctl, 2) < threads) await new Promise((r) => setTimeout(r, 5));
   const times = new Float64Array(sab, 64, threads);
   workers.forEach((w) => w.terminate());
-  const bytes = threads * n * k * 4 * BW_REPS;
-  return bytes / (Math.max(...times) / 1000) / 1e9;
+  const n = Math.floor((BW_MIB * 2 ** 20) / threads / 4 / k);
+  return (threads * n * k * 4 * BW_REPS) / (Math.max(...times) / 1000) / 1e9;
+}
+
+/**
+ * The read bandwidth limit of `threads` threads: the best of GEMVs with rows of 768 and 1536
+ * f32 (the model's row lengths; much longer rows stream slower through this kernel).
+ */
+async function bandwidth(threads: number): Promise<number> {
+  return Math.max(await bandwidthAt(threads, 768), await bandwidthAt(threads, 1536));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -110,7 +113,11 @@ export interface WasmBenchRow {
   /** Bytes of weights read per decoded token (all ranks). */
   bytesPerToken: number;
   decodeTokPerS?: number;
-  /** Decode bytes/token × tok/s ÷ the bandwidth of as many threads. */
+  /** Decode with `lm.step` and a host argmax per token. */
+  stepTokPerS?: number;
+  /** Read bandwidth of as many threads, GB/s (best of a measurement before and after). */
+  bandwidthGBs?: number;
+  /** Decode bytes/token × tok/s ÷ that bandwidth. */
   decodeBwFraction?: number;
   prefillLen?: number;
   prefillTokPerS?: number;
@@ -126,8 +133,8 @@ function argmax(logits: Float32Array, n: number): number {
   return best;
 }
 
-/** Greedy decode: best of `rounds` rounds of `n` tokens, tok/s. */
-async function decodeRate(lm: MambaLM, n: number, rounds: number): Promise<number> {
+/** Greedy decode with `lm.step` and an argmax on the host: best of `rounds` × `n` tokens, tok/s. */
+async function stepRate(lm: MambaLM, n: number, rounds: number): Promise<number> {
   const state = lm.createState(1);
   let logits = await lm.prefill(state, [[1, 2, 3, 4, 5, 6, 7, 8]]);
   const V = lm.config.vocabSize;
@@ -136,6 +143,26 @@ async function decodeRate(lm: MambaLM, n: number, rounds: number): Promise<numbe
   for (let r = 0; r < rounds; r++) {
     const t0 = performance.now();
     for (let i = 0; i < n; i++) logits = await lm.step(state, [argmax(logits, V)]);
+    best = Math.max(best, n / ((performance.now() - t0) / 1000));
+  }
+  return best;
+}
+
+/** Greedy decode with `lm.generateTokens` (fused on the ranks): best of `rounds` × `n`, tok/s. */
+async function decodeRate(lm: MambaLM, n: number, rounds: number): Promise<number> {
+  const state = lm.createState(1);
+  await lm.prefill(state, [[1, 2, 3, 4, 5, 6, 7]]);
+  let last = 8;
+  const run = async (count: number) => {
+    for await (const block of lm.generateTokens(state, [last], count, { topK: 1 })) {
+      last = block[0][block[0].length - 1];
+    }
+  };
+  await run(4);
+  let best = 0;
+  for (let r = 0; r < rounds; r++) {
+    const t0 = performance.now();
+    await run(n);
     best = Math.max(best, n / ((performance.now() - t0) / 1000));
   }
   return best;
@@ -211,19 +238,12 @@ if (import.meta.main && !inWorker) {
   const nPrefill = Number(v.prefill);
   const log = (s: string) => !v.json && console.log(s);
   log(`# wasm backend benchmark (${navigator.hardwareConcurrency} cores, load ${loadAverage()})`);
-  const bw = new Map<number, number>();
-  for (const t of threadList) {
-    const stream = await bandwidth(t, 4096);
-    const shaped = await bandwidth(t, 768);
-    bw.set(t, stream);
-    log(
-      `read bandwidth, ${t} thread(s): ${stream.toFixed(1)} GB/s (f32 GEMV, rows of 4096, ` +
-        `${BW_MIB} MiB); rows of 768: ${shaped.toFixed(1)} GB/s`,
-    );
-  }
   const rows: WasmBenchRow[] = [];
   log("");
-  log("model        weights threads  MB/token  decode tok/s  % of BW limit  prefill tok/s");
+  log(
+    "model        weights threads  MB/token  BW GB/s  decode tok/s  % of BW limit  step tok/s" +
+      "  prefill tok/s",
+  );
   for (const model of models) {
     const config = parseConfig(PUBLIC_CONFIGS[model]);
     const weights = randomWeights(config);
@@ -238,8 +258,11 @@ if (import.meta.main && !inWorker) {
           bytesPerToken: be.weightBytesPerToken,
         };
         if (nDecode > 0) {
+          const before = await bandwidth(be.threads);
           row.decodeTokPerS = await decodeRate(lm, nDecode, 3);
-          row.decodeBwFraction = (row.bytesPerToken * row.decodeTokPerS) / (bw.get(threads)! * 1e9);
+          row.stepTokPerS = await stepRate(lm, nDecode, 3);
+          row.bandwidthGBs = Math.max(before, await bandwidth(be.threads));
+          row.decodeBwFraction = (row.bytesPerToken * row.decodeTokPerS) / (row.bandwidthGBs * 1e9);
         }
         if (nPrefill > 0) {
           row.prefillLen = nPrefill;
@@ -254,11 +277,15 @@ if (import.meta.main && !inWorker) {
         log(
           `${model.padEnd(12)} ${dtype.padEnd(7)} ${String(row.threads).padStart(7)} ${
             (row.bytesPerToken / 1e6).toFixed(1).padStart(9)
-          } ${(row.decodeTokPerS?.toFixed(1) ?? "-").padStart(13)} ${
+          } ${(row.bandwidthGBs?.toFixed(1) ?? "-").padStart(8)} ${
+            (row.decodeTokPerS?.toFixed(1) ?? "-").padStart(13)
+          } ${
             row.decodeBwFraction !== undefined
               ? (100 * row.decodeBwFraction).toFixed(0).padStart(13) + "%"
               : "-".padStart(14)
-          } ${(row.prefillTokPerS?.toFixed(1) ?? "-").padStart(14)}`,
+          } ${(row.stepTokPerS?.toFixed(1) ?? "-").padStart(11)} ${
+            (row.prefillTokPerS?.toFixed(1) ?? "-").padStart(14)
+          }`,
         );
         for (const [what, prof] of [["decode", row.profile], ["prefill", row.prefillProfile]]) {
           for (const [r, p] of ((prof ?? []) as Record<string, number>[]).entries()) {
@@ -272,5 +299,5 @@ if (import.meta.main && !inWorker) {
     }
   }
   log(`# load at the end: ${loadAverage()}`);
-  if (v.json) console.log(JSON.stringify({ bandwidth: Object.fromEntries(bw), rows }, null, 2));
+  if (v.json) console.log(JSON.stringify(rows, null, 2));
 }

@@ -7,10 +7,17 @@
  */
 
 import assert from "node:assert/strict";
-import { BackendError, InferenceState, MambaLM, type ModelWeights, parseConfig } from "../mod.ts";
+import {
+  BackendError,
+  InferenceState,
+  MambaLM,
+  type ModelWeights,
+  parseConfig,
+  Sampler,
+} from "../mod.ts";
 import { randomWeights } from "../testing.ts";
 import { WasmBackend, type WasmOptions } from "../src/backends/wasm/backend.ts";
-import { assertClose, oracleDir, TOL } from "./oracle_util.ts";
+import { assertClose, loadExpected, oracleCases, oracleDir, TOL } from "./oracle_util.ts";
 
 /** A small config in the mamba_ssm format. */
 function config(ssm: Record<string, unknown>, top: Record<string, unknown> = {}) {
@@ -236,4 +243,89 @@ Deno.test("wasm backend: f16 and q8 storage read half and about a quarter of the
   }
   assert.ok(Math.abs(sizes[1] / sizes[0] - 0.5) < 0.05, `f16 ${sizes[1]} vs f32 ${sizes[0]}`);
   assert.ok(sizes[2] / sizes[0] < 0.4, `q8 ${sizes[2]} vs f32 ${sizes[0]}`);
+});
+
+Deno.test("wasm backend: fused greedy decoding reproduces the oracle, 1 and 2 threads", async () => {
+  for (const c of oracleCases().filter((c) => c.kind === "model")) {
+    const exp = loadExpected(c.case);
+    for (const threads of [1, 2]) {
+      const lm = await MambaLM.load(`${oracleDir()}/${c.case}`, {
+        backend: "wasm",
+        wasm: { threads },
+      });
+      try {
+        for (const run of exp.json.runs) {
+          for (
+            const [key, vocabSize] of [
+              ["generated", lm.config.paddedVocabSize],
+              ["generated_real_vocab", lm.config.vocabSize],
+            ] as const
+          ) {
+            const want = run[key];
+            if (!want) continue;
+            const state = lm.createState(run.batch);
+            const last = run.input_ids.map((r) => r[r.length - 1]);
+            if (run.prompt_len > 1) {
+              await lm.prefill(
+                state,
+                run.input_ids.map((r) => r.slice(0, -1)),
+              );
+            }
+            const got: number[][] = run.input_ids.map(() => []);
+            const opts = { topK: 1, vocabSize, blockSize: 8 };
+            for await (const block of lm.generateTokens(state, last, want[0].length, opts)) {
+              block.forEach((ids, b) => got[b].push(...ids));
+            }
+            assert.deepEqual(got, want, `${c.case} ${run.name} ${key} ${threads} thread(s)`);
+          }
+        }
+      } finally {
+        lm.dispose();
+      }
+    }
+  }
+});
+
+Deno.test("wasm backend: fused sampled decoding equals stepping with the host sampler", async () => {
+  const lm = await MambaLM.load(`${oracleDir()}/m1_d96_l64_vocab500`, {
+    backend: "wasm",
+    wasm: { threads: 2 },
+  });
+  try {
+    const opts = { temperature: 0.8, topP: 0.9, repetitionPenalty: 1.3, seed: 5 };
+    const prompt = [[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]];
+    const history = prompt.map((p) => p.slice(0, -1));
+    const a = lm.createState(2);
+    await lm.prefill(a, history);
+    const fused: number[][] = [[], []];
+    for await (
+      const block of lm.generateTokens(a, [5, 3], 40, { ...opts, history, blockSize: 16 })
+    ) {
+      block.forEach((ids, b) => fused[b].push(...ids));
+    }
+    // The same by hand: one step at a time, one sampler for the batch.
+    const b = lm.createState(2);
+    await lm.prefill(b, history);
+    const sampler = new Sampler({ ...opts, vocabSize: lm.config.vocabSize });
+    const hist = prompt.map((p) => [...p]);
+    const stepped: number[][] = [[], []];
+    const V = lm.config.paddedVocabSize;
+    let cur = [5, 3];
+    for (let i = 0; i < 40; i++) {
+      const logits = await lm.step(b, cur);
+      cur = cur.map((_, r) => sampler.sample(logits.subarray(r * V, (r + 1) * V), hist[r]));
+      cur.forEach((t, r) => {
+        hist[r].push(t);
+        stepped[r].push(t);
+      });
+    }
+    assert.deepEqual(fused, stepped);
+    // Both states consumed the same tokens (the fused run does not feed its last pick).
+    assert.deepEqual(
+      await lm.step(a, [fused[0][39], fused[1][39]]),
+      await lm.step(b, [stepped[0][39], stepped[1][39]]),
+    );
+  } finally {
+    lm.dispose();
+  }
 });

@@ -16,9 +16,10 @@
  * @module
  */
 
-import type { Backend, BackendInit, StateTensors } from "../../backend.ts";
+import type { Backend, BackendInit, DecodeOptions, StateTensors } from "../../backend.ts";
 import type { MambaConfig } from "../../config.ts";
 import { BackendError } from "../../errors.ts";
+import { Sampler } from "../../sampling.ts";
 import { RankEngine } from "./engine.ts";
 import { WasmKernels } from "./kernels.ts";
 import type { WasmOptions } from "./options.ts";
@@ -118,6 +119,8 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
   #rows = 0;
   #stage: StageEntry[] = [];
   #lmOut: { reg: number; rows: number } | null = null;
+  /** A pending DECODE op: its steps, and whether rank 0 samples (needs the logits area). */
+  #decode: { steps: number; sampled: boolean } | null = null;
   #live = new Set<number>();
   #nextReg = 1;
   #nextState = 1;
@@ -397,6 +400,75 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
     this.#op(OP.STATE_FREE, s.id);
   }
 
+  /**
+   * Fused decoding (see {@link Backend.decodeTokens}): each block of tokens is one program in
+   * which the ranks feed a token, pick the next and feed it again without returning to the
+   * caller. Greedy picking (no repetition penalty) is an argmax of each rank's slice of the
+   * vocabulary and one small reduction; any other sampling gathers the logits and runs the
+   * library's {@link Sampler} on rank 0, so the picks equal those of step-by-step decoding.
+   * Blocks grow 1, 2, 4, … up to `blockSize` tokens.
+   */
+  async *decodeTokens(
+    state: WasmState,
+    tokens: Int32Array,
+    n: number,
+    options: DecodeOptions,
+  ): AsyncGenerator<number[][]> {
+    this.#check();
+    if (state.freed) throw new BackendError("wasm backend: the state was freed");
+    const B = state.batch;
+    if (tokens.length !== B) {
+      throw new BackendError(`wasm backend: ${tokens.length} tokens for ${B} sequences`);
+    }
+    if (this.#ids || this.#live.size > 0) {
+      throw new BackendError("wasm backend: decodeTokens with operations pending");
+    }
+    const s = options.sampling;
+    const V = this.#cfg.paddedVocabSize;
+    const vocab = Math.min(s.vocabSize ?? V, V);
+    const sampled = !s.greedy || s.repetitionPenalty !== 1;
+    const sampler = sampled ? new Sampler(s) : null;
+    const history = Array.from(tokens, (t, b) => [...(options.history?.[b] ?? []), t]);
+    const maxBlock = Math.max(1, Math.floor(options.blockSize ?? 64));
+    let cur = Int32Array.from(tokens);
+    let block = 1;
+    for (let done = 0; done < n;) {
+      this.#check();
+      if (state.freed) throw new BackendError("wasm backend: the state was freed");
+      const steps = Math.min(block, maxBlock, n - done);
+      this.#ids = cur;
+      this.#shape = { batch: B, seqLen: 1 };
+      this.#rows = B;
+      this.#decode = { steps, sampled };
+      this.#op(OP.DECODE, state.id, steps, vocab, sampled ? 1 : 0);
+      this.#engine.sampleHook = sampler
+        ? (logits, out) => {
+          for (let b = 0; b < B; b++) {
+            const id = sampler.sample(logits.subarray(b * V, (b + 1) * V), history[b]);
+            out[b] = id;
+            history[b].push(id);
+          }
+        }
+        : null;
+      let off;
+      try {
+        off = this.#flush(null);
+      } finally {
+        this.#engine.sampleHook = null;
+      }
+      const picks = new Int32Array(this.#sab, off.out, steps * B).slice();
+      const result = Array.from({ length: B }, (_, b) => {
+        const row: number[] = [];
+        for (let i = 0; i < steps; i++) row.push(picks[i * B + b]);
+        return row;
+      });
+      cur = picks.slice((steps - 1) * B);
+      done += steps;
+      block = Math.min(2 * block, maxBlock);
+      yield result;
+    }
+  }
+
   // ------------------------------------------------------------------------------------------
   // running
 
@@ -404,7 +476,9 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
    * Runs the recorded program on all ranks; returns where the logits and staged states are.
    * `readOut` receives the register of a READ op.
    */
-  #flush(readOut: Float32Array | null): { logits: number; stage: Map<StageEntry, number> } {
+  #flush(
+    readOut: Float32Array | null,
+  ): { logits: number; out: number; stage: Map<StageEntry, number> } {
     const cfg = this.#cfg;
     const T = this.threads;
     const nOps = this.#ops.length / OP_WORDS;
@@ -422,7 +496,10 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
     const offRed = off;
     if (T > 1) off += 2 * T * slot;
     const offLogits = off;
-    off = align64(off + (this.#lmOut?.rows ?? 0) * V * 4);
+    const logitRows = this.#lmOut?.rows ?? (this.#decode?.sampled ? batch : 0);
+    off = align64(off + logitRows * V * 4);
+    const offOut = off;
+    off = align64(off + (this.#decode?.steps ?? 0) * batch * 4);
     const stage = new Map<StageEntry, number>();
     for (const e of this.#stage) {
       stage.set(e, off);
@@ -442,6 +519,7 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
     prm[PRM.RED_SLOT] = slot;
     prm[PRM.OFF_LOGITS] = offLogits;
     prm[PRM.PROFILE] = this.profiling ? 1 : 0;
+    prm[PRM.OFF_OUT] = offOut;
     new Int32Array(sab, offOps, nOps * OP_WORDS).set(this.#ops);
     if (this.#ids) new Int32Array(sab, offIds, this.#ids.length).set(this.#ids);
     for (const e of this.#stage) {
@@ -454,6 +532,7 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
     this.#rows = 0;
     this.#stage = [];
     this.#lmOut = null;
+    this.#decode = null;
     this.#live.clear();
     this.#program++;
     const ctl = new Int32Array(sab, 0, 16);
@@ -477,7 +556,7 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
     } finally {
       this.#engine.readOut = null;
     }
-    return { logits: offLogits, stage };
+    return { logits: offLogits, out: offOut, stage };
   }
 
   /**

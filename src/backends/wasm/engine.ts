@@ -181,6 +181,11 @@ export class RankEngine {
   readonly weightBytesPerToken: number;
   /** Rank 0 only: where READ copies a register (rows in global order). */
   readOut: Float32Array | null = null;
+  /**
+   * Rank 0 only, for sampled fused decoding: picks the next token of each sequence from the
+   * logits `[batch, paddedVocab]` into `out`.
+   */
+  sampleHook: ((logits: Float32Array, out: Int32Array) => void) | null = null;
 
   /** Copies the packed weights into `k`'s memory. */
   constructor(
@@ -573,6 +578,8 @@ export class RankEngine {
         return this.#stateTransfer(op[1], op[2] * 64, true);
       case OP.STATE_DOWNLOAD:
         return this.#stateTransfer(op[1], op[2] * 64, false);
+      case OP.DECODE:
+        return this.#decode(op[1], op[2], op[3], op[4] !== 0);
       default:
         throw new Error(`wasm backend: unknown op ${op[0]}`);
     }
@@ -601,7 +608,7 @@ export class RankEngine {
     const rows = B * lc;
     switch (op[0]) {
       case OP.EMBED:
-        this.#embed(op[1], B, L, t0, lc, prm);
+        this.#embed(op[1], new Int32Array(this.#sab, prm[PRM.OFF_IDS], B * L), B, L, t0, lc);
         return this.#lap(PROF.embed);
       case OP.ADDNORM:
         this.#addNorm(op[1], op[2], op[3], op[4], op[5], rows);
@@ -638,10 +645,10 @@ export class RankEngine {
     }
   }
 
-  #embed(out: number, B: number, L: number, t0: number, lc: number, prm: Float64Array): void {
+  /** Embeds tokens `[t0, t0 + lc)` of each of the `B` sequences of `ids` `[B, L]`. */
+  #embed(out: number, ids: Int32Array, B: number, L: number, t0: number, lc: number): void {
     const d = this.#cfg.dModel;
     const dst = this.#regAlloc(out);
-    const ids = new Int32Array(this.#sab, prm[PRM.OFF_IDS], B * L);
     const T = this.#s.ranks;
     const { v0, v1 } = this.#s;
     const base = T > 1 ? this.#nextRed() : 0;
@@ -726,6 +733,7 @@ export class RankEngine {
     if (nv > 0) {
       if (lastOnly) this.#matmul(this.#lm, p + (lc - 1) * d * 4, lc * d, sc.logits, nv, B);
       else this.#matmul(this.#lm, p, d, sc.logits, nv, m);
+      this.#lap(PROF.lmHead);
       const shared = new Float32Array(this.#sab);
       const mem = this.#f32;
       const off = prm[PRM.OFF_LOGITS] >> 2;
@@ -736,6 +744,107 @@ export class RankEngine {
       }
     }
     this.#release(p);
+  }
+
+  /** Copies this rank's logits `[m, nv]` into columns `[v0, v1)` of the shared `[m, V]`. */
+  #shareLogits(m: number, off: number): void {
+    const V = this.#cfg.paddedVocabSize;
+    const { v0, v1 } = this.#s;
+    const nv = v1 - v0;
+    const shared = new Float32Array(this.#sab);
+    const mem = this.#f32;
+    const src = this.#sc!.logits >> 2;
+    for (let j = 0; j < m; j++) {
+      shared.set(mem.subarray(src + j * nv, src + (j + 1) * nv), (off >> 2) + j * V + v0);
+    }
+  }
+
+  /** Fused decoding (see `OP.DECODE`). */
+  #decode(id: number, steps: number, vocab: number, sampled: boolean): void {
+    const prm = new Float64Array(this.#sab, PRM_OFFSET, 16);
+    const B = prm[PRM.BATCH];
+    const st = this.#state(id);
+    const cfg = this.#cfg;
+    const d = cfg.dModel;
+    const T = this.#s.ranks;
+    const { v0, v1 } = this.#s;
+    const nv = v1 - v0;
+    const lim = Math.max(0, Math.min(nv, vocab - v0));
+    const shared = new Int32Array(this.#sab, prm[PRM.OFF_IDS], B);
+    const ids = shared.slice();
+    const out = new Int32Array(this.#sab, prm[PRM.OFF_OUT], steps * B);
+    const sc = this.#ensureScratch(B, B);
+    // Internal registers of one step (above the backend's numbers; negative means "none").
+    const E = 2 ** 30, R = E + 1, N = E + 2, M = E + 3;
+    for (let step = 0; step < steps; step++) {
+      this.#embed(E, ids, B, 1, 0, 1);
+      this.#lap(PROF.embed);
+      for (let l = 0; l < cfg.nLayer; l++) {
+        if (l === 0) this.#addNorm(E, -1, 0, N, R, B);
+        else this.#addNorm(M, R, l, N, R, B);
+        this.#lap(PROF.norm);
+        const x = this.#regTake(N);
+        const o = this.#regAlloc(M);
+        if (cfg.arch === "mamba1") this.#mamba1(l, x, o, st, B, 1);
+        else this.#mamba2(l, x, o, st, B, 1);
+        this.#release(x);
+      }
+      this.#addNorm(M, R, -1, N, R, B);
+      this.#lap(PROF.norm);
+      const x = this.#regTake(N);
+      if (nv > 0) this.#matmul(this.#lm, x, d, sc.logits, nv, B);
+      this.#release(x);
+      this.#release(this.#regTake(R));
+      this.#lap(PROF.lmHead);
+      if (sampled) {
+        // Rank 0 samples from the gathered logits; everyone reads its picks.
+        this.#shareLogits(B, prm[PRM.OFF_LOGITS]);
+        this.#barrier.arrive();
+        if (this.#s.rank === 0) {
+          const V = cfg.paddedVocabSize;
+          this.sampleHook!(new Float32Array(this.#sab, prm[PRM.OFF_LOGITS], B * V), shared);
+        }
+        this.#barrier.arrive();
+        ids.set(shared);
+      } else {
+        // Argmax of each rank's slice, then the best across ranks (lowest id on ties).
+        const mem = this.#f32;
+        const vals = new Float32Array(B);
+        const idx = new Int32Array(B).fill(-1);
+        for (let b = 0; b < B; b++) {
+          if (lim === 0) continue;
+          const p = sc.logits + b * nv * 4;
+          const i = this.#k.argmax(p, lim);
+          vals[b] = mem[(p >> 2) + i];
+          idx[b] = v0 + i;
+        }
+        if (T === 1) ids.set(idx);
+        else {
+          const base = this.#nextRed();
+          const slot = prm[PRM.RED_SLOT];
+          const o = base + this.#s.rank * slot;
+          new Float32Array(this.#sab, o, B).set(vals);
+          new Int32Array(this.#sab, o + B * 4, B).set(idx);
+          this.#barrier.arrive();
+          for (let b = 0; b < B; b++) {
+            let best = -1;
+            let bv = -Infinity;
+            for (let r = 0; r < T; r++) {
+              const q = base + r * slot;
+              const ri = new Int32Array(this.#sab, q + B * 4, B)[b];
+              const rv = new Float32Array(this.#sab, q, B)[b];
+              if (ri >= 0 && (best < 0 || rv > bv)) {
+                best = ri;
+                bv = rv;
+              }
+            }
+            ids[b] = best;
+          }
+        }
+      }
+      if (this.#s.rank === 0) out.set(ids, step * B);
+      this.#lap(PROF.lmHead);
+    }
   }
 
   // ------------------------------------------------------------------------------------------

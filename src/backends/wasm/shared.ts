@@ -56,6 +56,8 @@ export const PRM = {
   OFF_STAGE: 9,
   /** Non-zero: the ranks add the time of each kind of work to the profile area. */
   PROFILE: 10,
+  /** Byte offset of the tokens picked by a DECODE op (Int32 `[steps, batch]`). */
+  OFF_OUT: 11,
 } as const;
 
 /** Byte offset of the program parameters. */
@@ -120,6 +122,13 @@ export const OP = {
   STATE_UPLOAD: 4,
   /** `(id, stage/64)`: write a state to the staging area (public layout). */
   STATE_DOWNLOAD: 5,
+  /**
+   * `(state, steps, vocab, sampled)`: fused decoding — `steps` times: feed the current token of
+   * each sequence (the ids area first, then the picks), pick the next one (argmax over ids below
+   * `vocab` across the ranks, or, when `sampled`, rank 0's sampler on the gathered logits), and
+   * write the picks to the output area.
+   */
+  DECODE: 6,
   /** `(out)`: look up the token ids. */
   EMBED: 10,
   /** `(hidden, residual | -1, layer | -1, normedOut, residualOut)`. */
