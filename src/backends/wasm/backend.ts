@@ -23,7 +23,7 @@ import { Sampler } from "../../sampling.ts";
 import { RankEngine } from "./engine.ts";
 import { WasmKernels } from "./kernels.ts";
 import type { WasmOptions } from "./options.ts";
-import { makeShards, maxRanks, packedBuffers, packRank, type Shard } from "./plan.ts";
+import { makeShards, maxRanks, packedBuffers, packHead, packLayer, type Shard } from "./plan.ts";
 import {
   abort,
   AbortedError,
@@ -42,7 +42,7 @@ import {
   PROF_SLOTS,
   readError,
 } from "./shared.ts";
-import type { WorkerInit } from "./worker.ts";
+import type { WorkerMessage } from "./worker.ts";
 
 export type { WasmOptions, WasmWeights } from "./options.ts";
 
@@ -181,44 +181,56 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
     }
     const sab = growableSab(HEADER_BYTES);
     const workers: Worker[] = [];
-    let workerBytes = 0;
     try {
-      for (let r = 1; r < ranks; r++) {
-        const packed = packRank(cfg, init.weights, shards[r], options.weights, true);
+      // Workers load concurrently, one layer message at a time (so at most one packed layer per
+      // worker is in flight besides the caller's weights and the ranks' memories).
+      const loads = shards.slice(1).map(async (shard) => {
+        const r = shard.rank;
         const worker = new Worker(new URL("./worker.ts", import.meta.url), { type: "module" });
         workers.push(worker);
-        const msg: WorkerInit = {
-          module,
-          sab,
-          config: cfg,
-          shard: shards[r],
-          packed,
-          spin,
-          idleSpin,
-        };
-        const ready = new Promise<number>((resolve, reject) => {
-          worker.onmessage = (e: MessageEvent) => {
-            if (e.data?.ready) resolve(e.data.bytes ?? 0);
-            else reject(new BackendError(`wasm rank ${r}: ${e.data?.error ?? "failed to start"}`));
-          };
-          worker.onerror = (e: ErrorEvent) => {
-            e.preventDefault();
-            reject(new BackendError(`wasm rank ${r}: ${e.message}`));
-          };
-        });
-        worker.postMessage(msg, packedBuffers(packed));
-        workerBytes += await ready;
+        const send = (msg: WorkerMessage, transfer: ArrayBuffer[] = []) =>
+          new Promise<{ bytes?: number }>((resolve, reject) => {
+            worker.onmessage = (e: MessageEvent) => {
+              if (e.data?.error === undefined) resolve(e.data);
+              else reject(new BackendError(`wasm rank ${r}: ${e.data.error}`));
+            };
+            worker.onerror = (e: ErrorEvent) => {
+              e.preventDefault();
+              reject(new BackendError(`wasm rank ${r}: ${e.message}`));
+            };
+            worker.postMessage(msg, transfer);
+          });
+        await send({ kind: "init", module, sab, config: cfg, shard, spin, idleSpin });
+        for (const l of init.weights.layers) {
+          const layer = packLayer(cfg, l, shard, options.weights, true);
+          await send({ kind: "layer", layer }, packedBuffers(layer));
+        }
+        const head = packHead(cfg, init.weights, shard, options.weights, true);
+        const done = await send({ kind: "head", head }, packedBuffers(head));
         worker.onmessage = null;
         worker.onerror = null;
-      }
+        return done.bytes ?? 0;
+      });
+      for (const p of loads) p.catch(() => {}); // handled below, by Promise.all
       const k = await WasmKernels.create(module);
-      const packed = packRank(cfg, init.weights, shards[0], options.weights, false);
-      const engine = new RankEngine(k, cfg, shards[0], packed, sab, spin, canBlock());
+      const engine = new RankEngine(k, cfg, shards[0], sab, spin, canBlock());
+      for (const l of init.weights.layers) {
+        engine.addLayer(packLayer(cfg, l, shards[0], options.weights, false));
+        await new Promise((r) => setTimeout(r, 0)); // let the workers' answers through
+      }
+      engine.setHead(packHead(cfg, init.weights, shards[0], options.weights, false));
+      const workerBytes = (await Promise.all(loads)).reduce((a, b) => a + b, 0);
       return new WasmBackend(cfg, shards, sab, engine, workers, workerBytes, chunk);
     } catch (e) {
       for (const w of workers) w.terminate();
-      if (e instanceof BackendError) throw e;
-      throw new BackendError(`wasm backend: ${(e as Error).message}`);
+      let msg = (e as Error).message;
+      if (/cannot (allocate|reserve)/.test(msg)) {
+        msg += ` (each thread's slice must fit in one 4 GiB wasm32 memory: use more threads, or` +
+          ` f16 / q8 weights)`;
+      }
+      throw e instanceof BackendError && msg === e.message
+        ? e
+        : new BackendError(msg.startsWith("wasm") ? msg : `wasm backend: ${msg}`);
     }
   }
 

@@ -22,7 +22,7 @@
 
 import type { MambaConfig } from "../../config.ts";
 import { SCAN_INTERLEAVED, SCAN_SOFTPLUS, type WasmKernels } from "./kernels.ts";
-import type { PackedMatrix, PackedModel, Shard } from "./plan.ts";
+import type { PackedHead, PackedLayer, PackedMatrix, Shard } from "./plan.ts";
 import {
   align64,
   Barrier,
@@ -101,7 +101,8 @@ class Heap {
         return ptr;
       }
     }
-    const ptr = this.#k.alloc(n);
+    // Addresses past 2 GiB come back from wasm as negative i32: read them unsigned.
+    const ptr = this.#k.alloc(n) >>> 0;
     this.#sizes.set(ptr, n);
     return ptr;
   }
@@ -149,11 +150,11 @@ export class RankEngine {
   readonly #sab: SharedArrayBuffer;
   readonly #barrier: Barrier;
   readonly #heap: Heap;
-  readonly #layers: Layer[];
-  readonly #normF: number;
-  readonly #normFBias: number;
-  readonly #lm: Mat;
-  readonly #emb: Mat;
+  readonly #layers: Layer[] = [];
+  #normF = 0;
+  #normFBias = 0;
+  #lm: Mat | null = null;
+  #emb: Mat | null = null;
   readonly #states = new Map<number, RankState>();
   /** Channels of this rank (M1 channels, M2 channels of its heads). */
   readonly #nc: number;
@@ -174,11 +175,18 @@ export class RankEngine {
   #pool: number[] = [];
   #regs = new Map<number, number>();
   #redUse = 0;
+  #mem: Float32Array = new Float32Array(0);
+  #pickVals = new Float32Array(0);
+  #pickIdx = new Int32Array(0);
+  /** Length-tracking views of the shared buffer (they follow its growth). */
+  readonly #shF32: Float32Array;
+  readonly #shI32: Int32Array;
+  readonly #prm: Float64Array;
   /** This rank's profile slots while profiling, else null. */
   #pf: Float64Array | null = null;
   #last = 0;
   /** Bytes of weights this rank reads per decoded token (for the benchmark's accounting). */
-  readonly weightBytesPerToken: number;
+  weightBytesPerToken = 0;
   /** Rank 0 only: where READ copies a register (rows in global order). */
   readOut: Float32Array | null = null;
   /**
@@ -187,12 +195,14 @@ export class RankEngine {
    */
   sampleHook: ((logits: Float32Array, out: Int32Array) => void) | null = null;
 
-  /** Copies the packed weights into `k`'s memory. */
+  /**
+   * An engine over kernel instance `k` for rank `shard`; the weights come next, one
+   * {@link RankEngine.addLayer} per layer in order, then {@link RankEngine.setHead}.
+   */
   constructor(
     k: WasmKernels,
     cfg: MambaConfig,
     shard: Shard,
-    packed: PackedModel,
     sab: SharedArrayBuffer,
     spin: number,
     block: boolean,
@@ -201,6 +211,9 @@ export class RankEngine {
     this.#cfg = cfg;
     this.#s = shard;
     this.#sab = sab;
+    this.#shF32 = new Float32Array(sab);
+    this.#shI32 = new Int32Array(sab);
+    this.#prm = new Float64Array(sab, PRM_OFFSET, 16);
     this.#barrier = new Barrier(sab, shard.ranks, spin, block);
     this.#heap = new Heap(k);
     this.#nc = shard.c1 - shard.c0;
@@ -214,65 +227,80 @@ export class RankEngine {
       this.#convCh = this.#nc + 2 * cfg.ngroups * N;
       this.#ssmSz = this.#nh * cfg.headdim * N;
     }
-    let bytes = 0;
-    const mat = (m: PackedMatrix) => {
-      const r = this.#upMat(m);
-      bytes += r.bytes;
-      return r;
-    };
-    const vec = (a: Float32Array | undefined) => {
-      if (!a) return 0;
-      bytes += a.length * 4;
-      return this.#upVec(a);
-    };
-    this.#layers = packed.layers.map((l) => {
-      const layer: Layer = {
-        norm: vec(l.norm),
-        normBias: vec(l.normBias),
-        inProj: mat(l.inProj),
-        inProjBias: vec(l.inProjBias),
-        convW: vec(l.convW),
-        convB: vec(l.convB),
-        xProj: l.xProj ? mat(l.xProj) : null,
-        dtProj: l.dtProj ? mat(l.dtProj) : null,
-        dtBias: vec(l.dtBias),
-        A: 0,
-        D: vec(l.D),
-        gatedNorm: vec(l.gatedNorm),
-        outProj: mat(l.outProj),
-        outBias: vec(l.outBias),
-      };
-      if (this.#inter) {
-        const nc = this.#nc;
-        layer.A = this.#heap.alloc(Math.ceil(nc / 4) * 4 * N * 4);
-        const tmp = this.#upVec(l.A);
-        k.interleave4(tmp, layer.A, nc, N);
-        this.#heap.free(tmp);
-        bytes += l.A.length * 4;
-      } else {
-        layer.A = vec(l.A);
-      }
-      return layer;
-    });
-    this.#normF = vec(packed.normF);
-    this.#normFBias = vec(packed.normFBias);
-    this.#lm = mat(packed.lmHead);
-    this.#emb = packed.embedding ? this.#upMat(packed.embedding) : this.#lm;
     this.#interTmp = this.#inter ? this.#heap.alloc(Math.max(1, this.#nc * N) * 4) : 0;
     this.#rowTmp = this.#heap.alloc(cfg.dModel * 4);
-    this.weightBytesPerToken = bytes;
+  }
+
+  #mat(m: PackedMatrix): Mat {
+    const r = this.#upMat(m);
+    this.weightBytesPerToken += r.bytes;
+    return r;
+  }
+
+  #vec(a: Float32Array | undefined): number {
+    if (!a) return 0;
+    this.weightBytesPerToken += a.length * 4;
+    return this.#upVec(a);
+  }
+
+  /** Copies the next layer's slice into wasm memory. */
+  addLayer(l: PackedLayer): void {
+    const layer: Layer = {
+      norm: this.#vec(l.norm),
+      normBias: this.#vec(l.normBias),
+      inProj: this.#mat(l.inProj),
+      inProjBias: this.#vec(l.inProjBias),
+      convW: this.#vec(l.convW),
+      convB: this.#vec(l.convB),
+      xProj: l.xProj ? this.#mat(l.xProj) : null,
+      dtProj: l.dtProj ? this.#mat(l.dtProj) : null,
+      dtBias: this.#vec(l.dtBias),
+      A: 0,
+      D: this.#vec(l.D),
+      gatedNorm: this.#vec(l.gatedNorm),
+      outProj: this.#mat(l.outProj),
+      outBias: this.#vec(l.outBias),
+    };
+    if (this.#inter) {
+      const nc = this.#nc;
+      const N = this.#cfg.dState;
+      layer.A = this.#heap.alloc(Math.ceil(nc / 4) * 4 * N * 4);
+      const tmp = this.#upVec(l.A);
+      this.#k.interleave4(tmp, layer.A, nc, N);
+      this.#heap.free(tmp);
+      this.weightBytesPerToken += l.A.length * 4;
+    } else {
+      layer.A = this.#vec(l.A);
+    }
+    this.#layers.push(layer);
+  }
+
+  /** Copies the final norm, LM head and embedding slices (after the last layer). */
+  setHead(h: PackedHead): void {
+    if (this.#layers.length !== this.#cfg.nLayer) {
+      throw new Error(
+        `wasm backend: ${this.#layers.length} layers loaded, ${this.#cfg.nLayer} expected`,
+      );
+    }
+    this.#normF = this.#vec(h.normF);
+    this.#normFBias = this.#vec(h.normFBias);
+    this.#lm = this.#mat(h.lmHead);
+    this.#emb = h.embedding ? this.#upMat(h.embedding) : this.#lm;
   }
 
   // ------------------------------------------------------------------------------------------
   // memory
 
+  /** A view of the whole wasm memory (re-made only when the memory grew). */
   get #f32(): Float32Array {
-    return new Float32Array(this.#k.memory.buffer);
+    const buf = this.#k.memory.buffer;
+    if (this.#mem.buffer !== buf) this.#mem = new Float32Array(buf);
+    return this.#mem;
   }
 
   #upVec(a: Float32Array): number {
     const p = this.#heap.alloc(a.length * 4);
-    this.#f32.set(a, p >> 2);
+    this.#f32.set(a, p >>> 2);
     return p;
   }
 
@@ -283,7 +311,7 @@ export class RankEngine {
         return { dtype: "f32", ptr: this.#upVec(m.host.data), scales: 0, n, k, bytes: n * k * 4 };
       }
       const p = this.#heap.alloc(n * k * 2);
-      new Uint16Array(this.#k.memory.buffer).set(m.host.data, p >> 1);
+      new Uint16Array(this.#k.memory.buffer).set(m.host.data, p >>> 1);
       return { dtype: "f16", ptr: p, scales: 0, n, k, bytes: n * k * 2 };
     }
     const nb = Math.ceil(k / Q8_BLOCK);
@@ -292,14 +320,14 @@ export class RankEngine {
     // Quantize row blocks through a bounded temporary (at the top of the bump heap).
     const rowsPer = Math.max(1, Math.floor((16 << 20) / (k * 4)));
     const mark = this.#k.mark();
-    const tmp = this.#k.alloc(Math.min(n, rowsPer) * k * 4);
-    const tmp16 = m.host.dtype === "f16" ? this.#k.alloc(Math.min(n, rowsPer) * k * 2) : 0;
+    const tmp = this.#k.alloc(Math.min(n, rowsPer) * k * 4) >>> 0;
+    const tmp16 = m.host.dtype === "f16" ? this.#k.alloc(Math.min(n, rowsPer) * k * 2) >>> 0 : 0;
     for (let r0 = 0; r0 < n; r0 += rowsPer) {
       const r1 = Math.min(n, r0 + rowsPer);
       const src = m.host.data.subarray(r0 * k, r1 * k);
-      if (m.host.dtype === "f32") this.#f32.set(src as Float32Array, tmp >> 2);
+      if (m.host.dtype === "f32") this.#f32.set(src as Float32Array, tmp >>> 2);
       else {
-        new Uint16Array(this.#k.memory.buffer).set(src as Uint16Array, tmp16 >> 1);
+        new Uint16Array(this.#k.memory.buffer).set(src as Uint16Array, tmp16 >>> 1);
         this.#k.f16ToF32(tmp16, tmp, (r1 - r0) * k);
       }
       this.#k.quantizeQ8(tmp, q + r0 * k, scales + r0 * nb * 4, r1 - r0, k);
@@ -404,7 +432,7 @@ export class RankEngine {
 
   /** Offset (bytes) of slot `rank` of the next reduction buffer. */
   #nextRed(): number {
-    const prm = new Float64Array(this.#sab, PRM_OFFSET, 16);
+    const prm = this.#prm;
     const buf = this.#redUse++ & 1;
     return prm[PRM.OFF_RED] + buf * this.#s.ranks * prm[PRM.RED_SLOT];
   }
@@ -413,26 +441,26 @@ export class RankEngine {
   #allreduce(partial: number, dst: number, count: number): void {
     const T = this.#s.ranks;
     if (T === 1) {
-      if (partial !== dst) this.#f32.copyWithin(dst >> 2, partial >> 2, (partial >> 2) + count);
+      if (partial !== dst) this.#f32.copyWithin(dst >>> 2, partial >>> 2, (partial >>> 2) + count);
       return;
     }
-    const slot = new Float64Array(this.#sab, PRM_OFFSET, 16)[PRM.RED_SLOT];
+    const slot = this.#prm[PRM.RED_SLOT];
     const base = this.#nextRed();
-    const shared = new Float32Array(this.#sab);
+    const shared = this.#shF32;
     let mem = this.#f32;
     shared.set(
-      mem.subarray(partial >> 2, (partial >> 2) + count),
-      (base + this.#s.rank * slot) >> 2,
+      mem.subarray(partial >>> 2, (partial >>> 2) + count),
+      (base + this.#s.rank * slot) >>> 2,
     );
     this.#lap(PROF.reduce);
     this.#barrier.arrive();
     this.#lap(PROF.wait);
     mem = this.#f32;
-    mem.set(shared.subarray(base >> 2, (base >> 2) + count), dst >> 2);
+    mem.set(shared.subarray(base >>> 2, (base >>> 2) + count), dst >>> 2);
     const tmp = this.#sc!.tmp;
     for (let r = 1; r < T; r++) {
-      const o = (base + r * slot) >> 2;
-      mem.set(shared.subarray(o, o + count), tmp >> 2);
+      const o = (base + r * slot) >>> 2;
+      mem.set(shared.subarray(o, o + count), tmp >>> 2);
       this.#k.add(dst, tmp, dst, count);
     }
     this.#lap(PROF.reduce);
@@ -492,16 +520,16 @@ export class RankEngine {
     const B = st.batch;
     const { dConv, dInner, convDim, dState: N } = cfg;
     const ssmFull = cfg.arch === "mamba1" ? dInner * N : cfg.nheads * cfg.headdim * N;
-    const shared = new Float32Array(this.#sab);
+    const shared = this.#shF32;
     const s = this.#s;
     const nc = this.#nc;
     const copy = (memPtr: number, stageFloat: number, n: number) => {
       if (n === 0) return;
       const mem = this.#f32;
-      if (up) mem.set(shared.subarray(stageFloat, stageFloat + n), memPtr >> 2);
-      else shared.set(mem.subarray(memPtr >> 2, (memPtr >> 2) + n), stageFloat);
+      if (up) mem.set(shared.subarray(stageFloat, stageFloat + n), memPtr >>> 2);
+      else shared.set(mem.subarray(memPtr >>> 2, (memPtr >>> 2) + n), stageFloat);
     };
-    let o = stage >> 2;
+    let o = stage >>> 2;
     for (let l = 0; l < cfg.nLayer; l++) {
       for (let b = 0; b < B; b++) {
         const [conv, ssm] = this.#stPtr(st, l, b);
@@ -533,7 +561,7 @@ export class RankEngine {
 
   /** Runs the program in the shared buffer (every rank calls this once per program). */
   run(): void {
-    const prm = new Float64Array(this.#sab, PRM_OFFSET, 16);
+    const prm = this.#prm;
     const nOps = prm[PRM.NOPS];
     const ops = new Int32Array(this.#sab, prm[PRM.OFF_OPS], nOps * OP_WORDS);
     this.#redUse = 0;
@@ -633,7 +661,7 @@ export class RankEngine {
           const d = this.#cfg.dModel;
           const mem = this.#f32;
           for (let b = 0; b < B; b++) {
-            const src = (p >> 2) + b * lc * d;
+            const src = (p >>> 2) + b * lc * d;
             this.readOut.set(mem.subarray(src, src + lc * d), (b * L + t0) * d);
           }
         }
@@ -652,8 +680,8 @@ export class RankEngine {
     const T = this.#s.ranks;
     const { v0, v1 } = this.#s;
     const base = T > 1 ? this.#nextRed() : 0;
-    const shared = new Float32Array(this.#sab);
-    const e = this.#emb;
+    const shared = this.#shF32;
+    const e = this.#emb!;
     for (let b = 0; b < B; b++) {
       for (let t = 0; t < lc; t++) {
         const id = ids[b * L + t0 + t];
@@ -669,22 +697,22 @@ export class RankEngine {
           const mem = this.#f32;
           const q = new Int8Array(this.#k.memory.buffer, e.ptr + r * d, d);
           const nb = Math.ceil(d / Q8_BLOCK);
-          const sc = (e.scales >> 2) + r * nb;
-          const o = this.#rowTmp >> 2;
+          const sc = (e.scales >>> 2) + r * nb;
+          const o = this.#rowTmp >>> 2;
           for (let i = 0; i < d; i++) mem[o + i] = q[i] * mem[sc + (i >> 5)];
           src = this.#rowTmp;
         }
         const mem = this.#f32;
-        const vals = mem.subarray(src >> 2, (src >> 2) + d);
-        if (T > 1) shared.set(vals, (base >> 2) + row * d);
-        else mem.set(vals, (dst >> 2) + row * d);
+        const vals = mem.subarray(src >>> 2, (src >>> 2) + d);
+        if (T > 1) shared.set(vals, (base >>> 2) + row * d);
+        else mem.set(vals, (dst >>> 2) + row * d);
       }
     }
     if (T > 1) {
       this.#lap(PROF.embed);
       this.#barrier.arrive();
       this.#lap(PROF.wait);
-      this.#f32.set(shared.subarray(base >> 2, (base >> 2) + B * lc * d), dst >> 2);
+      this.#f32.set(shared.subarray(base >>> 2, (base >>> 2) + B * lc * d), dst >>> 2);
     }
   }
 
@@ -731,15 +759,15 @@ export class RankEngine {
     const sc = this.#sc!;
     const m = lastOnly ? B : B * lc;
     if (nv > 0) {
-      if (lastOnly) this.#matmul(this.#lm, p + (lc - 1) * d * 4, lc * d, sc.logits, nv, B);
-      else this.#matmul(this.#lm, p, d, sc.logits, nv, m);
+      if (lastOnly) this.#matmul(this.#lm!, p + (lc - 1) * d * 4, lc * d, sc.logits, nv, B);
+      else this.#matmul(this.#lm!, p, d, sc.logits, nv, m);
       this.#lap(PROF.lmHead);
-      const shared = new Float32Array(this.#sab);
+      const shared = this.#shF32;
       const mem = this.#f32;
-      const off = prm[PRM.OFF_LOGITS] >> 2;
+      const off = prm[PRM.OFF_LOGITS] >>> 2;
       for (let j = 0; j < m; j++) {
         const g = lastOnly ? j : Math.floor(j / lc) * L + t0 + (j % lc);
-        const src = (sc.logits >> 2) + j * nv;
+        const src = (sc.logits >>> 2) + j * nv;
         shared.set(mem.subarray(src, src + nv), off + g * V + v0);
       }
     }
@@ -751,17 +779,17 @@ export class RankEngine {
     const V = this.#cfg.paddedVocabSize;
     const { v0, v1 } = this.#s;
     const nv = v1 - v0;
-    const shared = new Float32Array(this.#sab);
+    const shared = this.#shF32;
     const mem = this.#f32;
-    const src = this.#sc!.logits >> 2;
+    const src = this.#sc!.logits >>> 2;
     for (let j = 0; j < m; j++) {
-      shared.set(mem.subarray(src + j * nv, src + (j + 1) * nv), (off >> 2) + j * V + v0);
+      shared.set(mem.subarray(src + j * nv, src + (j + 1) * nv), (off >>> 2) + j * V + v0);
     }
   }
 
   /** Fused decoding (see `OP.DECODE`). */
   #decode(id: number, steps: number, vocab: number, sampled: boolean): void {
-    const prm = new Float64Array(this.#sab, PRM_OFFSET, 16);
+    const prm = this.#prm;
     const B = prm[PRM.BATCH];
     const st = this.#state(id);
     const cfg = this.#cfg;
@@ -792,7 +820,7 @@ export class RankEngine {
       this.#addNorm(M, R, -1, N, R, B);
       this.#lap(PROF.norm);
       const x = this.#regTake(N);
-      if (nv > 0) this.#matmul(this.#lm, x, d, sc.logits, nv, B);
+      if (nv > 0) this.#matmul(this.#lm!, x, d, sc.logits, nv, B);
       this.#release(x);
       this.#release(this.#regTake(R));
       this.#lap(PROF.lmHead);
@@ -809,13 +837,18 @@ export class RankEngine {
       } else {
         // Argmax of each rank's slice, then the best across ranks (lowest id on ties).
         const mem = this.#f32;
-        const vals = new Float32Array(B);
-        const idx = new Int32Array(B).fill(-1);
+        const vals = this.#pickVals.length === B
+          ? this.#pickVals
+          : (this.#pickVals = new Float32Array(B));
+        const idx = this.#pickIdx.length === B
+          ? this.#pickIdx
+          : (this.#pickIdx = new Int32Array(B));
+        idx.fill(-1);
         for (let b = 0; b < B; b++) {
           if (lim === 0) continue;
           const p = sc.logits + b * nv * 4;
           const i = this.#k.argmax(p, lim);
-          vals[b] = mem[(p >> 2) + i];
+          vals[b] = mem[(p >>> 2) + i];
           idx[b] = v0 + i;
         }
         if (T === 1) ids.set(idx);
@@ -823,16 +856,16 @@ export class RankEngine {
           const base = this.#nextRed();
           const slot = prm[PRM.RED_SLOT];
           const o = base + this.#s.rank * slot;
-          new Float32Array(this.#sab, o, B).set(vals);
-          new Int32Array(this.#sab, o + B * 4, B).set(idx);
+          this.#shF32.set(vals, o >>> 2);
+          this.#shI32.set(idx, (o >>> 2) + B);
           this.#barrier.arrive();
           for (let b = 0; b < B; b++) {
             let best = -1;
             let bv = -Infinity;
             for (let r = 0; r < T; r++) {
               const q = base + r * slot;
-              const ri = new Int32Array(this.#sab, q + B * 4, B)[b];
-              const rv = new Float32Array(this.#sab, q, B)[b];
+              const ri = this.#shI32[(q >>> 2) + B + b];
+              const rv = this.#shF32[(q >>> 2) + b];
               if (ri >= 0 && (best < 0 || rv > bv)) {
                 best = ri;
                 bv = rv;
@@ -987,12 +1020,12 @@ export class RankEngine {
     const [lo, hi] = cfg.dtLimit;
     if (lo > 0 || hi < Infinity) {
       const mem = this.#f32;
-      const bias = mem.subarray(w.dtBias >> 2, (w.dtBias >> 2) + nh);
+      const bias = mem.subarray(w.dtBias >>> 2, (w.dtBias >>> 2) + nh);
       for (let r = 0; r < rows; r++) {
         for (let h = 0; h < nh; h++) {
-          const v = mem[(dt >> 2) + r * Dl + h] + bias[h];
+          const v = mem[(dt >>> 2) + r * Dl + h] + bias[h];
           const sp = v > 20 ? v : Math.log1p(Math.exp(v));
-          mem[(sc.c >> 2) + r * nh + h] = Math.min(Math.max(sp, lo), hi);
+          mem[(sc.c >>> 2) + r * nh + h] = Math.min(Math.max(sp, lo), hi);
         }
       }
       dt = sc.c;
@@ -1038,10 +1071,10 @@ export class RankEngine {
     this.#lap(PROF.scan);
     const mem0 = this.#f32;
     if (cfg.dHasHdim) {
-      const D = mem0.subarray(w.D >> 2, (w.D >> 2) + nc);
+      const D = mem0.subarray(w.D >>> 2, (w.D >>> 2) + nc);
       for (let r = 0; r < rows; r++) {
-        const yo = (sc.e >> 2) + r * nc;
-        const xo = (sc.b >> 2) + r * Cc;
+        const yo = (sc.e >>> 2) + r * nc;
+        const xo = (sc.b >>> 2) + r * Cc;
         for (let c = 0; c < nc; c++) mem0[yo + c] += D[c] * mem0[xo + c];
       }
     }
@@ -1062,7 +1095,7 @@ export class RankEngine {
           const a = Math.max(s.c0, g * gs) - s.c0;
           const e = Math.min(s.c1, (g + 1) * gs) - s.c0;
           if (e <= a) {
-            mem[(part >> 2) + r * G + g] = 0;
+            mem[(part >>> 2) + r * G + g] = 0;
             continue;
           }
           const y = sc.e + (r * nc + a) * 4;
@@ -1072,13 +1105,13 @@ export class RankEngine {
       this.#lap(PROF.gate);
       this.#allreduce(part, sc.d, rows * G);
       mem = this.#f32;
-      const gw = mem.subarray(w.gatedNorm >> 2, (w.gatedNorm >> 2) + nc);
+      const gw = mem.subarray(w.gatedNorm >>> 2, (w.gatedNorm >>> 2) + nc);
       for (let r = 0; r < rows; r++) {
-        const yo = (sc.e >> 2) + r * nc;
+        const yo = (sc.e >>> 2) + r * nc;
         for (let c = 0; c < nc;) {
           const g = Math.floor((s.c0 + c) / gs);
           const e = Math.min(nc, (g + 1) * gs - s.c0);
-          const scale = 1 / Math.sqrt(mem[(sc.d >> 2) + r * G + g] / gs + 1e-5);
+          const scale = 1 / Math.sqrt(mem[(sc.d >>> 2) + r * G + g] / gs + 1e-5);
           for (; c < e; c++) mem[yo + c] = mem[yo + c] * scale * gw[c];
         }
       }

@@ -14,7 +14,7 @@
 
 import type { MambaConfig } from "../../config.ts";
 import { f16ArrayToF32, f32ArrayToF16 } from "../../half.ts";
-import type { HostTensor, ModelWeights } from "../../weights.ts";
+import type { HostTensor, LayerWeights, ModelWeights } from "../../weights.ts";
 import type { WasmWeights } from "./options.ts";
 
 /** What one rank owns. */
@@ -124,10 +124,8 @@ export interface PackedLayer {
   readonly outBias?: Float32Array;
 }
 
-/** A rank's whole slice. */
-export interface PackedModel {
-  /** The layers. */
-  readonly layers: PackedLayer[];
+/** A rank's slice of what is not in a layer: the final norm, the LM head and the embedding. */
+export interface PackedHead {
   /** Final norm weight. */
   readonly normF: Float32Array;
   /** Final norm bias (LayerNorm). */
@@ -204,92 +202,100 @@ function vec(t: HostTensor, a: number, b: number, copy: boolean): Float32Array {
 }
 
 /**
- * Packs rank `s`'s slice of the weights. With `copy`, every array is a fresh copy (so that its
+ * Packs rank `s`'s slice of one layer. With `copy`, every array is a fresh copy (so that its
  * buffer can be transferred to a worker without touching the caller's weights).
  */
-export function packRank(
+export function packLayer(
+  cfg: MambaConfig,
+  l: LayerWeights,
+  s: Shard,
+  want: WasmWeights | undefined,
+  copy: boolean,
+): PackedLayer {
+  const { dModel, dInner, dState: N, dConv, dtRank, ngroups: G } = cfg;
+  const nc = s.c1 - s.c0;
+  const opt = (t: HostTensor | undefined, a: number, b: number) =>
+    t ? vec(t, a, b, copy) : undefined;
+  const norm = vec(l.norm.weight, 0, dModel, copy);
+  const normBias = opt(l.norm.bias, 0, dModel);
+  const outProj = matrix(colRange(l.outProj, dModel, dInner, s.c0, s.c1), dModel, nc, want, true);
+  const outBias = opt(l.outProjBias, 0, dModel);
+  if (cfg.arch === "mamba1") {
+    const inRanges = [[s.c0, s.c1], [dInner + s.c0, dInner + s.c1]] as const;
+    const A = vec(l.aLog, s.c0 * N, s.c1 * N, true).map((v) => -Math.exp(v));
+    return {
+      norm,
+      normBias,
+      inProj: matrix(rowRanges(l.inProj, dModel, inRanges, true), 2 * nc, dModel, want, true),
+      inProjBias: l.inProjBias ? concat(l.inProjBias, inRanges) : undefined,
+      convW: vec(l.convWeight, s.c0 * dConv, s.c1 * dConv, copy),
+      convB: opt(l.convBias, s.c0, s.c1),
+      xProj: matrix(
+        colRange(l.xProj!, dtRank + 2 * N, dInner, s.c0, s.c1),
+        dtRank + 2 * N,
+        nc,
+        want,
+        false,
+      ),
+      dtProj: matrix(
+        rowRanges(l.dtProjWeight!, dtRank, [[s.c0, s.c1]], copy),
+        nc,
+        dtRank,
+        want,
+        false,
+      ),
+      dtBias: vec(l.dtBias, s.c0, s.c1, copy),
+      A,
+      D: vec(l.d, s.c0, s.c1, copy),
+      outProj,
+      outBias,
+    };
+  }
+  const GN = G * N;
+  const inRanges = [
+    [s.c0, s.c1], // z
+    [dInner + s.c0, dInner + s.c1], // x
+    [2 * dInner, 2 * dInner + 2 * GN], // B, C
+    [2 * dInner + 2 * GN + s.h0, 2 * dInner + 2 * GN + s.h1], // dt
+  ] as const;
+  const convRanges = [[s.c0, s.c1], [dInner, dInner + 2 * GN]] as const;
+  const convW = rowRanges(l.convWeight, dConv, convRanges, true);
+  return {
+    norm,
+    normBias,
+    inProj: matrix(
+      rowRanges(l.inProj, dModel, inRanges, true),
+      2 * nc + 2 * GN + (s.h1 - s.h0),
+      dModel,
+      want,
+      true,
+    ),
+    inProjBias: l.inProjBias ? concat(l.inProjBias, inRanges) : undefined,
+    convW: convW instanceof Float32Array ? convW : f16ArrayToF32(convW),
+    convB: l.convBias ? concat(l.convBias, convRanges) : undefined,
+    dtBias: vec(l.dtBias, s.h0, s.h1, copy),
+    A: vec(l.aLog, s.h0, s.h1, true).map((v) => -Math.exp(v)),
+    D: cfg.dHasHdim ? vec(l.d, s.c0, s.c1, copy) : vec(l.d, s.h0, s.h1, copy),
+    gatedNorm: opt(l.gatedNorm, s.c0, s.c1),
+    outProj,
+    outBias,
+  };
+}
+
+/** Packs rank `s`'s slice of the final norm, the LM head and the embedding (see {@link packLayer}). */
+export function packHead(
   cfg: MambaConfig,
   w: ModelWeights,
   s: Shard,
   want: WasmWeights | undefined,
   copy: boolean,
-): PackedModel {
-  const { dModel, dInner, dState: N, dConv, dtRank, ngroups: G } = cfg;
-  const nc = s.c1 - s.c0;
-  const layers = w.layers.map((l): PackedLayer => {
-    const opt = (t: HostTensor | undefined, a: number, b: number) =>
-      t ? vec(t, a, b, copy) : undefined;
-    const norm = vec(l.norm.weight, 0, dModel, copy);
-    const normBias = opt(l.norm.bias, 0, dModel);
-    const outProj = matrix(colRange(l.outProj, dModel, dInner, s.c0, s.c1), dModel, nc, want, true);
-    const outBias = opt(l.outProjBias, 0, dModel);
-    if (cfg.arch === "mamba1") {
-      const inRanges = [[s.c0, s.c1], [dInner + s.c0, dInner + s.c1]] as const;
-      const A = vec(l.aLog, s.c0 * N, s.c1 * N, true).map((v) => -Math.exp(v));
-      return {
-        norm,
-        normBias,
-        inProj: matrix(rowRanges(l.inProj, dModel, inRanges, true), 2 * nc, dModel, want, true),
-        inProjBias: l.inProjBias ? concat(l.inProjBias, inRanges) : undefined,
-        convW: vec(l.convWeight, s.c0 * dConv, s.c1 * dConv, copy),
-        convB: opt(l.convBias, s.c0, s.c1),
-        xProj: matrix(
-          colRange(l.xProj!, dtRank + 2 * N, dInner, s.c0, s.c1),
-          dtRank + 2 * N,
-          nc,
-          want,
-          false,
-        ),
-        dtProj: matrix(
-          rowRanges(l.dtProjWeight!, dtRank, [[s.c0, s.c1]], copy),
-          nc,
-          dtRank,
-          want,
-          false,
-        ),
-        dtBias: vec(l.dtBias, s.c0, s.c1, copy),
-        A,
-        D: vec(l.d, s.c0, s.c1, copy),
-        outProj,
-        outBias,
-      };
-    }
-    const GN = G * N;
-    const inRanges = [
-      [s.c0, s.c1], // z
-      [dInner + s.c0, dInner + s.c1], // x
-      [2 * dInner, 2 * dInner + 2 * GN], // B, C
-      [2 * dInner + 2 * GN + s.h0, 2 * dInner + 2 * GN + s.h1], // dt
-    ] as const;
-    const convRanges = [[s.c0, s.c1], [dInner, dInner + 2 * GN]] as const;
-    const convW = rowRanges(l.convWeight, dConv, convRanges, true);
-    return {
-      norm,
-      normBias,
-      inProj: matrix(
-        rowRanges(l.inProj, dModel, inRanges, true),
-        2 * nc + 2 * GN + (s.h1 - s.h0),
-        dModel,
-        want,
-        true,
-      ),
-      inProjBias: l.inProjBias ? concat(l.inProjBias, inRanges) : undefined,
-      convW: convW instanceof Float32Array ? convW : f16ArrayToF32(convW),
-      convB: l.convBias ? concat(l.convBias, convRanges) : undefined,
-      dtBias: vec(l.dtBias, s.h0, s.h1, copy),
-      A: vec(l.aLog, s.h0, s.h1, true).map((v) => -Math.exp(v)),
-      D: cfg.dHasHdim ? vec(l.d, s.c0, s.c1, copy) : vec(l.d, s.h0, s.h1, copy),
-      gatedNorm: opt(l.gatedNorm, s.c0, s.c1),
-      outProj,
-      outBias,
-    };
-  });
+): PackedHead {
+  const dModel = cfg.dModel;
   const nv = s.v1 - s.v0;
   const vocabRows = (t: HostTensor) =>
     matrix(rowRanges(t, dModel, [[s.v0, s.v1]], copy), nv, dModel, want, true);
   const lmHead = vocabRows(w.lmHead);
   return {
-    layers,
     normF: vec(w.normF.weight, 0, dModel, copy),
     normFBias: w.normF.bias ? vec(w.normF.bias, 0, dModel, copy) : undefined,
     lmHead,
@@ -309,32 +315,14 @@ function concat(t: HostTensor, ranges: readonly (readonly [number, number])[]): 
   return out;
 }
 
-/** The buffers of a packed model (to transfer it to a worker). */
-export function packedBuffers(p: PackedModel): ArrayBuffer[] {
+/** The buffers of a packed layer or head (to transfer them to a worker). */
+export function packedBuffers(p: PackedLayer | PackedHead): ArrayBuffer[] {
   const set = new Set<ArrayBuffer>();
-  const add = (a: Float32Array | Uint16Array | undefined) => {
-    if (a) set.add(a.buffer as ArrayBuffer);
-  };
-  const mat = (m: PackedMatrix | null | undefined) => m && add(m.host.data);
-  for (const l of p.layers) {
-    add(l.norm);
-    add(l.normBias);
-    mat(l.inProj);
-    add(l.inProjBias);
-    add(l.convW);
-    add(l.convB);
-    mat(l.xProj);
-    mat(l.dtProj);
-    add(l.dtBias);
-    add(l.A);
-    add(l.D);
-    add(l.gatedNorm);
-    mat(l.outProj);
-    add(l.outBias);
+  for (const v of Object.values(p)) {
+    if (v instanceof Float32Array || v instanceof Uint16Array) set.add(v.buffer as ArrayBuffer);
+    else if (v && typeof v === "object" && "host" in v) {
+      set.add((v as PackedMatrix).host.data.buffer as ArrayBuffer);
+    }
   }
-  add(p.normF);
-  add(p.normFBias);
-  mat(p.lmHead);
-  mat(p.embedding);
   return [...set];
 }

@@ -1,10 +1,10 @@
 /**
- * Entry point of a `wasm` backend worker (ranks 1…T−1). The first message carries the compiled
- * kernel module, the shared buffer, the config, the rank's shard and its packed weights; the
- * worker copies them into its own kernel instance, answers `{ ready: true }` (or `{ error }`),
- * then loops: wait for rank 0 to bump the program sequence word, run the program, repeat, until
- * the exit command. It never returns to its event loop in between, so no message is needed per
- * token.
+ * Entry point of a `wasm` backend worker (ranks 1…T−1). Messages, each answered `{ ok: true }`
+ * or `{ error }`: `init` (the compiled kernel module, the shared buffer, the config and the
+ * rank's shard), one `layer` per layer (its packed weight slice), then `head` (final norm, LM
+ * head, embedding), answered `{ ready: true, bytes }`. After that the worker loops: wait for rank
+ * 0 to bump the program sequence word, run the program, repeat, until the exit command. It never
+ * returns to its event loop in between, so no message is needed per token.
  *
  * @module
  */
@@ -12,11 +12,13 @@
 import type { MambaConfig } from "../../config.ts";
 import { RankEngine } from "./engine.ts";
 import { WasmKernels } from "./kernels.ts";
-import type { PackedModel, Shard } from "./plan.ts";
+import type { PackedHead, PackedLayer, Shard } from "./plan.ts";
 import { abort, AbortedError, CMD_EXIT, CTL } from "./shared.ts";
 
-/** The setup message. */
+/** The first message. */
 export interface WorkerInit {
+  /** Message kind. */
+  readonly kind: "init";
   /** The compiled kernels. */
   readonly module: WebAssembly.Module;
   /** The shared buffer. */
@@ -25,16 +27,20 @@ export interface WorkerInit {
   readonly config: MambaConfig;
   /** This worker's shard. */
   readonly shard: Shard;
-  /** Its weight slice (dropped once copied into wasm memory). */
-  packed?: PackedModel;
   /** Spin iterations before sleeping at a barrier. */
   readonly spin: number;
   /** Spin iterations before sleeping between programs. */
   readonly idleSpin: number;
 }
 
+/** The messages a worker receives. */
+export type WorkerMessage =
+  | WorkerInit
+  | { readonly kind: "layer"; readonly layer: PackedLayer }
+  | { readonly kind: "head"; readonly head: PackedHead };
+
 const scope = globalThis as unknown as {
-  onmessage: ((e: MessageEvent<WorkerInit>) => void) | null;
+  onmessage: ((e: MessageEvent<WorkerMessage>) => void) | null;
   postMessage(message: unknown): void;
   close(): void;
 };
@@ -60,27 +66,34 @@ function serve(engine: RankEngine, init: WorkerInit, seq: number): void {
   }
 }
 
-/** Builds the engine, dropping the message's reference to the weights (they live in wasm now). */
-function start(init: WorkerInit): RankEngine {
-  const slot = init as { packed?: PackedModel };
-  const packed = slot.packed!;
-  slot.packed = undefined;
-  const k = WasmKernels.fromModule(init.module);
-  return new RankEngine(k, init.config, init.shard, packed, init.sab, init.spin, true);
-}
+let engine: RankEngine | null = null;
+let init: WorkerInit | null = null;
 
-scope.onmessage = (e: MessageEvent<WorkerInit>) => {
-  scope.onmessage = null;
-  let engine: RankEngine;
+scope.onmessage = (e: MessageEvent<WorkerMessage>) => {
+  const m = e.data;
   try {
-    engine = start(e.data);
+    if (m.kind === "init") {
+      init = m;
+      const k = WasmKernels.fromModule(m.module);
+      engine = new RankEngine(k, m.config, m.shard, m.sab, m.spin, true);
+    } else if (m.kind === "layer") {
+      engine!.addLayer(m.layer);
+    } else {
+      engine!.setHead(m.head);
+    }
   } catch (err) {
+    scope.onmessage = null;
     scope.postMessage({ error: (err as Error)?.message ?? String(err) });
     return;
   }
+  if (m.kind !== "head") {
+    scope.postMessage({ ok: true });
+    return;
+  }
+  scope.onmessage = null;
   // Read the sequence word before answering: rank 0 may start the first program right after.
-  const seq = Atomics.load(new Int32Array(e.data.sab, 0, 16), CTL.SEQ);
-  scope.postMessage({ ready: true, bytes: engine.weightBytesPerToken });
-  serve(engine, e.data, seq);
+  const seq = Atomics.load(new Int32Array(init!.sab, 0, 16), CTL.SEQ);
+  scope.postMessage({ ready: true, bytes: engine!.weightBytesPerToken });
+  serve(engine!, init!, seq);
   scope.close();
 };
