@@ -329,3 +329,16 @@ Deno.test("wasm backend: fused sampled decoding equals stepping with the host sa
     lm.dispose();
   }
 });
+
+Deno.test("wasm backend: a failure on the ranks surfaces as BackendError and breaks the backend", async () => {
+  const cfg = config({ d_state: 8 });
+  const be = await WasmBackend.create({ config: cfg, weights: randomWeights(cfg) }, { threads: 2 });
+  try {
+    // Far more sequences than a rank's 4 GiB memory can hold: every rank fails to allocate.
+    be.createState(2 ** 24);
+    await assert.rejects(() => be.read(be.embed(new Int32Array([1]))), BackendError);
+    assert.throws(() => be.embed(new Int32Array([1])), /failed earlier/);
+  } finally {
+    be.dispose();
+  }
+});

@@ -519,7 +519,16 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
       off = align64(off + e.bytes);
     }
     const sab = this.#sab;
-    if (sab.byteLength < off) sab.grow(Math.min(sab.maxByteLength, align64(off + (1 << 20))));
+    if (sab.byteLength < off) {
+      try {
+        if (off > sab.maxByteLength) throw new RangeError(`${off} bytes asked`);
+        sab.grow(Math.min(sab.maxByteLength, align64(off + (1 << 20))));
+      } catch (e) {
+        // The recorded operations (maybe creating states) cannot run: the backend is unusable.
+        this.#broken = `cannot grow the shared buffer to ${off} bytes: ${(e as Error).message}`;
+        throw new BackendError(`wasm backend: ${this.#broken}`);
+      }
+    }
     const prm = new Float64Array(sab, PRM_OFFSET, 16);
     prm[PRM.NOPS] = nOps;
     prm[PRM.BATCH] = batch;

@@ -88,6 +88,8 @@ class Heap {
 
   alloc(bytes: number): number {
     const n = Math.max(64, align64(bytes));
+    // The kernel allocator takes a u32: larger sizes would wrap.
+    if (n >= 2 ** 32) throw new RangeError(`mamba wasm: cannot allocate ${bytes} bytes`);
     for (let i = 0; i < this.#free.length; i++) {
       const f = this.#free[i];
       if (f.bytes >= n) {
