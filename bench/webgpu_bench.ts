@@ -272,6 +272,13 @@ async function bandwidth(lm: MambaLM): Promise<{ matrix: string; gbPerS: number 
   ) {
     const { seconds, bytes } = await be.timeMatvec(W, reps);
     out.push({ matrix: `${matrix} [${W.N}×${W.K}]`, gbPerS: bytes / seconds / 1e9 });
+    if (W.f16 && be.ctx.shaderF16) {
+      const r = await be.timeMatvec(W, reps, 1, true);
+      out.push({
+        matrix: `${matrix} [${W.N}×${W.K}] shader-f16`,
+        gbPerS: r.bytes / r.seconds / 1e9,
+      });
+    }
   }
   return out;
 }
