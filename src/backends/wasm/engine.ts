@@ -432,7 +432,7 @@ export class RankEngine {
   // ------------------------------------------------------------------------------------------
   // reductions through the shared buffer
 
-  /** Offset (bytes) of slot `rank` of the next reduction buffer. */
+  /** Byte offset of the next reduction buffer (rank r's slot at `+ r · RED_SLOT`). */
   #nextRed(): number {
     const prm = this.#prm;
     const buf = this.#redUse++ & 1;
