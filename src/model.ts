@@ -25,7 +25,10 @@ import { Sampler, type SamplingOptions, validateSamplingOptions } from "./sampli
 
 /** Options of {@link MambaLM.load}. */
 export interface LoadOptions {
-  /** Which backend computes: `"ref"` (default for now), `"wasm"`, `"webgpu"` or `"auto"`. */
+  /**
+   * Which backend computes: `"auto"` (default: a hardware WebGPU adapter, else `"wasm"`, else
+   * `"ref"`), `"webgpu"`, `"wasm"` or `"ref"`.
+   */
   backend?: BackendChoice;
   /**
    * How to keep the weights: `"f32"` (default), `"f16"`, or `"as-stored"`. Backends that compute
@@ -134,7 +137,7 @@ export class MambaLM {
     else if (tok === undefined && (await exists(new URL("tokenizer.json", base)))) {
       tokenizer = await Tokenizer.load(base);
     }
-    const backend = await createBackend(options.backend ?? "ref", { config, weights }, options);
+    const backend = await createBackend(options.backend ?? "auto", { config, weights }, options);
     return new MambaLM(config, backend, tokenizer);
   }
 

@@ -11,6 +11,8 @@ import {
 import { oracleDir } from "./oracle_util.ts";
 import { writeSafetensors } from "./safetensors_util.ts";
 
+/** These tests are about loading and the model API, so they run on the reference backend. */
+const REF = { backend: "ref" } as const;
 const CASE = "m1_d64_l7";
 const M2CASE = "m2_hd32_ds64_l7";
 
@@ -32,7 +34,7 @@ async function tempModel(
 }
 
 async function rejectsWeights(dir: string, pattern: RegExp) {
-  await assert.rejects(() => MambaLM.load(dir), (e: unknown) => {
+  await assert.rejects(() => MambaLM.load(dir, REF), (e: unknown) => {
     assert.ok(e instanceof WeightsError, `expected WeightsError, got ${e}`);
     assert.match(e.message, pattern);
     return true;
@@ -69,7 +71,7 @@ Deno.test("load: truncated weights file", async () => {
 });
 
 Deno.test("load: missing directory or config gives a clear error", async () => {
-  await assert.rejects(() => MambaLM.load("/nonexistent/model"), (e: unknown) => {
+  await assert.rejects(() => MambaLM.load("/nonexistent/model", REF), (e: unknown) => {
     assert.ok(e instanceof MambaError);
     assert.match((e as Error).message, /no config\.json/);
     return true;
@@ -77,7 +79,7 @@ Deno.test("load: missing directory or config gives a clear error", async () => {
 });
 
 Deno.test("load: tied embeddings without lm_head, transformers key names, sharded files", async () => {
-  const ref = await MambaLM.load(`${oracleDir()}/${CASE}`);
+  const ref = await MambaLM.load(`${oracleDir()}/${CASE}`, REF);
   const want = await ref.forward(ids);
   // No lm_head.weight, and the transformers spelling "embeddings".
   const dir = await tempModel(CASE, (t) => {
@@ -85,7 +87,7 @@ Deno.test("load: tied embeddings without lm_head, transformers key names, sharde
     t["backbone.embeddings.weight"] = t["backbone.embedding.weight"];
     delete t["backbone.embedding.weight"];
   });
-  const tied = await MambaLM.load(dir);
+  const tied = await MambaLM.load(dir, REF);
   assert.deepEqual((await tied.forward(ids)).data, want.data);
   // The same tensors split over two shards with an index.
   const st = parseSafetensors(await Deno.readFile(`${dir}/model.safetensors`));
@@ -106,20 +108,20 @@ Deno.test("load: tied embeddings without lm_head, transformers key names, sharde
     JSON.stringify({ metadata: {}, weight_map: weightMap }),
   );
   const progress: number[] = [];
-  const sharded = await MambaLM.load(dir, { onProgress: (n) => progress.push(n) });
+  const sharded = await MambaLM.load(dir, { ...REF, onProgress: (n) => progress.push(n) });
   assert.deepEqual(progress, [1, 2]);
   assert.deepEqual((await sharded.forward(ids)).data, want.data);
   await Deno.remove(dir, { recursive: true });
 });
 
 Deno.test("load: f16 weights kept as stored compute the same as widened ones", async () => {
-  const a = await MambaLM.load(`${oracleDir()}/m1_f16_l64`, { weightsDtype: "as-stored" });
-  const b = await MambaLM.load(`${oracleDir()}/m1_f16_l64`, { weightsDtype: "f32" });
+  const a = await MambaLM.load(`${oracleDir()}/m1_f16_l64`, { ...REF, weightsDtype: "as-stored" });
+  const b = await MambaLM.load(`${oracleDir()}/m1_f16_l64`, { ...REF, weightsDtype: "f32" });
   assert.deepEqual((await a.forward(ids)).data, (await b.forward(ids)).data);
 });
 
 Deno.test("input: bad token ids and batches give InputError", async () => {
-  const lm = await MambaLM.load(`${oracleDir()}/${CASE}`);
+  const lm = await MambaLM.load(`${oracleDir()}/${CASE}`, REF);
   const V = lm.config.paddedVocabSize;
   const bad = async (f: () => Promise<unknown>, pattern: RegExp) => {
     await assert.rejects(f, (e: unknown) => {
@@ -137,7 +139,7 @@ Deno.test("input: bad token ids and batches give InputError", async () => {
   await bad(() => lm.forward([[]]), /at least one token/);
   const state = lm.createState(2);
   await bad(() => lm.step(state, [1]), /holds 2 sequences but 1/);
-  const other = await MambaLM.load(`${oracleDir()}/${M2CASE}`);
+  const other = await MambaLM.load(`${oracleDir()}/${M2CASE}`, REF);
   await bad(() => other.step(state, [1, 2]), /does not fit this model/);
   assert.throws(() => lm.createState(0), InputError);
   // Nothing was corrupted by the rejected calls.
@@ -146,7 +148,7 @@ Deno.test("input: bad token ids and batches give InputError", async () => {
 });
 
 Deno.test("state: layout, bytes round trip, clone independence, reset", async () => {
-  const lm = await MambaLM.load(`${oracleDir()}/${M2CASE}`);
+  const lm = await MambaLM.load(`${oracleDir()}/${M2CASE}`, REF);
   const c = lm.config;
   const state = lm.createState(1);
   assert.deepEqual(state.layout.convShape, [1, c.convDim, c.dConv]);

@@ -61,7 +61,10 @@ for (const backend of backends) {
 const byteTokenizer = Tokenizer.fromJSON(byteLevelTokenizerJSON());
 
 Deno.test("state: save → restore → continue equals an uninterrupted sampled run", async () => {
-  const lm = await MambaLM.load(`${oracleDir()}/m1_d96_l64_vocab500`, { tokenizer: byteTokenizer });
+  const lm = await MambaLM.load(`${oracleDir()}/m1_d96_l64_vocab500`, {
+    backend: "ref",
+    tokenizer: byteTokenizer,
+  });
   const opts = { maxNewTokens: 40, temperature: 0.9, topP: 0.95, seed: 11, eosTokenId: null };
   // Uninterrupted: prompt, then 40 sampled tokens.
   const whole = lm.createState(1);
@@ -79,7 +82,10 @@ Deno.test("state: save → restore → continue equals an uninterrupted sampled 
 });
 
 Deno.test("state: clone branches are independent", async () => {
-  const lm = await MambaLM.load(`${oracleDir()}/m2_hd32_ds64_l7`, { tokenizer: byteTokenizer });
+  const lm = await MambaLM.load(`${oracleDir()}/m2_hd32_ds64_l7`, {
+    backend: "ref",
+    tokenizer: byteTokenizer,
+  });
   const trunk = lm.createState(1);
   await lm.prefill(trunk, [[1, 2, 3, 4, 5]]);
   const branch = trunk.clone();
@@ -97,7 +103,7 @@ Deno.test("state: clone branches are independent", async () => {
 });
 
 Deno.test("stream: 100k tokens through one state in constant memory", async () => {
-  const lm = await MambaLM.load(`${oracleDir()}/m2_d32_ds64_l1`);
+  const lm = await MambaLM.load(`${oracleDir()}/m2_d32_ds64_l1`, { backend: "ref" });
   const state = lm.createState(1);
   const bytes0 = state.byteLength;
   const chunk = Array.from({ length: 500 }, (_, i) => (i * 31 + 7) % lm.config.vocabSize);
