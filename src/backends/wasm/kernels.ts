@@ -473,7 +473,8 @@ export class WasmKernels {
 
   /** Allocates `bytes` bytes (64-byte aligned) and returns the pointer; throws when out of memory. */
   alloc(bytes: number): number {
-    const p = this.exports.alloc(bytes);
+    // wasm32 pointers are u32, but an exported i32 arrives signed: past 2 GiB it would be negative.
+    const p = this.exports.alloc(bytes) >>> 0;
     if (p === 0) throw new RangeError(`mamba wasm: cannot allocate ${bytes} bytes`);
     return p;
   }
@@ -522,7 +523,7 @@ export class WasmKernels {
 
   /** The current heap top: a mark for {@link WasmKernels.reset}. */
   mark(): number {
-    return this.exports.heap_top();
+    return this.exports.heap_top() >>> 0;
   }
 
   /** Frees every allocation made after `mark` (their views must no longer be used). */
