@@ -16,19 +16,17 @@
  * and GPU time from timestamp queries. Bandwidth: weight bytes / GPU time of back-to-back
  * products with the LM head and layer 0's in_proj.
  *
- * Weights: `randomWeights` for models under 1B parameters; above, a fast fill with the same
- * distributions (a random block tiled over each large matrix) so the set stays within minutes.
+ * Weights: `randomWeights`, with its `fast` fill (a random block tiled over each large matrix) for
+ * models over 1B parameters so the set stays within minutes.
  *
  * @module
  */
 
 import { parseArgs } from "node:util";
-import { type MambaConfig, MambaLM, type ModelWeights, parseConfig } from "../mod.ts";
+import { MambaLM, parseConfig } from "../mod.ts";
 import { PUBLIC_CONFIGS, randomWeights } from "../testing.ts";
 import { WebGpuBackend } from "../src/backends/webgpu/backend.ts";
 import { gpuContext } from "../src/backends/webgpu/device.ts";
-import { f32ArrayToF16 } from "../src/half.ts";
-import { expectedTensors, type HostTensor } from "../src/weights.ts";
 
 /** One measured figure. */
 export interface WebGpuBenchResult {
@@ -58,102 +56,6 @@ export interface WebGpuBenchResult {
   note?: string;
 }
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/**
- * Random weights with `randomWeights`' distributions, fast: tensors of over 64k values tile a
- * random block (a prime length, so rows differ) instead of drawing every value.
- */
-export function fastRandomWeights(config: MambaConfig, dtype: "f32" | "f16"): ModelWeights {
-  const rand = mulberry32(1);
-  const BLOCK = 1_048_573;
-  const unit = new Float32Array(BLOCK).map(() => 2 * rand() - 1);
-  const blocks = new Map<number, Float32Array | Uint16Array>();
-  const blockFor = (bound: number) => {
-    let b = blocks.get(bound);
-    if (!b) {
-      const f = unit.map((v) => v * bound);
-      blocks.set(bound, b = dtype === "f16" ? f32ArrayToF16(f) : f);
-    }
-    return b;
-  };
-  const make = (name: string, shape: number[]): HostTensor => {
-    const n = shape.reduce((a, b) => a * b, 1);
-    const s = name.endsWith("conv1d.weight") ? [shape[0], shape[2]] : shape;
-    const fanIn = shape.length > 1 ? shape[shape.length - 1] : 1;
-    const plain = name.endsWith("norm.weight") || name.endsWith(".D") ||
-      name.endsWith("norm.bias") || name.endsWith("conv1d.bias") || name.endsWith("A_log") ||
-      name.endsWith("dt_proj.bias") || name.endsWith("dt_bias");
-    if (plain || n < 65536) {
-      const v = new Float32Array(n);
-      if (name.endsWith("norm.weight") || name.endsWith(".D")) v.fill(1);
-      else if (name.endsWith("norm.bias") || name.endsWith("conv1d.bias")) v.fill(0);
-      else if (name.endsWith("A_log")) {
-        for (let i = 0; i < n; i++) v[i] = Math.log(1 + 15 * rand());
-      } else if (name.endsWith("dt_proj.bias") || name.endsWith("dt_bias")) {
-        for (let i = 0; i < n; i++) {
-          const dt = Math.exp(Math.log(1e-3) + rand() * (Math.log(1e-1) - Math.log(1e-3)));
-          v[i] = dt + Math.log(-Math.expm1(-dt));
-        }
-      } else {
-        const bound = 1 / Math.sqrt(fanIn);
-        for (let i = 0; i < n; i++) v[i] = (2 * rand() - 1) * bound;
-      }
-      return dtype === "f16"
-        ? { dtype, shape: s, data: f32ArrayToF16(v) }
-        : { dtype, shape: s, data: v };
-    }
-    const bound = name.endsWith("embedding.weight") ? 0.02 * Math.sqrt(3) : 1 / Math.sqrt(fanIn);
-    const block = blockFor(bound);
-    const data = dtype === "f16" ? new Uint16Array(n) : new Float32Array(n);
-    for (let o = 0; o < n; o += BLOCK) {
-      const len = Math.min(BLOCK, n - o);
-      // deno-lint-ignore no-explicit-any
-      (data as any).set(len === BLOCK ? block : block.subarray(0, len), o);
-    }
-    return dtype === "f16"
-      ? { dtype, shape: s, data: data as Uint16Array }
-      : { dtype, shape: s, data: data as Float32Array };
-  };
-  const t = new Map<string, HostTensor>();
-  for (const [name, shape] of expectedTensors(config)) t.set(name, make(name, shape));
-  const get = (name: string) => t.get(name)!;
-  const norm = (p: string) => ({ weight: get(`${p}.weight`), bias: t.get(`${p}.bias`) });
-  const embedding = get("backbone.embedding.weight");
-  return {
-    embedding,
-    layers: Array.from({ length: config.nLayer }, (_, i) => {
-      const m = `backbone.layers.${i}.mixer`;
-      return {
-        norm: norm(`backbone.layers.${i}.norm`),
-        inProj: get(`${m}.in_proj.weight`),
-        inProjBias: t.get(`${m}.in_proj.bias`),
-        convWeight: get(`${m}.conv1d.weight`),
-        convBias: t.get(`${m}.conv1d.bias`),
-        xProj: t.get(`${m}.x_proj.weight`),
-        dtProjWeight: t.get(`${m}.dt_proj.weight`),
-        dtBias: get(config.arch === "mamba1" ? `${m}.dt_proj.bias` : `${m}.dt_bias`),
-        aLog: get(`${m}.A_log`),
-        d: get(`${m}.D`),
-        gatedNorm: t.get(`${m}.norm.weight`),
-        outProj: get(`${m}.out_proj.weight`),
-        outProjBias: t.get(`${m}.out_proj.bias`),
-      };
-    }),
-    normF: norm("backbone.norm_f"),
-    lmHead: embedding,
-  };
-}
-
 const log = (msg: string) => console.error(`[${(performance.now() / 1000).toFixed(1)}s] ${msg}`);
 
 async function buildModel(
@@ -166,7 +68,7 @@ async function buildModel(
   const config = parseConfig({ ...raw, ...extra });
   const t0 = performance.now();
   const small = config.dModel * config.dModel * config.nLayer < 1e8;
-  const weights = small ? randomWeights(config, { dtype }) : fastRandomWeights(config, dtype);
+  const weights = randomWeights(config, { dtype, fast: !small });
   const t1 = performance.now();
   const lm = new MambaLM(config, await WebGpuBackend.create({ config, weights }));
   log(

@@ -169,34 +169,7 @@ export function buildWeights(
     }
     return toHost(t, dtype, name.endsWith("conv1d.weight") ? [shape[0], shape[2]] : shape);
   };
-  const maybe = (name: string) => (want.has(name) ? get(name) : undefined);
-  const norm = (p: string): NormWeights => ({
-    weight: get(`${p}.weight`),
-    bias: maybe(`${p}.bias`),
-  });
-  const embedding = get("backbone.embedding.weight");
-  const layers: LayerWeights[] = [];
-  for (let i = 0; i < cfg.nLayer; i++) {
-    const p = `backbone.layers.${i}`;
-    const mx = `${p}.mixer`;
-    layers.push({
-      norm: norm(`${p}.norm`),
-      inProj: get(`${mx}.in_proj.weight`),
-      inProjBias: maybe(`${mx}.in_proj.bias`),
-      convWeight: get(`${mx}.conv1d.weight`),
-      convBias: maybe(`${mx}.conv1d.bias`),
-      xProj: maybe(`${mx}.x_proj.weight`),
-      dtProjWeight: maybe(`${mx}.dt_proj.weight`),
-      dtBias: get(cfg.arch === "mamba1" ? `${mx}.dt_proj.bias` : `${mx}.dt_bias`),
-      aLog: get(`${mx}.A_log`),
-      d: get(`${mx}.D`),
-      gatedNorm: maybe(`${mx}.norm.weight`),
-      outProj: get(`${mx}.out_proj.weight`),
-      outProjBias: maybe(`${mx}.out_proj.bias`),
-    });
-  }
-  const normF = norm("backbone.norm_f");
-  let lmHead = embedding;
+  const weights = assembleWeights(cfg, (name) => (want.has(name) ? get(name) : undefined));
   if (lmHeadT && !cfg.tieEmbeddings) {
     const shape = [cfg.paddedVocabSize, cfg.dModel];
     if (
@@ -206,13 +179,55 @@ export function buildWeights(
         `tensor "lm_head.weight" has shape [${lmHeadT.shape}] but the config needs [${shape}]`,
       );
     }
-    lmHead = toHost(lmHeadT, dtype, shape);
+    return { ...weights, lmHead: toHost(lmHeadT, dtype, shape) };
   } else if (!lmHeadT && !cfg.tieEmbeddings) {
     throw new WeightsError(
       `missing tensor "lm_head.weight" (expected shape [${cfg.paddedVocabSize},${cfg.dModel}]; tie_embeddings is false)`,
     );
   }
-  return { embedding, layers, normF, lmHead };
+  return weights;
+}
+
+/**
+ * Puts tensors looked up by their mamba_ssm names into {@link ModelWeights}, the LM head tied to
+ * the embedding. `get` returns `undefined` for an optional tensor the config does not have.
+ *
+ * @throws {WeightsError} when a tensor every config needs is missing.
+ */
+export function assembleWeights(
+  cfg: MambaConfig,
+  get: (name: string) => HostTensor | undefined,
+): ModelWeights {
+  const need = (name: string): HostTensor => {
+    const t = get(name);
+    if (!t) throw new WeightsError(`missing tensor "${name}"`);
+    return t;
+  };
+  const norm = (p: string): NormWeights => ({
+    weight: need(`${p}.weight`),
+    bias: get(`${p}.bias`),
+  });
+  const embedding = need("backbone.embedding.weight");
+  const layers: LayerWeights[] = [];
+  for (let i = 0; i < cfg.nLayer; i++) {
+    const mx = `backbone.layers.${i}.mixer`;
+    layers.push({
+      norm: norm(`backbone.layers.${i}.norm`),
+      inProj: need(`${mx}.in_proj.weight`),
+      inProjBias: get(`${mx}.in_proj.bias`),
+      convWeight: need(`${mx}.conv1d.weight`),
+      convBias: get(`${mx}.conv1d.bias`),
+      xProj: get(`${mx}.x_proj.weight`),
+      dtProjWeight: get(`${mx}.dt_proj.weight`),
+      dtBias: need(cfg.arch === "mamba1" ? `${mx}.dt_proj.bias` : `${mx}.dt_bias`),
+      aLog: need(`${mx}.A_log`),
+      d: need(`${mx}.D`),
+      gatedNorm: get(`${mx}.norm.weight`),
+      outProj: need(`${mx}.out_proj.weight`),
+      outProjBias: get(`${mx}.out_proj.bias`),
+    });
+  }
+  return { embedding, layers, normF: norm("backbone.norm_f"), lmHead: embedding };
 }
 
 /** Reads a file from a local path or an http(s)/file URL. */
