@@ -4,7 +4,7 @@
  * figures can be stated as ratios.
  *
  * ```sh
- * deno task bench                                   # mamba-130m + mamba2-130m, every backend here
+ * deno task bench                                   # mamba-130m + mamba2-130m: auto vs ref
  * deno task bench --model mamba-130m --backend wasm --backend ref --decode 64 --prefill 512
  * deno task bench --model models/demo --json
  * ```
@@ -81,7 +81,8 @@ if (import.meta.main) {
     },
   });
   const models = v.model ?? ["mamba-130m", "mamba2-130m"];
-  const backends = (v.backend ?? ["ref"]) as BackendChoice[];
+  // The best backend here, and the reference as the same-run baseline.
+  const backends = (v.backend ?? ["auto", "ref"]) as BackendChoice[];
   const results: BenchResult[] = [];
   for (const model of models) {
     for (const backend of backends) {
