@@ -63,6 +63,28 @@ impl Wt for WF16S {
     }
 }
 
+/// f16 weights known to be finite, left scaled by 2^-112 (see `F16Masks::widen_scaled_down_finite`).
+#[derive(Clone, Copy)]
+struct WF16F(*const u16, F16Masks);
+
+impl Wt for WF16F {
+    #[inline(always)]
+    unsafe fn ld8(self, r: usize, ld: usize, i: usize) -> (v128, v128) {
+        self.1
+            .widen_scaled_down_finite(v128_load(self.0.add(r * ld + i) as *const v128))
+    }
+    #[inline(always)]
+    unsafe fn ld4(self, r: usize, ld: usize, i: usize) -> v128 {
+        self.1
+            .widen_scaled_down_finite(v128_load64_zero(self.0.add(r * ld + i) as *const u64))
+            .0
+    }
+    #[inline(always)]
+    unsafe fn ld1(self, r: usize, ld: usize, i: usize) -> f32 {
+        f16_to_f32_1(*self.0.add(r * ld + i)) * (1.0 / F16_UNSCALE)
+    }
+}
+
 impl Wt for WF16 {
     #[inline(always)]
     unsafe fn ld8(self, r: usize, ld: usize, i: usize) -> (v128, v128) {
@@ -171,6 +193,7 @@ pub unsafe extern "C" fn matvec_f32(
 }
 
 /// As `matvec_f32` with IEEE binary16 weights (bit patterns), widened to f32 in registers.
+/// `accumulate` may also carry [`F16_FINITE`].
 #[no_mangle]
 pub unsafe extern "C" fn matvec_f16(
     w: *const u16,
@@ -202,20 +225,22 @@ pub unsafe extern "C" fn matvec_f16(
         let m = f32x4_max(m, i32x4_shuffle::<2, 3, 0, 1>(m, m));
         let m = f32x4_max(m, i32x4_shuffle::<1, 0, 3, 2>(m, m));
         if lane0(m) < 32768.0 {
-            return matvec(
-                WF16S(w, F16Masks::get()),
-                xs,
-                y,
-                n,
-                k,
-                row_start,
-                row_end,
-                accumulate != 0,
-            );
+            let acc = accumulate & 1 != 0;
+            if accumulate & F16_FINITE != 0 {
+                let wt = WF16F(w, F16Masks::get());
+                return matvec(wt, xs, y, n, k, row_start, row_end, acc);
+            }
+            let wt = WF16S(w, F16Masks::get());
+            return matvec(wt, xs, y, n, k, row_start, row_end, acc);
         }
     }
-    matvec(WF16(w), x, y, n, k, row_start, row_end, accumulate != 0)
+    matvec(WF16(w), x, y, n, k, row_start, row_end, accumulate & 1 != 0)
 }
+
+/// Bit of the `accumulate` argument of `matvec_f16` / `matmul_f16`: the caller has checked that
+/// no weight is ±inf or NaN, so the widening may skip its Inf/NaN fix-up (about a quarter
+/// cheaper). Bit 0 keeps its meaning (accumulate into y).
+pub const F16_FINITE: u32 = 2;
 
 /// Number of q8 scale blocks per row for K columns: `ceil(K / 32)`.
 #[inline(always)]
@@ -693,7 +718,7 @@ pub unsafe extern "C" fn matmul_f16(
         k,
         row_start,
         row_end,
-        accumulate != 0,
+        accumulate & 1 != 0,
     )
 }
 

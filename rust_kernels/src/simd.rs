@@ -361,6 +361,19 @@ impl F16Masks {
             i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(lo, up),
         )
     }
+
+    /// As `widen_scaled_down` for halves known to be finite (no ±inf or NaN among them): the
+    /// Inf/NaN fix-up is left out, three operations per eight weights cheaper. Exact for every
+    /// finite pattern; an inf or NaN input would come out as a large finite value instead.
+    #[inline(always)]
+    pub fn widen_scaled_down_finite(&self, h: v128) -> (v128, v128) {
+        let up = v128_and(i16x8_shr(h, 3), self.keep);
+        let lo = i16x8_shl(h, 13);
+        (
+            i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(lo, up),
+            i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(lo, up),
+        )
+    }
 }
 
 /// The factor `f16x8_to_f32_scaled_down` leaves out (2^112).

@@ -21,7 +21,13 @@
  */
 
 import type { MambaConfig } from "../../config.ts";
-import { SCAN_INTERLEAVED, SCAN_SOFTPLUS, type WasmKernels } from "./kernels.ts";
+import {
+  F16_FINITE,
+  f16AllFinite,
+  SCAN_INTERLEAVED,
+  SCAN_SOFTPLUS,
+  type WasmKernels,
+} from "./kernels.ts";
 import type { PackedHead, PackedLayer, PackedMatrix, Shard } from "./plan.ts";
 import {
   align64,
@@ -48,6 +54,8 @@ interface Mat {
   readonly k: number;
   /** Bytes of weights read per use. */
   readonly bytes: number;
+  /** f16: no weight is ±inf or NaN, so the kernels may use their cheaper widening. */
+  readonly finite?: boolean;
 }
 
 interface Layer {
@@ -314,7 +322,8 @@ export class RankEngine {
       }
       const p = this.#heap.alloc(n * k * 2);
       new Uint16Array(this.#k.memory.buffer).set(m.host.data, p >>> 1);
-      return { dtype: "f16", ptr: p, scales: 0, n, k, bytes: n * k * 2 };
+      const finite = f16AllFinite(m.host.data);
+      return { dtype: "f16", ptr: p, scales: 0, n, k, bytes: n * k * 2, finite };
     }
     const nb = Math.ceil(k / Q8_BLOCK);
     const q = this.#heap.alloc(n * k);
@@ -343,8 +352,10 @@ export class RankEngine {
     const e = this.#k.exports;
     const a = acc ? 1 : 0;
     if (w.dtype === "f32") e.matmul_f32(x, ldx, w.ptr, y, ldy, m, w.n, w.k, 0, w.n, a);
-    else if (w.dtype === "f16") e.matmul_f16(x, ldx, w.ptr, y, ldy, m, w.n, w.k, 0, w.n, a);
-    else e.matmul_q8(x, ldx, w.ptr, w.scales, y, ldy, m, w.n, w.k, 0, w.n, a);
+    else if (w.dtype === "f16") {
+      const flags = a | (w.finite ? F16_FINITE : 0);
+      e.matmul_f16(x, ldx, w.ptr, y, ldy, m, w.n, w.k, 0, w.n, flags);
+    } else e.matmul_q8(x, ldx, w.ptr, w.scales, y, ldy, m, w.n, w.k, 0, w.n, a);
   }
 
   /** Adds the vector `b` (`n`) to each of `m` rows of `y` (stride `ld`). */

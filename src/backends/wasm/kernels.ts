@@ -40,6 +40,19 @@ export const SCAN_INTERLEAVED = 4;
 /** Elements per q8 scale block along K. */
 export const Q8_BLOCK = 32;
 
+/**
+ * Bit of the `accumulate` argument of `matvec_f16` / `matmul_f16` (bit 0 = accumulate): the
+ * caller has checked that no weight is ±inf or NaN ({@link f16AllFinite}), so the widening skips
+ * its Inf/NaN fix-up.
+ */
+export const F16_FINITE = 2;
+
+/** Whether no binary16 pattern in `bits` is ±inf or NaN (exponent field all ones). */
+export function f16AllFinite(bits: Uint16Array): boolean {
+  for (let i = 0; i < bits.length; i++) if ((bits[i] & 0x7c00) === 0x7c00) return false;
+  return true;
+}
+
 /** The raw exports of `mamba_kernels.wasm` (pointers are byte offsets, sizes element counts). */
 export interface KernelExports {
   /** The module's own linear memory. */
@@ -570,8 +583,18 @@ export class WasmKernels {
     r0 = 0,
     r1 = n,
     accumulate = false,
+    finite = false,
   ): void {
-    this.exports.matvec_f16(w, x, y, n, k, r0, r1, accumulate ? 1 : 0);
+    this.exports.matvec_f16(
+      w,
+      x,
+      y,
+      n,
+      k,
+      r0,
+      r1,
+      (accumulate ? 1 : 0) | (finite ? F16_FINITE : 0),
+    );
   }
 
   /** As {@link WasmKernels.matvecF32} with q8 W (`wq` int8 [n, k], `scales` [n, ceil(k/32)]). */
