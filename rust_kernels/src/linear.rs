@@ -41,42 +41,21 @@ impl Wt for WF32 {
     }
 }
 
-/// f16 weights read as `w * 2^-112` (x must be pre-scaled by 2^112).
+/// f16 weights read as `w * 2^-112` (x must be pre-scaled by 2^112); `FINITE` when the caller
+/// has checked that no weight is ±inf or NaN (see `F16Masks::widen_scaled_down`).
 #[derive(Clone, Copy)]
-struct WF16S(*const u16, F16Masks);
+struct WF16S<const FINITE: bool>(*const u16, F16Masks);
 
-impl Wt for WF16S {
+impl<const FINITE: bool> Wt for WF16S<FINITE> {
     #[inline(always)]
     unsafe fn ld8(self, r: usize, ld: usize, i: usize) -> (v128, v128) {
         self.1
-            .widen_scaled_down(v128_load(self.0.add(r * ld + i) as *const v128))
+            .widen_scaled_down::<FINITE>(v128_load(self.0.add(r * ld + i) as *const v128))
     }
     #[inline(always)]
     unsafe fn ld4(self, r: usize, ld: usize, i: usize) -> v128 {
         self.1
-            .widen_scaled_down(v128_load64_zero(self.0.add(r * ld + i) as *const u64))
-            .0
-    }
-    #[inline(always)]
-    unsafe fn ld1(self, r: usize, ld: usize, i: usize) -> f32 {
-        f16_to_f32_1(*self.0.add(r * ld + i)) * (1.0 / F16_UNSCALE)
-    }
-}
-
-/// f16 weights known to be finite, left scaled by 2^-112 (see `F16Masks::widen_scaled_down_finite`).
-#[derive(Clone, Copy)]
-struct WF16F(*const u16, F16Masks);
-
-impl Wt for WF16F {
-    #[inline(always)]
-    unsafe fn ld8(self, r: usize, ld: usize, i: usize) -> (v128, v128) {
-        self.1
-            .widen_scaled_down_finite(v128_load(self.0.add(r * ld + i) as *const v128))
-    }
-    #[inline(always)]
-    unsafe fn ld4(self, r: usize, ld: usize, i: usize) -> v128 {
-        self.1
-            .widen_scaled_down_finite(v128_load64_zero(self.0.add(r * ld + i) as *const u64))
+            .widen_scaled_down::<FINITE>(v128_load64_zero(self.0.add(r * ld + i) as *const u64))
             .0
     }
     #[inline(always)]
@@ -227,10 +206,10 @@ pub unsafe extern "C" fn matvec_f16(
         if lane0(m) < 32768.0 {
             let acc = accumulate & 1 != 0;
             if accumulate & F16_FINITE != 0 {
-                let wt = WF16F(w, F16Masks::get());
+                let wt = WF16S::<true>(w, F16Masks::get());
                 return matvec(wt, xs, y, n, k, row_start, row_end, acc);
             }
-            let wt = WF16S(w, F16Masks::get());
+            let wt = WF16S::<false>(w, F16Masks::get());
             return matvec(wt, xs, y, n, k, row_start, row_end, acc);
         }
     }

@@ -349,25 +349,16 @@ impl F16Masks {
 
     /// As `f16x8_to_f32` without the final multiplication: returns each half times 2^-112
     /// (exact; ±inf and NaN stay so). A dot product with x pre-scaled by 2^112 then equals the
-    /// unscaled one bit for bit, one multiplication per four weights cheaper.
+    /// unscaled one bit for bit, one multiplication per four weights cheaper. With `FINITE` the
+    /// caller guarantees no ±inf or NaN among the halves, and the Inf/NaN fix-up (three
+    /// operations per eight weights) is left out; an inf or NaN would then come out finite.
     #[inline(always)]
-    pub fn widen_scaled_down(&self, h: v128) -> (v128, v128) {
-        let up = v128_and(i16x8_shr(h, 3), self.keep);
-        let infnan = i16x8_eq(v128_and(h, self.exp), self.exp);
-        let up = v128_or(up, v128_and(infnan, self.inf));
-        let lo = i16x8_shl(h, 13);
-        (
-            i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(lo, up),
-            i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(lo, up),
-        )
-    }
-
-    /// As `widen_scaled_down` for halves known to be finite (no ±inf or NaN among them): the
-    /// Inf/NaN fix-up is left out, three operations per eight weights cheaper. Exact for every
-    /// finite pattern; an inf or NaN input would come out as a large finite value instead.
-    #[inline(always)]
-    pub fn widen_scaled_down_finite(&self, h: v128) -> (v128, v128) {
-        let up = v128_and(i16x8_shr(h, 3), self.keep);
+    pub fn widen_scaled_down<const FINITE: bool>(&self, h: v128) -> (v128, v128) {
+        let mut up = v128_and(i16x8_shr(h, 3), self.keep);
+        if !FINITE {
+            let infnan = i16x8_eq(v128_and(h, self.exp), self.exp);
+            up = v128_or(up, v128_and(infnan, self.inf));
+        }
         let lo = i16x8_shl(h, 13);
         (
             i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(lo, up),
