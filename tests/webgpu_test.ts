@@ -183,6 +183,71 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "webgpu: every matvec split (rows per team, team width, loads in flight) decodes the oracle",
+  ignore,
+  async fn() {
+    const shapes = [{ rpt: 2 }, { rpt: 3, team: 64 }, { rpt: 4, unr: 2 }, { rpt: 8, team: 128 }];
+    for (const matvecShape of shapes) {
+      for (const name of ["m1_d96_l64_vocab500", "m2_hd16_ds16_l64"]) {
+        const exp = loadExpected(name);
+        const lm = await oracleModel(name, { matvecShape });
+        try {
+          for (const run of exp.json.runs) {
+            const state = lm.createState(run.batch);
+            await lm.prefill(state, run.input_ids.map((r) => r.slice(0, -1)));
+            const got: number[][] = run.input_ids.map(() => []);
+            const last = run.input_ids.map((r) => r.at(-1)!);
+            const opts = { topK: 1, vocabSize: exp.json.padded_vocab_size };
+            for await (const block of lm.generateTokens(state, last, 16, opts)) {
+              block.forEach((r, b) => got[b].push(...r));
+            }
+            const what = `${name} ${run.name} ${JSON.stringify(matvecShape)}`;
+            assert.deepEqual(got, run.generated.map((g) => g.slice(0, 16)), what);
+            // One step more (matvec) against a prefill of everything (matmul).
+            const next = await lm.step(state, got.map((g) => g.at(-1)!));
+            const ref = lm.createState(run.batch);
+            const want = await lm.prefill(ref, run.input_ids.map((r, b) => [...r, ...got[b]]));
+            assertClose(next, want, { atol: 2e-4, rtol: 2e-4 }, what);
+          }
+        } finally {
+          lm.dispose();
+        }
+      }
+    }
+  },
+});
+
+Deno.test({
+  name: "webgpu: fused decoding of one state with a larger block size than before",
+  ignore,
+  async fn() {
+    // Growing the block reallocates the plan's output buffer; steps captured for the smaller
+    // block must not keep writing into the old one.
+    const name = "m1_d64_l7";
+    const exp = loadExpected(name);
+    const run = exp.json.runs[0];
+    const lm = await oracleModel(name, {});
+    try {
+      const state = lm.createState(run.batch);
+      await lm.prefill(state, run.input_ids.map((r) => r.slice(0, -1)));
+      const got: number[][] = run.input_ids.map(() => []);
+      let last = run.input_ids.map((r) => r.at(-1)!);
+      for (const blockSize of [2, 8, 32]) {
+        const opts = { topK: 1, vocabSize: exp.json.padded_vocab_size, blockSize };
+        for await (const block of lm.generateTokens(state, last, 8, opts)) {
+          block.forEach((r, b) => got[b].push(...r));
+        }
+        last = got.map((g) => g.at(-1)!);
+      }
+      assert.deepEqual(got, run.generated.map((g) => g.slice(0, 24)));
+    } finally {
+      lm.dispose();
+    }
+  },
+});
+
+Deno.test({
   name: "webgpu: fused decoding with separate norm kernels reproduces the oracle's greedy tokens",
   ignore,
   async fn() {

@@ -1,14 +1,16 @@
 // Matrix-vector product for a few rows of x (decode): for m < MB, n < N,
 //   y[m, nBase + n] = epilogue( pro(x[m, :]) · W[n, :] + bias[nBase + n] ).
-// One team of TEAM lanes (32…256) per output row n, WG / TEAM rows per workgroup; lanes stride K
-// with 16-byte weight loads (UNR in flight), then each 32-lane subteam reduces its partial sums
+// One team of TEAM lanes (32…256) per RPT output rows n…n+RPT−1 (each load of x serves RPT rows),
+// WG / TEAM teams per workgroup; lanes stride K with 16-byte weight loads (UNR per row in
+// flight), then each 32-lane subteam reduces its partial sums
 // through workgroup memory and the subteams of a team are added. Private arrays are only indexed
 // by literals (#unroll), so they stay in registers.
 //
 // Defines:
-//   MB        rows of x (the batch); WG = 256; TEAM lanes per output row
-//   NV        values per lane (MB); NR = ceil(NV / 8) reduction rounds
-//   UNR       weight loads in flight per lane
+//   MB        rows of x (the batch); WG = 256; TEAM lanes per team
+//   RPT       output rows per team (1 with SCAN_EPI)
+//   NV        values per lane (MB · RPT ≤ 32, index m · RPT + row); NR = ceil(NV / 8) rounds
+//   UNR       weight loads in flight per lane and row
 //   F16       W holds f16 pairs packed in u32 (unpack2x16float), 8 per load
 //   F16NATIVE W holds f16 (shader-f16), 8 per load as mat2x4<f16>
 //   XVEC      x (and resIn, normW, resOut) read as vec4: K % VEC == 0 and 4-aligned offsets
@@ -100,6 +102,7 @@ const ROWS = WG / TEAM;
 const ST = TEAM / 32u;
 const UNR = ${UNR}u;
 const NV = ${NV}u;
+const RPT = ${RPT}u;
 #if F16
 const VEC = 8u;
 #elif F16NATIVE
@@ -145,7 +148,7 @@ fn matvec(
   let lane = lid % TEAM;
   let st = lid / 32u;
   let slane = lid % 32u;
-  let n = (wid.y * nwg.x + wid.x) * ROWS + team;
+  let n = ((wid.y * nwg.x + wid.x) * ROWS + team) * RPT; // first row of this team
   let valid = n < p.N;
 #if PRO_RMS
   // Stage x (+ residual) · normW, sum x² per row, and let workgroup 0 write the residual.
@@ -191,32 +194,45 @@ fn matvec(
   v[${J}] = 0.0;
 #endunroll
   if (valid) {
-    let wrow = n * p.wStride;
     let stride = TEAM * VEC;
     for (var k0 = lane * VEC; k0 < p.K; k0 += UNR * stride) {
 #unroll U UNR
       {
         let k = k0 + ${U}u * stride;
         if (k < p.K) {
-          let wi = (wrow + k) / VEC;
+          // x is loaded once per RPT rows: that is what several rows per team buy.
+#unroll M MB
+          let xa${M} = xload(${M}u, k);
+#if F16
+          let xb${M} = xload(${M}u, k + 4u);
+#elif F16NATIVE
+          let xb${M} = xload(${M}u, k + 4u);
+#endif
+#endunroll
+#unroll Q RPT
+          {
+            // Rows past N (the last team's) re-read row N − 1 and are not stored.
+            let wi = (min(n + ${Q}u, p.N - 1u) * p.wStride + k) / VEC;
 #if F16NATIVE
-          let wm = w[wi];
-          let w0 = vec4<f32>(wm[0]);
-          let w1 = vec4<f32>(wm[1]);
+            let wm = w[wi];
+            let w0 = vec4<f32>(wm[0]);
+            let w1 = vec4<f32>(wm[1]);
 #elif F16
-          let wq = w[wi];
-          let w0 = vec4<f32>(unpack2x16float(wq.x), unpack2x16float(wq.y));
-          let w1 = vec4<f32>(unpack2x16float(wq.z), unpack2x16float(wq.w));
+            let wq = w[wi];
+            let w0 = vec4<f32>(unpack2x16float(wq.x), unpack2x16float(wq.y));
+            let w1 = vec4<f32>(unpack2x16float(wq.z), unpack2x16float(wq.w));
 #else
-          let w0 = w[wi];
+            let w0 = w[wi];
 #endif
 #unroll M MB
-          v[${M}] += dot(xload(${M}u, k), w0);
+            v[${M} * RPT + ${Q}] += dot(xa${M}, w0);
 #if F16
-          v[${M}] += dot(xload(${M}u, k + 4u), w1);
+            v[${M} * RPT + ${Q}] += dot(xb${M}, w1);
 #elif F16NATIVE
-          v[${M}] += dot(xload(${M}u, k + 4u), w1);
+            v[${M} * RPT + ${Q}] += dot(xb${M}, w1);
 #endif
+#endunroll
+          }
 #endunroll
         }
       }
@@ -249,8 +265,8 @@ fn matvec(
     fin[team * 32u + lane] = s;
   }
   workgroupBarrier();
-  let col = p.nBase + n;
 #if SCAN_EPI
+  let col = p.nBase + n; // RPT = 1
   // Mamba-1 step of channel `col`: lanes < NS each own one state value.
 #unroll M MB
   {
@@ -279,9 +295,10 @@ fn matvec(
   }
 #endunroll
 #else
-  if (valid && lane < MB) {
-    let m = lane;
-    var r = fin[team * 32u + m];
+  let col = p.nBase + n + lane % RPT;
+  if (valid && lane < NV && n + lane % RPT < p.N) {
+    let m = lane / RPT;
+    var r = fin[team * 32u + lane];
 #if PRO_RMS
     r *= rs[m];
 #endif

@@ -65,6 +65,21 @@ export interface WebGpuOptions {
   fuseNorm?: boolean;
   /** Use the 128×128-tile matmul for large products (default true). */
   matmul128?: boolean;
+  /** Overrides of the matrix-vector kernel's split, for every product (tests, sweeps). */
+  matvecShape?: Partial<MatvecShape>;
+}
+
+/**
+ * How the matrix-vector kernel splits the work: `team` lanes reduce over K for `rpt` rows at
+ * once (sharing each load of x), with `unr` weight loads in flight per lane and row.
+ */
+export interface MatvecShape {
+  /** Lanes per team (32…256). */
+  team: number;
+  /** Rows per team. */
+  rpt: number;
+  /** Loads in flight per lane and row. */
+  unr: number;
 }
 
 /** Options of {@link WebGpuBackend.matvec}; strides and offsets in f32 elements. */
@@ -110,6 +125,8 @@ export interface MatvecOptions {
     u: Buf;
     uStride: number;
   };
+  /** Overrides of the kernel's shape (benchmarks sweep them; see {@link MatvecShape}). */
+  shape?: Partial<MatvecShape>;
 }
 
 /** Size classes of the buffer pool: within 1/8 of a power of two, at least 4 KiB. */
@@ -160,6 +177,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       slabBytes: opt.slabBytes ?? 512 << 20,
       fuseNorm: opt.fuseNorm ?? true,
       matmul128: opt.matmul128 ?? true,
+      matvecShape: opt.matvecShape ?? {},
     };
   }
 
@@ -338,14 +356,42 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
   }
 
   /**
-   * Whether {@link matvec} should fold an RMSNorm prologue for `M` rows of `K` columns. Every
-   * workgroup re-reads and re-reduces the whole vector, so beyond a couple of thousand columns a
-   * separate add + norm kernel is cheaper (measured on an H200: 91 µs fused against ~30 µs split
-   * for 2.8b's in_proj; 15 µs against 14.5 µs for 130m's).
+   * Whether {@link matvec} should fold an RMSNorm prologue for `M` rows of `K` columns: every
+   * workgroup re-reads and re-reduces the whole vector, which is cheap with several rows per
+   * team (measured on an H200, f16 2.8b in_proj with the conv epilogue: 28.5 µs fused against
+   * 17.8 µs + an 11 µs add + norm kernel split).
    */
   canFuseRms(K: number, M: number): boolean {
-    return this.#opt.fuseNorm && K % 8 === 0 && K <= 2048 &&
-      M * K * 4 <= this.ctx.maxWorkgroupStorage - 15 * 1024;
+    return this.#opt.fuseNorm && this.#rmsFits(K, M);
+  }
+
+  /** Whether the RMSNorm prologue's staged x fits in workgroup memory. */
+  #rmsFits(K: number, M: number): boolean {
+    return K % 8 === 0 && M * K * 4 <= this.ctx.maxWorkgroupStorage - 15 * 1024;
+  }
+
+  /**
+   * The default split of a matrix-vector product (tuned on an H200 with
+   * `bench/webgpu_matvec_sweep.ts`; see bench/RESULTS.md). Large matrices: 8 rows per team
+   * (each load of x serves 8 rows), 2 loads in flight per row, and teams of 32 lanes for f16 rows
+   * up to 4k columns, 128 beyond; f32 rows read x straight from memory and prefer 256 lanes
+   * (128 beyond 4k columns), or 32 when x is staged in workgroup memory (RMSNorm prologue).
+   * Small matrices (and the scan epilogue) keep one row per team, and widen the team (split K)
+   * until there are enough workgroups to fill the GPU.
+   */
+  matvecShape(W: GpuMatrix, M: number, scan: boolean, rms = false): MatvecShape {
+    const vec = W.f16 ? 8 : 4;
+    if (scan || W.N < 1024) {
+      let team = 32;
+      while (
+        team < 256 && !scan && Math.ceil(W.N * team / 256) < 512 && W.K / (team * vec) >= 4
+      ) team *= 2;
+      return { team, rpt: 1, unr: 4 };
+    }
+    let team = W.f16 ? (W.K >= 4096 ? 128 : 32) : rms ? 32 : W.K >= 4096 ? 128 : 256;
+    while (team > 32 && team * vec > W.K) team /= 2;
+    const rpt = Math.min(W.K < 1024 ? 4 : 8, Math.max(1, 2 ** Math.floor(Math.log2(32 / M))));
+    return { team, rpt, unr: 2 };
   }
 
   /**
@@ -356,21 +402,25 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     const K = W.K;
     const vec = W.f16 ? 8 : 4;
     const xvec = K % vec === 0 && o.xOff % 4 === 0 && o.xStride % 4 === 0;
-    if (o.rms && (!xvec || !this.canFuseRms(K, o.M))) {
+    if (o.rms && (!xvec || !this.#rmsFits(K, o.M))) {
       throw new BackendError("matvec: RMSNorm prologue needs K % 8 == 0 and a small M·K");
     }
     if (o.scan && W.parts.length !== 1) throw new BackendError("matvec: scan epilogue, one part");
     const native = W.f16 && this.#opt.f16Native && this.ctx.shaderF16;
-    // Wider teams (split K) when there are too few rows to fill the GPU.
-    let team = 32;
-    while (
-      team < 256 && !o.scan && Math.ceil(W.N * team / 256) < 512 && K / (team * vec) >= 4
-    ) team *= 2;
+    const { team, rpt, unr } = {
+      ...this.matvecShape(W, o.M, !!o.scan, !!o.rms),
+      ...this.#opt.matvecShape,
+      ...o.shape,
+      ...(o.scan ? { rpt: 1 } : {}),
+    };
+    if (o.scan && rpt !== 1) throw new BackendError("matvec: scan epilogue, one row per team");
+    if (o.M * rpt > 32) throw new BackendError("matvec: at most 32 values per team");
     const k = this.pipeline("matvec", "matvec", {
       MB: o.M,
-      NV: o.M,
-      NR: Math.ceil(o.M / 8),
-      UNR: 4,
+      RPT: rpt,
+      NV: o.M * rpt,
+      NR: Math.ceil(o.M * rpt / 8),
+      UNR: unr,
       WG: 256,
       TEAM: team,
       F16: W.f16 && !native,
@@ -387,7 +437,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       SCAN_EPI: !!o.scan,
       NS: o.scan?.NS ?? 0,
     });
-    const rows = 256 / team;
+    const rows = (256 / team) * rpt;
     const c = o.conv;
     const sc = o.scan;
     for (const part of W.parts) {

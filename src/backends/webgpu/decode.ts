@@ -404,6 +404,8 @@ export class DecodePlan {
       })
     );
     this.#maxBlock = maxBlock;
+    // The captured sampling tails write into the old output buffer: record them again.
+    this.#captured = new WeakMap();
   }
 
   /**

@@ -303,6 +303,10 @@ export class Recorder {
 
   /** Encodes captured dispatches. */
   replay(cmds: readonly Command[]): void {
+    if (this.#captured) {
+      this.#captured.push(...cmds);
+      return;
+    }
     if (this.#profile) {
       for (const c of cmds) this.#profiled(c);
       return;

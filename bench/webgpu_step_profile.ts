@@ -1,0 +1,163 @@
+/**
+ * Where the time of one fused decode step goes on the GPU, measured in place: the step's
+ * recorded dispatches are replayed back to back (as `generate` runs them) and timed by the
+ * timestamps of one pass around many steps, then replayed again without each kernel group (its
+ * marginal cost) and with only that group. Per-dispatch timestamps (`webgpu_bench.ts --profile`)
+ * put every dispatch in a pass of its own, which adds ~5 µs to each; this does not.
+ *
+ * ```sh
+ * deno run -A bench/webgpu_step_profile.ts --model mamba-130m --dtype f16 [--reps 50] [--json f]
+ * ```
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { parseConfig } from "../src/config.ts";
+import { validateSamplingOptions } from "../src/sampling.ts";
+import { WebGpuBackend } from "../src/backends/webgpu/backend.ts";
+import type { Command } from "../src/backends/webgpu/recorder.ts";
+import { PUBLIC_CONFIGS, randomWeights } from "../testing.ts";
+
+const { values: opt } = parseArgs({
+  args: Deno.args,
+  options: {
+    model: { type: "string", multiple: true, default: ["mamba-130m"] },
+    dtype: { type: "string", multiple: true, default: ["f16"] },
+    batch: { type: "string", default: "1" },
+    reps: { type: "string", default: "50" },
+    json: { type: "string" },
+  },
+});
+const reps = Number(opt.reps);
+const batch = Number(opt.batch);
+const rows: Record<string, unknown>[] = [];
+
+/** GPU µs per replay of `cmds`, `reps` times in one pass (best of 3 after a warm-up). */
+async function time(be: WebGpuBackend, cmds: readonly Command[], passEvery = 0): Promise<number> {
+  const dev = be.rec.device;
+  const query = dev.createQuerySet({ type: "timestamp", count: 2 });
+  const resolve = dev.createBuffer({ size: 16, usage: 0x200 | 0x4 });
+  const staging = dev.createBuffer({ size: 16, usage: 0x1 | 0x8 });
+  let best = Infinity;
+  for (let round = 0; round < 4; round++) {
+    const enc = dev.createCommandEncoder();
+    const total = cmds.length * reps;
+    let pass: GPUComputePassEncoder | null = null;
+    let i = 0;
+    for (let r = 0; r < reps; r++) {
+      for (const c of cmds) {
+        if (!pass) {
+          const tw: GPUComputePassTimestampWrites = {
+            querySet: query,
+            ...(i === 0 ? { beginningOfPassWriteIndex: 0 } : {}),
+          };
+          pass = enc.beginComputePass(i === 0 ? { timestampWrites: tw } : {});
+        }
+        pass.setPipeline(c.pipeline);
+        pass.setBindGroup(0, c.group);
+        pass.dispatchWorkgroups(c.x, c.y, c.z);
+        i++;
+        if ((passEvery && i % passEvery === 0) || i === total) {
+          pass.end();
+          pass = null;
+        }
+      }
+    }
+    // A last empty pass carries the end timestamp.
+    enc.beginComputePass({ timestampWrites: { querySet: query, endOfPassWriteIndex: 1 } }).end();
+    enc.resolveQuerySet(query, 0, 2, resolve, 0);
+    enc.copyBufferToBuffer(resolve, 0, staging, 0, 16);
+    dev.queue.submit([enc.finish()]);
+    await staging.mapAsync(GPUMapMode.READ);
+    const t = new BigUint64Array(staging.getMappedRange().slice(0));
+    staging.unmap();
+    if (round > 0) best = Math.min(best, Number(t[1] - t[0]) / 1e3 / reps);
+  }
+  query.destroy();
+  resolve.destroy();
+  staging.destroy();
+  return best;
+}
+
+/** A kernel label without its false / zero defines. */
+const short = (label: string) => label.replace(/[A-Z0-9_]+=(false|0)(,|$)/g, "").slice(0, 120);
+
+for (const name of opt.model) {
+  for (const dtype of opt.dtype as ("f32" | "f16")[]) {
+    const config = parseConfig(PUBLIC_CONFIGS[name]);
+    const small = config.dModel * config.dModel * config.nLayer < 1e8;
+    const weights = randomWeights(config, { dtype, fast: !small });
+    const be = await WebGpuBackend.create({ config, weights });
+    const state = be.createState(batch);
+    const plan = be.decodePlan(batch);
+    const sampling = validateSamplingOptions({ topK: 1 });
+    const ids = new Int32Array(batch).fill(1);
+    for await (const _ of plan.run(state, ids, 16, { sampling })) { /* warm-up */ }
+    const vocab = config.paddedVocabSize;
+    const step = be.rec.capture(() => plan.encodeStep(state, 0, sampling, vocab));
+    const labels = [...new Set(step.map((c) => c.label))];
+    const full = await time(be, step);
+    const perPass = await time(be, step, 1);
+    console.log(
+      `${name} ${dtype} b${batch}: ${step.length} dispatches, ${full.toFixed(1)} µs/step ` +
+        `(${(1e6 / full).toFixed(0)} tok/s GPU); one pass per dispatch: ${perPass.toFixed(1)} µs`,
+    );
+    rows.push({ model: name, dtype, batch, what: "step", dispatches: step.length, us: full });
+    // The host side: encoding a step (the CPU cost the GPU must not wait for), and the wall
+    // clock of fused decoding at a few block sizes.
+    const dev = be.rec.device;
+    let enc = Infinity;
+    for (let round = 0; round < 5; round++) {
+      const t0 = performance.now();
+      const e = dev.createCommandEncoder();
+      const pass = e.beginComputePass();
+      for (let r = 0; r < 64; r++) {
+        for (const c of step) {
+          pass.setPipeline(c.pipeline);
+          pass.setBindGroup(0, c.group);
+          pass.dispatchWorkgroups(c.x, c.y, c.z);
+        }
+      }
+      pass.end();
+      dev.queue.submit([e.finish()]);
+      enc = Math.min(enc, (performance.now() - t0) * 1e3 / 64);
+      await dev.queue.onSubmittedWorkDone();
+    }
+    console.log(`  host: encode + submit ${enc.toFixed(1)} µs/step`);
+    rows.push({ model: name, dtype, batch, what: "host encode", us: enc });
+    for (const blockSize of [16, 64, 256]) {
+      const n = 768;
+      const t0 = performance.now();
+      let first = 0;
+      let got = 0;
+      for await (const b of plan.run(state, ids, n, { sampling, blockSize })) {
+        if (!first) [first, got] = [performance.now(), b[0].length];
+      }
+      const us = (performance.now() - first) * 1e3 / (n - got);
+      console.log(
+        `  decode wall, block ${blockSize}: ${us.toFixed(1)} µs/token after the first block ` +
+          `(${(performance.now() - t0).toFixed(0)} ms total)`,
+      );
+      rows.push({ model: name, dtype, batch, what: `decode wall block ${blockSize}`, us });
+    }
+    rows.push({ model: name, dtype, batch, what: "step, pass per dispatch", us: perPass });
+    for (const label of labels) {
+      const n = step.filter((c) => c.label === label).length;
+      const without = await time(be, step.filter((c) => c.label !== label));
+      const only = await time(be, step.filter((c) => c.label === label));
+      console.log(
+        `  ${(full - without).toFixed(1).padStart(7)} µs marginal  ${
+          only.toFixed(1).padStart(7)
+        } µs alone` +
+          `  ×${String(n).padStart(3)}  ${short(label)}`,
+      );
+      rows.push({ model: name, dtype, batch, label, n, marginalUs: full - without, aloneUs: only });
+    }
+    be.freeState(state);
+    be.dispose();
+  }
+}
+if (opt.json) {
+  await Deno.writeTextFile(opt.json, rows.map((r) => JSON.stringify(r)).join("\n") + "\n");
+}
