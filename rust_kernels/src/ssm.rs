@@ -178,6 +178,8 @@ pub const FLAG_SCAN_INTERLEAVED: u32 = 4;
 /// Largest d_state kept in the transposed stack buffers of `selective_scan` (larger N takes the
 /// per-channel path).
 const SCAN_NMAX: usize = 256;
+/// Tokens per block of `selective_scan`'s passes (their per-token values stay on the stack).
+const SCAN_TB: usize = 64;
 
 /// One channel, one token: `h = exp(dt*A) h + (dt*u) B; return h·C` (SIMD over N).
 #[inline(always)]
@@ -300,6 +302,7 @@ pub unsafe extern "C" fn selective_scan(
     let ng = if ngroups == 0 { 1 } else { ngroups };
     let cpg = if dim / ng == 0 { 1 } else { dim / ng };
     let mth = Math::get();
+    let e2 = Exp2::get();
     let inter = flags & FLAG_SCAN_INTERLEAVED != 0;
     if inter && (c_start % 4 != 0 || (ng > 1 && cpg % 4 != 0) || n > SCAN_NMAX) {
         // Interleaved layout needs whole groups of four channels: trap rather than guess.
@@ -309,6 +312,9 @@ pub unsafe extern "C" fn selective_scan(
     let mut hs = [f32x4_splat(0.0); SCAN_NMAX];
     let atp = at.as_mut_ptr();
     let hsp = hs.as_mut_ptr();
+    let mut dts = [f32x4_splat(0.0); SCAN_TB];
+    let mut dus = [f32x4_splat(0.0); SCAN_TB];
+    let mut ys = [f32x4_splat(0.0); SCAN_TB];
     let mut c = c_start;
     while c < c_end {
         let mut cnt = min(4, c_end - c);
@@ -327,64 +333,101 @@ pub unsafe extern "C" fn selective_scan(
         } else {
             ldn(d.add(c), cnt)
         };
-        // Per-state-index vectors of the four channels: in place when interleaved (group
-        // c/4 starts at float c*n there too), else transposed into the stack buffers.
-        let (ap, hp): (*const v128, *mut v128) = if inter {
-            (a.add(c * n) as *const v128, h.add(c * n) as *mut v128)
+        // Per-state-index vectors of the four channels: the state in place when interleaved
+        // (group c/4 starts at float c*n there too), else transposed into a stack buffer; A
+        // always copied, times log2(e), so that the decay is one `exp2_4` of `dt * at[j]`.
+        let hp: *mut v128 = if inter {
+            h.add(c * n) as *mut v128
         } else {
             if n <= SCAN_NMAX {
-                gather_cols(a.add(c * n), n, cnt, atp);
                 gather_cols(h.add(c * n), n, cnt, hsp);
             }
-            (atp, hsp)
+            hsp
         };
-        for t in 0..l {
-            let mut dt = add(ldn(delta.add(t * ldd + c), cnt), bias);
-            if flags & FLAG_SOFTPLUS != 0 {
-                dt = mth.softplus4(dt);
-            }
-            let uv = ldn(u.add(t * ldu + c), cnt);
-            let du = mul(dt, uv);
-            let bt = bm.add(t * ldbc + goff);
-            let ct = cm.add(t * ldbc + goff);
-            let mut yv = f32x4_splat(0.0);
-            if n <= SCAN_NMAX {
+        if n <= SCAN_NMAX {
+            if inter {
+                let ai = a.add(c * n) as *const v128;
                 for j in 0..n {
-                    let da = mth.exp4(mul(dt, *ap.add(j)));
-                    let hv = madd(
-                        mul(da, *hp.add(j)),
-                        du,
-                        v128_load32_splat(bt.add(j) as *const u32),
-                    );
-                    *hp.add(j) = hv;
-                    yv = madd(yv, hv, v128_load32_splat(ct.add(j) as *const u32));
+                    *atp.add(j) = *ai.add(j);
                 }
             } else {
-                let dts: [f32; 4] = transmute(dt);
-                let dus: [f32; 4] = transmute(du);
-                let mut ys = [0f32; 4];
-                for i in 0..cnt {
-                    let ci = c + i;
-                    ys[i] = scan_channel(
-                        &mth,
-                        h.add(ci * n),
-                        a.add(ci * n),
-                        dts[i],
-                        dus[i],
-                        bt,
-                        ct,
-                        n,
-                    );
+                gather_cols(a.add(c * n), n, cnt, atp);
+            }
+            let log2e = splat(LOG2E);
+            for j in 0..n {
+                *atp.add(j) = mul(*atp.add(j), log2e);
+            }
+        }
+        // Tokens go in blocks of three passes, so that the recurrence loop carries nothing but
+        // the state from one token to the next: softplus (an exp, a log and a division, ~100
+        // cycles of latency) and the output gate would otherwise sit on the per-token critical
+        // path; as passes of their own they pipeline across tokens.
+        let mut t0 = 0;
+        while t0 < l {
+            let tb = min(SCAN_TB, l - t0);
+            // Pass 1: dt and dt*u.
+            for i in 0..tb {
+                let t = t0 + i;
+                let mut dt = add(ldn(delta.add(t * ldd + c), cnt), bias);
+                if flags & FLAG_SOFTPLUS != 0 {
+                    dt = mth.softplus4(dt);
                 }
-                yv = transmute(ys);
+                dts[i] = dt;
+                dus[i] = mul(dt, ldn(u.add(t * ldu + c), cnt));
             }
-            if !d.is_null() {
-                yv = madd(yv, dv, uv);
+            // Pass 2: the recurrence, y before the skip and gate.
+            for i in 0..tb {
+                let t = t0 + i;
+                let (dt, du) = (dts[i], dus[i]);
+                let bt = bm.add(t * ldbc + goff);
+                let ct = cm.add(t * ldbc + goff);
+                let mut yv = f32x4_splat(0.0);
+                if n <= SCAN_NMAX {
+                    for j in 0..n {
+                        let da = e2.exp2_4(mul(dt, *atp.add(j)));
+                        let hv = madd(
+                            mul(da, *hp.add(j)),
+                            du,
+                            v128_load32_splat(bt.add(j) as *const u32),
+                        );
+                        *hp.add(j) = hv;
+                        yv = madd(yv, hv, v128_load32_splat(ct.add(j) as *const u32));
+                    }
+                } else {
+                    let dtl: [f32; 4] = transmute(dt);
+                    let dul: [f32; 4] = transmute(du);
+                    let mut yl = [0f32; 4];
+                    for q in 0..cnt {
+                        let ci = c + q;
+                        yl[q] = scan_channel(
+                            &mth,
+                            h.add(ci * n),
+                            a.add(ci * n),
+                            dtl[q],
+                            dul[q],
+                            bt,
+                            ct,
+                            n,
+                        );
+                    }
+                    yv = transmute(yl);
+                }
+                ys[i] = yv;
             }
-            if !z.is_null() {
-                yv = mul(yv, mth.silu4(ldn(z.add(t * ldz + c), cnt)));
+            // Pass 3: D skip and SiLU(z) gate (u and z are read before y, which may alias them,
+            // is written).
+            for i in 0..tb {
+                let t = t0 + i;
+                let mut yv = ys[i];
+                if !d.is_null() {
+                    yv = madd(yv, dv, ldn(u.add(t * ldu + c), cnt));
+                }
+                if !z.is_null() {
+                    yv = mul(yv, mth.silu4(ldn(z.add(t * ldz + c), cnt)));
+                }
+                stn(y.add(t * ldy + c), cnt, yv);
             }
-            stn(y.add(t * ldy + c), cnt, yv);
+            t0 += tb;
         }
         if !inter && n <= SCAN_NMAX {
             scatter_cols(hsp, n, cnt, h.add(c * n));
