@@ -64,6 +64,16 @@ export class DecodePlan {
   #staging: GPUBuffer[] = [];
   #maxBlock = 0;
   #busy = false;
+  /**
+   * Steps per submission inside a block: encoding costs the host about as much as the GPU
+   * spends on a small model's step, so the GPU must not wait for a whole block to be encoded.
+   */
+  submitSteps = 4;
+  /**
+   * Blocks in flight: the next is encoded while the host waits for the oldest. More would keep
+   * the GPU fed through longer host stalls, but a consumer that stops early wastes them.
+   */
+  inFlight = 2;
   #captured = new WeakMap<GpuState, Map<string, { body: Command[]; tails: Command[][] }>>();
 
   /** Allocates the buffers for `batch` sequences. */
@@ -438,7 +448,11 @@ export class DecodePlan {
     let ring = 0;
     const submit = () => {
       const len = Math.min(block, n - submitted);
-      for (let i = 0; i < len; i++) this.encodeStep(state, i, s, vocab);
+      for (let i = 0; i < len; i++) {
+        this.encodeStep(state, i, s, vocab);
+        // Submitting a few steps at a time lets the GPU start while the host encodes the rest.
+        if ((i + 1) % this.submitSteps === 0) be.rec.flush();
+      }
       const staging = this.#staging[ring];
       ring = (ring + 1) % this.#staging.length;
       be.rec.encoder().copyBufferToBuffer(this.#out!.buffer, 0, staging, 0, len * B * 4);
@@ -448,7 +462,7 @@ export class DecodePlan {
       block = Math.min(block * 2, maxBlock);
     };
     try {
-      while (submitted < n && inflight.length < 2) submit();
+      while (submitted < n && inflight.length < this.inFlight) submit();
       while (inflight.length) {
         const head = inflight[0];
         await head.done;
@@ -456,7 +470,7 @@ export class DecodePlan {
         be.rec.checkErrors();
         const ids = new Uint32Array(head.staging.getMappedRange(0, head.len * B * 4).slice(0));
         head.staging.unmap();
-        while (submitted < n && inflight.length < 2) submit();
+        while (submitted < n && inflight.length < this.inFlight) submit();
         const rows: number[][] = [];
         for (let b = 0; b < B; b++) {
           const row: number[] = [];
