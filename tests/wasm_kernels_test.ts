@@ -893,6 +893,8 @@ Deno.test("wasm kernels: selective_scan seq / step / channel ranges vs reference
     { dim: 12, n: 8, L: 6, ngroups: 3, hasD: true, hasZ: false, hasBias: true, softplus: true },
     { dim: 9, n: 3, L: 33, ngroups: 1, hasD: true, hasZ: true, hasBias: false, softplus: true },
     { dim: 64, n: 16, L: 17, ngroups: 1, hasD: true, hasZ: true, hasBias: true, softplus: true },
+    // more than one block of 64 channel groups in the one-token path, a partial last group
+    { dim: 266, n: 4, L: 3, ngroups: 1, hasD: true, hasZ: true, hasBias: true, softplus: true },
   ];
   for (const c of cases) {
     const { dim, n, L, ngroups } = c;
@@ -1021,6 +1023,28 @@ Deno.test("wasm kernels: selective_scan seq / step / channel ranges vs reference
         assertClose(y.view, yRef, 0, 0, "interleaved y");
         assertClose(hBack.view, hRef, 0, 0, "interleaved h");
       }
+      // One token per call (the decoding path, blocked over channel groups): same bits.
+      h.set(h0);
+      k.interleave4(h.ptr, hi.ptr, dim, n);
+      y.view.fill(0);
+      for (let t = 0; t < L; t++) {
+        k.selectiveScan({
+          ...args,
+          h: hi.ptr,
+          a: ai.ptr,
+          u: u.at(t * ldu),
+          delta: de.at(t * dim),
+          b: B.at(t * ldbc),
+          c: C.at(t * ldbc),
+          z: c.hasZ ? z.at(t * dim) : 0,
+          y: y.at(t * dim),
+          l: 1,
+          flags: flags | SCAN_INTERLEAVED,
+        });
+      }
+      k.deinterleave4(hi.ptr, hBack.ptr, dim, n);
+      assertClose(y.view, yRef, 0, 0, "interleaved y, token by token");
+      assertClose(hBack.view, hRef, 0, 0, "interleaved h, token by token");
       assert.throws(
         () =>
           k.selectiveScan({

@@ -258,6 +258,81 @@ unsafe fn scatter_cols(src: *const v128, n: usize, cnt: usize, m: *mut f32) {
     }
 }
 
+/// The per-channel inputs and the output of `selective_scan` (see there for the layouts).
+struct ScanIo {
+    u: *const f32,
+    ldu: usize,
+    delta: *const f32,
+    ldd: usize,
+    d: *const f32,
+    z: *const f32,
+    ldz: usize,
+    dt_bias: *const f32,
+    y: *mut f32,
+    ldy: usize,
+    flags: u32,
+}
+
+impl ScanIo {
+    /// `dt` (softplus'd if asked) and `dt * u` of channels `c..c+cnt` at token `t`.
+    #[inline(always)]
+    unsafe fn dt_du(&self, mth: &Math, t: usize, c: usize, cnt: usize) -> (v128, v128) {
+        let mut dt = ldn(self.delta.add(t * self.ldd + c), cnt);
+        if !self.dt_bias.is_null() {
+            dt = add(dt, ldn(self.dt_bias.add(c), cnt));
+        }
+        if self.flags & FLAG_SOFTPLUS != 0 {
+            dt = mth.softplus4(dt);
+        }
+        (dt, mul(dt, ldn(self.u.add(t * self.ldu + c), cnt)))
+    }
+
+    /// Adds the D skip to `yv`, applies the SiLU(z) gate and stores y of channels `c..c+cnt`
+    /// at token `t` (u and z are read before y, which may alias them, is written).
+    #[inline(always)]
+    unsafe fn out(&self, mth: &Math, t: usize, c: usize, cnt: usize, mut yv: v128) {
+        if !self.d.is_null() {
+            yv = madd(
+                yv,
+                ldn(self.d.add(c), cnt),
+                ldn(self.u.add(t * self.ldu + c), cnt),
+            );
+        }
+        if !self.z.is_null() {
+            yv = mul(yv, mth.silu4(ldn(self.z.add(t * self.ldz + c), cnt)));
+        }
+        stn(self.y.add(t * self.ldy + c), cnt, yv);
+    }
+}
+
+/// The recurrence of four channels (one per lane) for one token, on per-state-index vectors
+/// `ap[j]`, `hp[j]`: `h[j] = 2^(dt2 * a[j]) h[j] + du B[j]`, returns `Σ_j h[j] C[j]`. `dt2` is
+/// dt·log2(e), so that the decay `exp(dt·A)` is one `exp2_4`.
+#[inline(always)]
+unsafe fn scan_token4(
+    e2: &Exp2,
+    ap: *const v128,
+    hp: *mut v128,
+    n: usize,
+    dt2: v128,
+    du: v128,
+    bt: *const f32,
+    ct: *const f32,
+) -> v128 {
+    let mut yv = f32x4_splat(0.0);
+    for j in 0..n {
+        let da = e2.exp2_4(mul(dt2, *ap.add(j)));
+        let hv = madd(
+            mul(da, *hp.add(j)),
+            du,
+            v128_load32_splat(bt.add(j) as *const u32),
+        );
+        *hp.add(j) = hv;
+        yv = madd(yv, hv, v128_load32_splat(ct.add(j) as *const u32));
+    }
+    yv
+}
+
 /// Mamba-1 selective scan (mamba_ssm `selective_scan_ref` / `Mamba.step`) over `l` tokens for
 /// channels `[c_start, c_end)` of `dim`, starting from and updating the state `h`.
 ///
@@ -303,18 +378,74 @@ pub unsafe extern "C" fn selective_scan(
     let cpg = if dim / ng == 0 { 1 } else { dim / ng };
     let mth = Math::get();
     let e2 = Exp2::get();
+    let log2e = splat(LOG2E);
     let inter = flags & FLAG_SCAN_INTERLEAVED != 0;
     if inter && (c_start % 4 != 0 || (ng > 1 && cpg % 4 != 0) || n > SCAN_NMAX) {
         // Interleaved layout needs whole groups of four channels: trap rather than guess.
         core::arch::wasm32::unreachable();
     }
+    let mut dts = [f32x4_splat(0.0); SCAN_TB];
+    let mut dus = [f32x4_splat(0.0); SCAN_TB];
+    let mut ys = [f32x4_splat(0.0); SCAN_TB];
+    let io = ScanIo {
+        u,
+        ldu,
+        delta,
+        ldd,
+        d,
+        z,
+        ldz,
+        dt_bias,
+        y,
+        ldy,
+        flags,
+    };
+    if inter && l == 1 {
+        // One token (decoding): the same three passes, over blocks of channel groups instead
+        // of tokens, so that the softplus of the next groups overlaps the recurrences.
+        let mut c0 = c_start;
+        while c0 < c_end {
+            let c1 = min(c_end, c0 + 4 * SCAN_TB);
+            let mut c = c0;
+            let mut i = 0;
+            while c < c1 {
+                let cnt = min(4, c1 - c);
+                let (dt, du) = io.dt_du(&mth, 0, c, cnt);
+                dts[i] = dt;
+                dus[i] = du;
+                c += 4;
+                i += 1;
+            }
+            let (mut c, mut i) = (c0, 0);
+            while c < c1 {
+                let goff = (c / cpg) * n;
+                ys[i] = scan_token4(
+                    &e2,
+                    a.add(c * n) as *const v128,
+                    h.add(c * n) as *mut v128,
+                    n,
+                    mul(dts[i], log2e),
+                    dus[i],
+                    bm.add(goff),
+                    cm.add(goff),
+                );
+                c += 4;
+                i += 1;
+            }
+            let (mut c, mut i) = (c0, 0);
+            while c < c1 {
+                io.out(&mth, 0, c, min(4, c1 - c), ys[i]);
+                c += 4;
+                i += 1;
+            }
+            c0 = c1;
+        }
+        return;
+    }
     let mut at = [f32x4_splat(0.0); SCAN_NMAX];
     let mut hs = [f32x4_splat(0.0); SCAN_NMAX];
     let atp = at.as_mut_ptr();
     let hsp = hs.as_mut_ptr();
-    let mut dts = [f32x4_splat(0.0); SCAN_TB];
-    let mut dus = [f32x4_splat(0.0); SCAN_TB];
-    let mut ys = [f32x4_splat(0.0); SCAN_TB];
     let mut c = c_start;
     while c < c_end {
         let mut cnt = min(4, c_end - c);
@@ -323,41 +454,17 @@ pub unsafe extern "C" fn selective_scan(
             cnt = 1;
         }
         let goff = (c / cpg) * n;
-        let bias = if dt_bias.is_null() {
-            f32x4_splat(0.0)
-        } else {
-            ldn(dt_bias.add(c), cnt)
-        };
-        let dv = if d.is_null() {
-            f32x4_splat(0.0)
-        } else {
-            ldn(d.add(c), cnt)
-        };
-        // Per-state-index vectors of the four channels: the state in place when interleaved
-        // (group c/4 starts at float c*n there too), else transposed into a stack buffer; A
-        // always copied, times log2(e), so that the decay is one `exp2_4` of `dt * at[j]`.
-        let hp: *mut v128 = if inter {
-            h.add(c * n) as *mut v128
+        // Per-state-index vectors of the four channels: in place when interleaved (group c/4
+        // starts at float c*n there too), else transposed into the stack buffers.
+        let (ap, hp): (*const v128, *mut v128) = if inter {
+            (a.add(c * n) as *const v128, h.add(c * n) as *mut v128)
         } else {
             if n <= SCAN_NMAX {
+                gather_cols(a.add(c * n), n, cnt, atp);
                 gather_cols(h.add(c * n), n, cnt, hsp);
             }
-            hsp
+            (atp, hsp)
         };
-        if n <= SCAN_NMAX {
-            if inter {
-                let ai = a.add(c * n) as *const v128;
-                for j in 0..n {
-                    *atp.add(j) = *ai.add(j);
-                }
-            } else {
-                gather_cols(a.add(c * n), n, cnt, atp);
-            }
-            let log2e = splat(LOG2E);
-            for j in 0..n {
-                *atp.add(j) = mul(*atp.add(j), log2e);
-            }
-        }
         // Tokens go in blocks of three passes, so that the recurrence loop carries nothing but
         // the state from one token to the next: softplus (an exp, a log and a division, ~100
         // cycles of latency) and the output gate would otherwise sit on the per-token critical
@@ -365,37 +472,20 @@ pub unsafe extern "C" fn selective_scan(
         let mut t0 = 0;
         while t0 < l {
             let tb = min(SCAN_TB, l - t0);
-            // Pass 1: dt and dt*u.
             for i in 0..tb {
-                let t = t0 + i;
-                let mut dt = add(ldn(delta.add(t * ldd + c), cnt), bias);
-                if flags & FLAG_SOFTPLUS != 0 {
-                    dt = mth.softplus4(dt);
-                }
+                let (dt, du) = io.dt_du(&mth, t0 + i, c, cnt);
                 dts[i] = dt;
-                dus[i] = mul(dt, ldn(u.add(t * ldu + c), cnt));
+                dus[i] = du;
             }
-            // Pass 2: the recurrence, y before the skip and gate.
             for i in 0..tb {
                 let t = t0 + i;
-                let (dt, du) = (dts[i], dus[i]);
                 let bt = bm.add(t * ldbc + goff);
                 let ct = cm.add(t * ldbc + goff);
-                let mut yv = f32x4_splat(0.0);
-                if n <= SCAN_NMAX {
-                    for j in 0..n {
-                        let da = e2.exp2_4(mul(dt, *atp.add(j)));
-                        let hv = madd(
-                            mul(da, *hp.add(j)),
-                            du,
-                            v128_load32_splat(bt.add(j) as *const u32),
-                        );
-                        *hp.add(j) = hv;
-                        yv = madd(yv, hv, v128_load32_splat(ct.add(j) as *const u32));
-                    }
+                ys[i] = if n <= SCAN_NMAX {
+                    scan_token4(&e2, ap, hp, n, mul(dts[i], log2e), dus[i], bt, ct)
                 } else {
-                    let dtl: [f32; 4] = transmute(dt);
-                    let dul: [f32; 4] = transmute(du);
+                    let dtl: [f32; 4] = transmute(dts[i]);
+                    let dul: [f32; 4] = transmute(dus[i]);
                     let mut yl = [0f32; 4];
                     for q in 0..cnt {
                         let ci = c + q;
@@ -410,22 +500,11 @@ pub unsafe extern "C" fn selective_scan(
                             n,
                         );
                     }
-                    yv = transmute(yl);
-                }
-                ys[i] = yv;
+                    transmute(yl)
+                };
             }
-            // Pass 3: D skip and SiLU(z) gate (u and z are read before y, which may alias them,
-            // is written).
             for i in 0..tb {
-                let t = t0 + i;
-                let mut yv = ys[i];
-                if !d.is_null() {
-                    yv = madd(yv, dv, ldn(u.add(t * ldu + c), cnt));
-                }
-                if !z.is_null() {
-                    yv = mul(yv, mth.silu4(ldn(z.add(t * ldz + c), cnt)));
-                }
-                stn(y.add(t * ldy + c), cnt, yv);
+                io.out(&mth, t0 + i, c, cnt, ys[i]);
             }
             t0 += tb;
         }
