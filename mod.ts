@@ -21,9 +21,16 @@ export { parseConfig } from "./src/config.ts";
 export type { MambaArch, MambaConfig } from "./src/config.ts";
 export { parseSafetensors, tensorToF32 } from "./src/safetensors.ts";
 export type { DType, SafetensorsFile, SafetensorsTensor } from "./src/safetensors.ts";
-export { BackendError, ConfigError, InputError, MambaError, WeightsError } from "./src/errors.ts";
+export {
+  BackendError,
+  ConfigError,
+  DeviceLostError,
+  InputError,
+  MambaError,
+  WeightsError,
+} from "./src/errors.ts";
 export type { Backend, BackendName, DecodeOptions, StateTensors } from "./src/backend.ts";
-export type { BackendChoice } from "./src/backends/registry.ts";
+export type { BackendChoice, BackendPreference } from "./src/backends/registry.ts";
 export type { WeightsDtype } from "./src/weights.ts";
 export type { HostTensor, LayerWeights, ModelWeights, NormWeights } from "./src/weights.ts";
 export { Tokenizer } from "./src/tokenizer.ts";

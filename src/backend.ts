@@ -41,6 +41,11 @@ export interface Backend<A = unknown, S = unknown> {
    * `StateTensors` and the state needs no upload or download).
    */
   readonly hostState: boolean;
+  /**
+   * Why the backend can no longer compute (its device was lost), or undefined while it can.
+   * Backends without a device never set it.
+   */
+  readonly lostReason?: string;
   /** Looks up token ids: returns `[ids.length, dModel]`. Ids are already validated. */
   embed(ids: Int32Array): A;
   /**

@@ -89,3 +89,18 @@ export class InputError extends MambaError {}
  * ```
  */
 export class BackendError extends MambaError {}
+
+/**
+ * The GPU device went away while a model was using it (driver reset, GPU removed or hung, the
+ * device destroyed): the weights and every state held on it are gone. A model loaded with
+ * `backend: "auto"` (or a list of backends) moves to the next backend by itself; states whose
+ * host copy was up to date move with it, the others cannot be recovered.
+ *
+ * @example
+ * ```ts
+ * import { DeviceLostError } from "@mamba/mamba";
+ * const e = new DeviceLostError("WebGPU device lost (unknown): GPU hung");
+ * console.log(e instanceof Error, e.name); // true "DeviceLostError"
+ * ```
+ */
+export class DeviceLostError extends BackendError {}

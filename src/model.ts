@@ -6,8 +6,8 @@
  * @module
  */
 
-import type { Backend } from "./backend.ts";
-import { type BackendChoice, createBackend } from "./backends/registry.ts";
+import type { Backend, BackendInit, BackendName } from "./backend.ts";
+import { type BackendPreference, createBackendChain } from "./backends/registry.ts";
 import { type MambaConfig, parseConfig } from "./config.ts";
 import {
   complete,
@@ -18,7 +18,7 @@ import {
   textStream,
 } from "./generate.ts";
 import { Tokenizer } from "./tokenizer.ts";
-import { ConfigError, InputError, MambaError } from "./errors.ts";
+import { ConfigError, DeviceLostError, InputError, MambaError } from "./errors.ts";
 import { bindState, InferenceState, markComputed, stateLayout } from "./state.ts";
 import { exists, loadWeights, type ModelWeights, readBytes, type WeightsDtype } from "./weights.ts";
 import { Sampler, type SamplingOptions, validateSamplingOptions } from "./sampling.ts";
@@ -27,9 +27,11 @@ import { Sampler, type SamplingOptions, validateSamplingOptions } from "./sampli
 export interface LoadOptions {
   /**
    * Which backend computes: `"auto"` (default: a hardware WebGPU adapter, else `"wasm"`, else
-   * `"ref"`), `"webgpu"`, `"wasm"` or `"ref"`.
+   * `"ref"`), `"webgpu"`, `"wasm"`, `"ref"`, or a list to try in order. With `"auto"` or a
+   * list, a model whose GPU device is lost moves to the next backend (see
+   * {@link DeviceLostError}).
    */
-  backend?: BackendChoice;
+  backend?: BackendPreference;
   /**
    * How to keep the weights: `"f32"` (default), `"f16"`, or `"as-stored"`. Backends that compute
    * in float32 widen f16 weights as they go.
@@ -93,15 +95,17 @@ function dirUrl(dir: string | URL): URL {
 export class MambaLM {
   /** The parsed `config.json`. */
   readonly config: MambaConfig;
-  /** The backend computing this model. */
-  readonly backend: Backend;
+  #backend: Backend;
+  /** Where to go when the backend's device is lost: the next backends, and the weights again. */
+  #fallback?: { rest: BackendName[]; init: () => Promise<BackendInit>; options: LoadOptions };
+  #moving: Promise<Backend> | null = null;
   /** The tokenizer, when the model came with one: needed for text prompts. */
   readonly tokenizer: Tokenizer | undefined;
 
   /** Wraps a config and a ready backend; most users want {@link MambaLM.load}. */
   constructor(config: MambaConfig, backend: Backend, tokenizer?: Tokenizer) {
     this.config = config;
-    this.backend = backend;
+    this.#backend = backend;
     this.tokenizer = tokenizer;
   }
 
@@ -137,8 +141,19 @@ export class MambaLM {
     else if (tok === undefined && (await exists(new URL("tokenizer.json", base)))) {
       tokenizer = await Tokenizer.load(base);
     }
-    const backend = await createBackend(options.backend ?? "auto", { config, weights }, options);
-    return new MambaLM(config, backend, tokenizer);
+    const init = { config, weights };
+    const { backend, rest } = await createBackendChain(options.backend ?? "auto", init, options);
+    const lm = new MambaLM(config, backend, tokenizer);
+    if (rest.length) {
+      // The weights are read again if the device is lost, rather than kept twice meanwhile.
+      const dtype = options.weightsDtype ?? "f32";
+      lm.#fallback = {
+        rest,
+        init: async () => ({ config, weights: await loadWeights(config, base, dtype) }),
+        options,
+      };
+    }
+    return lm;
   }
 
   /**
@@ -156,10 +171,48 @@ export class MambaLM {
   static async fromWeights(
     config: MambaConfig,
     weights: ModelWeights,
-    options: { backend?: BackendChoice; tokenizer?: Tokenizer; wasm?: LoadOptions["wasm"] } = {},
+    options: {
+      backend?: BackendPreference;
+      tokenizer?: Tokenizer;
+      wasm?: LoadOptions["wasm"];
+    } = {},
   ): Promise<MambaLM> {
-    const backend = await createBackend(options.backend ?? "ref", { config, weights }, options);
-    return new MambaLM(config, backend, options.tokenizer);
+    const init = { config, weights };
+    const { backend, rest } = await createBackendChain(options.backend ?? "ref", init, options);
+    const lm = new MambaLM(config, backend, options.tokenizer);
+    if (rest.length) lm.#fallback = { rest, init: () => Promise.resolve(init), options };
+    return lm;
+  }
+
+  /** The backend computing this model (it changes when a lost device is left behind). */
+  get backend(): Backend {
+    return this.#backend;
+  }
+
+  /**
+   * The backend to compute with now: the current one, or, when its device was lost, the next
+   * backend of the model's preference, built once over the weights again.
+   *
+   * @throws {DeviceLostError} when the device was lost and there is no backend to move to.
+   */
+  async #live(): Promise<Backend> {
+    const lost = this.#backend;
+    if (!lost.lostReason) return lost;
+    const f = this.#fallback;
+    if (!f?.rest.length) {
+      throw new DeviceLostError(
+        `${lost.lostReason}; no backend to move to (load with backend "auto" or a list)`,
+      );
+    }
+    this.#moving ??= (async () => {
+      console.error(`mamba: ${lost.lostReason}; moving the model to the "${f.rest[0]}" backend`);
+      const { backend, rest } = await createBackendChain(f.rest, await f.init(), f.options);
+      this.#fallback = rest.length ? { ...f, rest } : undefined;
+      this.#backend = backend;
+      lost.dispose();
+      return backend;
+    })().finally(() => this.#moving = null);
+    return await this.#moving;
   }
 
   /** Whether the backend decodes many tokens per submit on the device (see {@link generateTokens}). */
@@ -188,12 +241,13 @@ export class MambaLM {
    */
   async forward(ids: readonly (readonly number[])[]): Promise<Logits> {
     const [batch, seqLen, flat] = this.#checkIds(ids);
-    const state = this.backend.createState(batch);
+    const be = await this.#live();
+    const state = be.createState(batch);
     try {
-      const data = await this.#run(flat, batch, seqLen, state, false);
+      const data = await this.#run(be, flat, batch, seqLen, state, false);
       return { data, shape: [batch, seqLen, this.config.paddedVocabSize] };
     } finally {
-      this.backend.freeState(state);
+      be.freeState(state);
     }
   }
 
@@ -204,8 +258,9 @@ export class MambaLM {
   async prefill(state: InferenceState, ids: readonly (readonly number[])[]): Promise<Float32Array> {
     const [batch, seqLen, flat] = this.#checkIds(ids);
     this.#checkState(state, batch);
-    const handle = await bindState(state, this.backend);
-    const out = await this.#run(flat, batch, seqLen, handle, true);
+    const be = await this.#live();
+    const handle = await bindState(state, be);
+    const out = await this.#run(be, flat, batch, seqLen, handle, true);
     markComputed(state);
     return out;
   }
@@ -298,7 +353,7 @@ export class MambaLM {
       vocabSize: options.vocabSize ?? this.config.vocabSize,
     });
     if (n === 0) return;
-    const be = this.backend;
+    const be = await this.#live();
     if (be.decodeTokens) {
       const handle = await bindState(state, be);
       markComputed(state);
@@ -323,17 +378,17 @@ export class MambaLM {
 
   /** Frees the backend's memory. The model cannot be used afterwards. */
   dispose(): void {
-    this.backend.dispose();
+    this.#backend.dispose();
   }
 
   async #run(
+    be: Backend,
     ids: Int32Array,
     batch: number,
     seqLen: number,
     state: unknown,
     lastOnly: boolean,
   ): Promise<Float32Array> {
-    const be = this.backend;
     let hidden = be.embed(ids);
     let residual: unknown = null;
     for (let i = 0; i < this.config.nLayer; i++) {

@@ -7,7 +7,7 @@
 
 import type { Backend, StateTensors } from "./backend.ts";
 import type { MambaArch, MambaConfig } from "./config.ts";
-import { InputError } from "./errors.ts";
+import { DeviceLostError, InputError } from "./errors.ts";
 
 /** The shape of a state: enough to check it against a model, and to (de)serialise it. */
 export interface StateLayout {
@@ -245,7 +245,15 @@ export class InferenceState {
     bindImpl = async (state, backend) => {
       const b = state.#binding;
       if (b && b.backend === backend) return b.handle;
-      if (b) {
+      if (b?.backend.lostReason) {
+        // Its device is gone: the host copy carries on if it was up to date.
+        if (!b.hostFresh) {
+          throw new DeviceLostError(
+            `this state lived on the ${b.backend.name} backend and changed there since its ` +
+              `last sync: ${b.backend.lostReason}`,
+          );
+        }
+      } else if (b) {
         await state.sync();
         if (!b.backend.hostState) b.backend.freeState(b.handle);
       }

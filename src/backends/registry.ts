@@ -13,6 +13,15 @@ import type { WasmOptions } from "./wasm/options.ts";
 /** A backend name, or `"auto"`: the fastest one that works here. */
 export type BackendChoice = BackendName | "auto";
 
+/**
+ * Which backend to use: one name, `"auto"` (a hardware WebGPU adapter, else `"wasm"`, else
+ * `"ref"`), or names to try in order. With `"auto"` or a list, a backend that fails to start is
+ * skipped, and a model whose device is lost later moves on to the next one.
+ */
+export type BackendPreference = BackendChoice | readonly BackendName[];
+
+const NAMES: readonly string[] = ["ref", "wasm", "webgpu"];
+
 /** Per-backend options of {@link createBackend}. */
 export interface BackendOptions {
   /** Options of the `wasm` backend (threads, weight storage). */
@@ -33,7 +42,7 @@ export function createBackend(
     case "webgpu":
       return import("./webgpu/backend.ts").then((m) => m.WebGpuBackend.create(init));
     case "auto":
-      return autoBackend(init, options);
+      return createBackendChain("auto", init, options).then((c) => c.backend);
     default:
       return Promise.reject(
         new BackendError(`backend "${name}" is not available (choose ref, wasm, webgpu or auto)`),
@@ -42,29 +51,56 @@ export function createBackend(
 }
 
 /**
- * `"auto"`: webgpu when a hardware WebGPU adapter exists, else wasm, else ref (with a note on
- * stderr). A software adapter (`isFallbackAdapter`, e.g. Mesa's llvmpipe) is slower than the CPU
- * backends.
+ * Builds the first backend of `preference` that starts, and returns it with the names after it
+ * (where to go when its device is lost). A single name fails as that backend fails; `"auto"` and
+ * lists skip a backend that fails (noting why on stderr when they end on `ref`).
  */
-async function autoBackend(init: BackendInit, options: BackendOptions): Promise<Backend> {
-  let why = "no WebGPU adapter";
+export async function createBackendChain(
+  preference: BackendPreference,
+  init: BackendInit,
+  options: BackendOptions = {},
+): Promise<{ backend: Backend; rest: BackendName[] }> {
+  if (typeof preference === "string" && preference !== "auto") {
+    return { backend: await createBackend(preference, init, options), rest: [] };
+  }
+  const why: string[] = [];
+  const order = preference === "auto" ? await autoOrder(why) : [...preference];
+  if (order.length === 0) throw new BackendError("no backend given (an empty list)");
+  for (const name of order) {
+    if (!NAMES.includes(name)) {
+      throw new BackendError(`backend "${name}" is not available (choose ref, wasm or webgpu)`);
+    }
+  }
+  for (let i = 0; i < order.length; i++) {
+    try {
+      const backend = await createBackend(order[i], init, options);
+      if (why.length && order[i] === "ref") {
+        console.error(`mamba: falling back to the "ref" backend (${why.join("; ")})`);
+      }
+      return { backend, rest: order.slice(i + 1) };
+    } catch (e) {
+      if (i === order.length - 1) throw e;
+      why.push(`${order[i]} failed: ${(e as Error).message}`);
+    }
+  }
+  throw new BackendError("unreachable");
+}
+
+/**
+ * `"auto"`: webgpu when a hardware WebGPU adapter exists, then wasm, then ref. A software
+ * adapter (`isFallbackAdapter`, e.g. Mesa's llvmpipe) is slower than the CPU backends.
+ */
+async function autoOrder(why: string[]): Promise<BackendName[]> {
   try {
     const adapter = await navigator.gpu?.requestAdapter();
-    if (adapter && adapter.info.isFallbackAdapter) {
-      why = `only a software WebGPU adapter (${adapter.info.description || "fallback"})`;
-    } else if (adapter) {
-      const m = await import("./webgpu/backend.ts");
-      return await m.WebGpuBackend.create(init);
-    }
+    if (adapter && !adapter.info.isFallbackAdapter) return ["webgpu", "wasm", "ref"];
+    why.push(
+      adapter
+        ? `only a software WebGPU adapter (${adapter.info.description || "fallback"})`
+        : "no WebGPU adapter",
+    );
   } catch (e) {
-    why = `webgpu failed: ${(e as Error).message}`;
+    why.push(`webgpu failed: ${(e as Error).message}`);
   }
-  try {
-    const m = await import("./wasm/backend.ts");
-    return await m.WasmBackend.create(init, options.wasm);
-  } catch (e) {
-    why += `; wasm failed: ${(e as Error).message}`;
-  }
-  console.error(`mamba: backend "auto" falls back to "ref" (${why})`);
-  return new RefBackend(init);
+  return ["wasm", "ref"];
 }

@@ -218,8 +218,18 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     return { rows, cols, buf: this.temp(rows * cols * F32) };
   }
 
-  #use(a: GpuActivation, what: string): Buf {
+  /** Why this backend can no longer compute (see {@link Backend.lostReason}). */
+  get lostReason(): string | undefined {
+    return this.rec.lostReason;
+  }
+
+  #alive(): void {
     if (this.#disposed) throw new BackendError("the webgpu backend was disposed");
+    this.rec.throwIfLost();
+  }
+
+  #use(a: GpuActivation, what: string): Buf {
+    this.#alive();
     if (!a.buf) throw new BackendError(`${what}: this activation was already consumed`);
     return a.buf;
   }
@@ -237,6 +247,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
   // ---------------------------------------------------------------- Backend
 
   embed(ids: Int32Array): GpuActivation {
+    this.#alive();
     const d = this.config.dModel;
     const idBuf = this.temp(ids.length * 4);
     this.rec.write(idBuf, 0, ids);
@@ -833,7 +844,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     n: number,
     options: DecodeOptions,
   ): AsyncGenerator<number[][]> {
-    if (this.#disposed) throw new BackendError("the webgpu backend was disposed");
+    this.#alive();
     if (state.freed) throw new BackendError("decodeTokens: the state was freed");
     if (tokens.length !== state.batch) {
       throw new BackendError(`decodeTokens: ${tokens.length} tokens for ${state.batch} sequences`);
@@ -910,6 +921,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
   }
 
   createState(batch: number): GpuState {
+    this.#alive();
     const [c, s] = this.#stateSizes(batch);
     const conv: Buf[] = [];
     const ssm: Buf[] = [];
@@ -921,6 +933,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
   }
 
   uploadState(s: GpuState, host: StateTensors): void {
+    this.#alive();
     for (let i = 0; i < this.config.nLayer; i++) {
       this.rec.write(s.conv[i], 0, host.conv[i]);
       this.rec.write(s.ssm[i], 0, host.ssm[i]);
@@ -928,6 +941,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
   }
 
   async downloadState(s: GpuState): Promise<StateTensors> {
+    this.#alive();
     const [c, n] = this.#stateSizes(s.batch);
     const L = this.config.nLayer;
     const per = (c + n) * F32;
@@ -949,6 +963,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
   }
 
   cloneState(s: GpuState): GpuState {
+    this.#alive();
     const t = this.createState(s.batch);
     for (let i = 0; i < this.config.nLayer; i++) {
       this.rec.copy(s.conv[i], 0, t.conv[i], 0, s.conv[i].size);

@@ -479,10 +479,13 @@ export class DecodePlan {
         }
         yield rows;
       }
+    } catch (e) {
+      // A lost device surfaces as whichever call noticed first (a map, a submit, a new buffer).
+      throw await be.rec.failure(e);
     } finally {
       for (const f of inflight) {
         await f.done.catch(() => {});
-        f.staging.unmap();
+        if (!be.rec.lostReason) f.staging.unmap();
       }
       this.#busy = false;
     }

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { BackendError } from "../../errors.ts";
+import { BackendError, DeviceLostError } from "../../errors.ts";
 import type { GpuContext } from "./device.ts";
 import type { Kernel } from "./shaders.ts";
 
@@ -73,11 +73,18 @@ export class Recorder {
   #timing: { set: GPUQuerySet; max: number; used: number; resolve: Buf } | null = null;
   #captured: Command[] | null = null;
   #profile: { set: GPUQuerySet; max: number; labels: string[]; resolve: Buf } | null = null;
+  /** Why the device was lost, once it was (then nothing recorded here runs any more). */
+  lostReason: string | undefined;
 
   /** Wraps a device context. */
   constructor(ctx: GpuContext) {
     this.ctx = ctx;
     this.device = ctx.device;
+    this.device.lost.then((info) => {
+      this.lostReason = `WebGPU device lost (${info.reason}${
+        info.message ? `: ${info.message}` : ""
+      }); the weights and states held on it are gone`;
+    });
     if (!errors.has(this.device)) {
       const list: string[] = [];
       errors.set(this.device, list);
@@ -411,6 +418,23 @@ export class Recorder {
     this.#enc = null;
   }
 
+  /** Throws {@link DeviceLostError} once the device is lost. */
+  throwIfLost(): void {
+    if (this.lostReason) throw new DeviceLostError(this.lostReason);
+  }
+
+  /**
+   * The error to report for a failed GPU promise (a map, say): {@link DeviceLostError} when the
+   * device was lost meanwhile (its `lost` promise may settle just after the failure), else `e`.
+   */
+  async failure(e: unknown): Promise<unknown> {
+    if (!this.lostReason) {
+      await Promise.race([this.device.lost, new Promise((r) => setTimeout(r, 50))]);
+      await Promise.resolve();
+    }
+    return this.lostReason ? new DeviceLostError(this.lostReason) : e;
+  }
+
   /** Throws the first GPU validation error seen on the device, if any. */
   checkErrors(): void {
     const list = errors.get(this.device);
@@ -427,10 +451,15 @@ export class Recorder {
       size: Math.max(16, bytes),
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
     });
+    this.throwIfLost();
     this.copy(src, offset, { buffer: staging, id: 0, size: bytes }, 0, bytes);
     this.flush();
     try {
-      await staging.mapAsync(GPUMapMode.READ, 0, bytes);
+      try {
+        await staging.mapAsync(GPUMapMode.READ, 0, bytes);
+      } catch (e) {
+        throw await this.failure(e);
+      }
       this.checkErrors();
       return staging.getMappedRange(0, bytes).slice(0, size);
     } finally {
