@@ -24,6 +24,7 @@ import { PUBLIC_CONFIGS, randomWeights } from "../testing.ts";
 const { values: opt } = parseArgs({
   args: Deno.args,
   options: {
+    only: { type: "string" },
     model: { type: "string", multiple: true, default: ["mamba-130m"] },
     dtype: { type: "string", multiple: true, default: ["f16"] },
     batch: { type: "string", default: "1" },
@@ -112,11 +113,37 @@ for (const name of opt.model) {
           },
         }),
       ],
+      [
+        "in_proj + conv",
+        inProj,
+        (i) => ({
+          ...plain(inProj[0])(),
+          conv: {
+            state: state.conv[i % L.length],
+            weight: L[i % L.length].convWeight,
+            bias: L[i % L.length].convBias,
+            out: convOut,
+            lo: m1 ? 0 : config.dInner,
+            C: m1 ? config.dInner : config.convDim,
+          },
+        }),
+      ],
+      [
+        "in_proj + rms",
+        inProj,
+        (i) => ({
+          ...plain(inProj[0])(),
+          x: res[0],
+          xStride: D,
+          rms: { weight: L[i % L.length].norm.weight, eps: 1e-5 },
+        }),
+      ],
       ["out_proj", L.map((l) => l.outProj), plain(L[0].outProj)],
       ["lm_head", [be.weights.lmHead], plain(be.weights.lmHead)],
     ];
     if (m1) cases.push(["x_proj", L.map((l) => l.xProj!), plain(L[0].xProj!)]);
     for (const [what, mats, o] of cases) {
+      if (opt.only && !what.startsWith(opt.only)) continue;
       const W = mats[0];
       const bytes = W.parts.reduce((a, p) => a + p.buf.size, 0);
       const reps = what === "lm_head" ? 20 : 2 * L.length;
