@@ -162,7 +162,7 @@ for (const name of opt.model) {
       const fmt = (r: { shape: MatvecShape | undefined; us: number }) =>
         `${r.us.toFixed(1)} µs ${(bytes / r.us / 1e3).toFixed(0)} GB/s ` +
         (r.shape ? `t${r.shape.team} r${r.shape.rpt} u${r.shape.unr}` : "default");
-      const def = be.matvecShape(W, M, false);
+      const def = be.matvecShape(W, M);
       console.log(
         `${name} ${dtype} b${M} ${what} [${W.N}×${W.K}] ${(bytes / 1e6).toFixed(1)} MB: default ` +
           `(t${def.team} r${def.rpt} u${def.unr}) ${fmt(results.find((r) => !r.shape)!)}`,

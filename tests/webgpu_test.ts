@@ -219,6 +219,34 @@ Deno.test({
 });
 
 Deno.test({
+  name: "webgpu: fused decoding of 16 sequences at once (scan epilogue in one or several passes)",
+  ignore,
+  async fn() {
+    const name = "m1_d64_l7";
+    const exp = loadExpected(name);
+    const run = exp.json.runs.find((r) => r.batch === 2)!;
+    const rows = Array.from({ length: 16 }, (_, b) => b % 2);
+    for (const matvecShape of [{}, { team: 64 }]) {
+      const lm = await oracleModel(name, { matvecShape });
+      try {
+        const state = lm.createState(16);
+        await lm.prefill(state, rows.map((r) => run.input_ids[r].slice(0, -1)));
+        const got: number[][] = rows.map(() => []);
+        const last = rows.map((r) => run.input_ids[r].at(-1)!);
+        const opts = { topK: 1, vocabSize: exp.json.padded_vocab_size };
+        for await (const block of lm.generateTokens(state, last, 24, opts)) {
+          block.forEach((r, b) => got[b].push(...r));
+        }
+        const want = rows.map((r) => run.generated[r].slice(0, 24));
+        assert.deepEqual(got, want, JSON.stringify(matvecShape));
+      } finally {
+        lm.dispose();
+      }
+    }
+  },
+});
+
+Deno.test({
   name: "webgpu: fused decoding of one state with a larger block size than before",
   ignore,
   async fn() {

@@ -23,7 +23,8 @@
 //   CONV_EPI  epilogue: outputs nBase + n in [convLo, convLo + convC) also feed the causal
 //             conv step of channel c = nBase + n − convLo (state, taps, bias, SiLU → convOut)
 //   SCAN_EPI  epilogue (Mamba-1 dt_proj): y = softplus(· + bias) is δ of channel n, and the
-//             selective-scan step of that channel runs here (NS ≤ TEAM lanes, one state each);
+//             selective-scan step of that channel runs here (NS ≤ TEAM lanes, one state each,
+//             TEAM / NS sequences at a time);
 //             y[m, n] then receives the scan output instead of δ
 #if F16NATIVE
 enable f16;
@@ -267,33 +268,35 @@ fn matvec(
   workgroupBarrier();
 #if SCAN_EPI
   let col = p.nBase + n; // RPT = 1
-  // Mamba-1 step of channel `col`: lanes < NS each own one state value.
-#unroll M MB
-  {
+  // Mamba-1 step of channel `col`: each lane owns one (sequence, state) pair, so a pass covers
+  // TEAM / NS sequences; lane j = 0 of each sequence then sums its NS outputs.
+  for (var m0 = 0u; m0 < MB; m0 += TEAM / ${NS}u) {
+    let m = m0 + lane / ${NS}u;
+    let j = lane % ${NS}u;
+    let act = valid && lane < TEAM / ${NS}u * ${NS}u && m < MB;
     var part = 0.0;
     var ut = 0.0;
-    if (valid && lane < ${NS}u) {
-      let d = softplus(fin[team * 32u + ${M}u] + bias[col]);
-      ut = u[${M}u * p.uStride + col];
-      let si = (${M}u * p.N + col) * ${NS}u + lane; // one part: N = d_inner
-      let bc = ${M}u * p.bcStride + p.bOff;
-      let h = exp(d * A[col * ${NS}u + lane]) * ssm[si] + d * xdbl[bc + lane] * ut;
+    if (act) {
+      let d = softplus(fin[team * 32u + m] + bias[col]);
+      ut = u[m * p.uStride + col];
+      let si = (m * p.N + col) * ${NS}u + j; // one part: N = d_inner
+      let bc = m * p.bcStride + p.bOff;
+      let h = exp(d * A[col * ${NS}u + j]) * ssm[si] + d * xdbl[bc + j] * ut;
       ssm[si] = h;
-      part = h * xdbl[bc + ${NS}u + lane];
+      part = h * xdbl[bc + ${NS}u + j];
     }
     red[lid] = part;
     workgroupBarrier();
-    if (valid && lane == 0u) {
+    if (act && j == 0u) {
       var s = 0.0;
       for (var l = 0u; l < ${NS}u; l++) {
-        s += red[team * TEAM + l];
+        s += red[lid + l];
       }
-      let z = zsrc[${M}u * p.zStride + p.zOff + col];
-      y[p.yOff + ${M}u * p.yStride + col] = (s + Dskip[col] * ut) * silu(z);
+      let z = zsrc[m * p.zStride + p.zOff + col];
+      y[p.yOff + m * p.yStride + col] = (s + Dskip[col] * ut) * silu(z);
     }
     workgroupBarrier();
   }
-#endunroll
 #else
   let col = p.nBase + n + lane % RPT;
   if (valid && lane < NV && n + lane % RPT < p.N) {

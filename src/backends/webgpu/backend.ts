@@ -387,16 +387,22 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
    * (each load of x serves 8 rows), 2 loads in flight per row, and teams of 32 lanes for f16 rows
    * up to 4k columns, 128 beyond; f32 rows read x straight from memory and prefer 256 lanes
    * (128 beyond 4k columns), or 32 when x is staged in workgroup memory (RMSNorm prologue).
-   * Small matrices (and the scan epilogue) keep one row per team, and widen the team (split K)
-   * until there are enough workgroups to fill the GPU.
+   * Small matrices keep one row per team, and widen the team (split K) until there are enough
+   * workgroups to fill the GPU. The scan epilogue (`scanStates` states per channel) takes a team
+   * wide enough for every sequence's states at once.
    */
-  matvecShape(W: GpuMatrix, M: number, scan: boolean, rms = false): MatvecShape {
+  matvecShape(W: GpuMatrix, M: number, scanStates = 0, rms = false): MatvecShape {
     const vec = W.f16 ? 8 : 4;
-    if (scan || W.N < 1024) {
+    if (scanStates) {
       let team = 32;
-      while (
-        team < 256 && !scan && Math.ceil(W.N * team / 256) < 512 && W.K / (team * vec) >= 4
-      ) team *= 2;
+      while (team < 256 && team < scanStates * M) team *= 2;
+      return { team, rpt: 1, unr: 4 };
+    }
+    if (W.N < 1024) {
+      let team = 32;
+      while (team < 256 && Math.ceil(W.N * team / 256) < 512 && W.K / (team * vec) >= 4) {
+        team *= 2;
+      }
       return { team, rpt: 1, unr: 4 };
     }
     let team = W.f16 ? (W.K >= 4096 ? 128 : 32) : rms ? 32 : W.K >= 4096 ? 128 : 256;
@@ -419,7 +425,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     if (o.scan && W.parts.length !== 1) throw new BackendError("matvec: scan epilogue, one part");
     const native = W.f16 && this.#opt.f16Native && this.ctx.shaderF16;
     const { team, rpt, unr } = {
-      ...this.matvecShape(W, o.M, !!o.scan, !!o.rms),
+      ...this.matvecShape(W, o.M, o.scan?.NS ?? 0, !!o.rms),
       ...this.#opt.matvecShape,
       ...o.shape,
       ...(o.scan ? { rpt: 1 } : {}),
