@@ -139,6 +139,14 @@ for (const name of opt.model) {
         }),
       ],
       ["out_proj", L.map((l) => l.outProj), plain(L[0].outProj)],
+      [
+        "out_proj + rms",
+        L.map((l) => l.outProj),
+        () => ({
+          ...plain(L[0].outProj)(),
+          rms: { weight: x, eps: 1e-5 }, // any K floats: the timing does not depend on them
+        }),
+      ],
       ["lm_head", [be.weights.lmHead], plain(be.weights.lmHead)],
     ];
     if (m1) cases.push(["x_proj", L.map((l) => l.xProj!), plain(L[0].xProj!)]);
@@ -153,15 +161,24 @@ for (const name of opt.model) {
       const results: { shape: MatvecShape | undefined; us: number }[] = [];
       const base = await time(be, mats, o, undefined, reps);
       results.push({ shape: undefined, us: base * 1e6 });
+      const rms = what.includes("rms");
       for (const shape of shapes) {
         const vec = W.f16 ? 8 : 4;
         if (W.K < shape.team * vec) continue;
         results.push({ shape, us: (await time(be, mats, o, shape, reps)) * 1e6 });
+        if (rms) {
+          const s2 = { ...shape, stage: false };
+          results.push({ shape: s2, us: (await time(be, mats, o, s2, reps)) * 1e6 });
+        }
       }
       results.sort((a, b) => a.us - b.us);
       const fmt = (r: { shape: MatvecShape | undefined; us: number }) =>
         `${r.us.toFixed(1)} µs ${(bytes / r.us / 1e3).toFixed(0)} GB/s ` +
-        (r.shape ? `t${r.shape.team} r${r.shape.rpt} u${r.shape.unr}` : "default");
+        (r.shape
+          ? `t${r.shape.team} r${r.shape.rpt} u${r.shape.unr}${
+            r.shape.stage === false ? " unstaged" : ""
+          }`
+          : "default");
       const def = be.matvecShape(W, M);
       console.log(
         `${name} ${dtype} b${M} ${what} [${W.N}×${W.K}] ${(bytes / 1e6).toFixed(1)} MB: default ` +

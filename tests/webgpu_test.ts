@@ -187,7 +187,13 @@ Deno.test({
     "webgpu: every matvec split (rows per team, team width, loads in flight) decodes the oracle",
   ignore,
   async fn() {
-    const shapes = [{ rpt: 2 }, { rpt: 3, team: 64 }, { rpt: 4, unr: 2 }, { rpt: 8, team: 128 }];
+    const shapes = [
+      { rpt: 2 },
+      { rpt: 3, team: 64 },
+      { rpt: 4, unr: 2 },
+      { rpt: 8, team: 128 },
+      { rpt: 4, stage: false },
+    ];
     for (const matvecShape of shapes) {
       for (const name of ["m1_d96_l64_vocab500", "m2_hd16_ds16_l64"]) {
         const exp = loadExpected(name);

@@ -14,9 +14,10 @@
 //   F16       W holds f16 pairs packed in u32 (unpack2x16float), 8 per load
 //   F16NATIVE W holds f16 (shader-f16), 8 per load as mat2x4<f16>
 //   XVEC      x (and resIn, normW, resOut) read as vec4: K % VEC == 0 and 4-aligned offsets
-//   PRO_RMS   x ← RMSNorm(x)·normW (eps p.eps). Needs XVEC and STAGE: the workgroup first
-//             stages x·normW in workgroup memory (XS4 vec4s = MB·K/4) and sums x², then the
-//             product reads x from there and the result is scaled by 1/rms
+//   PRO_RMS   x ← RMSNorm(x)·normW (eps p.eps). Needs XVEC: the workgroup first sums x² (the
+//             result is scaled by 1/rms), and with RMS_STAGE also stages x·normW in workgroup
+//             memory (XS4 vec4s = MB·K/4) for the product to read; without it the product reads
+//             (x + resIn)·normW from memory
 //   PRO_ADD   x ← x + resIn first (the residual add)
 //   RES_OUT   workgroup 0 also writes x (after PRO_ADD) to resOut
 //   BIAS, SOFTPLUS  epilogue
@@ -115,16 +116,25 @@ const VEC = 4u;
 var<workgroup> red: array<f32, 2048>;  // [subteam][lane][8]
 var<workgroup> sub: array<f32, 256>;   // [subteam][value]
 var<workgroup> fin: array<f32, 256>;   // [team][value]
-#if PRO_RMS
+#if RMS_STAGE
 var<workgroup> xs: array<vec4<f32>, ${XS4}>;  // [m][K / 4], x·normW
+#endif
+#if PRO_RMS
 var<workgroup> red4: array<vec4<f32>, WG>;
 var<workgroup> rs: array<f32, 16>;
 #endif
 
 // Four consecutive x values of row m from column k (zero past K).
 fn xload(m: u32, k: u32) -> vec4<f32> {
-#if PRO_RMS
+#if RMS_STAGE
   return xs[(m * p.K + k) >> 2u];
+#elif PRO_RMS
+  // (x + resIn) · normW straight from memory (the cache serves the RPT rows of the team).
+  var v = x[(p.xOff + m * p.xStride + k) >> 2u];
+#if PRO_ADD
+  v += resIn[(m * p.rStride + k) >> 2u];
+#endif
+  return v * normW[k >> 2u];
 #elif XVEC
   return x[(p.xOff + m * p.xStride + k) >> 2u];
 #else
@@ -168,7 +178,9 @@ fn matvec(
     }
 #endif
     ss[${M}u % 4u] += dot(v, v);
+#if RMS_STAGE
     xs[${M}u * K4 + k4] = v * normW[k4];
+#endif
   }
   if (${M}u % 4u == 3u || ${M}u == MB - 1u) {
     red4[lid] = ss;

@@ -80,6 +80,8 @@ export interface MatvecShape {
   rpt: number;
   /** Loads in flight per lane and row. */
   unr: number;
+  /** RMSNorm prologue: stage x·normW in workgroup memory (else read it from memory). */
+  stage?: boolean;
 }
 
 /** Options of {@link WebGpuBackend.matvec}; strides and offsets in f32 elements. */
@@ -424,7 +426,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     }
     if (o.scan && W.parts.length !== 1) throw new BackendError("matvec: scan epilogue, one part");
     const native = W.f16 && this.#opt.f16Native && this.ctx.shaderF16;
-    const { team, rpt, unr } = {
+    const { team, rpt, unr, stage } = {
       ...this.matvecShape(W, o.M, o.scan?.NS ?? 0, !!o.rms),
       ...this.#opt.matvecShape,
       ...o.shape,
@@ -444,9 +446,10 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       F16NATIVE: native,
       XVEC: xvec,
       PRO_RMS: !!o.rms,
+      RMS_STAGE: !!o.rms && stage !== false,
       PRO_ADD: !!o.resIn,
       RES_OUT: !!o.resOut,
-      XS4: o.rms ? o.M * K / 4 : 1,
+      XS4: o.rms && stage !== false ? o.M * K / 4 : 1,
       BIAS: !!o.bias,
       SOFTPLUS: !!o.softplus,
       CONV_EPI: !!o.conv,
