@@ -374,13 +374,13 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
    * team (measured on an H200, f16 2.8b in_proj with the conv epilogue: 28.5 µs fused against
    * 17.8 µs + an 11 µs add + norm kernel split).
    */
-  canFuseRms(K: number, M: number): boolean {
-    return this.#opt.fuseNorm && this.#rmsFits(K, M);
+  canFuseRms(K: number, _M: number): boolean {
+    return this.#opt.fuseNorm && K % 8 === 0;
   }
 
-  /** Whether the RMSNorm prologue's staged x fits in workgroup memory. */
+  /** Whether the RMSNorm prologue can stage x in workgroup memory. */
   #rmsFits(K: number, M: number): boolean {
-    return K % 8 === 0 && M * K * 4 <= this.ctx.maxWorkgroupStorage - 15 * 1024;
+    return M * K * 4 <= this.ctx.maxWorkgroupStorage - 15 * 1024;
   }
 
   /**
@@ -407,6 +407,13 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       }
       return { team, rpt: 1, unr: 4 };
     }
+    if (rms && W.K >= 2048) {
+      // Long rows: each workgroup only sums x² up front and reads (x + resIn)·normW from the
+      // cache, rather than staging K floats in workgroup memory (2.8b in_proj 38.8 → 22.6 µs,
+      // out_proj 33.4 → 20.1 µs f16, 96 → 27 µs f32 on the H200).
+      const rpt = Math.min(8, Math.max(1, 2 ** Math.floor(Math.log2(32 / M))));
+      return { team: W.K >= 4096 ? 256 : 64, rpt, unr: 2, stage: false };
+    }
     let team = W.f16 ? (W.K >= 4096 ? 128 : 32) : rms ? 32 : W.K >= 4096 ? 128 : 256;
     while (team > 32 && team * vec > W.K) team /= 2;
     const rpt = Math.min(W.K < 1024 ? 4 : 8, Math.max(1, 2 ** Math.floor(Math.log2(32 / M))));
@@ -421,17 +428,17 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     const K = W.K;
     const vec = W.f16 ? 8 : 4;
     const xvec = K % vec === 0 && o.xOff % 4 === 0 && o.xStride % 4 === 0;
-    if (o.rms && (!xvec || !this.#rmsFits(K, o.M))) {
-      throw new BackendError("matvec: RMSNorm prologue needs K % 8 == 0 and a small M·K");
-    }
+    if (o.rms && !xvec) throw new BackendError("matvec: RMSNorm prologue needs K % 8 == 0");
     if (o.scan && W.parts.length !== 1) throw new BackendError("matvec: scan epilogue, one part");
     const native = W.f16 && this.#opt.f16Native && this.ctx.shaderF16;
-    const { team, rpt, unr, stage } = {
+    const { team, rpt, unr, stage: staged } = {
       ...this.matvecShape(W, o.M, o.scan?.NS ?? 0, !!o.rms),
       ...this.#opt.matvecShape,
       ...o.shape,
       ...(o.scan ? { rpt: 1 } : {}),
     };
+    // Staging x in workgroup memory needs it to fit.
+    const stage = staged !== false && this.#rmsFits(K, o.M);
     if (o.scan && rpt !== 1) throw new BackendError("matvec: scan epilogue, one row per team");
     if (o.M * rpt > 32) throw new BackendError("matvec: at most 32 values per team");
     const k = this.pipeline("matvec", "matvec", {
@@ -446,10 +453,10 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       F16NATIVE: native,
       XVEC: xvec,
       PRO_RMS: !!o.rms,
-      RMS_STAGE: !!o.rms && stage !== false,
+      RMS_STAGE: !!o.rms && stage,
       PRO_ADD: !!o.resIn,
       RES_OUT: !!o.resOut,
-      XS4: o.rms && stage !== false ? o.M * K / 4 : 1,
+      XS4: o.rms && stage ? o.M * K / 4 : 1,
       BIAS: !!o.bias,
       SOFTPLUS: !!o.softplus,
       CONV_EPI: !!o.conv,
