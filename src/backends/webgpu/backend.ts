@@ -374,8 +374,9 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
    * team (measured on an H200, f16 2.8b in_proj with the conv epilogue: 28.5 µs fused against
    * 17.8 µs + an 11 µs add + norm kernel split).
    */
-  canFuseRms(K: number, _M: number): boolean {
-    return this.#opt.fuseNorm && K % 8 === 0;
+  canFuseRms(K: number, M: number): boolean {
+    // Unstaged, every row of x is read again per weight load: fine for a few rows, not 16.
+    return this.#opt.fuseNorm && K % 8 === 0 && (M <= 4 || this.#rmsFits(K, M));
   }
 
   /** Whether the RMSNorm prologue can stage x in workgroup memory. */
@@ -390,16 +391,13 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
    * up to 4k columns, 128 beyond; f32 rows read x straight from memory and prefer 256 lanes
    * (128 beyond 4k columns), or 32 when x is staged in workgroup memory (RMSNorm prologue).
    * Small matrices keep one row per team, and widen the team (split K) until there are enough
-   * workgroups to fill the GPU. The scan epilogue (`scanStates` states per channel) takes a team
-   * wide enough for every sequence's states at once.
+   * workgroups to fill the GPU. The scan epilogue has `scanStates` states per channel.
    */
   matvecShape(W: GpuMatrix, M: number, scanStates = 0, rms = false): MatvecShape {
     const vec = W.f16 ? 8 : 4;
-    if (scanStates) {
-      let team = 32;
-      while (team < 256 && team < scanStates * M) team *= 2;
-      return { team, rpt: 1, unr: 4 };
-    }
+    // The scan epilogue: 32 lanes cover 32 / scanStates sequences a pass (wider teams measured
+    // slower at batch 16: 1536 single-channel workgroups).
+    if (scanStates) return { team: 32, rpt: 1, unr: 4 };
     if (W.N < 1024) {
       let team = 32;
       while (team < 256 && Math.ceil(W.N * team / 256) < 512 && W.K / (team * vec) >= 4) {
