@@ -12,14 +12,9 @@
  */
 
 import { parseArgs } from "node:util";
-import { parseConfig } from "../src/config.ts";
-import {
-  type MatvecOptions,
-  type MatvecShape,
-  WebGpuBackend,
-} from "../src/backends/webgpu/backend.ts";
+import type { MatvecOptions, MatvecShape, WebGpuBackend } from "../src/backends/webgpu/backend.ts";
 import type { GpuMatrix } from "../src/backends/webgpu/weights.ts";
-import { PUBLIC_CONFIGS, randomWeights } from "../testing.ts";
+import { randomGpuBackend } from "./webgpu_util.ts";
 
 const { values: opt } = parseArgs({
   args: Deno.args,
@@ -67,16 +62,13 @@ async function time(
 
 for (const name of opt.model) {
   for (const dtype of opt.dtype as ("f32" | "f16")[]) {
-    const config = parseConfig(PUBLIC_CONFIGS[name]);
-    const small = config.dModel * config.dModel * config.nLayer < 1e8;
-    const weights = randomWeights(config, { dtype, fast: !small });
-    const be = await WebGpuBackend.create({ config, weights });
+    const { config, be } = await randomGpuBackend(name, dtype);
     const L = be.weights.layers;
     const D = config.dModel;
     const maxK = Math.max(D, config.dInner) * 2;
     const x = be.temp(M * maxK * F32);
     const y = be.temp(M * 4 * config.dInner * F32);
-    const res = [be.temp(M * D * F32), be.temp(M * D * F32)];
+    const [res0, res1] = [be.temp(M * D * F32), be.temp(M * D * F32)];
     const convOut = be.temp(M * config.convDim * F32);
     const state = be.createState(M);
     be.rec.clear(x);
@@ -91,53 +83,29 @@ for (const name of opt.model) {
     });
     const inProj = L.map((l) => l.inProj);
     const m1 = config.arch === "mamba1";
+    // The fused prologue and epilogue of decode's in_proj, for layer i % nLayer.
+    const rms = (i: number) => ({
+      ...plain(inProj[0])(),
+      x: res0,
+      xStride: D,
+      rms: { weight: L[i % L.length].norm.weight, eps: 1e-5 },
+    });
+    const res = () => ({ resIn: res0, resOut: res1 });
+    const conv = (i: number) => ({
+      conv: {
+        state: state.conv[i % L.length],
+        weight: L[i % L.length].convWeight,
+        bias: L[i % L.length].convBias,
+        out: convOut,
+        lo: m1 ? 0 : config.dInner,
+        C: m1 ? config.dInner : config.convDim,
+      },
+    });
     const cases: [string, GpuMatrix[], (i: number) => Omit<MatvecOptions, "shape">][] = [
       ["in_proj", inProj, plain(inProj[0])],
-      [
-        "in_proj + rms + residual + conv",
-        inProj,
-        (i) => ({
-          ...plain(inProj[0])(),
-          x: res[0],
-          xStride: D,
-          rms: { weight: L[i % L.length].norm.weight, eps: 1e-5 },
-          resIn: res[0],
-          resOut: res[1],
-          conv: {
-            state: state.conv[i % L.length],
-            weight: L[i % L.length].convWeight,
-            bias: L[i % L.length].convBias,
-            out: convOut,
-            lo: m1 ? 0 : config.dInner,
-            C: m1 ? config.dInner : config.convDim,
-          },
-        }),
-      ],
-      [
-        "in_proj + conv",
-        inProj,
-        (i) => ({
-          ...plain(inProj[0])(),
-          conv: {
-            state: state.conv[i % L.length],
-            weight: L[i % L.length].convWeight,
-            bias: L[i % L.length].convBias,
-            out: convOut,
-            lo: m1 ? 0 : config.dInner,
-            C: m1 ? config.dInner : config.convDim,
-          },
-        }),
-      ],
-      [
-        "in_proj + rms",
-        inProj,
-        (i) => ({
-          ...plain(inProj[0])(),
-          x: res[0],
-          xStride: D,
-          rms: { weight: L[i % L.length].norm.weight, eps: 1e-5 },
-        }),
-      ],
+      ["in_proj + rms + residual + conv", inProj, (i) => ({ ...rms(i), ...res(), ...conv(i) })],
+      ["in_proj + conv", inProj, (i) => ({ ...plain(inProj[0])(), ...conv(i) })],
+      ["in_proj + rms", inProj, rms],
       ["out_proj", L.map((l) => l.outProj), plain(L[0].outProj)],
       [
         "out_proj + rms",

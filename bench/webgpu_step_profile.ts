@@ -13,11 +13,10 @@
  */
 
 import { parseArgs } from "node:util";
-import { parseConfig } from "../src/config.ts";
 import { validateSamplingOptions } from "../src/sampling.ts";
-import { WebGpuBackend } from "../src/backends/webgpu/backend.ts";
+import type { WebGpuBackend } from "../src/backends/webgpu/backend.ts";
 import type { Command } from "../src/backends/webgpu/recorder.ts";
-import { PUBLIC_CONFIGS, randomWeights } from "../testing.ts";
+import { randomGpuBackend } from "./webgpu_util.ts";
 
 const { values: opt } = parseArgs({
   args: Deno.args,
@@ -26,6 +25,8 @@ const { values: opt } = parseArgs({
     dtype: { type: "string", multiple: true, default: ["f16"] },
     batch: { type: "string", default: "1" },
     reps: { type: "string", default: "50" },
+    labels: { type: "boolean", default: true },
+    "no-labels": { type: "boolean" },
     json: { type: "string" },
   },
 });
@@ -85,10 +86,7 @@ const short = (label: string) => label.replace(/[A-Z0-9_]+=(false|0)(,|$)/g, "")
 
 for (const name of opt.model) {
   for (const dtype of opt.dtype as ("f32" | "f16")[]) {
-    const config = parseConfig(PUBLIC_CONFIGS[name]);
-    const small = config.dModel * config.dModel * config.nLayer < 1e8;
-    const weights = randomWeights(config, { dtype, fast: !small });
-    const be = await WebGpuBackend.create({ config, weights });
+    const { config, be } = await randomGpuBackend(name, dtype);
     const state = be.createState(batch);
     const plan = be.decodePlan(batch);
     const sampling = validateSamplingOptions({ topK: 1 });
@@ -104,7 +102,7 @@ for (const name of opt.model) {
         `(${(1e6 / full).toFixed(0)} tok/s GPU); one pass per dispatch: ${perPass.toFixed(1)} µs`,
     );
     rows.push({ model: name, dtype, batch, what: "step", dispatches: step.length, us: full });
-    for (const label of labels) {
+    for (const label of opt["no-labels"] ? [] : labels) {
       const n = step.filter((c) => c.label === label).length;
       const without = await time(be, step.filter((c) => c.label !== label));
       const only = await time(be, step.filter((c) => c.label === label));
@@ -144,6 +142,9 @@ for (const name of opt.model) {
       { blockSize: 64, submitSteps: 8, inFlight: 2 },
       { blockSize: 64, submitSteps: 4, inFlight: 2 },
       { blockSize: 64, submitSteps: 8, inFlight: 3 },
+      { blockSize: 64, submitSteps: 4, inFlight: 3 },
+      { blockSize: 32, submitSteps: 4, inFlight: 3 },
+      { blockSize: 32, submitSteps: 4, inFlight: 2 },
       { blockSize: 256, submitSteps: 8, inFlight: 2 },
     ];
     for (const { blockSize, submitSteps, inFlight } of variants) {

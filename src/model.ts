@@ -158,7 +158,9 @@ export class MambaLM {
 
   /**
    * Builds a model from a parsed config and weights already in memory (random weights for a
-   * benchmark, say, or weights converted by other code).
+   * benchmark, say, or weights converted by other code). The backend defaults to `"ref"`; with
+   * `"auto"` or a list that leaves backends to move to, the model keeps a reference to `weights`
+   * for that move (see {@link DeviceLostError}).
    *
    * @example
    * ```ts

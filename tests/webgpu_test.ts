@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import { MambaLM, parseConfig } from "../mod.ts";
+import { type GenerateTokensOptions, type InferenceState, MambaLM, parseConfig } from "../mod.ts";
 import { WebGpuBackend, type WebGpuOptions } from "../src/backends/webgpu/backend.ts";
 import { preprocess } from "../src/backends/webgpu/shaders.ts";
 import { Sampler, type SamplingOptions, validateSamplingOptions } from "../src/sampling.ts";
@@ -39,6 +39,37 @@ async function oracleModel(
   const config = parseConfig(JSON.parse(Deno.readTextFileSync(`${dir}/config.json`)));
   const weights = await loadWeights(config, new URL(`file://${dir}/`), dtype);
   return new MambaLM(config, await WebGpuBackend.create({ config, weights }, options));
+}
+
+/** The tokens of fused decoding (`generateTokens`), one row per sequence. */
+async function decodeRows(
+  lm: MambaLM,
+  state: InferenceState,
+  last: number[],
+  n: number,
+  options: GenerateTokensOptions,
+): Promise<number[][]> {
+  const got: number[][] = last.map(() => []);
+  for await (const block of lm.generateTokens(state, last, n, options)) {
+    block.forEach((r, b) => got[b].push(...r));
+  }
+  return got;
+}
+
+/**
+ * Greedy fused decoding of `n` tokens after prompts `ids`: all but their last token are
+ * prefilled into a new state, the last one starts the decoding.
+ */
+async function greedyAfter(
+  lm: MambaLM,
+  ids: readonly (readonly number[])[],
+  n: number,
+  vocabSize: number,
+): Promise<{ state: InferenceState; got: number[][] }> {
+  const state = lm.createState(ids.length);
+  await lm.prefill(state, ids.map((r) => r.slice(0, -1)));
+  const got = await decodeRows(lm, state, ids.map((r) => r.at(-1)!), n, { topK: 1, vocabSize });
+  return { state, got };
 }
 
 /** Forward logits and prefill states of every run of `name` against the oracle. */
@@ -158,13 +189,10 @@ Deno.test({
             if (run.prompt_len > 1) {
               await lm.prefill(state, run.input_ids.map((r) => r.slice(0, -1)));
             }
-            const got: number[][] = run.input_ids.map(() => []);
             const last = run.input_ids.map((r) => r.at(-1)!);
             // Small blocks, so several are in flight.
             const opts = { topK: 1, vocabSize, blockSize: 5 };
-            for await (const block of lm.generateTokens(state, last, want[0].length, opts)) {
-              block.forEach((r, b) => got[b].push(...r));
-            }
+            const got = await decodeRows(lm, state, last, want[0].length, opts);
             assert.deepEqual(got, want, `${name} ${run.name} ${key}`);
             // The state has consumed the prompt and the first n − 1 tokens: one more step on
             // the last token must give the logits of a fresh prefill of all of it.
@@ -200,14 +228,8 @@ Deno.test({
         const lm = await oracleModel(name, { matvecShape });
         try {
           for (const run of exp.json.runs) {
-            const state = lm.createState(run.batch);
-            await lm.prefill(state, run.input_ids.map((r) => r.slice(0, -1)));
-            const got: number[][] = run.input_ids.map(() => []);
-            const last = run.input_ids.map((r) => r.at(-1)!);
-            const opts = { topK: 1, vocabSize: exp.json.padded_vocab_size };
-            for await (const block of lm.generateTokens(state, last, 16, opts)) {
-              block.forEach((r, b) => got[b].push(...r));
-            }
+            const V = exp.json.padded_vocab_size;
+            const { state, got } = await greedyAfter(lm, run.input_ids, 16, V);
             const what = `${name} ${run.name} ${JSON.stringify(matvecShape)}`;
             assert.deepEqual(got, run.generated.map((g) => g.slice(0, 16)), what);
             // One step more (matvec) against a prefill of everything (matmul).
@@ -235,14 +257,8 @@ Deno.test({
     for (const matvecShape of [{}, { team: 64 }]) {
       const lm = await oracleModel(name, { matvecShape });
       try {
-        const state = lm.createState(16);
-        await lm.prefill(state, rows.map((r) => run.input_ids[r].slice(0, -1)));
-        const got: number[][] = rows.map(() => []);
-        const last = rows.map((r) => run.input_ids[r].at(-1)!);
-        const opts = { topK: 1, vocabSize: exp.json.padded_vocab_size };
-        for await (const block of lm.generateTokens(state, last, 24, opts)) {
-          block.forEach((r, b) => got[b].push(...r));
-        }
+        const ids = rows.map((r) => run.input_ids[r]);
+        const { got } = await greedyAfter(lm, ids, 24, exp.json.padded_vocab_size);
         const want = rows.map((r) => run.generated[r].slice(0, 24));
         assert.deepEqual(got, want, JSON.stringify(matvecShape));
       } finally {
@@ -290,14 +306,7 @@ Deno.test({
       const lm = await oracleModel(name, { fuseNorm: false });
       try {
         for (const run of exp.json.runs) {
-          const state = lm.createState(run.batch);
-          await lm.prefill(state, run.input_ids.map((r) => r.slice(0, -1)));
-          const got: number[][] = run.input_ids.map(() => []);
-          const last = run.input_ids.map((r) => r.at(-1)!);
-          const opts = { topK: 1, vocabSize: exp.json.padded_vocab_size };
-          for await (const block of lm.generateTokens(state, last, 32, opts)) {
-            block.forEach((r, b) => got[b].push(...r));
-          }
+          const { got } = await greedyAfter(lm, run.input_ids, 32, exp.json.padded_vocab_size);
           assert.deepEqual(got, run.generated, `${name} ${run.name}`);
         }
       } finally {
