@@ -25,7 +25,6 @@ const { values: opt } = parseArgs({
     dtype: { type: "string", multiple: true, default: ["f16"] },
     batch: { type: "string", default: "1" },
     reps: { type: "string", default: "50" },
-    labels: { type: "boolean", default: true },
     "no-labels": { type: "boolean" },
     json: { type: "string" },
   },
