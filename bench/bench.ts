@@ -12,6 +12,7 @@
  * @module
  */
 
+import { printUsage } from "./usage.ts";
 import { parseArgs } from "node:util";
 import { type BackendChoice, MambaLM, parseConfig } from "../mod.ts";
 import { PUBLIC_CONFIGS, randomWeights } from "../testing.ts";
@@ -71,6 +72,7 @@ if (import.meta.main) {
   const { values: v } = parseArgs({
     args: Deno.args,
     options: {
+      help: { type: "boolean", short: "h" },
       model: { type: "string", multiple: true },
       backend: { type: "string", multiple: true },
       weights: { type: "string", default: "f32" },
@@ -80,6 +82,10 @@ if (import.meta.main) {
       json: { type: "boolean" },
     },
   });
+  if (v.help) {
+    await printUsage(import.meta.url);
+    Deno.exit(0);
+  }
   const models = v.model ?? ["mamba-130m", "mamba2-130m"];
   // The best backend here, and the reference as the same-run baseline.
   const backends = (v.backend ?? ["auto", "ref"]) as BackendChoice[];

@@ -19,6 +19,7 @@
  * @module
  */
 
+import { printUsage } from "./usage.ts";
 import { parseArgs } from "node:util";
 import { MambaLM, parseConfig } from "../mod.ts";
 import { PUBLIC_CONFIGS, randomWeights } from "../testing.ts";
@@ -254,6 +255,7 @@ if (import.meta.main && !inWorker) {
   const { values: v } = parseArgs({
     args: Deno.args,
     options: {
+      help: { type: "boolean", short: "h" },
       model: { type: "string", multiple: true },
       weights: { type: "string", default: "f32,f16,q8" },
       threads: { type: "string", default: "1,2" },
@@ -264,6 +266,10 @@ if (import.meta.main && !inWorker) {
       json: { type: "boolean" },
     },
   });
+  if (v.help) {
+    await printUsage(import.meta.url);
+    Deno.exit(0);
+  }
   const models = v.model ?? ["mamba-130m", "mamba2-130m"];
   const dtypes = v.weights!.split(",") as WasmWeights[];
   const threadList = v.threads!.split(",").map(Number);

@@ -22,6 +22,7 @@
  * @module
  */
 
+import { printUsage } from "./usage.ts";
 import { parseArgs } from "node:util";
 import { MambaLM, parseConfig } from "../mod.ts";
 import { PUBLIC_CONFIGS, randomWeights } from "../testing.ts";
@@ -252,6 +253,7 @@ if (import.meta.main) {
   const { values: v } = parseArgs({
     args: Deno.args,
     options: {
+      help: { type: "boolean", short: "h" },
       model: { type: "string", multiple: true },
       dtype: { type: "string", multiple: true },
       decode: { type: "string", default: "256" },
@@ -266,6 +268,10 @@ if (import.meta.main) {
       out: { type: "string" },
     },
   });
+  if (v.help) {
+    await printUsage(import.meta.url);
+    Deno.exit(0);
+  }
   const results: WebGpuBenchResult[] = [];
   const emit = (r: WebGpuBenchResult) => {
     results.push(r);
