@@ -194,12 +194,19 @@ async function check(): Promise<WebGpuBenchResult[]> {
     for (let i = 1; i < n; i++) if (x[o + i] > x[o + b]) b = i;
     return b;
   };
-  for (const layer of ["Mamba1", "Mamba2"]) {
+  // d_model 256 takes the matrix-vector kernel's several-rows path; 2048 also its unstaged
+  // RMSNorm prologue (rows of 2k+ columns).
+  for (
+    const [layer, dModel] of [["Mamba1", 256], ["Mamba2", 256], ["Mamba1", 2048], [
+      "Mamba2",
+      2048,
+    ]] as const
+  ) {
     for (const dtype of ["f32", "f16"] as const) {
-      for (const f16Native of dtype === "f16" ? [false, true] : [false]) {
+      for (const f16Native of dtype === "f16" && dModel === 256 ? [false, true] : [false]) {
         const config = parseConfig({
-          d_model: 256,
-          n_layer: 3,
+          d_model: dModel,
+          n_layer: dModel === 256 ? 3 : 2,
           vocab_size: 1000,
           ssm_cfg: layer === "Mamba2" ? { layer, headdim: 32, chunk_size: 32 } : {},
         });
@@ -239,8 +246,8 @@ async function check(): Promise<WebGpuBenchResult[]> {
         const note = `${ok ? "PASS" : "FAIL"} max |Δlogit| ${maxErr.toExponential(2)} ` +
           `(max |logit| ${maxRef.toFixed(2)}), greedy tokens equal for ${same}/24` +
           (f16Native ? " (shader-f16)" : "");
-        log(`check ${layer} ${dtype}: ${note}`);
-        out.push({ model: `random-${layer}`, weights: dtype, kind: "check", note });
+        log(`check ${layer} d_model ${dModel} ${dtype}: ${note}`);
+        out.push({ model: `random-${layer}-${dModel}`, weights: dtype, kind: "check", note });
         ref.dispose();
         wg.dispose();
       }
