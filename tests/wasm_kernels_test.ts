@@ -1221,6 +1221,77 @@ Deno.test("wasm kernels: ssd_scan seq / step / head ranges vs reference", async 
   }
 });
 
+Deno.test("wasm kernels: ssd_step prefetch stays in range (state at the end of memory, head ranges)", async () => {
+  // ssd_scan's first token reads one float per cache line of the next four state rows ahead
+  // (a software prefetch): with the state ending exactly at the end of memory, a read past the
+  // range would trap. The results must equal those of a state elsewhere, bit for bit.
+  const k = await kernels();
+  const r = rng(21);
+  const cases = [
+    { nheads: 4, headdim: 8, n: 16, ngroups: 2 },
+    { nheads: 3, headdim: 64, n: 128, ngroups: 1 },
+    { nheads: 5, headdim: 12, n: 10, ngroups: 5 },
+    { nheads: 2, headdim: 6, n: 7, ngroups: 1 },
+  ];
+  for (const { nheads, headdim: P, n, ngroups } of cases) {
+    const mark = k.mark();
+    const di = nheads * P, sBytes = nheads * P * n * 4;
+    const x = k.upload(uniform(r, di)), dt = k.upload(uniform(r, nheads, -4, 1));
+    const a = k.upload(uniform(r, nheads, -3, -0.2)), D = k.upload(uniform(r, nheads));
+    const bias = k.upload(uniform(r, nheads));
+    const bm = k.upload(uniform(r, ngroups * n)), cm = k.upload(uniform(r, ngroups * n));
+    const s0 = uniform(r, nheads * P * n);
+    const ref = k.upload(s0), yRef = k.allocF32(di), y = k.allocF32(di);
+    // pad so that the state's (64-byte rounded) end is the end of memory
+    k.exports.heap_reserve(sBytes + 65536);
+    const pad = k.memory.buffer.byteLength - k.exports.heap_top() - Math.ceil(sBytes / 64) * 64;
+    if (pad > 0) k.alloc(pad);
+    const state = k.upload(s0);
+    assert.ok(
+      k.memory.buffer.byteLength - (state.ptr + sBytes) < 64,
+      "state not at the end of memory",
+    );
+    const step = (st: number, out: number, h0: number, h1: number) =>
+      k.ssdStep(
+        st,
+        x.ptr,
+        dt.ptr,
+        a.ptr,
+        bm.ptr,
+        cm.ptr,
+        D.ptr,
+        bias.ptr,
+        out,
+        nheads,
+        P,
+        n,
+        ngroups,
+        h0,
+        h1,
+        SCAN_SOFTPLUS,
+      );
+    for (const [h0, h1] of [[0, nheads], [nheads - 1, nheads], [0, 1], [1, nheads]]) {
+      ref.set(s0);
+      state.set(s0);
+      yRef.view.fill(0);
+      y.view.fill(0);
+      step(ref.ptr, yRef.ptr, h0, h1);
+      step(state.ptr, y.ptr, h0, h1);
+      const what = `${JSON.stringify({ nheads, P, n, ngroups, h0, h1 })}`;
+      assertClose(y.view, Array.from(yRef.view), 0, 0, `ssd_step y at memory end ${what}`);
+      assertClose(state.view, Array.from(ref.view), 0, 0, `ssd_step state at memory end ${what}`);
+      // heads outside the range untouched
+      for (let i = 0; i < nheads * P * n; i++) {
+        const h = Math.floor(i / (P * n));
+        if ((h < h0 || h >= h1) && state.view[i] !== s0[i]) {
+          throw new Error(`ssd_step wrote head ${h} outside [${h0}, ${h1}) ${what}`);
+        }
+      }
+    }
+    k.reset(mark);
+  }
+});
+
 // ----------------------------------------------------------------------------------------------
 // oracle cases (shared fixtures)
 
