@@ -369,4 +369,43 @@ console.log(
   print("ssd seq L=64", (time(() => run(l)) * 1000 / l).toFixed(1) + " us/token");
   k.reset(mark);
 }
+{
+  // ssd_step as in mamba2-130m decoding on one of 2 ranks: 12 heads x 64 x 128 per layer, the
+  // layers' states (9.4 MB per rank) cycled through 4x that much memory so that they come from
+  // DRAM, as they do between the weight streams of a decode step.
+  const nh = 12, p = 64, n = 128, layers = 96, per = nh * p * n;
+  const mark = k.mark();
+  const st = k.allocF32(layers * per);
+  const a = k.upload(rand(new Float32Array(nh)).map((v) => -Math.abs(v)));
+  const x = k.upload(rand(new Float32Array(nh * p))), dt = k.upload(rand(new Float32Array(nh)));
+  const bc = k.upload(rand(new Float32Array(2 * n))), d = k.upload(rand(new Float32Array(nh)));
+  const y = k.allocF32(nh * p);
+  const ms = time(() => {
+    for (let i = 0; i < layers; i++) {
+      k.ssdStep(
+        st.ptr + i * per * 4,
+        x.ptr,
+        dt.ptr,
+        a.ptr,
+        bc.ptr,
+        bc.at(n),
+        d.ptr,
+        0,
+        y.ptr,
+        nh,
+        p,
+        n,
+        1,
+        0,
+        nh,
+        1,
+      );
+    }
+  });
+  print(
+    "ssd step from DRAM (12 x 64 x 128 x 24 layers)",
+    `${(ms / 4).toFixed(3)} ms/token, ${(2 * layers * per * 4 / ms / 1e6).toFixed(1)} GB/s r+w`,
+  );
+  k.reset(mark);
+}
 if (sink === 42) console.log(sink);

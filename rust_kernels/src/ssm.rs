@@ -571,13 +571,13 @@ pub unsafe extern "C" fn selective_scan_step(
 
 /// Four state rows `p..p+4` of one head for one token (they are contiguous: `4*n` floats at `sp`).
 ///
-/// With `pf` non-null, also reads one float of every 64-byte line of the next `4*n` floats at
+/// With `PF`, also reads one float of every 64-byte line of the next `4*n` floats at
 /// `pf` (the next four rows) and returns their bits XORed: a software prefetch. From DRAM, the
 /// four interleaved read-modify-write streams alone ran at ~11 GB/s on one core (the hardware
 /// prefetcher does not follow them); with the touches one block ahead, ~35 GB/s. The caller
 /// must keep the result alive (V8 drops unused loads).
 #[inline(always)]
-unsafe fn ssd_rows4(
+unsafe fn ssd_rows4<const PF: bool>(
     sp: *mut f32,
     n: usize,
     da: v128,
@@ -590,7 +590,7 @@ unsafe fn ssd_rows4(
     let mut touched = 0u32;
     let mut j = 0;
     while j + 4 <= n {
-        if !pf.is_null() {
+        if PF {
             touched ^= core::ptr::read_volatile(pf.add(4 * j));
         }
         let bv = ld(bt.add(j));
@@ -688,11 +688,50 @@ pub unsafe extern "C" fn ssd_scan(
     h_end: usize,
     flags: u32,
 ) {
+    // One-token calls (decoding) find the state in DRAM: they prefetch four rows ahead (see
+    // `ssd_rows4`), up to the end of the head range. Sequences run the loop without it (their
+    // state is in cache after the first token).
+    if l == 1 {
+        ssd_scan_impl::<true>(
+            state, x, ldx, dt, lddt, a, bm, cm, ldbc, d, dt_bias, y, ldy, l, nheads, headdim, n,
+            ngroups, h_start, h_end, flags,
+        )
+    } else {
+        ssd_scan_impl::<false>(
+            state, x, ldx, dt, lddt, a, bm, cm, ldbc, d, dt_bias, y, ldy, l, nheads, headdim, n,
+            ngroups, h_start, h_end, flags,
+        )
+    }
+}
+
+/// `ssd_scan` for one `PF` (see there).
+#[inline(never)]
+unsafe fn ssd_scan_impl<const PF: bool>(
+    state: *mut f32,
+    x: *const f32,
+    ldx: usize,
+    dt: *const f32,
+    lddt: usize,
+    a: *const f32,
+    bm: *const f32,
+    cm: *const f32,
+    ldbc: usize,
+    d: *const f32,
+    dt_bias: *const f32,
+    y: *mut f32,
+    ldy: usize,
+    l: usize,
+    nheads: usize,
+    headdim: usize,
+    n: usize,
+    ngroups: usize,
+    h_start: usize,
+    h_end: usize,
+    flags: u32,
+) {
     let ng = if ngroups == 0 { 1 } else { ngroups };
     let hpg = if nheads / ng == 0 { 1 } else { nheads / ng };
     let pn = headdim * n;
-    // The first token's pass over the heads' state prefetches four rows ahead (see `ssd_rows4`),
-    // up to the end of the range; later tokens find the head's state in cache.
     let state_end = state.add(h_end * pn) as *const f32;
     let mut touched = 0u32;
     for hh in h_start..h_end {
@@ -727,13 +766,13 @@ pub unsafe extern "C" fn ssd_scan(
                 let sa: [f32; 4] = transmute(sv);
                 let s = [splat(sa[0]), splat(sa[1]), splat(sa[2]), splat(sa[3])];
                 let next = sp.add((p + 4) * n) as *const f32;
-                let pf = if t == 0 && next.add(4 * n) <= state_end {
-                    next as *const u32
+                let ys = if PF && next.add(4 * n) <= state_end {
+                    let (ys, bits) = ssd_rows4::<true>(sp.add(p * n), n, da, s, bt, ct, next as _);
+                    touched ^= bits;
+                    ys
                 } else {
-                    core::ptr::null()
+                    ssd_rows4::<false>(sp.add(p * n), n, da, s, bt, ct, next as _).0
                 };
-                let (ys, bits) = ssd_rows4(sp.add(p * n), n, da, s, bt, ct, pf);
-                touched ^= bits;
                 let yv = madd(transmute(ys), splat(dh), xv);
                 st(yt.add(p), yv);
                 p += 4;
@@ -747,7 +786,9 @@ pub unsafe extern "C" fn ssd_scan(
             }
         }
     }
-    core::ptr::write_volatile(core::ptr::addr_of_mut!(SSD_TOUCHED), touched);
+    if PF {
+        core::ptr::write_volatile(core::ptr::addr_of_mut!(SSD_TOUCHED), touched);
+    }
 }
 
 /// One token of `ssd_scan` (`x`, `y` [nheads*headdim], `dt` [nheads], `bm`, `cm` [ngroups*n]).
