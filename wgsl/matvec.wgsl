@@ -13,6 +13,7 @@
 //   UNR       weight loads in flight per lane and row
 //   F16       W holds f16 pairs packed in u32 (unpack2x16float), 8 per load
 //   F16NATIVE W holds f16 (shader-f16), 8 per load as mat2x4<f16>
+//   HALF      F16 or F16NATIVE (8 weights, two vec4 of x, per load)
 //   XVEC      x (and resIn, normW, resOut) read as vec4: K % VEC == 0 and 4-aligned offsets
 //   PRO_RMS   x ← RMSNorm(x)·normW (eps p.eps). Needs XVEC: the workgroup first sums x² (the
 //             result is scaled by 1/rms), and with RMS_STAGE also stages x·normW in workgroup
@@ -105,9 +106,7 @@ const ST = TEAM / 32u;
 const UNR = ${UNR}u;
 const NV = ${NV}u;
 const RPT = ${RPT}u;
-#if F16
-const VEC = 8u;
-#elif F16NATIVE
+#if HALF
 const VEC = 8u;
 #else
 const VEC = 4u;
@@ -162,7 +161,8 @@ fn matvec(
   let n = ((wid.y * nwg.x + wid.x) * ROWS + team) * RPT; // first row of this team
   let valid = n < p.N;
 #if PRO_RMS
-  // Stage x (+ residual) · normW, sum x² per row, and let workgroup 0 write the residual.
+  // Sum x² per row (x + residual), stage x·normW with RMS_STAGE, and let workgroup 0 write the
+  // residual.
   let K4 = p.K / 4u;
   let writer = wid.x == 0u && wid.y == 0u;
   var ss = vec4<f32>(0.0);
@@ -216,9 +216,7 @@ fn matvec(
           // x is loaded once per RPT rows: that is what several rows per team buy.
 #unroll M MB
           let xa${M} = xload(${M}u, k);
-#if F16
-          let xb${M} = xload(${M}u, k + 4u);
-#elif F16NATIVE
+#if HALF
           let xb${M} = xload(${M}u, k + 4u);
 #endif
 #endunroll
@@ -239,9 +237,7 @@ fn matvec(
 #endif
 #unroll M MB
             v[${M} * RPT + ${Q}] += dot(xa${M}, w0);
-#if F16
-            v[${M} * RPT + ${Q}] += dot(xb${M}, w1);
-#elif F16NATIVE
+#if HALF
             v[${M} * RPT + ${Q}] += dot(xb${M}, w1);
 #endif
 #endunroll

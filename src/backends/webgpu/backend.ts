@@ -131,6 +131,11 @@ export interface MatvecOptions {
   shape?: Partial<MatvecShape>;
 }
 
+/** Rows per team for `M` rows of x: a power of two, at most `max`, with M · rows ≤ 32 values. */
+function rowsPerTeam(M: number, max: number): number {
+  return Math.min(max, Math.max(1, 2 ** Math.floor(Math.log2(32 / M))));
+}
+
 /** Size classes of the buffer pool: within 1/8 of a power of two, at least 4 KiB. */
 function sizeClass(bytes: number): number {
   if (bytes <= 4096) return 4096;
@@ -409,13 +414,11 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       // Long rows: each workgroup only sums x² up front and reads (x + resIn)·normW from the
       // cache, rather than staging K floats in workgroup memory (2.8b in_proj 38.8 → 22.6 µs,
       // out_proj 33.4 → 20.1 µs f16, 96 → 27 µs f32 on the H200).
-      const rpt = Math.min(8, Math.max(1, 2 ** Math.floor(Math.log2(32 / M))));
-      return { team: W.K >= 4096 ? 256 : 64, rpt, unr: 2, stage: false };
+      return { team: W.K >= 4096 ? 256 : 64, rpt: rowsPerTeam(M, 8), unr: 2, stage: false };
     }
     let team = W.f16 ? (W.K >= 4096 ? 128 : 32) : rms ? 32 : W.K >= 4096 ? 128 : 256;
     while (team > 32 && team * vec > W.K) team /= 2;
-    const rpt = Math.min(W.K < 1024 ? 4 : 8, Math.max(1, 2 ** Math.floor(Math.log2(32 / M))));
-    return { team, rpt, unr: 2 };
+    return { team, rpt: rowsPerTeam(M, W.K < 1024 ? 4 : 8), unr: 2 };
   }
 
   /**
@@ -437,7 +440,6 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     };
     // Staging x in workgroup memory needs it to fit.
     const stage = staged !== false && this.#rmsFits(K, o.M);
-    if (o.scan && rpt !== 1) throw new BackendError("matvec: scan epilogue, one row per team");
     if (o.M * rpt > 32) throw new BackendError("matvec: at most 32 values per team");
     const k = this.pipeline("matvec", "matvec", {
       MB: o.M,
@@ -449,6 +451,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       TEAM: team,
       F16: W.f16 && !native,
       F16NATIVE: native,
+      HALF: W.f16,
       XVEC: xvec,
       PRO_RMS: !!o.rms,
       RMS_STAGE: !!o.rms && stage,
@@ -977,7 +980,6 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
   }
 
   cloneState(s: GpuState): GpuState {
-    this.#alive();
     const t = this.createState(s.batch);
     for (let i = 0; i < this.config.nLayer; i++) {
       this.rec.copy(s.conv[i], 0, t.conv[i], 0, s.conv[i].size);

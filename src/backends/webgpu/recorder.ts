@@ -446,12 +446,12 @@ export class Recorder {
 
   /** Submits, then copies `size` bytes of `src` at `offset` back to the host. */
   async read(src: Buf, offset: number, size: number): Promise<ArrayBuffer> {
+    this.throwIfLost();
     const bytes = Math.ceil(size / 4) * 4;
     const staging = this.device.createBuffer({
       size: Math.max(16, bytes),
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
     });
-    this.throwIfLost();
     this.copy(src, offset, { buffer: staging, id: 0, size: bytes }, 0, bytes);
     this.flush();
     try {
