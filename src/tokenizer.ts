@@ -15,7 +15,9 @@
  * @module
  */
 
-import { Tokenizer as HFTokenizer } from "@huggingface/tokenizers";
+// The full npm: specifier (not a bare name mapped in deno.json) so that mod.ts also imports from
+// projects without this repository's deno.json.
+import { Tokenizer as HFTokenizer } from "npm:@huggingface/tokenizers@0.2.0";
 
 /**
  * Options of {@link Tokenizer.encode}.
