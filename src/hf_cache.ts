@@ -184,16 +184,4 @@ export class RepoCache {
       await Deno.copyFile(this.blobPath(etag), pointer);
     }
   }
-
-  /** Whether any snapshot of this repository is cached (for hints in error messages). */
-  async hasAnySnapshot(): Promise<boolean> {
-    try {
-      for await (const e of Deno.readDir(`${this.root}/snapshots`)) {
-        if (e.isDirectory) return true;
-      }
-    } catch {
-      // no snapshots directory
-    }
-    return false;
-  }
 }

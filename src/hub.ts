@@ -233,8 +233,8 @@ class RepoFetcher {
 
   /** A network error, with how to use the cached copy when there is one. */
   async #withCacheHint(e: unknown): Promise<unknown> {
-    if (!(e instanceof HubError) || !/cannot reach|failed after/.test(e.message)) return e;
-    if (!(await this.cache.hasAnySnapshot())) return e;
+    if (!(e instanceof HubError) || !/cannot reach/.test(e.message)) return e;
+    if (!(await this.#cachedCopy())) return e;
     return new HubError(
       `${e.message}. ${this.repo} has files in the cache (${this.cache.root}): to use them ` +
         `without the network, load with { offline: true } or set HF_HUB_OFFLINE=1`,
@@ -242,6 +242,14 @@ class RepoFetcher {
       e.file,
       { cause: e },
     );
+  }
+
+  /** Whether the cache holds a loadable copy of the revision: its config and weights. */
+  async #cachedCopy(): Promise<boolean> {
+    const commit = await this.cache.commitOf(this.#r.revision);
+    if (commit === undefined || !(await this.cache.has(commit, "config.json"))) return false;
+    for (const f of WEIGHT_FILES) if (await this.cache.has(commit, f)) return true;
+    return false;
   }
 
   /** Whether this fetcher only reads the cache. */

@@ -13,6 +13,7 @@ import type { DownloadProgress } from "../mod.ts";
 import { Sha256 } from "../src/sha256.ts";
 import { isHubId } from "../src/hub.ts";
 import { normalizeEtag } from "../src/download.ts";
+import { downloadReporter, formatBytes } from "../src/progress_bar.ts";
 import { etagOf, FakeHub, gitSha1, type HubFile, sha256Hex, writePythonCache } from "./fake_hub.ts";
 import { oracleDir } from "./oracle_util.ts";
 import { neoxTokenizerPath, REPO_ROOT } from "./text_util.ts";
@@ -448,4 +449,60 @@ Deno.test("hub: the CLI generates offline from a cache filled by a Python tool",
   } finally {
     await Deno.remove(cacheDir, { recursive: true });
   }
+});
+
+Deno.test("hub: the CLI downloads a Hub id, one line per file when stderr is not a terminal", async () => {
+  await withHub(async (hub, cacheDir) => {
+    await hub.addCommit("org/demo", await demoFiles());
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        `${REPO_ROOT}cli.ts`,
+        "--model",
+        "org/demo",
+        "--prompt",
+        "The",
+        "--max-new-tokens",
+        "4",
+        "--backend",
+        "ref",
+      ],
+      cwd: REPO_ROOT,
+      env: { HF_HUB_CACHE: cacheDir, HF_ENDPOINT: hub.endpoint },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    assert.equal(out.code, 0, stderr);
+    assert.match(stderr, /^downloading org\/demo\/model-00001-of-00002\.safetensors \(3\.6 MB\)$/m);
+    assert.match(stderr, /^downloading org\/demo\/config\.json \(\d+ B\)$/m);
+    assert.ok(!stderr.includes("\r"), "no bar redrawn in place");
+  });
+});
+
+Deno.test("hub: the progress bar on a terminal", () => {
+  assert.equal(formatBytes(999), "999 B");
+  assert.equal(formatBytes(517_000_000), "517.0 MB");
+  let text = "";
+  const sink = (tty: boolean) => ({
+    writeSync(p: Uint8Array) {
+      text += new TextDecoder().decode(p);
+      return p.length;
+    },
+    isTerminal: () => tty,
+  });
+  const report = downloadReporter(sink(true));
+  report({ repo: "o/n", file: "w.bin", loaded: 0, total: 1000 });
+  report({ repo: "o/n", file: "w.bin", loaded: 500, total: 1000 }); // within 100 ms: not drawn
+  report({ repo: "o/n", file: "w.bin", loaded: 1000, total: 1000 });
+  const lines = text.split("\r\x1b[K").filter((l) => l.length > 0);
+  assert.equal(lines.length, 2);
+  assert.match(lines[0], /^o\/n\/w\.bin \[-{30}\] 0% 0 B \/ 1\.0 kB /);
+  assert.match(lines[1], /^o\/n\/w\.bin \[#{30}\] 100% 1\.0 kB \/ 1\.0 kB .*\n$/);
+  text = "";
+  const plain = downloadReporter(sink(false));
+  plain({ repo: "o/n", file: "w.bin", loaded: 400, total: 1000 });
+  plain({ repo: "o/n", file: "w.bin", loaded: 1000, total: 1000 });
+  assert.equal(text, "downloading o/n/w.bin (1.0 kB), resuming at 400 B\n");
 });
