@@ -278,7 +278,8 @@ export async function hubSnapshot(repo: string, options: HubOptions = {}): Promi
   const commit = await f.commit("config.json");
   if (!(await f.ensure(commit, "config.json"))) {
     throw new HubError(
-      `${repo}: config.json is not in the cache (${f.path(commit, "config.json")})`,
+      `${repo}: ${r.offline ? "offline, and " : ""}config.json of revision "${r.revision}" is ` +
+        `not in the cache (${f.path(commit, "config.json")}); load it once online first`,
       repo,
       "config.json",
     );

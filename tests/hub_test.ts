@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import { HubError, MambaLM, NoTokenizerError } from "../mod.ts";
 import type { DownloadProgress } from "../mod.ts";
 import { Sha256 } from "../src/sha256.ts";
-import { isHubId } from "../src/hub.ts";
+import { isHubId, isHubModel } from "../src/hub.ts";
 import { normalizeEtag } from "../src/download.ts";
 import { downloadReporter, formatBytes } from "../src/progress_bar.ts";
 import { etagOf, FakeHub, gitSha1, type HubFile, sha256Hex, writePythonCache } from "./fake_hub.ts";
@@ -101,6 +101,21 @@ Deno.test("hub: Hub ids and etags", () => {
   assert.equal(normalizeEtag('"abc"'), "abc");
   assert.equal(normalizeEtag('W/"abc"'), "abc");
   assert.equal(normalizeEtag("abc"), "abc");
+});
+
+Deno.test("hub: an existing local directory of the form org/name stays local", async () => {
+  const tmp = await Deno.makeTempDir({ prefix: "mamba_local_" });
+  const cwd = Deno.cwd();
+  try {
+    await Deno.mkdir(`${tmp}/org/name`, { recursive: true });
+    Deno.chdir(tmp);
+    assert.equal(await isHubModel("org/name"), false);
+    assert.equal(await isHubModel("org/other"), true);
+    assert.equal(await isHubModel("./org/name"), false);
+  } finally {
+    Deno.chdir(cwd);
+    await Deno.remove(tmp, { recursive: true });
+  }
 });
 
 Deno.test("hub: a Hub id downloads into huggingface_hub's cache layout and loads", async () => {

@@ -42,3 +42,22 @@ Deno.test("mod.ts imports from a script outside the repository, without its deno
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("deno publish --dry-run passes, and every file it would publish is under JSR's 4 MB", async () => {
+  const root = new URL("..", import.meta.url);
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["publish", "--dry-run", "--allow-dirty"],
+    cwd: root,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+  assert.equal(out.code, 0, text);
+  const files = [...text.matchAll(/(file:\/\/\S+)/g)].map((m) => new URL(m[1]));
+  assert.ok(files.some((f) => f.pathname.endsWith("/mod.ts")), text);
+  assert.ok(files.some((f) => f.pathname.endsWith("/models/demo/model.safetensors.index.json")));
+  for (const f of files) {
+    const { size } = await Deno.stat(f);
+    assert.ok(size < 4_000_000, `${f.pathname} is ${size} bytes`);
+  }
+});
