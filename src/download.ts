@@ -154,6 +154,13 @@ export async function lookupFile(
         file,
       );
     }
+    if (res.status >= 500) {
+      throw new HubError(
+        `${client.endpoint} is unavailable (HTTP ${res.status}) for ${label}`,
+        repo,
+        file,
+      );
+    }
     throw new HubError(`${label}: HTTP ${res.status} ${res.statusText}`.trim(), repo, file);
   }
 }

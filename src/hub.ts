@@ -201,7 +201,7 @@ class RepoFetcher {
     if (this.#r.offline || await this.cache.knownMissing(commit, file)) return false;
     const got = await this.#lookup(commit, file);
     if (!got.found) {
-      await this.cache.markMissing(commit, file);
+      await this.cache.markMissing(commit, file).catch(() => {}); // a hint only
       return false;
     }
     await this.#fetch(commit, file, got.meta);
@@ -221,6 +221,7 @@ class RepoFetcher {
     file: string,
     meta: Parameters<typeof downloadBlob>[3],
   ): Promise<void> {
+    if (await this.cache.has(commit, file)) return; // (the cache may be read-only)
     if (!(await this.cache.hasBlob(meta.etag))) {
       try {
         await downloadBlob(this.#r.client, this.cache, file, meta);
@@ -233,7 +234,7 @@ class RepoFetcher {
 
   /** A network error, with how to use the cached copy when there is one. */
   async #withCacheHint(e: unknown): Promise<unknown> {
-    if (!(e instanceof HubError) || !/cannot reach/.test(e.message)) return e;
+    if (!(e instanceof HubError) || !/cannot reach|unavailable/.test(e.message)) return e;
     if (!(await this.#cachedCopy())) return e;
     return new HubError(
       `${e.message}. ${this.repo} has files in the cache (${this.cache.root}): to use them ` +

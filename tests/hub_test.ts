@@ -378,6 +378,13 @@ Deno.test("hub: offline mode and a cache filled by a Python tool", async () => {
         e instanceof HubError && e.message.includes("state-spaces/mamba-tiny/config.json") &&
         /offline: true/.test(e.message) && /HF_HUB_OFFLINE=1/.test(e.message),
     );
+    // The Hub answering 503: the same advice (hub.down is still set).
+    await assert.rejects(
+      () => MambaLM.load("state-spaces/mamba-tiny", opts(hub, cacheDir)),
+      (e) =>
+        e instanceof HubError && /unavailable \(HTTP 503\)/.test(e.message) &&
+        /HF_HUB_OFFLINE=1/.test(e.message),
+    );
     // Offline and not cached: says what is missing.
     await assert.rejects(
       () => MambaLM.load("state-spaces/other", offline),
