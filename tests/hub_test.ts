@@ -432,7 +432,7 @@ Deno.test("hub: the CLI generates offline from a cache filled by a Python tool",
   const cacheDir = await Deno.makeTempDir({ prefix: "mamba_hf_cache_" });
   try {
     await writePythonCache(cacheDir, "org/demo", "a".repeat(40), await demoFiles());
-    const run = async (model: string, env: Record<string, string>) => {
+    const run = async (model: string, env: Record<string, string>, more: string[] = []) => {
       const out = await new Deno.Command(Deno.execPath(), {
         args: [
           "run",
@@ -449,6 +449,7 @@ Deno.test("hub: the CLI generates offline from a cache filled by a Python tool",
           "--backend",
           "ref",
           "--quiet",
+          ...more,
         ],
         cwd: REPO_ROOT,
         env,
@@ -468,6 +469,14 @@ Deno.test("hub: the CLI generates offline from a cache filled by a Python tool",
     const missing = await run("org/absent", env);
     assert.equal(missing.code, 1);
     assert.match(missing.stderr, /org\/absent: offline/);
+    // --offline and --revision say the same without the environment variable.
+    const flags = { HF_HUB_CACHE: cacheDir, HF_ENDPOINT: "http://127.0.0.1:9" };
+    const flagRun = await run("org/demo", flags, ["--offline", "--revision", "a".repeat(40)]);
+    assert.equal(flagRun.code, 0, flagRun.stderr);
+    assert.equal(flagRun.stdout, localRun.stdout);
+    const local = await run(`${REPO_ROOT}models/demo`, {}, ["--revision", "main"]);
+    assert.equal(local.code, 2);
+    assert.match(local.stderr, /--revision and --offline go with a Hub id/);
   } finally {
     await Deno.remove(cacheDir, { recursive: true });
   }
