@@ -232,9 +232,12 @@ class RepoFetcher {
     await this.cache.link(commit, file, meta.etag);
   }
 
-  /** A network error, with how to use the cached copy when there is one. */
+  /**
+   * A failure to get a file (network, Hub unavailable, repository or revision not found, a bad
+   * download), with how to use the cached copy when there is one.
+   */
   async #withCacheHint(e: unknown): Promise<unknown> {
-    if (!(e instanceof HubError) || !/cannot reach|unavailable/.test(e.message)) return e;
+    if (!(e instanceof HubError)) return e;
     if (!(await this.#cachedCopy())) return e;
     return new HubError(
       `${e.message}. ${this.repo} has files in the cache (${this.cache.root}): to use them ` +

@@ -385,6 +385,14 @@ Deno.test("hub: offline mode and a cache filled by a Python tool", async () => {
         e instanceof HubError && /unavailable \(HTTP 503\)/.test(e.message) &&
         /HF_HUB_OFFLINE=1/.test(e.message),
     );
+    // The repository gone from the Hub (or the token no longer valid): the same advice.
+    hub.down = false;
+    await assert.rejects(
+      () => MambaLM.load("state-spaces/mamba-tiny", opts(hub, cacheDir)),
+      (e) =>
+        e instanceof HubError && /repository not found/.test(e.message) &&
+        /offline: true/.test(e.message),
+    );
     // Offline and not cached: says what is missing.
     await assert.rejects(
       () => MambaLM.load("state-spaces/other", offline),
