@@ -5,7 +5,7 @@
  *
  * What is fetched: `config.json`; the weights the loader reads, in its order of preference —
  * `model.safetensors`, else `model.safetensors.index.json` and its shards, else
- * `pytorch_model.bin`; and the tokenizer: the repository's `tokenizer.json` (with
+ * `pytorch_model.bin`, else `pytorch_model.bin.index.json` and its shards; and the tokenizer: the repository's `tokenizer.json` (with
  * `tokenizer_config.json` when there is one), else `EleutherAI/gpt-neox-20b`'s, as the Mamba
  * reference code does (the `state-spaces` repositories have none). A branch or tag is resolved to
  * its commit once, and every file comes from that commit.
@@ -114,35 +114,32 @@ function resolveOptions(options: HubOptions): Resolved {
   };
 }
 
-/** The weight files of `dir`'s snapshot, in the loader's order of preference. */
-const WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"];
+/** The weight files of a snapshot, in the loader's order of preference (an index lists shards). */
+const WEIGHT_FILES = [
+  "model.safetensors",
+  "model.safetensors.index.json",
+  "pytorch_model.bin",
+  "pytorch_model.bin.index.json",
+];
 
-/** The shard names an index lists, checked to stay inside the snapshot. */
-function shardNames(repo: string, text: string): string[] {
+/** The shard names the index `file` lists, checked to stay inside the snapshot. */
+function shardNames(repo: string, file: string, text: string): string[] {
   let map: unknown;
   try {
     map = JSON.parse(text)?.weight_map;
   } catch (e) {
-    throw new HubError(
-      `${repo}/model.safetensors.index.json: not JSON: ${(e as Error).message}`,
-      repo,
-      "model.safetensors.index.json",
-    );
+    throw new HubError(`${repo}/${file}: not JSON: ${(e as Error).message}`, repo, file);
   }
   if (typeof map !== "object" || map === null) {
-    throw new HubError(
-      `${repo}/model.safetensors.index.json: no "weight_map" object`,
-      repo,
-      "model.safetensors.index.json",
-    );
+    throw new HubError(`${repo}/${file}: no "weight_map" object`, repo, file);
   }
   const names = [...new Set(Object.values(map as Record<string, unknown>))];
   for (const n of names) {
     if (typeof n !== "string" || !isSafeRelativePath(n)) {
       throw new HubError(
-        `${repo}/model.safetensors.index.json: shard name ${JSON.stringify(n)} is not a file name`,
+        `${repo}/${file}: shard name ${JSON.stringify(n)} is not a file name`,
         repo,
-        "model.safetensors.index.json",
+        file,
       );
     }
   }
@@ -296,12 +293,12 @@ export async function hubSnapshot(repo: string, options: HubOptions = {}): Promi
 async function pickWeights(f: RepoFetcher, commit: string): Promise<string[]> {
   for (const file of WEIGHT_FILES) {
     if (!(await f.ensure(commit, file))) continue;
-    if (file !== "model.safetensors.index.json") return [file];
-    const shards = shardNames(f.repo, await Deno.readTextFile(f.path(commit, file)));
+    if (!file.endsWith(".index.json")) return [file];
+    const shards = shardNames(f.repo, file, await Deno.readTextFile(f.path(commit, file)));
     for (const shard of shards) {
       if (!(await f.ensure(commit, shard))) {
         throw new HubError(
-          `${f.repo}: shard ${shard}, listed in model.safetensors.index.json, is ` +
+          `${f.repo}: shard ${shard}, listed in ${file}, is ` +
             (f.offline ? "not in the cache" : "not in the repository"),
           f.repo,
           shard,
