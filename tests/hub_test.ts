@@ -12,6 +12,7 @@ import { HubError, MambaLM, NoTokenizerError } from "../mod.ts";
 import type { DownloadProgress } from "../mod.ts";
 import { Sha256 } from "../src/sha256.ts";
 import { isHubId, isHubModel } from "../src/hub.ts";
+import { hubCacheDir } from "../src/hf_cache.ts";
 import { normalizeEtag } from "../src/download.ts";
 import { downloadReporter, formatBytes } from "../src/progress_bar.ts";
 import { etagOf, FakeHub, gitSha1, type HubFile, sha256Hex, writePythonCache } from "./fake_hub.ts";
@@ -101,6 +102,31 @@ Deno.test("hub: Hub ids and etags", () => {
   assert.equal(normalizeEtag('"abc"'), "abc");
   assert.equal(normalizeEtag('W/"abc"'), "abc");
   assert.equal(normalizeEtag("abc"), "abc");
+});
+
+Deno.test("hub: the cache directory as huggingface_hub finds it", () => {
+  const names = ["HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME", "HOME"];
+  const saved = names.map((n) => Deno.env.get(n));
+  const set = (vars: Record<string, string>) => {
+    for (const n of names) Deno.env.delete(n);
+    for (const [k, v] of Object.entries(vars)) Deno.env.set(k, v);
+  };
+  try {
+    set({ HOME: "/home/u" });
+    assert.equal(hubCacheDir(), "/home/u/.cache/huggingface/hub");
+    set({ HOME: "/home/u", XDG_CACHE_HOME: "/xdg" });
+    assert.equal(hubCacheDir(), "/xdg/huggingface/hub");
+    set({ HOME: "/home/u", XDG_CACHE_HOME: "/xdg", HF_HOME: "~/hf" });
+    assert.equal(hubCacheDir(), "/home/u/hf/hub");
+    set({ HOME: "/home/u", HF_HOME: "/hf", HUGGINGFACE_HUB_CACHE: "/old" });
+    assert.equal(hubCacheDir(), "/old");
+    set({ HOME: "/home/u", HF_HOME: "/hf", HUGGINGFACE_HUB_CACHE: "/old", HF_HUB_CACHE: "/c" });
+    assert.equal(hubCacheDir(), "/c");
+  } finally {
+    names.forEach((n, i) =>
+      saved[i] === undefined ? Deno.env.delete(n) : Deno.env.set(n, saved[i]!)
+    );
+  }
 });
 
 Deno.test("hub: an existing local directory of the form org/name stays local", async () => {
@@ -317,7 +343,17 @@ Deno.test("hub: 404s: no repository, no config, no weights; a network failure", 
 Deno.test("hub: sharded weights (index + shards) and the repository's own tokenizer", async () => {
   await withHub(async (hub, cacheDir) => {
     const commit = await hub.addCommit("org/demo", await demoFiles());
-    const lm = await MambaLM.load("org/demo", opts(hub, cacheDir));
+    // The token from HF_TOKEN this time.
+    Deno.env.set("HF_TOKEN", "env-token");
+    let lm: MambaLM;
+    try {
+      lm = await MambaLM.load("org/demo", { ...opts(hub, cacheDir), token: undefined });
+    } finally {
+      Deno.env.delete("HF_TOKEN");
+    }
+    const auth = hub.requests("/resolve/").map((s) => s.authorization);
+    assert.ok(auth.length > 0 && auth.every((a) => a === "Bearer env-token"), `${auth}`);
+    assert.ok(hub.requests("/blobs/").every((s) => s.authorization === null));
     assert.equal(lm.tokenizer?.vocabSize, 257, "the demo's own byte-level tokenizer");
     const text = await lm.complete("The whale", { maxNewTokens: 8, topK: 1 });
     lm.dispose();
