@@ -25,10 +25,13 @@ export {
   BackendError,
   ConfigError,
   DeviceLostError,
+  HubError,
   InputError,
   MambaError,
+  NoTokenizerError,
   WeightsError,
 } from "./src/errors.ts";
+export type { DownloadProgress, HubOptions } from "./src/hub.ts";
 export type { Backend, BackendName, DecodeOptions, StateTensors } from "./src/backend.ts";
 export type { BackendChoice, BackendPreference } from "./src/backends/registry.ts";
 export type { WeightsDtype } from "./src/weights.ts";

@@ -18,13 +18,23 @@ import {
   textStream,
 } from "./generate.ts";
 import { Tokenizer } from "./tokenizer.ts";
-import { ConfigError, DeviceLostError, InputError, MambaError } from "./errors.ts";
+import {
+  ConfigError,
+  DeviceLostError,
+  InputError,
+  MambaError,
+  NoTokenizerError,
+} from "./errors.ts";
+import { type HubOptions, hubSnapshot, isHubModel } from "./hub.ts";
 import { bindState, InferenceState, markComputed, stateLayout } from "./state.ts";
 import { exists, loadWeights, type ModelWeights, readBytes, type WeightsDtype } from "./weights.ts";
 import { Sampler, type SamplingOptions, validateSamplingOptions } from "./sampling.ts";
 
-/** Options of {@link MambaLM.load}. */
-export interface LoadOptions {
+/**
+ * Options of {@link MambaLM.load}. The {@link HubOptions} (`revision`, `offline`, `cacheDir`,
+ * `endpoint`, `token`, `onDownload`) apply to models named by a Hub id.
+ */
+export interface LoadOptions extends HubOptions {
   /**
    * Which backend computes: `"auto"` (default: a hardware WebGPU adapter, else `"wasm"`, else
    * `"ref"`), `"webgpu"`, `"wasm"`, `"ref"`, or a list to try in order. With `"auto"` or a
@@ -41,7 +51,9 @@ export interface LoadOptions {
   onProgress?: (loaded: number, total: number) => void;
   /**
    * The tokenizer: a {@link Tokenizer}, a path or URL of a `tokenizer.json` (or its directory),
-   * or `false` for none. By default the model directory's `tokenizer.json`, when it has one.
+   * or `false` for none. By default the model directory's `tokenizer.json`, when it has one; for
+   * a Hub id, the repository's, else `EleutherAI/gpt-neox-20b`'s (a model loads without one:
+   * token ids work, text says why it cannot, see {@link MambaLM.tokenizerError}).
    */
   tokenizer?: Tokenizer | string | URL | false;
   /**
@@ -67,6 +79,12 @@ export interface GenerateTokensOptions extends SamplingOptions {
   history?: readonly (readonly number[])[];
   /** Most tokens per yielded block on backends that decode on the device. Default 64. */
   blockSize?: number;
+}
+
+/** A token stream that fails at its first read (as generate() fails on a bad prompt). */
+// deno-lint-ignore require-yield
+async function* failing(e: Error): AsyncGenerator<GeneratedToken, void, undefined> {
+  throw e;
 }
 
 /** Resolves a directory path or URL to a URL that ends in `/`. */
@@ -101,6 +119,8 @@ export class MambaLM {
   #moving: Promise<Backend> | null = null;
   /** The tokenizer, when the model came with one: needed for text prompts. */
   readonly tokenizer: Tokenizer | undefined;
+  /** Why there is no tokenizer (set by {@link MambaLM.load}). */
+  #noTokenizer: string | undefined;
 
   /** Wraps a config and a ready backend; most users want {@link MambaLM.load}. */
   constructor(config: MambaConfig, backend: Backend, tokenizer?: Tokenizer) {
@@ -111,11 +131,32 @@ export class MambaLM {
 
   /**
    * Loads a model directory (local path or URL): `config.json` (mamba_ssm or transformers format)
-   * and `model.safetensors` (or the shards of `model.safetensors.index.json`).
+   * and `model.safetensors` (or the shards of `model.safetensors.index.json`). A string of the
+   * form `org/name` that is not a local path is a Hugging Face Hub id: the files come from the
+   * Hugging Face cache, downloaded first when missing (see {@link HubOptions}).
    *
-   * @throws {ConfigError} for a bad or unsupported config, {@link WeightsError} for bad weights.
+   * @example
+   * ```ts ignore
+   * import { MambaLM } from "@mamba/mamba";
+   * const lm = await MambaLM.load("state-spaces/mamba-130m", {
+   *   revision: "main",
+   *   onDownload: ({ file, loaded, total }) => console.error(file, loaded, total),
+   * });
+   * console.log(await lm.complete("Mamba is", { maxNewTokens: 20 }));
+   * ```
+   *
+   * @throws {ConfigError} for a bad or unsupported config, {@link WeightsError} for bad weights,
+   *   {@link HubError} when a Hub id's files cannot be had.
    */
   static async load(dir: string | URL, options: LoadOptions = {}): Promise<MambaLM> {
+    let noTokenizer: string | undefined;
+    let hubTokenizer: string | undefined;
+    if (typeof dir === "string" && await isHubModel(dir)) {
+      const snap = await hubSnapshot(dir, options);
+      dir = snap.dir;
+      hubTokenizer = snap.tokenizerDir;
+      noTokenizer = snap.tokenizerProblem;
+    }
     const base = dirUrl(dir);
     const configUrl = new URL("config.json", base);
     if (!(await exists(configUrl))) {
@@ -138,12 +179,20 @@ export class MambaLM {
     const tok = options.tokenizer;
     if (tok instanceof Tokenizer) tokenizer = tok;
     else if (tok !== undefined && tok !== false) tokenizer = await Tokenizer.load(tok);
-    else if (tok === undefined && (await exists(new URL("tokenizer.json", base)))) {
+    else if (tok === false) noTokenizer = "loaded with tokenizer: false";
+    else if (hubTokenizer !== undefined) {
+      try {
+        tokenizer = await Tokenizer.load(hubTokenizer);
+      } catch (e) {
+        noTokenizer = `${hubTokenizer}/tokenizer.json does not load: ${(e as Error).message}`;
+      }
+    } else if (noTokenizer === undefined && (await exists(new URL("tokenizer.json", base)))) {
       tokenizer = await Tokenizer.load(base);
-    }
+    } else noTokenizer ??= `${base.href} has no tokenizer.json`;
     const init = { config, weights };
     const { backend, rest } = await createBackendChain(options.backend ?? "auto", init, options);
     const lm = new MambaLM(config, backend, tokenizer);
+    if (!tokenizer) lm.#noTokenizer = noTokenizer;
     if (rest.length) {
       // The weights are read again if the device is lost, rather than kept twice meanwhile.
       const dtype = options.weightsDtype ?? "f32";
@@ -289,6 +338,8 @@ export class MambaLM {
     prompt: string | readonly number[],
     options?: GenerateOptions<InferenceState>,
   ): AsyncGenerator<GeneratedToken, void, undefined> {
+    const no = this.#textWithoutTokenizer([prompt], options);
+    if (no) return failing(no);
     return generate(this, prompt, options);
   }
 
@@ -297,6 +348,8 @@ export class MambaLM {
     prompt: string | readonly number[],
     options?: GenerateOptions<InferenceState>,
   ): Promise<string> {
+    const no = this.#textWithoutTokenizer([prompt], options);
+    if (no) return Promise.reject(no);
     return complete(this, prompt, options);
   }
 
@@ -305,6 +358,8 @@ export class MambaLM {
     prompts: readonly (string | readonly number[])[],
     options?: GenerateOptions<InferenceState>,
   ): Promise<string[]> {
+    const no = this.#textWithoutTokenizer(prompts, options);
+    if (no) return Promise.reject(no);
     return generateBatch(this, prompts, options);
   }
 
@@ -314,7 +369,31 @@ export class MambaLM {
    * long the stream runs.
    */
   textStream(options?: GenerateOptions<InferenceState>): TransformStream<string, string> {
+    const no = this.#textWithoutTokenizer([""], options);
+    if (no) throw no;
     return textStream(this, options);
+  }
+
+  /**
+   * Why text cannot be used with this model (`undefined` when it has a tokenizer): the error
+   * that text prompts and stop strings throw.
+   */
+  get tokenizerError(): NoTokenizerError | undefined {
+    if (this.tokenizer) return undefined;
+    return new NoTokenizerError(
+      `this model has no tokenizer (${this.#noTokenizer ?? "none was given"}): pass the ` +
+        `prompt as token ids, or load with the tokenizer option`,
+    );
+  }
+
+  /** The error for text (a text prompt, or stop strings) without a tokenizer. */
+  #textWithoutTokenizer(
+    prompts: readonly (string | readonly number[])[],
+    options: GenerateOptions<InferenceState> | undefined,
+  ): NoTokenizerError | undefined {
+    if (this.tokenizer) return undefined;
+    const text = prompts.some((p) => typeof p === "string") || (options?.stop?.length ?? 0) > 0;
+    return text ? this.tokenizerError : undefined;
   }
 
   /**
