@@ -60,9 +60,11 @@ export interface LoadOptions extends HubOptions {
    * Options of the `wasm` backend (ignored by the others): `threads`, the number of threads
    * (default `navigator.hardwareConcurrency`; 1 = no workers), and `weights`, how it stores the
    * matrices: `"f32"`, `"f16"`, or `"q8"` (int8, one scale per 32 weights, quantized at load);
-   * by default as loaded (see `weightsDtype`).
+   * by default as loaded (see `weightsDtype`); `simd`, which build of the kernels: `"relaxed"`
+   * (fused multiply-add), `"plain"` (SIMD128 only) or `"auto"` (default: relaxed where the engine
+   * has it; the environment variable `MAMBA_WASM_SIMD=plain` forces plain).
    */
-  wasm?: { threads?: number; weights?: "f32" | "f16" | "q8" };
+  wasm?: { threads?: number; weights?: "f32" | "f16" | "q8"; simd?: "auto" | "relaxed" | "plain" };
 }
 
 /** Logits of a full-sequence forward. */

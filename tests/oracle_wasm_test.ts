@@ -10,6 +10,9 @@
  *   weights; measured worst over the cases: logits 1.1e-2, conv state 2.3e-2·(1 + |x|), SSM
  *   state 4e-4 + 4e-2·|x|) at logits 3e-2 + 3e-2·|x|, conv 6e-2 + 6e-2·|x|, SSM
  *   2e-3 + 6e-2·|x|, without the exact greedy match.
+ *
+ * All on the kernel build the loader picks (relaxed SIMD where the engine has it); `deno task
+ * test` runs the file again with `MAMBA_WASM_SIMD=plain`.
  */
 
 import { oracleModelSuite } from "./oracle_util.ts";

@@ -1,5 +1,7 @@
 /**
- * Tests of the WebAssembly SIMD kernels (`wasm/mamba_kernels.wasm`) through their TS wrapper:
+ * Tests of the WebAssembly SIMD kernels through their TS wrapper, on the build the loader picks
+ * (relaxed SIMD where the engine has it; `MAMBA_WASM_SIMD=plain` for `wasm/mamba_kernels.wasm`,
+ * which `deno task test` also runs):
  * every kernel against a plain float64 TS loop on random data, the f16 widening over all 65536
  * bit patterns, the q8 error bound, the math functions' accuracy, and the kernel oracle cases of
  * the shared fixtures (selective_scan_ref, ssd_minimal_discrete).

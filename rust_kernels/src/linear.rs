@@ -113,20 +113,20 @@ unsafe fn dot_row1<W: Wt>(w: W, r: usize, k: usize, x: *const f32) -> f32 {
     while i + 16 <= k {
         let (w0, w1) = w.ld8(r, k, i);
         let (w2, w3) = w.ld8(r, k, i + 8);
-        a[0] = madd(a[0], w0, ld(x.add(i)));
-        a[1] = madd(a[1], w1, ld(x.add(i + 4)));
-        a[2] = madd(a[2], w2, ld(x.add(i + 8)));
-        a[3] = madd(a[3], w3, ld(x.add(i + 12)));
+        a[0] = fma(a[0], w0, ld(x.add(i)));
+        a[1] = fma(a[1], w1, ld(x.add(i + 4)));
+        a[2] = fma(a[2], w2, ld(x.add(i + 8)));
+        a[3] = fma(a[3], w3, ld(x.add(i + 12)));
         i += 16;
     }
     if i + 8 <= k {
         let (w0, w1) = w.ld8(r, k, i);
-        a[0] = madd(a[0], w0, ld(x.add(i)));
-        a[1] = madd(a[1], w1, ld(x.add(i + 4)));
+        a[0] = fma(a[0], w0, ld(x.add(i)));
+        a[1] = fma(a[1], w1, ld(x.add(i + 4)));
         i += 8;
     }
     if i + 4 <= k {
-        a[2] = madd(a[2], w.ld4(r, k, i), ld(x.add(i)));
+        a[2] = fma(a[2], w.ld4(r, k, i), ld(x.add(i)));
         i += 4;
     }
     let mut s = hsum(add(add(a[0], a[1]), add(a[2], a[3])));
@@ -494,7 +494,7 @@ unsafe fn tile<const R: usize, const T: usize>(
         for t in 0..T {
             let xv = ld(x.add(t * ldx + i));
             for j in 0..R {
-                a[j][t] = madd(a[j][t], wv[j], xv);
+                a[j][t] = fma(a[j][t], wv[j], xv);
             }
         }
         i += 4;

@@ -48,6 +48,55 @@ pub fn madd(acc: v128, a: v128, b: v128) -> v128 {
     f32x4_add(acc, f32x4_mul(a, b))
 }
 
+/// Lane-wise `acc + a * b` for the linear-layer microkernels: one fused multiply-add
+/// (`f32x4.relaxed_madd`) in the relaxed-SIMD build, `madd` (multiply, then add) in the plain one.
+///
+/// Relaxed SIMD leaves it to the engine whether `relaxed_madd` rounds once or twice (V8 on x64 with
+/// FMA3 fuses it); either way each lane is within one rounding of `madd`, so results may differ
+/// from the plain build in the last bits, never more. The math functions (`exp4`, `log4`, …)
+/// keep `madd`, so that their measured error bounds hold for both builds.
+#[inline(always)]
+pub fn fma(acc: v128, a: v128, b: v128) -> v128 {
+    #[cfg(target_feature = "relaxed-simd")]
+    {
+        f32x4_relaxed_madd(a, b, acc)
+    }
+    #[cfg(not(target_feature = "relaxed-simd"))]
+    {
+        madd(acc, a, b)
+    }
+}
+
+/// Lane-wise `b < a ? b : a` (wasm `f32x4.pmin`: `a` when either is NaN).
+///
+/// With relaxed SIMD enabled LLVM turns `f32x4_pmin` into `f32x4.relaxed_min`, whose NaN result
+/// is up to the engine (V8 on x64 returns the second operand, so `exp4` lost its NaN), and whose
+/// speed is the same; the relaxed build therefore spells the selection out, which LLVM keeps.
+#[inline(always)]
+pub fn pmin(a: v128, b: v128) -> v128 {
+    #[cfg(target_feature = "relaxed-simd")]
+    {
+        v128_bitselect(b, a, f32x4_lt(b, a))
+    }
+    #[cfg(not(target_feature = "relaxed-simd"))]
+    {
+        f32x4_pmin(a, b)
+    }
+}
+
+/// Lane-wise `a < b ? b : a` (wasm `f32x4.pmax`; see `pmin`).
+#[inline(always)]
+pub fn pmax(a: v128, b: v128) -> v128 {
+    #[cfg(target_feature = "relaxed-simd")]
+    {
+        v128_bitselect(b, a, f32x4_lt(a, b))
+    }
+    #[cfg(not(target_feature = "relaxed-simd"))]
+    {
+        f32x4_pmax(a, b)
+    }
+}
+
 /// Horizontal sum `(v0 + v2) + (v1 + v3)`.
 #[inline(always)]
 pub fn hsum(v: v128) -> f32 {
@@ -211,7 +260,7 @@ impl Math {
     #[inline(always)]
     pub fn exp4(&self, x: v128) -> v128 {
         // NaN stays NaN: pmax/pmin return their first operand when the comparison is false.
-        let x = f32x4_pmin(f32x4_pmax(x, self.exp_lo), self.exp_hi);
+        let x = pmin(pmax(x, self.exp_lo), self.exp_hi);
         let t = add(mul(x, self.log2e), self.magic);
         let kf = sub(t, self.magic); // x * log2(e) rounded to nearest even
         let k = i32x4_sub(t, self.magic); // the same integer, from the bits
@@ -319,7 +368,7 @@ impl Exp2 {
     /// absolute error under 3e-38. NaN gives an unspecified value.
     #[inline(always)]
     pub fn exp2_4(&self, t: v128) -> v128 {
-        let t = f32x4_pmin(f32x4_pmax(t, self.lo), self.hi);
+        let t = pmin(pmax(t, self.lo), self.hi);
         let tm = add(t, self.magic); // round(t) in the low mantissa bits
         let f = sub(t, sub(tm, self.magic)); // in [-1/2, 1/2], exact
         let mut p = self.c[0];

@@ -175,7 +175,7 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
     const idleSpin = ranks <= cores ? 200000 : 0;
     let module: WebAssembly.Module;
     try {
-      module = await WasmKernels.compile();
+      module = await WasmKernels.compileBuild(options.simd ?? "auto");
     } catch (e) {
       throw new BackendError(`wasm backend: cannot load the kernels: ${(e as Error).message}`);
     }

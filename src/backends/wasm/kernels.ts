@@ -1,6 +1,7 @@
 /**
- * Low-level host wrapper of the WebAssembly SIMD kernels (`wasm/mamba_kernels.wasm`, built from
- * `rust_kernels/` by `tools/build_wasm.sh`).
+ * Low-level host wrapper of the WebAssembly SIMD kernels (`wasm/mamba_kernels_relaxed.wasm` with
+ * relaxed SIMD, `wasm/mamba_kernels.wasm` without; both built from `rust_kernels/` by
+ * `tools/build_wasm.sh`, one picked at load by {@link pickWasmSimd}).
  *
  * One {@link WasmKernels} instance owns one module instance with its own linear memory: the
  * pointers the methods take are byte offsets into that memory, obtained from the instance's
@@ -396,7 +397,121 @@ export class WasmArray<T extends WasmArrayType> {
   }
 }
 
-let defaultModule: Promise<WebAssembly.Module> | undefined;
+/**
+ * A build of the kernels: `"relaxed"` (`wasm/mamba_kernels_relaxed.wasm`: SIMD128 plus relaxed
+ * SIMD, whose `f32x4.relaxed_madd` is one fused multiply-add in the linear layers) or `"plain"`
+ * (`wasm/mamba_kernels.wasm`: SIMD128 only, for engines without relaxed SIMD). Both come from
+ * the same sources (`tools/build_wasm.sh`) and pass the same tests.
+ */
+export type WasmSimd = "relaxed" | "plain";
+
+/** Which build to load: a {@link WasmSimd}, or `"auto"` (see {@link pickWasmSimd}). */
+export type WasmSimdChoice = WasmSimd | "auto";
+
+/**
+ * A minimal module whose one function uses `f32x4.relaxed_madd` (opcode 0xfd 0x105): it
+ * validates exactly on engines that implement relaxed SIMD.
+ */
+const RELAXED_SIMD_PROBE = new Uint8Array([
+  0x00,
+  0x61,
+  0x73,
+  0x6d,
+  0x01,
+  0x00,
+  0x00,
+  0x00, // magic, version 1
+  0x01,
+  0x05,
+  0x01,
+  0x60,
+  0x00,
+  0x01,
+  0x7b, // types: () -> v128
+  0x03,
+  0x02,
+  0x01,
+  0x00, // one function of type 0
+  0x0a,
+  0x13,
+  0x01,
+  0x11,
+  0x00, // code: one body of 17 bytes, no locals
+  0x41,
+  0x01,
+  0xfd,
+  0x0f, // i32.const 1, i8x16.splat
+  0x41,
+  0x02,
+  0xfd,
+  0x0f, // i32.const 2, i8x16.splat
+  0x41,
+  0x03,
+  0xfd,
+  0x0f, // i32.const 3, i8x16.splat
+  0xfd,
+  0x85,
+  0x02, // f32x4.relaxed_madd
+  0x0b, // end
+]);
+
+/** Whether this engine compiles relaxed-SIMD instructions (validates a one-function probe). */
+export function relaxedSimdSupported(): boolean {
+  try {
+    return WebAssembly.validate(RELAXED_SIMD_PROBE);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * `MAMBA_WASM_SIMD` from the environment when env access is already granted (never prompts), else
+ * undefined.
+ */
+function envSimd(): string | undefined {
+  try {
+    if (typeof Deno === "undefined") return undefined;
+    const q = Deno.permissions?.querySync?.({ name: "env", variable: "MAMBA_WASM_SIMD" });
+    if (q?.state !== "granted") return undefined;
+    return Deno.env.get("MAMBA_WASM_SIMD") || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The build to load for `choice`: an explicit `"relaxed"` / `"plain"` as asked; `"auto"` (the
+ * default) follows the environment variable `MAMBA_WASM_SIMD` (`plain`, `relaxed` or `auto`; read
+ * only where env access is granted), else takes `"relaxed"` when the engine supports it
+ * ({@link relaxedSimdSupported}) and `"plain"` otherwise. Throws when `"relaxed"` is asked on an
+ * engine without relaxed SIMD, or for an unknown value.
+ */
+export function pickWasmSimd(choice: WasmSimdChoice = "auto"): WasmSimd {
+  let c: string = choice;
+  let from = "the wasm option simd";
+  if (c === "auto") {
+    const e = envSimd();
+    if (e !== undefined) {
+      c = e.toLowerCase();
+      from = "MAMBA_WASM_SIMD";
+    }
+  }
+  if (c === "auto") return relaxedSimdSupported() ? "relaxed" : "plain";
+  if (c === "plain") return "plain";
+  if (c === "relaxed") {
+    if (!relaxedSimdSupported()) {
+      throw new Error(
+        `mamba wasm: ${from} asks for "relaxed", but this engine has no relaxed SIMD (use "plain")`,
+      );
+    }
+    return "relaxed";
+  }
+  throw new Error(
+    `mamba wasm: ${from} must be "auto", "relaxed" or "plain", got ${JSON.stringify(c)}`,
+  );
+}
+
+const defaultModules = new Map<WasmSimd, Promise<WebAssembly.Module>>();
 
 /** Reads the bytes at a `file:`, `http(s):`, or other fetchable URL. */
 async function readUrl(url: URL): Promise<Uint8Array<ArrayBuffer>> {
@@ -440,23 +555,51 @@ export class WasmKernels {
     }
   }
 
-  /** URL of the committed module, relative to this file (local checkout or remote import). */
+  /**
+   * URL of the committed plain-SIMD128 module, relative to this file (local checkout or remote
+   * import).
+   */
   static readonly defaultUrl: URL = new URL("../../../wasm/mamba_kernels.wasm", import.meta.url);
+  /** URL of the committed relaxed-SIMD module. */
+  static readonly relaxedUrl: URL = new URL(
+    "../../../wasm/mamba_kernels_relaxed.wasm",
+    import.meta.url,
+  );
+
+  /** URL of the committed module of a build. */
+  static urlOf(simd: WasmSimd): URL {
+    return simd === "relaxed" ? WasmKernels.relaxedUrl : WasmKernels.defaultUrl;
+  }
 
   /**
-   * Compiles a module (cached when `source` is omitted: the committed `mamba_kernels.wasm`).
-   * The result can be posted to workers and passed to {@link WasmKernels.fromModule} there.
+   * Compiles the committed module of a build ({@link pickWasmSimd}: by default the relaxed-SIMD
+   * one where the engine supports it), cached per build.
+   */
+  static compileBuild(choice: WasmSimdChoice = "auto"): Promise<WebAssembly.Module> {
+    let simd: WasmSimd;
+    try {
+      simd = pickWasmSimd(choice);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    let m = defaultModules.get(simd);
+    if (m === undefined) {
+      m = readUrl(WasmKernels.urlOf(simd)).then((b) => WebAssembly.compile(b)).catch((e) => {
+        defaultModules.delete(simd); // let a later call retry
+        throw e;
+      });
+      defaultModules.set(simd, m);
+    }
+    return m;
+  }
+
+  /**
+   * Compiles a module (cached when `source` is omitted: the committed module that
+   * {@link WasmKernels.compileBuild} picks). The result can be posted to workers and passed to
+   * {@link WasmKernels.fromModule} there.
    */
   static compile(source?: URL | string | BufferSource): Promise<WebAssembly.Module> {
-    if (source === undefined) {
-      defaultModule ??= readUrl(WasmKernels.defaultUrl).then((b) => WebAssembly.compile(b)).catch(
-        (e) => {
-          defaultModule = undefined; // let a later call retry
-          throw e;
-        },
-      );
-      return defaultModule;
-    }
+    if (source === undefined) return WasmKernels.compileBuild();
     if (typeof source === "string" || source instanceof URL) {
       return readUrl(new URL(source)).then((b) => WebAssembly.compile(b));
     }
@@ -465,7 +608,7 @@ export class WasmKernels {
 
   /**
    * Creates an instance from a compiled module, module bytes, a URL, or (by default) the
-   * committed `mamba_kernels.wasm`.
+   * committed module that {@link WasmKernels.compileBuild} picks.
    */
   static async create(
     source?: WebAssembly.Module | URL | string | BufferSource,

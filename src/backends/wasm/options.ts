@@ -26,4 +26,10 @@ export interface WasmOptions {
    * activations held in memory scale with it). Default 256.
    */
   chunkTokens?: number;
+  /**
+   * Which build of the kernels: `"relaxed"` (relaxed SIMD: fused multiply-add in the linear
+   * layers), `"plain"` (SIMD128 only), or `"auto"` (default: the environment variable
+   * `MAMBA_WASM_SIMD` where env access is granted, else relaxed where the engine supports it).
+   */
+  simd?: "auto" | "relaxed" | "plain";
 }
