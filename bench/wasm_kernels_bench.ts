@@ -4,13 +4,33 @@
  * the scans, and a plain `Float32Array` sum as a memory-bandwidth baseline.
  *
  *     deno run -A bench/wasm_kernels_bench.ts [--quick]
+ *     deno run -A bench/wasm_kernels_bench.ts --ab [--rounds N]
+ *
+ * `--ab` compares the two builds of the kernels instead (`wasm/mamba_kernels.wasm`, plain SIMD128,
+ * against `wasm/mamba_kernels_relaxed.wasm`, relaxed SIMD with FMA; or any two module files given
+ * as `--files a.wasm,b.wasm`): both are loaded in the same process, and each kernel runs on the
+ * one and on the other instance in alternating order round after round. It prints the best time
+ * of each and their ratio. Times are the process's CPU time (`process.cpuUsage`), not wall
+ * time: on this shared VM other processes take the cores for long stretches, which wall time
+ * counts and CPU time does not (a kernel runs on one thread).
  *
  * @module
  */
 
+import process from "node:process";
+import { parseArgs } from "node:util";
 import { SCAN_INTERLEAVED, SCAN_SOFTPLUS, WasmKernels } from "../src/backends/wasm/kernels.ts";
 
-const quick = Deno.args.includes("--quick");
+const args = parseArgs({
+  args: Deno.args,
+  options: {
+    quick: { type: "boolean", default: false },
+    ab: { type: "boolean", default: false },
+    rounds: { type: "string", default: "7" },
+    files: { type: "string" },
+  },
+});
+const quick = args.values.quick;
 const minMs = quick ? 60 : 300;
 
 /** Runs `fn` repeatedly; returns the best per-call time in ms over 5 rounds of >= minMs/5. */
@@ -51,6 +71,233 @@ function toF16(x: number): number {
     e++;
   }
   return s | ((e + 15) << 10) | m;
+}
+
+if (args.values.ab) {
+  await abBench(Number(args.values.rounds));
+  Deno.exit(0);
+}
+
+/** Calls per timing so that one timing lasts about `ms` milliseconds. */
+function calibrate(fn: () => void, ms: number): number {
+  fn();
+  let reps = 1;
+  for (;;) {
+    const t0 = performance.now();
+    for (let i = 0; i < reps; i++) fn();
+    if (performance.now() - t0 > ms) return reps;
+    reps *= 2;
+  }
+}
+
+/**
+ * Plain vs relaxed build, kernel by kernel, rounds interleaved (see the module doc). Each case
+ * sets up its data in both instances and returns one closure per instance.
+ */
+async function abBench(rounds: number): Promise<void> {
+  const files = args.values.files?.split(",");
+  if (files !== undefined && files.length !== 2) throw new Error("--files needs two .wasm files");
+  const names = files ?? ["plain", "relaxed (FMA)"];
+  const ks = await Promise.all(
+    files?.map(async (f) => WasmKernels.create(await Deno.readFile(f))) ??
+      (["plain", "relaxed"] as const).map(async (b) =>
+        WasmKernels.create(await WasmKernels.compileBuild(b))
+      ),
+  );
+  /** CPU time of this process in ms. */
+  const cpuMs = () => {
+    const u = process.cpuUsage();
+    return (u.user + u.system) / 1000;
+  };
+  type Case = { name: string; unit: (ms: number) => string; make: (k: WasmKernels) => () => void };
+  const cases: Case[] = [];
+  const gflops = (flop: number) => (ms: number) => `${(flop / ms / 1e6).toFixed(1)} GFLOP/s`;
+  const gbs = (bytes: number) => (ms: number) => `${(bytes / ms / 1e6).toFixed(1)} GB/s`;
+  const f16Of = (k: WasmKernels, w: Float32Array) => {
+    const h = k.allocU16(w.length);
+    const v = h.view;
+    for (let i = 0; i < w.length; i++) v[i] = toF16(w[i]);
+    return h;
+  };
+  // The same random data in both instances.
+  const data = (n: number, scale = 1) => rand(new Float32Array(n), scale);
+  // Projections of mamba-130m / mamba2-130m (N x K), and prefill chunks of M tokens.
+  const gemms: [string, number, number, number][] = [
+    ["130m in_proj", 3072, 768, 64],
+    ["130m in_proj", 3072, 768, 256],
+    ["130m out_proj", 768, 1536, 256],
+    ["mamba2-130m in_proj", 3352, 768, 256],
+  ];
+  for (const [what, n, kk, m] of gemms) {
+    const wf = data(n * kk, 0.05), xf = data(m * kk);
+    for (const type of ["f32", "f16", "q8"] as const) {
+      cases.push({
+        name: `matmul_${type} ${what} ${n}x${kk}, M=${m}`,
+        unit: gflops(2 * m * n * kk),
+        make: (k) => {
+          const x = k.upload(xf), y = k.allocF32(m * n);
+          if (type === "f32") {
+            const w = k.upload(wf);
+            return () => k.matmulF32(x.ptr, kk, w.ptr, y.ptr, n, m, n, kk);
+          }
+          if (type === "f16") {
+            const w = f16Of(k, wf);
+            return () => k.matmulF16(x.ptr, kk, w.ptr, y.ptr, n, m, n, kk);
+          }
+          const w = k.upload(wf), q = k.allocQ8(n, kk);
+          k.quantizeQ8(w.ptr, q.q.ptr, q.scales.ptr, n, kk);
+          return () => k.matmulQ8(x.ptr, kk, q.q.ptr, q.scales.ptr, y.ptr, n, m, n, kk);
+        },
+      });
+    }
+  }
+  // GEMV: in_proj cache-warm, and the 4 projections of 24 layers cycled from DRAM.
+  {
+    const n = 3072, kk = 768, wf = data(n * kk, 0.05), xf = data(kk);
+    for (const type of ["f32", "f16"] as const) {
+      cases.push({
+        name: `matvec_${type} in_proj ${n}x${kk} (cache-warm)`,
+        unit: gbs(n * kk * (type === "f32" ? 4 : 2)),
+        make: (k) => {
+          const x = k.upload(xf), y = k.allocF32(n);
+          if (type === "f32") {
+            const w = k.upload(wf);
+            return () => k.matvecF32(w.ptr, x.ptr, y.ptr, n, kk);
+          }
+          const w = f16Of(k, wf);
+          return () => k.matvecF16(w.ptr, x.ptr, y.ptr, n, kk, 0, n, false, true);
+        },
+      });
+    }
+  }
+  if (!quick) {
+    const proj: [number, number][] = [[3072, 768], [768, 1536], [80, 1536], [1536, 48]];
+    const layers = 24;
+    const mats = Array.from(
+      { length: layers * 4 },
+      (_, i) => data(proj[i % 4][0] * proj[i % 4][1], 0.05),
+    );
+    const xf = data(3072);
+    const bytes = mats.reduce((a, w) => a + w.length, 0);
+    for (const type of ["f32", "f16"] as const) {
+      cases.push({
+        name: `matvec_${type} 24 layers x 4 proj (from DRAM)`,
+        unit: gbs(bytes * (type === "f32" ? 4 : 2)),
+        make: (k) => {
+          const x = k.upload(xf), y = k.allocF32(3072);
+          const ws = mats.map((w) => type === "f32" ? k.upload(w).ptr : f16Of(k, w).ptr);
+          return () => {
+            for (let i = 0; i < ws.length; i++) {
+              const [n, kk] = proj[i % 4];
+              if (type === "f32") k.matvecF32(ws[i], x.ptr, y.ptr, n, kk);
+              else k.matvecF16(ws[i], x.ptr, y.ptr, n, kk, 0, n, false, true);
+            }
+          };
+        },
+      });
+    }
+  }
+  // The scans (exp-bound: the relaxed build spells pmin/pmax out, see simd.rs).
+  {
+    const dim = 1536, n = 16, l = 64;
+    const af = data(dim * n).map((v) => -Math.abs(v) * 4), uf = data(l * dim), df = data(l * dim);
+    const bcf = data(l * 2 * n), zf = data(l * dim), dd = data(dim), bias = data(dim);
+    cases.push({
+      name: "selective_scan seq 1536x16, L=64",
+      unit: (ms) => `${(ms * 1000 / l).toFixed(2)} us/token`,
+      make: (k) => {
+        const h = k.allocF32(dim * n), a = k.upload(af), u = k.upload(uf), dl = k.upload(df);
+        const bc = k.upload(bcf), z = k.upload(zf), d = k.upload(dd), b = k.upload(bias);
+        const y = k.allocF32(l * dim);
+        return () =>
+          k.selectiveScan({
+            h: h.ptr,
+            u: u.ptr,
+            ldu: dim,
+            delta: dl.ptr,
+            ldd: dim,
+            a: a.ptr,
+            b: bc.ptr,
+            c: bc.at(n),
+            ldbc: 2 * n,
+            d: d.ptr,
+            z: z.ptr,
+            ldz: dim,
+            dtBias: b.ptr,
+            y: y.ptr,
+            ldy: dim,
+            l,
+            dim,
+            n,
+            flags: SCAN_SOFTPLUS,
+          });
+      },
+    });
+  }
+  {
+    const nh = 24, p = 64, n = 128, l = 64;
+    const af = data(nh).map((v) => -Math.abs(v)), xf = data(l * nh * p), dtf = data(l * nh);
+    const bcf = data(l * 2 * n);
+    cases.push({
+      name: "ssd_scan seq 24x64x128, L=64",
+      unit: (ms) => `${(ms * 1000 / l).toFixed(2)} us/token`,
+      make: (k) => {
+        const st = k.allocF32(nh * p * n), a = k.upload(af), x = k.upload(xf);
+        const dt = k.upload(dtf), bc = k.upload(bcf), y = k.allocF32(l * nh * p);
+        return () =>
+          k.ssdScan({
+            state: st.ptr,
+            x: x.ptr,
+            ldx: nh * p,
+            dt: dt.ptr,
+            lddt: nh,
+            a: a.ptr,
+            b: bc.ptr,
+            c: bc.at(n),
+            ldbc: 2 * n,
+            y: y.ptr,
+            ldy: nh * p,
+            l,
+            nheads: nh,
+            headdim: p,
+            n,
+            flags: SCAN_SOFTPLUS,
+          });
+      },
+    });
+  }
+  {
+    const n = 1 << 16, xf = data(n, 8);
+    cases.push({
+      name: "softplus 65536",
+      unit: (ms) => `${(n / ms / 1e6).toFixed(2)} G/s`,
+      make: (k) => {
+        const x = k.upload(xf), y = k.allocF32(n);
+        return () => k.softplus(x.ptr, y.ptr, n);
+      },
+    });
+  }
+  const reps = cases.map(() => 0);
+  const fns = cases.map((c) => ks.map((k) => c.make(k)));
+  fns.forEach((f, i) => reps[i] = calibrate(f[0], quick ? 10 : 40));
+  const best = cases.map(() => [Infinity, Infinity]);
+  for (let r = 0; r < rounds; r++) {
+    for (let i = 0; i < cases.length; i++) {
+      const order = (r + i) % 2 === 0 ? [0, 1] : [1, 0];
+      for (const b of order) {
+        const t0 = cpuMs();
+        for (let j = 0; j < reps[i]; j++) fns[i][b]();
+        best[i][b] = Math.min(best[i][b], (cpuMs() - t0) / reps[i]);
+      }
+    }
+  }
+  console.log(`| kernel | ${names[0]} | ${names[1]} | speed ratio (2nd ÷ 1st) |`);
+  console.log(`| --- | --- | --- | --- |`);
+  for (let i = 0; i < cases.length; i++) {
+    const [p, x] = best[i];
+    const c = cases[i];
+    console.log(`| ${c.name} | ${c.unit(p)} | ${c.unit(x)} | ${(p / x).toFixed(2)}× |`);
+  }
 }
 
 const k = await WasmKernels.create();

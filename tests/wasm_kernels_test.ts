@@ -486,8 +486,8 @@ Deno.test("wasm kernels: matmul_f32/f16/q8 equal the matvec references (strides,
     [3, 13, 48],
     [4, 8, 16],
     [5, 9, 100],
-    [67, 10, 40], // crosses the 64-token block
-    [6, 7, 1100], // crosses the 1024 K chunk
+    [67, 10, 40], // crosses the token block (60 or 64) and the q8 64-token block
+    [6, 7, 1100], // crosses the 512 and 1024 K chunks
     [9, 33, 64],
     [3, 5, 7], // K < 32: q8 has no full block
     [3, 5, 33000], // K > 32768: q8 and f16 leave their integer / pre-scaled paths

@@ -387,7 +387,7 @@ pub unsafe extern "C" fn matvec_q8(
                 let sx = *xs.add(b);
                 for j in 0..R {
                     let d = q8_block_dot_i16(wq.add((r + j) * k + b * Q8_BLOCK), &xv);
-                    acc[j] = madd(acc[j], d, f32x4_splat(*scales.add((r + j) * nb + b) * sx));
+                    acc[j] = fma(acc[j], d, f32x4_splat(*scales.add((r + j) * nb + b) * sx));
                 }
             } else {
                 for j in 0..R {
@@ -462,10 +462,14 @@ pub unsafe extern "C" fn quantize_q8(
 
 // ---------------------------------------------------------------------------------------------
 // GEMM
+//
+// f32 and f16 weights go through the packed GEMM below (`matmul_packed`). The inner-product
+// tiles here (`tile`, `tokens`, `matmul_widen`) remain for q8 weights outside the integer path
+// (K < 32 or K > 32768).
 
 /// Tokens per outer block: the block of X stays in L2 while all row tiles of W stream past.
 const MB: usize = 64;
-/// K chunk for f16/q8 weights: a 4-row × KC tile is widened to f32 once per token block.
+/// K chunk for q8 weights widened to f32: a TR-row × KC tile is widened once per token block.
 const KC: usize = 1024;
 /// Rows of W per register tile.
 const TR: usize = 2;
@@ -573,21 +577,214 @@ pub unsafe extern "C" fn matmul_f32(
     if m == 1 {
         return matvec_f32(w, x, y, n, k, row_start, row_end, accumulate);
     }
-    let end = min(row_end, n);
     let acc = accumulate != 0;
+    matmul_packed(WF32(w), x, ldx, y, ldy, m, n, k, row_start, row_end, acc)
+}
+
+// Packed GEMM (f32 and f16 weights): outer products on packed panels.
+//
+// X is packed per block of MBP tokens into panels of PT tokens, k-major (`xp[k][t]`), and W per
+// 8 rows into a panel `wp[k][8]` (f16 widened there, once per token block). The microkernel
+// keeps PT × 2 vectors of y in registers and per k loads the 8 weights as two vectors and each
+// token's x as one broadcast: 2·PT multiply-adds per 2 + PT loads, all at immediate offsets from
+// two pointers, and no horizontal sums. With PT = 6 that is 12 accumulators + 2 weights + 1 x =
+// 15 registers, what V8 allocates on x64; the plain build needs one more for the product of its
+// separate multiply and add, so it uses PT = 5.
+
+/// Tokens per panel (register tile: PT tokens × 8 rows).
+#[cfg(target_feature = "relaxed-simd")]
+const PT: usize = 6;
+#[cfg(not(target_feature = "relaxed-simd"))]
+const PT: usize = 5;
+/// Tokens per packed block of X (a multiple of PT, ~64).
+const MBP: usize = (64 / PT) * PT;
+/// K chunk: a 8 × KCP weight panel (16 KiB) stays in L1 while the token panels stream past.
+const KCP: usize = 512;
+
+/// `PT` tokens × 8 rows over `kc`: returns the sums (`acc[t][v]` = rows `4v..4v+4` of token t).
+#[inline(always)]
+unsafe fn panel_kernel(xp: *const f32, wp: *const f32, kc: usize) -> [[v128; 2]; PT] {
+    let mut acc = [[f32x4_splat(0.0); 2]; PT];
+    let mut x = xp;
+    let mut w = wp;
+    let wend = wp.add(kc * 8);
+    while w < wend {
+        let w0 = ld(w);
+        let w1 = ld(w.add(4));
+        for t in 0..PT {
+            let xv = v128_load32_splat(x.add(t) as *const u32);
+            acc[t][0] = fma(acc[t][0], w0, xv);
+            acc[t][1] = fma(acc[t][1], w1, xv);
+        }
+        x = x.add(PT);
+        w = w.add(8);
+    }
+    acc
+}
+
+/// Packs X rows `t0..t0+mb`, columns `k0..k0+kc` into panels of PT tokens (`xp[p][k][t]`,
+/// missing tokens of the last panel zero).
+#[inline(always)]
+unsafe fn pack_x(x: *const f32, ldx: usize, mb: usize, k0: usize, kc: usize, xp: *mut f32) {
+    let panels = (mb + PT - 1) / PT;
+    for p in 0..panels {
+        let dst = xp.add(p * kc * PT);
+        for t in 0..PT {
+            let tok = p * PT + t;
+            if tok < mb {
+                let src = x.add(tok * ldx + k0);
+                for i in 0..kc {
+                    *dst.add(i * PT + t) = *src.add(i);
+                }
+            } else {
+                for i in 0..kc {
+                    *dst.add(i * PT + t) = 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// Transposes four vectors (rows) into four vectors (columns).
+#[inline(always)]
+fn transpose4(a: v128, b: v128, c: v128, d: v128) -> [v128; 4] {
+    let ab_lo = i32x4_shuffle::<0, 4, 1, 5>(a, b);
+    let ab_hi = i32x4_shuffle::<2, 6, 3, 7>(a, b);
+    let cd_lo = i32x4_shuffle::<0, 4, 1, 5>(c, d);
+    let cd_hi = i32x4_shuffle::<2, 6, 3, 7>(c, d);
+    [
+        i64x2_shuffle::<0, 2>(ab_lo, cd_lo),
+        i64x2_shuffle::<1, 3>(ab_lo, cd_lo),
+        i64x2_shuffle::<0, 2>(ab_hi, cd_hi),
+        i64x2_shuffle::<1, 3>(ab_hi, cd_hi),
+    ]
+}
+
+/// Packs W rows `r..r+rows` (rows <= 8), columns `k0..k0+kc`, widened to f32, into `wp[k][8]`
+/// (missing rows zero).
+#[inline(always)]
+unsafe fn pack_w<W: Wt>(
+    w: W,
+    ldw: usize,
+    r: usize,
+    rows: usize,
+    k0: usize,
+    kc: usize,
+    wp: *mut f32,
+) {
+    for g in 0..2 {
+        let base = r + 4 * g;
+        let col = wp.add(4 * g);
+        if base + 4 <= r + rows {
+            let mut i = 0;
+            while i + 8 <= kc {
+                let (a0, a1) = w.ld8(base, ldw, k0 + i);
+                let (b0, b1) = w.ld8(base + 1, ldw, k0 + i);
+                let (c0, c1) = w.ld8(base + 2, ldw, k0 + i);
+                let (d0, d1) = w.ld8(base + 3, ldw, k0 + i);
+                let lo = transpose4(a0, b0, c0, d0);
+                let hi = transpose4(a1, b1, c1, d1);
+                for j in 0..4 {
+                    st(col.add((i + j) * 8), lo[j]);
+                    st(col.add((i + 4 + j) * 8), hi[j]);
+                }
+                i += 8;
+            }
+            while i < kc {
+                for j in 0..4 {
+                    *col.add(i * 8 + j) = w.ld1(base + j, ldw, k0 + i);
+                }
+                i += 1;
+            }
+        } else {
+            for j in 0..4 {
+                let row = base + j;
+                for i in 0..kc {
+                    *col.add(i * 8 + j) = if row < r + rows {
+                        w.ld1(row, ldw, k0 + i)
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Stores (or adds) the first `toks` tokens × `rows` rows of a panel's sums into y.
+#[inline(always)]
+unsafe fn store_panel(
+    acc: &[[v128; 2]; PT],
+    y: *mut f32,
+    ldy: usize,
+    toks: usize,
+    rows: usize,
+    accumulate: bool,
+) {
+    for t in 0..toks {
+        let yt = y.add(t * ldy);
+        if rows == 8 {
+            for v in 0..2 {
+                let p = yt.add(4 * v);
+                st(
+                    p,
+                    if accumulate {
+                        add(ld(p), acc[t][v])
+                    } else {
+                        acc[t][v]
+                    },
+                );
+            }
+        } else {
+            let mut tmp = [0f32; 8];
+            st(tmp.as_mut_ptr(), acc[t][0]);
+            st(tmp.as_mut_ptr().add(4), acc[t][1]);
+            for j in 0..rows {
+                put(yt.add(j), tmp[j], accumulate);
+            }
+        }
+    }
+}
+
+/// The packed GEMM over rows `[row_start, min(row_end, n))` of a weight matrix (see above).
+#[inline(always)]
+unsafe fn matmul_packed<W: Wt>(
+    w: W,
+    x: *const f32,
+    ldx: usize,
+    y: *mut f32,
+    ldy: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    row_start: usize,
+    row_end: usize,
+    accumulate: bool,
+) {
+    let end = min(row_end, n);
+    let xp = scratch_f32();
+    let wp = xp.add(MBP * KCP);
     let mut t0 = 0;
     while t0 < m {
-        let mb = min(MB, m - t0);
-        let xb = x.add(t0 * ldx);
-        let yb = y.add(t0 * ldy);
-        let mut r = row_start;
-        while r + TR <= end {
-            tokens::<TR>(xb, ldx, w.add(r * k), k, yb.add(r), ldy, mb, k, acc);
-            r += TR;
-        }
-        while r < end {
-            tokens::<1>(xb, ldx, w.add(r * k), k, yb.add(r), ldy, mb, k, acc);
-            r += 1;
+        let mb = min(MBP, m - t0);
+        let panels = (mb + PT - 1) / PT;
+        let mut k0 = 0;
+        while k0 < k {
+            let kc = min(KCP, k - k0);
+            let acc = accumulate || k0 > 0;
+            pack_x(x.add(t0 * ldx), ldx, mb, k0, kc, xp);
+            let mut r = row_start;
+            while r < end {
+                let rows = min(8, end - r);
+                pack_w(w, k, r, rows, k0, kc, wp);
+                for p in 0..panels {
+                    let sums = panel_kernel(xp.add(p * kc * PT), wp, kc);
+                    let toks = min(PT, mb - p * PT);
+                    store_panel(&sums, y.add((t0 + p * PT) * ldy + r), ldy, toks, rows, acc);
+                }
+                r += rows;
+            }
+            k0 += kc;
         }
         t0 += mb;
     }
@@ -669,36 +866,8 @@ pub unsafe extern "C" fn matmul_f16(
     if m == 1 {
         return matvec_f16(w, x, y, n, k, row_start, row_end, accumulate);
     }
-    let widen = |r: usize, rows: usize, k0: usize, kc: usize, dst: *mut f32| {
-        for j in 0..rows {
-            let src = w.add((r + j) * k + k0);
-            let d = dst.add(j * KC);
-            let mut i = 0;
-            while i + 8 <= kc {
-                let (a, b) = ld_f16x8(src.add(i));
-                st(d.add(i), a);
-                st(d.add(i + 4), b);
-                i += 8;
-            }
-            while i < kc {
-                *d.add(i) = f16_to_f32_1(*src.add(i));
-                i += 1;
-            }
-        }
-    };
-    matmul_widen(
-        widen,
-        x,
-        ldx,
-        y,
-        ldy,
-        m,
-        n,
-        k,
-        row_start,
-        row_end,
-        accumulate & 1 != 0,
-    )
+    let acc = accumulate & 1 != 0;
+    matmul_packed(WF16(w), x, ldx, y, ldy, m, n, k, row_start, row_end, acc)
 }
 
 /// `R` rows × `T` tokens of the integer q8 GEMM over the full blocks: returns the f32 sums.
@@ -749,7 +918,7 @@ unsafe fn q8_tile<const R: usize, const T: usize>(
                         i32x4_dot_i16x8(w[j][3], x[3]),
                     ),
                 );
-                acc[j][t] = madd(acc[j][t], f32x4_convert_i32x4(d), f32x4_splat(sw[j] * sx));
+                acc[j][t] = fma(acc[j][t], f32x4_convert_i32x4(d), f32x4_splat(sw[j] * sx));
             }
         }
     }

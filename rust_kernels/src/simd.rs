@@ -69,14 +69,16 @@ pub fn fma(acc: v128, a: v128, b: v128) -> v128 {
 
 /// Lane-wise `b < a ? b : a` (wasm `f32x4.pmin`: `a` when either is NaN).
 ///
-/// With relaxed SIMD enabled LLVM turns `f32x4_pmin` into `f32x4.relaxed_min`, whose NaN result
-/// is up to the engine (V8 on x64 returns the second operand, so `exp4` lost its NaN), and whose
-/// speed is the same; the relaxed build therefore spells the selection out, which LLVM keeps.
+/// With relaxed SIMD enabled LLVM turns `f32x4_pmin(a, b)` into `f32x4.relaxed_min(a, b)`, whose
+/// result for a NaN is up to the engine: V8 on x64 (`minps`) returns the second operand, so
+/// `exp4(NaN)` came out 0. The relaxed build therefore asks for `relaxed_min(b, a)` itself: on x64
+/// that is `minps(b, a)` = `b < a ? b : a` exactly, on ARM an IEEE minimum that propagates NaN;
+/// one instruction either way (spelling the selection out as a bitselect costs four).
 #[inline(always)]
 pub fn pmin(a: v128, b: v128) -> v128 {
     #[cfg(target_feature = "relaxed-simd")]
     {
-        v128_bitselect(b, a, f32x4_lt(b, a))
+        f32x4_relaxed_min(b, a)
     }
     #[cfg(not(target_feature = "relaxed-simd"))]
     {
@@ -84,12 +86,13 @@ pub fn pmin(a: v128, b: v128) -> v128 {
     }
 }
 
-/// Lane-wise `a < b ? b : a` (wasm `f32x4.pmax`; see `pmin`).
+/// Lane-wise `a < b ? b : a` (wasm `f32x4.pmax`; see `pmin`: `relaxed_max(b, a)` in the relaxed
+/// build, `maxps(b, a)` on x64).
 #[inline(always)]
 pub fn pmax(a: v128, b: v128) -> v128 {
     #[cfg(target_feature = "relaxed-simd")]
     {
-        v128_bitselect(b, a, f32x4_lt(a, b))
+        f32x4_relaxed_max(b, a)
     }
     #[cfg(not(target_feature = "relaxed-simd"))]
     {
