@@ -73,14 +73,20 @@ export function createBackendChain(
 export function createTransformerBackend(
   name: BackendName,
   init: TransformerBackendInit,
-  _options: BackendOptions = {},
+  options: BackendOptions = {},
 ): Promise<TransformerBackend> {
   switch (name) {
     case "ref":
       return Promise.resolve(new RefBackend(init));
+    case "wasm":
+      return import("./wasm/transformer.ts").then((m) =>
+        m.WasmTransformerBackend.create(init, options.wasm)
+      );
     default:
       return Promise.reject(
-        new BackendError(`backend "${name}" cannot run Transformer models yet (choose ref)`),
+        new BackendError(
+          `backend "${name}" cannot run Transformer models yet (choose ref or wasm)`,
+        ),
       );
   }
 }
