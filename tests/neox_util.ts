@@ -39,6 +39,8 @@ export const NEOX_TOL = { atol: 1e-4, rtol: 1e-4 };
 export interface NeoxSuiteOptions {
   /** Options of the `wasm` backend. */
   wasm?: { threads?: number };
+  /** How to keep the weights (`"as-stored"` keeps the f16 case's weights f16 on the backend). */
+  weightsDtype?: "f32" | "f16" | "as-stored";
   /** Appended to the test names. */
   label?: string;
 }
@@ -53,7 +55,11 @@ export function neoxSuite(backend: BackendChoice, options: NeoxSuiteOptions = {}
   for (const c of neoxCases()) {
     Deno.test(`gpt_neox ${name}: ${c.case}`, async (t) => {
       const exp = loadNeoxExpected(c.case);
-      const lm = await loadModel(`${neoxDir()}/${c.case}`, { backend, wasm: options.wasm });
+      const lm = await loadModel(`${neoxDir()}/${c.case}`, {
+        backend,
+        wasm: options.wasm,
+        weightsDtype: options.weightsDtype,
+      });
       assert.ok(lm instanceof GptNeoXLM, "loadModel picks GptNeoXLM for model_type gpt_neox");
       try {
         const V = lm.config.paddedVocabSize;

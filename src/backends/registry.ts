@@ -82,11 +82,11 @@ export function createTransformerBackend(
       return import("./wasm/transformer.ts").then((m) =>
         m.WasmTransformerBackend.create(init, options.wasm)
       );
+    case "webgpu":
+      return import("./webgpu/transformer.ts").then((m) => m.WebGpuTransformerBackend.create(init));
     default:
       return Promise.reject(
-        new BackendError(
-          `backend "${name}" cannot run Transformer models yet (choose ref or wasm)`,
-        ),
+        new BackendError(`backend "${name}" is not available (choose ref, wasm, webgpu or auto)`),
       );
   }
 }
