@@ -172,6 +172,23 @@ export interface TransformerOps<A = unknown, K = unknown> {
   cloneKv(kv: K, length: number): K;
   /** Frees the cache's memory. */
   freeKv(kv: K): void;
+  /**
+   * Optional fused decoding, as {@link Backend.decodeTokens}, from a cache holding `pos` tokens
+   * and reserved for `pos + n`. Each step, the backend embeds the token picked on the device,
+   * calls `blocks` (the model's layers and final norm, recorded with these same operations, at
+   * position `pos + step`), applies the LM head and picks the next token. `progress.steps`
+   * counts the tokens written into the cache so far, also when the consumer stops early (the
+   * device may be up to two blocks ahead of what was yielded), so the caller knows its length.
+   */
+  decodeTokens?(
+    kv: K,
+    pos: number,
+    tokens: Int32Array,
+    n: number,
+    options: DecodeOptions,
+    blocks: (hidden: A, position: number) => A,
+    progress: { steps: number },
+  ): AsyncGenerator<number[][]>;
 }
 
 /** The operations of {@link Backend} that every model uses, whatever its blocks. */

@@ -8,6 +8,7 @@
  */
 
 import type { BackendName, TransformerBackend } from "./backend.ts";
+import { Sampler, validateSamplingOptions } from "./sampling.ts";
 import { type BackendPreference, createTransformerBackendChain } from "./backends/registry.ts";
 import { ConfigError, InputError, MambaError } from "./errors.ts";
 import {
@@ -19,7 +20,7 @@ import {
   textStream,
 } from "./generate.ts";
 import { advanceKv, bindKv, KvCacheState, type KvLayout } from "./kv_state.ts";
-import { dirUrl, type LoadOptions, type Logits } from "./model.ts";
+import { dirUrl, type GenerateTokensOptions, type LoadOptions, type Logits } from "./model.ts";
 import { type GptNeoXConfig, parseNeoxConfig } from "./neox_config.ts";
 import { loadNeoxWeights, type TransformerWeights } from "./neox_weights.ts";
 import { Tokenizer } from "./tokenizer.ts";
@@ -150,9 +151,9 @@ export class GptNeoXLM {
     return this.#backend.name;
   }
 
-  /** Always false: decoding steps on the host (see `MambaLM.fusedDecoding`). */
+  /** Whether the backend decodes many tokens per submit on the device (see {@link generateTokens}). */
   get fusedDecoding(): boolean {
-    return false;
+    return this.#backend.decodeTokens !== undefined;
   }
 
   /** The layout of a KV cache of this model for `batch` sequences. */
@@ -237,6 +238,65 @@ export class GptNeoXLM {
     return textStream(this, options);
   }
 
+  /**
+   * Decodes `n` tokens for every sequence, as `MambaLM.generateTokens`: feeds `tokens`, then `n`
+   * times picks the next token and feeds it back, yielding blocks of picked ids. On `webgpu` the
+   * whole loop runs on the device (blocks of up to `blockSize`); elsewhere it steps on the host.
+   * The cache grows by `n` tokens (fewer if the consumer stops early; on the device up to two
+   * blocks more than were yielded — {@link KvCacheState.length} says how many).
+   *
+   * @throws {InputError} when `n` more tokens would exceed `maxContext` or `maxKvBytes`.
+   */
+  async *generateTokens(
+    state: KvCacheState,
+    tokens: readonly number[],
+    n: number,
+    options: GenerateTokensOptions = {},
+  ): AsyncGenerator<number[][]> {
+    const [batch, , flat] = this.#checkIds(tokens.map((t) => [t]));
+    this.#checkState(state, batch);
+    if (!Number.isSafeInteger(n) || n < 0) {
+      throw new InputError(`n must be a non-negative integer, got ${n}`);
+    }
+    const sampling = validateSamplingOptions({
+      ...options,
+      vocabSize: options.vocabSize ?? this.config.vocabSize,
+    });
+    if (n === 0) return;
+    this.#checkRoom(state.layout, state.length, n);
+    const be = this.#backend;
+    if (be.decodeTokens) {
+      const kv = bindKv(state, be);
+      const pos = state.length;
+      be.reserveKv(kv, pos + n);
+      const progress = { steps: 0 };
+      try {
+        yield* be.decodeTokens(
+          kv,
+          pos,
+          flat,
+          n,
+          { sampling, history: options.history, blockSize: options.blockSize },
+          (hidden, position) => this.#blocks(hidden, batch, 1, kv, position),
+          progress,
+        );
+      } finally {
+        advanceKv(state, progress.steps);
+      }
+      return;
+    }
+    const sampler = new Sampler(sampling);
+    const V = this.config.paddedVocabSize;
+    const history = tokens.map((t, b) => [...(options.history?.[b] ?? []), t]);
+    let cur = [...tokens];
+    for (let i = 0; i < n; i++) {
+      const logits = await this.step(state, cur);
+      cur = cur.map((_, b) => sampler.sample(logits.subarray(b * V, (b + 1) * V), history[b]));
+      cur.forEach((t, b) => history[b].push(t));
+      yield cur.map((t) => [t]);
+    }
+  }
+
   /** Frees the backend's memory. The model cannot be used afterwards. */
   dispose(): void {
     this.#backend.dispose();
@@ -252,8 +312,17 @@ export class GptNeoXLM {
   ): Promise<Float32Array> {
     const be = this.#backend;
     be.reserveKv(kv, pos + seqLen);
+    const normed = this.#blocks(be.embed(ids), batch, seqLen, kv, pos);
+    return await be.read(be.lmHead(normed, batch, seqLen, lastOnly));
+  }
+
+  /**
+   * The blocks and the final norm over embedded tokens at positions `pos …`: the model's one
+   * description of its layers, run directly or recorded into the backend's fused decoding.
+   */
+  #blocks(hidden: unknown, batch: number, seqLen: number, kv: unknown, pos: number): unknown {
+    const be = this.#backend;
     // The residual stream as Mamba's: `hidden` is the last block output not yet added to it.
-    let hidden = be.embed(ids);
     let residual: unknown = null;
     for (let i = 0; i < this.config.nLayer; i++) {
       const r = be.addNorm(hidden, residual, i, "mixer");
@@ -271,8 +340,7 @@ export class GptNeoXLM {
         hidden = be.mlp(i, r2.normed);
       }
     }
-    const { normed } = be.addNorm(hidden, residual, "final");
-    return await be.read(be.lmHead(normed, batch, seqLen, lastOnly));
+    return be.addNorm(hidden, residual, "final").normed;
   }
 
   #checkRoom(layout: KvLayout, held: number, adding: number): void {

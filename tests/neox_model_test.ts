@@ -6,6 +6,7 @@
 
 import assert from "node:assert/strict";
 import {
+  byteLevelTokenizerJSON,
   ConfigError,
   GptNeoXLM,
   InputError,
@@ -14,6 +15,7 @@ import {
   MambaLM,
   parseNeoxConfig,
   parseSafetensors,
+  Tokenizer,
   WeightsError,
 } from "../mod.ts";
 import { randomNeoxWeights } from "../testing.ts";
@@ -196,4 +198,31 @@ Deno.test("GptNeoXLM: generate and complete through the shared helpers", async (
   assert.deepEqual(toks, byHand);
   assert.equal(logits.length, V);
   await assert.rejects(lm.complete("text", { maxNewTokens: 2 }), /tokenizer/);
+});
+
+Deno.test("GptNeoXLM: text through a tokenizer — generateBatch and textStream", async () => {
+  const cfg = parseNeoxConfig({ ...SMALL, vocab_size: 260, max_position_embeddings: 512 });
+  const tokenizer = Tokenizer.fromJSON(byteLevelTokenizerJSON());
+  const lm = await GptNeoXLM.fromWeights(cfg, randomNeoxWeights(cfg, { seed: 9 }), { tokenizer });
+  const opts = { maxNewTokens: 6, topK: 1, vocabSize: 256 };
+  const [a, b] = await lm.generateBatch(["Hello", "Hi there"], opts);
+  assert.equal(a, await lm.complete("Hello", opts));
+  assert.equal(b, await lm.complete("Hi there", opts));
+  // A text stream keeps one cache across chunks: its memory grows with the text.
+  const stream = lm.textStream({ maxNewTokens: 4, topK: 1, vocabSize: 256 });
+  const writer = stream.writable.getWriter();
+  const reader = stream.readable.getReader();
+  const out: string[] = [];
+  const reading = (async () => {
+    for (;;) {
+      const r = await reader.read();
+      if (r.done) return;
+      out.push(r.value);
+    }
+  })();
+  await writer.write("abc");
+  await writer.write("def");
+  await writer.close();
+  await reading;
+  assert.ok(out.join("").length > 0);
 });

@@ -104,6 +104,35 @@ export function neoxSuite(backend: BackendChoice, options: NeoxSuiteOptions = {}
             assert.deepEqual(got, want);
             state.free();
           });
+          await t.step(`${run.name}: generateTokens (fused where the backend can)`, async () => {
+            const want = run.generated;
+            const state = lm.createState(run.batch);
+            const logits = await lm.prefill(state, run.input_ids);
+            const first = run.input_ids.map((_, b) => argmax(logits, b * V, V));
+            const got = first.map((id) => [id]);
+            const blocks = lm.generateTokens(state, first, want[0].length - 1, {
+              topK: 1,
+              vocabSize: V,
+              blockSize: 8,
+            });
+            for await (const block of blocks) block.forEach((row, b) => got[b].push(...row));
+            assert.deepEqual(got, want);
+            assert.equal(state.length, run.prompt_len + want[0].length - 1);
+            // The cache it left continues like a forward pass over everything.
+            const all = run.input_ids.map((p, b) => [...p, ...want[b]]);
+            const full = await lm.forward(all);
+            const L = all[0].length;
+            const next = await lm.step(state, want.map((g) => g[g.length - 1]));
+            for (let b = 0; b < run.batch; b++) {
+              assertClose(
+                next.subarray(b * V, (b + 1) * V),
+                full.data.subarray((b * L + L - 1) * V, (b * L + L) * V),
+                NEOX_TOL,
+                `after generateTokens, row ${b}`,
+              );
+            }
+            state.free();
+          });
           await t.step(`${run.name}: prefill + step ≡ forward on the concatenation`, async () => {
             const cont = run.generated.map((g) => g.slice(0, 3));
             const all = run.input_ids.map((p, b) => [...p, ...cont[b]]);

@@ -7,13 +7,17 @@
  * the Mamba path; the KV cache lives in GPU buffers (`[batch, nKvHeads, capacity, headDim]` per
  * layer) and doubles its capacity when it fills.
  *
- * Decoding steps one token per `read` (no fused decode-and-sample loop yet).
+ * Fused decoding ({@link WebGpuTransformerBackend.decodeTokens}) records many steps — embedding
+ * of the token picked on the GPU, the layers, the LM head, the pick — into few submissions and
+ * reads back only the picked ids, a block at a time, through the sampler shared with the Mamba
+ * path (`sampler.ts`).
  *
  * @module
  */
 
 import type {
   BlockNorm,
+  DecodeOptions,
   KvTensors,
   TransformerBackend,
   TransformerBackendInit,
@@ -31,6 +35,7 @@ import {
   type ShaderDefs,
   type ShaderFile,
 } from "./shaders.ts";
+import { GpuSampler } from "./sampler.ts";
 import { type GpuMatrix, type GpuNorm, uploadF32, uploadMatrix } from "./weights.ts";
 
 /** An activation: `rows × cols` f32 in a pooled GPU buffer (`null` once consumed). */
@@ -97,6 +102,7 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
   readonly #lmHead: GpuMatrix;
   readonly #normF: GpuNorm;
   readonly #free = new Map<number, Buf[]>();
+  readonly #samplers = new Map<number, GpuSampler>();
   /** cos / sin of every position below `cap`, `[cap, rot/2]` each. */
   #rope: { buf: Buf; cap: number };
   #disposed = false;
@@ -193,8 +199,13 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
     a.buf = null;
   }
 
-  #pipeline(file: ShaderFile, entry: string, defs: ShaderDefs = {}): Kernel {
+  /** The compiled pipeline of `entry` in `wgsl/<file>.wgsl` specialised with `defs`. */
+  pipeline(file: ShaderFile, entry: string, defs: ShaderDefs = {}): Kernel {
     return kernel(this.ctx.device, file, entry, defs);
+  }
+
+  #pipeline(file: ShaderFile, entry: string, defs: ShaderDefs = {}): Kernel {
+    return this.pipeline(file, entry, defs);
   }
 
   // ---------------------------------------------------------------- shared kernels
@@ -313,20 +324,26 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
     const d = this.config.dModel;
     const idBuf = this.#temp(ids.length * 4);
     this.rec.write(idBuf, 0, ids);
-    const out = this.#act(ids.length, d);
+    const out = this.#embedFrom(idBuf, ids.length);
+    this.#release(idBuf);
+    return out;
+  }
+
+  /** The embedding of `rows` token ids held (u32) in a GPU buffer. */
+  #embedFrom(ids: Buf, rows: number): GpuTActivation {
+    const out = this.#act(rows, this.config.dModel);
     const E = this.#embedding;
     const k = this.#pipeline("embed", "embed", { F16: E.f16 });
     for (const part of E.parts) {
       this.rec.dispatch(
         k,
         "uuuuu",
-        [ids.length, E.K, part.n0, part.n0 + part.n, E.stride],
-        [idBuf, part.buf, out.buf!],
+        [rows, E.K, part.n0, part.n0 + part.n, E.stride],
+        [ids, part.buf, out.buf!],
         Math.ceil(E.K / 64),
-        Math.min(ids.length, 65535),
+        Math.min(rows, 65535),
       );
     }
-    this.#release(idBuf);
     return out;
   }
 
@@ -523,6 +540,43 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
     return new Float32Array(bytes);
   }
 
+  /**
+   * Fused decoding (see {@link TransformerOps.decodeTokens}): every step — embedding of the
+   * token picked on the GPU, the layers at position `pos + step`, the LM head, the next pick —
+   * is recorded without a read-back; the ids come back a block at a time.
+   */
+  decodeTokens(
+    kv: GpuKv,
+    pos: number,
+    tokens: Int32Array,
+    n: number,
+    options: DecodeOptions,
+    blocks: (hidden: GpuTActivation, position: number) => GpuTActivation,
+    progress: { steps: number },
+  ): AsyncGenerator<number[][]> {
+    this.#alive();
+    const B = tokens.length;
+    if (kv.batch !== B) {
+      throw new BackendError(`decodeTokens: ${B} tokens for ${kv.batch} sequences`);
+    }
+    if (kv.capacity < pos + n) throw new BackendError("decodeTokens: KV cache not reserved");
+    let smp = this.#samplers.get(B);
+    if (!smp) {
+      smp = new GpuSampler(this, B, this.config.paddedVocabSize);
+      this.#samplers.set(B, smp);
+    }
+    const sampler = smp;
+    const d = this.config.dModel;
+    let step = 0;
+    return sampler.run(tokens, n, options, (slot, s, vocab) => {
+      const normed = blocks(this.#embedFrom(sampler.tok, B), pos + step++);
+      const x = this.#use(normed, "decodeTokens");
+      this.#linear(this.#lmHead, undefined, x, 0, d, B, sampler.logits);
+      this.#consume(normed);
+      sampler.encodeSample(slot, s, vocab);
+    }, progress);
+  }
+
   // ---------------------------------------------------------------- KV cache
 
   /** Bytes of one layer's keys (or values) at capacity `cap`. */
@@ -643,6 +697,8 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
+    for (const smp of this.#samplers.values()) smp.dispose();
+    this.#samplers.clear();
     this.rec.dispose();
     this.#free.clear();
   }
