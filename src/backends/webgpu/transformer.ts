@@ -321,7 +321,6 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
 
   embed(ids: Int32Array): GpuTActivation {
     this.#alive();
-    const d = this.config.dModel;
     const idBuf = this.#temp(ids.length * 4);
     this.rec.write(idBuf, 0, ids);
     const out = this.#embedFrom(idBuf, ids.length);
