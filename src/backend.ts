@@ -161,9 +161,10 @@ export interface TransformerOps<A = unknown, K = unknown> {
   createKv(batch: number): K;
   /**
    * Makes `kv` hold at least `length` slots per sequence, keeping what it holds. Capacity grows
-   * by doubling, so a token-by-token stream copies the cache O(log n) times, not per token.
+   * by doubling, so a token-by-token stream copies the cache O(log n) times, not per token,
+   * but never beyond `limit` slots (the model's context limit) unless `length` needs it.
    */
-  reserveKv(kv: K, length: number): void;
+  reserveKv(kv: K, length: number, limit?: number): void;
   /** Overwrites the first `host.length` slots of `kv` (reserved already). */
   uploadKv(kv: K, host: KvTensors): void;
   /** Copies the first `length` slots out to the host. */

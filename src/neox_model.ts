@@ -268,7 +268,7 @@ export class GptNeoXLM {
     if (be.decodeTokens) {
       const kv = bindKv(state, be);
       const pos = state.length;
-      be.reserveKv(kv, pos + n);
+      be.reserveKv(kv, pos + n, this.maxContext);
       const progress = { steps: 0 };
       try {
         yield* be.decodeTokens(
@@ -311,7 +311,7 @@ export class GptNeoXLM {
     lastOnly: boolean,
   ): Promise<Float32Array> {
     const be = this.#backend;
-    be.reserveKv(kv, pos + seqLen);
+    be.reserveKv(kv, pos + seqLen, this.maxContext);
     const normed = this.#blocks(be.embed(ids), batch, seqLen, kv, pos);
     return await be.read(be.lmHead(normed, batch, seqLen, lastOnly));
   }

@@ -256,10 +256,10 @@ export class RefBackend
     return { batch, capacity: 0, layers };
   }
 
-  reserveKv(kv: RefKv, length: number): void {
+  reserveKv(kv: RefKv, length: number, limit = Infinity): void {
     if (length <= kv.capacity) return;
     const { nKvHeads, headDim } = this.#neox;
-    const cap = Math.max(length, 2 * kv.capacity, 16);
+    const cap = Math.max(length, Math.min(Math.max(2 * kv.capacity, 16), limit));
     // Copy each (sequence, head) run of slots to its place in the larger cache.
     const grow = (old: Float32Array) => {
       const a = new Float32Array(kv.batch * nKvHeads * cap * headDim);

@@ -428,9 +428,9 @@ export class WasmTransformerBackend implements TransformerBackend<WasmTActivatio
     return { batch, capacity: 0, k: new Array(n).fill(0), v: new Array(n).fill(0) };
   }
 
-  reserveKv(kv: WasmKv, length: number): void {
+  reserveKv(kv: WasmKv, length: number, limit = Infinity): void {
     if (length <= kv.capacity) return;
-    const cap = Math.max(length, 2 * kv.capacity, 16);
+    const cap = Math.max(length, Math.min(Math.max(2 * kv.capacity, 16), limit));
     const { nKvHeads, headDim: hd } = this.#cfg;
     const grow = (old: number) => {
       const p = this.#heap.alloc(this.#slotFloats(kv, cap) * 4);

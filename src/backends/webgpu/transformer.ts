@@ -588,11 +588,11 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
     return { batch, capacity: 0, k: [], v: [], freed: false };
   }
 
-  reserveKv(kv: GpuKv, length: number): void {
+  reserveKv(kv: GpuKv, length: number, limit = Infinity): void {
     this.#alive();
     if (kv.freed) throw new BackendError("reserveKv: the KV cache was freed");
     if (length <= kv.capacity) return;
-    const cap = Math.max(length, 2 * kv.capacity, 16);
+    const cap = Math.max(length, Math.min(Math.max(2 * kv.capacity, 16), limit));
     const bytes = this.#layerBytes(kv, cap);
     if (bytes > Math.min(this.ctx.maxBinding, this.ctx.maxBuffer)) {
       throw new BackendError(
