@@ -6,7 +6,7 @@
  */
 
 import type { KvTensors, TransformerBackend } from "./backend.ts";
-import { InputError } from "./errors.ts";
+import { DeviceLostError, InputError } from "./errors.ts";
 
 /** The shape of a KV cache, apart from its length. */
 export interface KvLayout {
@@ -208,6 +208,12 @@ export class KvCacheState {
     bindImpl = (state, backend) => {
       state.#live();
       const b = state.#binding;
+      if (b?.backend.lostReason) {
+        throw new DeviceLostError(
+          `this KV cache lived on the ${b.backend.name} backend and is gone with it: ` +
+            b.backend.lostReason,
+        );
+      }
       if (b && b.backend === backend) return b.handle;
       if (b) {
         throw new InputError(

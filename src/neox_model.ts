@@ -7,10 +7,14 @@
  * @module
  */
 
-import type { BackendName, TransformerBackend } from "./backend.ts";
+import type { BackendName, TransformerBackend, TransformerBackendInit } from "./backend.ts";
 import { Sampler, validateSamplingOptions } from "./sampling.ts";
-import { type BackendPreference, createTransformerBackendChain } from "./backends/registry.ts";
-import { ConfigError, InputError, MambaError } from "./errors.ts";
+import {
+  type BackendOptions,
+  type BackendPreference,
+  createTransformerBackendChain,
+} from "./backends/registry.ts";
+import { ConfigError, DeviceLostError, InputError, MambaError } from "./errors.ts";
 import {
   complete,
   generate,
@@ -71,7 +75,14 @@ export class GptNeoXLM {
   readonly maxContext: number;
   /** Most bytes of keys and values one state may hold. */
   readonly maxKvBytes: number;
-  readonly #backend: TransformerBackend;
+  #backend: TransformerBackend;
+  /** Where to go when the backend's device is lost: the next backends, and the weights again. */
+  #fallback?: {
+    rest: BackendName[];
+    init: () => Promise<TransformerBackendInit>;
+    options: BackendOptions;
+  };
+  #moving: Promise<TransformerBackend> | null = null;
 
   /** Wraps a config and a ready backend; most users want `loadModel` or {@link fromWeights}. */
   constructor(
@@ -112,12 +123,22 @@ export class GptNeoXLM {
       options.onProgress,
     );
     const tokenizer = await resolveTokenizer(base, options.tokenizer);
-    const { backend } = await createTransformerBackendChain(
+    const { backend, rest } = await createTransformerBackendChain(
       options.backend ?? "auto",
       { config, weights },
       options,
     );
-    return new GptNeoXLM(config, backend, tokenizer, options);
+    const lm = new GptNeoXLM(config, backend, tokenizer, options);
+    if (rest.length) {
+      // The weights are read again if the device is lost, rather than kept twice meanwhile.
+      const dtype = options.weightsDtype ?? "f32";
+      lm.#fallback = {
+        rest,
+        init: async () => ({ config, weights: await loadNeoxWeights(config, base, dtype) }),
+        options,
+      };
+    }
+    return lm;
   }
 
   /**
@@ -133,12 +154,46 @@ export class GptNeoXLM {
       wasm?: LoadOptions["wasm"];
     } = {},
   ): Promise<GptNeoXLM> {
-    const { backend } = await createTransformerBackendChain(
+    const init = { config, weights };
+    const { backend, rest } = await createTransformerBackendChain(
       options.backend ?? "ref",
-      { config, weights },
+      init,
       options,
     );
-    return new GptNeoXLM(config, backend, options.tokenizer, options);
+    const lm = new GptNeoXLM(config, backend, options.tokenizer, options);
+    if (rest.length) lm.#fallback = { rest, init: () => Promise.resolve(init), options };
+    return lm;
+  }
+
+  /**
+   * The backend to compute with now: the current one, or, when its device was lost, the next
+   * backend of the model's preference, built once over the weights again. KV caches that lived
+   * on the lost device are gone with it (they say so when used).
+   *
+   * @throws {DeviceLostError} when the device was lost and there is no backend to move to.
+   */
+  async #live(): Promise<TransformerBackend> {
+    const lost = this.#backend;
+    if (!lost.lostReason) return lost;
+    const f = this.#fallback;
+    if (!f?.rest.length) {
+      throw new DeviceLostError(
+        `${lost.lostReason}; no backend to move to (load with backend "auto" or a list)`,
+      );
+    }
+    this.#moving ??= (async () => {
+      console.error(`mamba: ${lost.lostReason}; moving the model to the "${f.rest[0]}" backend`);
+      const { backend, rest } = await createTransformerBackendChain(
+        f.rest,
+        await f.init(),
+        f.options,
+      );
+      this.#fallback = rest.length ? { ...f, rest } : undefined;
+      this.#backend = backend;
+      lost.dispose();
+      return backend;
+    })().finally(() => this.#moving = null);
+    return await this.#moving;
   }
 
   /** The backend computing this model. */
@@ -174,10 +229,10 @@ export class GptNeoXLM {
   async forward(ids: readonly (readonly number[])[]): Promise<Logits> {
     const [batch, seqLen, flat] = this.#checkIds(ids);
     this.#checkRoom(this.kvLayout(batch), 0, seqLen);
-    const be = this.#backend;
+    const be = await this.#live();
     const kv = be.createKv(batch);
     try {
-      const data = await this.#run(flat, batch, seqLen, kv, 0, false);
+      const data = await this.#run(be, flat, batch, seqLen, kv, 0, false);
       return { data, shape: [batch, seqLen, this.config.paddedVocabSize] };
     } finally {
       be.freeKv(kv);
@@ -195,8 +250,9 @@ export class GptNeoXLM {
     const [batch, seqLen, flat] = this.#checkIds(ids);
     this.#checkState(state, batch);
     this.#checkRoom(state.layout, state.length, seqLen);
-    const handle = bindKv(state, this.#backend);
-    const out = await this.#run(flat, batch, seqLen, handle, state.length, true);
+    const be = await this.#live();
+    const handle = bindKv(state, be);
+    const out = await this.#run(be, flat, batch, seqLen, handle, state.length, true);
     advanceKv(state, seqLen);
     return out;
   }
@@ -264,7 +320,7 @@ export class GptNeoXLM {
     });
     if (n === 0) return;
     this.#checkRoom(state.layout, state.length, n);
-    const be = this.#backend;
+    const be = await this.#live();
     if (be.decodeTokens) {
       const kv = bindKv(state, be);
       const pos = state.length;
@@ -277,7 +333,7 @@ export class GptNeoXLM {
           flat,
           n,
           { sampling, history: options.history, blockSize: options.blockSize },
-          (hidden, position) => this.#blocks(hidden, batch, 1, kv, position),
+          (hidden, position) => this.#blocks(be, hidden, batch, 1, kv, position),
           progress,
         );
       } finally {
@@ -303,6 +359,7 @@ export class GptNeoXLM {
   }
 
   async #run(
+    be: TransformerBackend,
     ids: Int32Array,
     batch: number,
     seqLen: number,
@@ -310,9 +367,8 @@ export class GptNeoXLM {
     pos: number,
     lastOnly: boolean,
   ): Promise<Float32Array> {
-    const be = this.#backend;
     be.reserveKv(kv, pos + seqLen, this.maxContext);
-    const normed = this.#blocks(be.embed(ids), batch, seqLen, kv, pos);
+    const normed = this.#blocks(be, be.embed(ids), batch, seqLen, kv, pos);
     return await be.read(be.lmHead(normed, batch, seqLen, lastOnly));
   }
 
@@ -320,8 +376,14 @@ export class GptNeoXLM {
    * The blocks and the final norm over embedded tokens at positions `pos …`: the model's one
    * description of its layers, run directly or recorded into the backend's fused decoding.
    */
-  #blocks(hidden: unknown, batch: number, seqLen: number, kv: unknown, pos: number): unknown {
-    const be = this.#backend;
+  #blocks(
+    be: TransformerBackend,
+    hidden: unknown,
+    batch: number,
+    seqLen: number,
+    kv: unknown,
+    pos: number,
+  ): unknown {
     // The residual stream as Mamba's: `hidden` is the last block output not yet added to it.
     let residual: unknown = null;
     for (let i = 0; i < this.config.nLayer; i++) {
