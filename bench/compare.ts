@@ -24,6 +24,8 @@
  *                               mamba-1.4b ↔ pythia-1.4b, mamba-2.8b ↔ pythia-2.8b (default 130m)
  *   --mamba DIR, --transformer DIR   real checkpoints instead (both needed)
  *   --backend NAME        auto (default), webgpu, wasm or ref
+ *   --threads N           wasm threads of both models (default 1: the Transformer's wasm path is
+ *                         single-threaded for now, and both models get the same)
  *   --weights f32|f16     weights of the random models (default f16 on webgpu, else f32)
  *   --contexts A,B,…      contexts in tokens (default webgpu 1024 … 65536 doubling; else
  *                         256,512,1024)
@@ -141,6 +143,8 @@ export interface CompareOptions {
   maxBatch: number;
   memory: number;
   sampling: SamplingOptions;
+  /** Threads of the `wasm` backend, for both models (default 1). */
+  threads?: number;
   /** Called as work completes: steps done, steps in all, what is running. */
   onProgress?: (done: number, total: number, what: string) => void;
 }
@@ -159,16 +163,14 @@ async function loadPair(
   o: CompareOptions,
 ): Promise<[string, LanguageModel, string, LanguageModel]> {
   const maxContext = Math.max(...o.contexts) + o.decode + 8;
+  const wasm = { threads: o.threads ?? 1 };
   if (o.mambaDir || o.transformerDir) {
     if (!o.mambaDir || !o.transformerDir) {
       throw new Error("--mamba and --transformer go together");
     }
-    const m = await loadModel(o.mambaDir, { backend: o.backend, tokenizer: false });
-    const t = await loadModel(o.transformerDir, {
-      backend: o.backend,
-      tokenizer: false,
-      maxContext,
-    });
+    const common = { backend: o.backend, tokenizer: false as const, wasm };
+    const m = await loadModel(o.mambaDir, common);
+    const t = await loadModel(o.transformerDir, { ...common, maxContext });
     return [o.mambaDir, m, o.transformerDir, t];
   }
   const [mName, tName] = PAIRS[o.pair] ?? [];
@@ -177,13 +179,13 @@ async function loadPair(
   const m = await MambaLM.fromWeights(
     mc,
     randomWeights(mc, { dtype: o.weights, fast: true }),
-    { backend: o.backend },
+    { backend: o.backend, wasm },
   );
   const tc = parseNeoxConfig(o.pair === "tiny" ? TINY_NEOX : PUBLIC_NEOX_CONFIGS[tName]);
   const t = await GptNeoXLM.fromWeights(
     tc,
     randomNeoxWeights(tc, { dtype: o.weights, fast: true }),
-    { backend: o.backend, maxContext },
+    { backend: o.backend, maxContext, wasm },
   );
   return [mName, m, tName, t];
 }
@@ -449,6 +451,7 @@ export async function compareMain(args: string[]): Promise<void> {
       mamba: { type: "string" },
       transformer: { type: "string" },
       backend: { type: "string", default: "auto" },
+      threads: { type: "string", default: "1" },
       weights: { type: "string" },
       contexts: { type: "string" },
       "max-prefill": { type: "string" },
@@ -503,6 +506,7 @@ export async function compareMain(args: string[]): Promise<void> {
       repetitionPenalty: Number(v["repetition-penalty"]),
       seed: Number(v.seed),
     },
+    threads: num(v.threads, 1, "threads"),
     onProgress: progressBar,
   };
   const report = await runCompare(o);
