@@ -30,6 +30,9 @@ import { loadNeoxWeights, type TransformerWeights } from "./neox_weights.ts";
 import { Tokenizer } from "./tokenizer.ts";
 import { exists, readBytes } from "./weights.ts";
 
+/** Most token rows one pass through the model takes; longer inputs run in chunks. */
+const PREFILL_ROWS = 2048;
+
 /** Limits of a Transformer's context, checked before any work. */
 export interface ContextLimits {
   /**
@@ -358,6 +361,12 @@ export class GptNeoXLM {
     this.#backend.dispose();
   }
 
+  /**
+   * Runs `seqLen` tokens of each sequence through the model from position `pos`, in chunks of
+   * at most {@link PREFILL_ROWS} rows (a KV-cache model can: each chunk attends to the cache the
+   * previous ones filled), so that a long prompt never needs one activation of all its tokens.
+   * Returns the logits of every token, or of each sequence's last one.
+   */
   async #run(
     be: TransformerBackend,
     ids: Int32Array,
@@ -368,8 +377,35 @@ export class GptNeoXLM {
     lastOnly: boolean,
   ): Promise<Float32Array> {
     be.reserveKv(kv, pos + seqLen, this.maxContext);
-    const normed = this.#blocks(be, be.embed(ids), batch, seqLen, kv, pos);
-    return await be.read(be.lmHead(normed, batch, seqLen, lastOnly));
+    const chunk = Math.max(1, Math.floor(PREFILL_ROWS / batch));
+    if (seqLen <= chunk) {
+      const normed = this.#blocks(be, be.embed(ids), batch, seqLen, kv, pos);
+      return await be.read(be.lmHead(normed, batch, seqLen, lastOnly));
+    }
+    const V = this.config.paddedVocabSize;
+    const out = new Float32Array(lastOnly ? batch * V : batch * seqLen * V);
+    for (let t0 = 0; t0 < seqLen; t0 += chunk) {
+      const L = Math.min(chunk, seqLen - t0);
+      const part = new Int32Array(batch * L);
+      for (let b = 0; b < batch; b++) {
+        part.set(ids.subarray(b * seqLen + t0, b * seqLen + t0 + L), b * L);
+      }
+      const normed = this.#blocks(be, be.embed(part), batch, L, kv, pos + t0);
+      const last = t0 + L === seqLen;
+      if (lastOnly && !last) {
+        // Only the cache matters for the chunks before the last: read a little to run them.
+        await be.read(be.lmHead(normed, batch, L, true));
+        continue;
+      }
+      const logits = await be.read(be.lmHead(normed, batch, L, lastOnly));
+      if (lastOnly) out.set(logits);
+      else {
+        for (let b = 0; b < batch; b++) {
+          out.set(logits.subarray(b * L * V, (b + 1) * L * V), (b * seqLen + t0) * V);
+        }
+      }
+    }
+    return out;
   }
 
   /**

@@ -22,7 +22,7 @@ import { randomNeoxWeights } from "../testing.ts";
 import { buildNeoxWeights, ungroupQkv } from "../src/neox_weights.ts";
 import { f32Tensor, writeSafetensors } from "./safetensors_util.ts";
 import { neoxDir } from "./neox_util.ts";
-import { oracleCases, oracleDir } from "./oracle_util.ts";
+import { assertClose, oracleCases, oracleDir } from "./oracle_util.ts";
 
 const SMALL = {
   model_type: "gpt_neox",
@@ -225,4 +225,26 @@ Deno.test("GptNeoXLM: text through a tokenizer — generateBatch and textStream"
   await writer.close();
   await reading;
   assert.ok(out.join("").length > 0);
+});
+
+Deno.test("long inputs run in chunks: forward and prefill equal unchunked runs", async () => {
+  const cfg = parseNeoxConfig({ ...SMALL, max_position_embeddings: 2048 });
+  const lm = await GptNeoXLM.fromWeights(cfg, randomNeoxWeights(cfg, { seed: 4 }));
+  const V = cfg.paddedVocabSize;
+  // Batch 2: at most 1024 tokens per sequence per pass, so 1100 tokens take two.
+  const ids = [0, 1].map((b) => Array.from({ length: 1100 }, (_, i) => (i * 11 + b) % 40));
+  const full = await lm.forward(ids);
+  const tol = { atol: 1e-4, rtol: 1e-4 };
+  const whole = lm.createState(2);
+  const last = await lm.prefill(whole, ids);
+  const split = lm.createState(2);
+  const head = await lm.prefill(split, ids.map((r) => r.slice(0, 1000)));
+  const tail = await lm.prefill(split, ids.map((r) => r.slice(1000)));
+  for (let b = 0; b < 2; b++) {
+    const row = (t: number) => full.data.subarray((b * 1100 + t) * V, (b * 1100 + t + 1) * V);
+    assertClose(head.subarray(b * V, (b + 1) * V), row(999), tol, `row ${b} at 999`);
+    assertClose(tail.subarray(b * V, (b + 1) * V), row(1099), tol, `row ${b} at 1099`);
+    assertClose(last.subarray(b * V, (b + 1) * V), row(1099), tol, `chunked prefill row ${b}`);
+  }
+  assert.equal(whole.length, 1100);
 });

@@ -35,6 +35,7 @@ import {
   type ShaderDefs,
   type ShaderFile,
 } from "./shaders.ts";
+import { defaultMatvecShape } from "./backend.ts";
 import { GpuSampler } from "./sampler.ts";
 import { type GpuMatrix, type GpuNorm, uploadF32, uploadMatrix } from "./weights.ts";
 
@@ -226,21 +227,8 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
     const K = W.K;
     if (M <= 16) {
       const vec = W.f16 ? 8 : 4;
-      // The Mamba path's default split (WebGpuBackend.matvecShape, no prologue or epilogue).
-      let team: number;
-      let rpt = 1;
-      let unr = 4;
-      if (W.N < 1024) {
-        team = 32;
-        while (team < 256 && Math.ceil(W.N * team / 256) < 512 && K / (team * vec) >= 4) {
-          team *= 2;
-        }
-      } else {
-        team = W.f16 ? (K >= 4096 ? 128 : 32) : K >= 4096 ? 128 : 256;
-        while (team > 32 && team * vec > K) team /= 2;
-        rpt = Math.min(K < 1024 ? 4 : 8, Math.max(1, 2 ** Math.floor(Math.log2(32 / M))));
-        unr = 2;
-      }
+      // The Mamba path's split of the same product (no prologue or epilogue here).
+      const { team, rpt, unr } = defaultMatvecShape(W, M);
       const k = this.#pipeline("matvec", "matvec", {
         MB: M,
         RPT: rpt,
