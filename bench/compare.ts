@@ -24,8 +24,7 @@
  *                               mamba-1.4b ↔ pythia-1.4b, mamba-2.8b ↔ pythia-2.8b (default 130m)
  *   --mamba DIR, --transformer DIR   real checkpoints instead (both needed)
  *   --backend NAME        auto (default), webgpu, wasm or ref
- *   --threads N           wasm threads of both models (default 1: the Transformer's wasm path is
- *                         single-threaded for now, and both models get the same)
+ *   --threads N           wasm threads of both models (default: all cores)
  *   --weights f32|f16     weights of the random models (default f16 on webgpu, else f32)
  *   --contexts A,B,…      contexts in tokens (default webgpu 1024 … 65536 doubling; else
  *                         256,512,1024)
@@ -143,7 +142,7 @@ export interface CompareOptions {
   maxBatch: number;
   memory: number;
   sampling: SamplingOptions;
-  /** Threads of the `wasm` backend, for both models (default 1). */
+  /** Threads of the `wasm` backend, for both models (default: all cores). */
   threads?: number;
   /** Called as work completes: steps done, steps in all, what is running. */
   onProgress?: (done: number, total: number, what: string) => void;
@@ -163,7 +162,7 @@ async function loadPair(
   o: CompareOptions,
 ): Promise<[string, LanguageModel, string, LanguageModel]> {
   const maxContext = Math.max(...o.contexts) + o.decode + 8;
-  const wasm = { threads: o.threads ?? 1 };
+  const wasm = { threads: o.threads };
   if (o.mambaDir || o.transformerDir) {
     if (!o.mambaDir || !o.transformerDir) {
       throw new Error("--mamba and --transformer go together");
@@ -451,7 +450,7 @@ export async function compareMain(args: string[]): Promise<void> {
       mamba: { type: "string" },
       transformer: { type: "string" },
       backend: { type: "string", default: "auto" },
-      threads: { type: "string", default: "1" },
+      threads: { type: "string" },
       weights: { type: "string" },
       contexts: { type: "string" },
       "max-prefill": { type: "string" },
@@ -506,7 +505,7 @@ export async function compareMain(args: string[]): Promise<void> {
       repetitionPenalty: Number(v["repetition-penalty"]),
       seed: Number(v.seed),
     },
-    threads: num(v.threads, 1, "threads"),
+    threads: v.threads === undefined ? undefined : num(v.threads, 1, "threads"),
     onProgress: progressBar,
   };
   const report = await runCompare(o);

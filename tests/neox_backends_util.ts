@@ -11,8 +11,9 @@ import assert from "node:assert/strict";
 import { argmax, assertClose } from "./oracle_util.ts";
 
 /** Registers the comparison for `backend`. */
-export function neoxLongContextSuite(backend: BackendChoice): void {
-  Deno.test(`gpt_neox ${backend}: long context against ref`, async () => {
+export function neoxLongContextSuite(backend: BackendChoice, wasm?: { threads: number }): void {
+  const label = wasm ? ` (${wasm.threads} thread${wasm.threads > 1 ? "s" : ""})` : "";
+  Deno.test(`gpt_neox ${backend}${label}: long context against ref`, async () => {
     const cfg = parseNeoxConfig({
       model_type: "gpt_neox",
       hidden_size: 48,
@@ -26,7 +27,7 @@ export function neoxLongContextSuite(backend: BackendChoice): void {
     });
     const weights = randomNeoxWeights(cfg, { seed: 11 });
     const ref = await GptNeoXLM.fromWeights(cfg, weights, { backend: "ref" });
-    const lm = await GptNeoXLM.fromWeights(cfg, weights, { backend });
+    const lm = await GptNeoXLM.fromWeights(cfg, weights, { backend, wasm });
     const tol = { atol: 2e-4, rtol: 2e-4 };
     try {
       const prompt = (b: number) => Array.from({ length: 300 }, (_, i) => (i * 13 + b * 7) % 64);

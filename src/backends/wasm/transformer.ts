@@ -1,12 +1,15 @@
 /**
  * The `wasm` backend for Transformer models (GPT-NeoX): the same SIMD kernels as the Mamba path
  * (`matmul_*` GEMM / GEMV, `layernorm`, `add`) plus the attention kernels of
- * `rust_kernels/src/attention.rs`: tiled causal attention for prefill (no L×L matrix), decoding
- * split over slot ranges and merged (flash-decoding), the rotary embedding and the exact GELU.
+ * `rust_kernels/src/attention.rs` (tiled causal attention for prefill, no L×L matrix; decoding
+ * split over slot ranges and merged, flash-decoding; the rotary embedding; the exact GELU), run
+ * tensor-parallel over T ranks — the calling thread and T − 1 Web Workers — as the Mamba path
+ * is: see `transformer_rank.ts` for the split.
  *
- * It computes on the calling thread, eagerly (each operation runs when called; `read` copies
- * out). The KV cache lives in wasm memory as `[batch, nKvHeads, capacity, headDim]` per layer and
- * doubles its capacity when it fills.
+ * The operations the model calls are recorded and run when a result is read: rank 0 writes the
+ * op list into the shared buffer, bumps the program word the workers wait on, and runs its own
+ * share. KV caches live in the ranks' memories (each rank its heads), as
+ * `[batch, heads, capacity, headDim]` per layer, and double their capacity when they fill.
  *
  * @module
  */
@@ -18,208 +21,234 @@ import type {
   TransformerBackendInit,
 } from "../../backend.ts";
 import { BackendError } from "../../errors.ts";
-import { f16ArrayToF32, f32ArrayToF16 } from "../../half.ts";
 import type { GptNeoXConfig } from "../../neox_config.ts";
-import type { HostTensor } from "../../weights.ts";
-import { Heap } from "./engine.ts";
-import { F16_FINITE, f16AllFinite, WasmKernels } from "./kernels.ts";
+import { WasmKernels } from "./kernels.ts";
 import type { WasmOptions } from "./options.ts";
+import {
+  abort,
+  AbortedError,
+  align64,
+  canBlock,
+  CMD_EXIT,
+  CMD_RUN,
+  CTL,
+  readError,
+} from "./shared.ts";
+import {
+  kvStageBytes,
+  makeTShards,
+  sliceBuffers,
+  sliceHead,
+  sliceLayer,
+  THEADER_BYTES,
+  TOP,
+  TOP_WORDS,
+  TPRM,
+  TPRM_OFFSET,
+  TransformerRank,
+  type TShard,
+} from "./transformer_rank.ts";
+import type { TWorkerMessage } from "./transformer_worker.ts";
 
-/** An activation: `rows × cols` float32 at `ptr` in wasm memory. */
+/** An activation: a register of the program being recorded. */
 export interface WasmTActivation {
-  /** Byte offset in wasm memory. */
-  readonly ptr: number;
+  /** Register number. */
+  readonly reg: number;
   /** Rows (tokens). */
   readonly rows: number;
   /** Columns (features). */
   readonly cols: number;
 }
 
-/** A KV cache: per layer one block of keys and one of values in wasm memory. */
+/** A KV cache: its id in every rank's table. */
 export interface WasmKv {
+  /** Id in the ranks' tables. */
+  readonly id: number;
   /** Sequences. */
   readonly batch: number;
-  /** Slots per sequence. */
-  capacity: number;
-  /** Per layer key blocks (0 while the capacity is 0). */
-  k: number[];
-  /** Per layer value blocks. */
-  v: number[];
+  /** Set by freeKv. */
+  freed: boolean;
 }
 
-/** A matrix `[n, k]` in wasm memory. */
-interface Mat {
-  readonly dtype: "f32" | "f16";
-  readonly ptr: number;
-  readonly n: number;
-  readonly k: number;
-  readonly finite: boolean;
+const MAX_SAB = [16 * 2 ** 30, 4 * 2 ** 30, 2 ** 31 - 65536, 2 ** 30];
+
+function growableSab(bytes: number): SharedArrayBuffer {
+  for (const max of MAX_SAB) {
+    try {
+      return new SharedArrayBuffer(bytes, { maxByteLength: max });
+    } catch {
+      // this engine reserves less: try smaller
+    }
+  }
+  throw new BackendError("wasm backend: cannot create a growable SharedArrayBuffer");
 }
 
-interface Norm {
-  w: number;
-  b: number;
-}
-
-interface Layer {
-  norm: Norm;
-  norm2: Norm;
-  qkv: Mat;
-  qkvBias: number;
-  out: Mat;
-  outBias: number;
-  fc1: Mat;
-  fc1Bias: number;
-  fc2: Mat;
-  fc2Bias: number;
-}
-
-/** Slots per split of a decoding step (each split is one partial of flash-decoding). */
-const DECODE_SPLIT = 256;
-
-/** The single-threaded WebAssembly backend of Transformer models. */
+/** The WebAssembly backend of Transformer models. Create it with {@link WasmTransformerBackend.create}. */
 export class WasmTransformerBackend implements TransformerBackend<WasmTActivation, WasmKv> {
   /** Always `"wasm"`. */
   readonly name = "wasm" as const;
+  /** Number of ranks (threads) computing. */
+  readonly threads: number;
+  /** What each rank owns. */
+  readonly shards: readonly TShard[];
   readonly #cfg: GptNeoXConfig;
-  readonly #k: WasmKernels;
-  readonly #heap: Heap;
-  readonly #layers: Layer[] = [];
-  readonly #embedding: Mat;
-  readonly #lmHead: Mat;
-  readonly #normF: Norm;
+  readonly #sab: SharedArrayBuffer;
+  readonly #rank0: TransformerRank;
+  readonly #workers: Worker[];
+  #ops: number[] = [];
+  #ids: Int32Array | null = null;
+  /** Largest row count of the program's activations (sizes the reduction slots). */
+  #maxRows = 0;
+  #lm: { reg: number; rows: number } | null = null;
+  #nextReg = 1;
+  #nextKv = 1;
+  #live = new Set<number>();
+  #broken: string | null = null;
+  #disposed = false;
 
   private constructor(
     cfg: GptNeoXConfig,
-    k: WasmKernels,
-    store: "f32" | "f16" | undefined,
-    init: TransformerBackendInit,
+    shards: TShard[],
+    sab: SharedArrayBuffer,
+    rank0: TransformerRank,
+    workers: Worker[],
   ) {
     this.#cfg = cfg;
-    this.#k = k;
-    this.#heap = new Heap(k);
-    const w = init.weights;
-    const mat = (t: HostTensor) => this.#upMat(t, store);
-    const vec = (t: HostTensor | undefined) => (t ? this.#upVec(t) : 0);
-    const norm = (n: { weight: HostTensor; bias?: HostTensor }) => ({
-      w: vec(n.weight),
-      b: vec(n.bias),
-    });
-    for (const l of w.layers) {
-      this.#layers.push({
-        norm: norm(l.norm),
-        norm2: norm(l.norm2),
-        qkv: mat(l.qkv),
-        qkvBias: vec(l.qkvBias),
-        out: mat(l.out),
-        outBias: vec(l.outBias),
-        fc1: mat(l.fc1),
-        fc1Bias: vec(l.fc1Bias),
-        fc2: mat(l.fc2),
-        fc2Bias: vec(l.fc2Bias),
-      });
-    }
-    this.#embedding = mat(w.embedding);
-    this.#lmHead = w.lmHead === w.embedding ? this.#embedding : mat(w.lmHead);
-    this.#normF = norm(w.normF);
+    this.shards = shards;
+    this.threads = shards.length;
+    this.#sab = sab;
+    this.#rank0 = rank0;
+    this.#workers = workers;
   }
 
   /**
-   * Compiles the kernels and copies the weights into wasm memory (`options.weights`: `"f32"` or
-   * `"f16"`, default as loaded; `threads` is not used yet: one thread computes).
+   * Compiles the kernels, starts `threads − 1` workers (`options.threads`, default
+   * `navigator.hardwareConcurrency`, at most one per KV head) and copies each rank's weight
+   * slice into its memory (`options.weights`: `"f32"` or `"f16"`, default as loaded).
    *
-   * @throws {BackendError} when WebAssembly is unavailable or `weights` is `"q8"`.
+   * @throws {BackendError} when workers, shared memory or WebAssembly are unavailable, or
+   *   `weights` is `"q8"`.
    */
   static async create(
     init: TransformerBackendInit,
     options: WasmOptions = {},
   ): Promise<WasmTransformerBackend> {
+    const cfg = init.config;
     if (options.weights === "q8") {
       throw new BackendError('wasm backend: weights "q8" is not supported for Transformer models');
     }
-    let k: WasmKernels;
+    if (typeof SharedArrayBuffer !== "function") {
+      throw new BackendError("wasm backend: SharedArrayBuffer is not available here");
+    }
+    const cores = Math.max(1, globalThis.navigator?.hardwareConcurrency ?? 1);
+    const asked = options.threads ?? cores;
+    if (!Number.isSafeInteger(asked) || asked < 1) {
+      throw new BackendError(`wasm backend: threads must be a positive integer, got ${asked}`);
+    }
+    const shards = makeTShards(cfg, Math.min(asked, cfg.nKvHeads));
+    const spin = shards.length <= cores ? 20000 : 0;
+    const idleSpin = shards.length <= cores ? 200000 : 0;
+    let module: WebAssembly.Module;
     try {
-      k = WasmKernels.fromModule(await WasmKernels.compile());
+      module = await WasmKernels.compile();
     } catch (e) {
       throw new BackendError(`wasm backend: cannot load the kernels: ${(e as Error).message}`);
     }
-    return new WasmTransformerBackend(init.config, k, options.weights, init);
-  }
-
-  get #f32(): Float32Array {
-    return new Float32Array(this.#k.memory.buffer);
-  }
-
-  #upVec(t: HostTensor): number {
-    const data = t.dtype === "f32" ? t.data : f16ArrayToF32(t.data);
-    const p = this.#heap.alloc(data.length * 4);
-    this.#f32.set(data, p >>> 2);
-    return p;
-  }
-
-  #upMat(t: HostTensor, store: "f32" | "f16" | undefined): Mat {
-    const [n, k] = t.shape;
-    const dtype = store ?? t.dtype;
-    if (dtype === "f32") {
-      const data = t.dtype === "f32" ? t.data : f16ArrayToF32(t.data);
-      const p = this.#heap.alloc(data.length * 4);
-      this.#f32.set(data, p >>> 2);
-      return { dtype, ptr: p, n, k, finite: true };
-    }
-    const bits = t.dtype === "f16" ? t.data : f32ArrayToF16(t.data);
-    const p = this.#heap.alloc(bits.length * 2);
-    new Uint16Array(this.#k.memory.buffer).set(bits, p >>> 1);
-    return { dtype, ptr: p, n, k, finite: f16AllFinite(bits) };
-  }
-
-  #alloc(rows: number, cols: number): WasmTActivation {
-    return { ptr: this.#heap.alloc(rows * cols * 4), rows, cols };
-  }
-
-  #free(a: WasmTActivation): void {
-    this.#heap.free(a.ptr);
-  }
-
-  /** `y = x · Wᵀ + bias` over all rows of `x`. */
-  #linear(x: WasmTActivation, w: Mat, bias: number): WasmTActivation {
-    const y = this.#alloc(x.rows, w.n);
-    const e = this.#k.exports;
-    if (w.dtype === "f32") {
-      e.matmul_f32(x.ptr, x.cols, w.ptr, y.ptr, w.n, x.rows, w.n, w.k, 0, w.n, 0);
-    } else {
-      const flags = w.finite ? F16_FINITE : 0;
-      e.matmul_f16(x.ptr, x.cols, w.ptr, y.ptr, w.n, x.rows, w.n, w.k, 0, w.n, flags);
-    }
-    if (bias) {
-      for (let r = 0; r < x.rows; r++) {
-        this.#k.add(y.ptr + r * w.n * 4, bias, y.ptr + r * w.n * 4, w.n);
+    const store = options.weights;
+    const sab = growableSab(THEADER_BYTES);
+    const workers: Worker[] = [];
+    try {
+      const loads = shards.slice(1).map(async (shard) => {
+        const r = shard.rank;
+        const url = new URL("./transformer_worker.ts", import.meta.url);
+        const worker = new Worker(url, { type: "module" });
+        workers.push(worker);
+        const send = (msg: TWorkerMessage, transfer: ArrayBuffer[] = []) =>
+          new Promise<{ bytes?: number }>((resolve, reject) => {
+            worker.onmessage = (e: MessageEvent) => {
+              if (e.data?.error === undefined) resolve(e.data);
+              else reject(new BackendError(`wasm rank ${r}: ${e.data.error}`));
+            };
+            worker.onerror = (e: ErrorEvent) => {
+              e.preventDefault();
+              reject(new BackendError(`wasm rank ${r}: ${e.message}`));
+            };
+            worker.postMessage(msg, transfer);
+          });
+        await send({ kind: "init", module, sab, config: cfg, shard, spin, idleSpin });
+        for (let l = 0; l < cfg.nLayer; l++) {
+          const layer = sliceLayer(cfg, init.weights, l, shard, store);
+          await send({ kind: "layer", layer }, sliceBuffers(layer));
+        }
+        const head = sliceHead(init.weights, shard, store);
+        await send({ kind: "head", head }, sliceBuffers(head));
+        worker.onmessage = null;
+        worker.onerror = null;
+      });
+      for (const p of loads) p.catch(() => {}); // handled below, by Promise.all
+      const k = await WasmKernels.create(module);
+      const rank0 = new TransformerRank(k, cfg, shards[0], sab, spin, canBlock());
+      for (let l = 0; l < cfg.nLayer; l++) {
+        rank0.addLayer(sliceLayer(cfg, init.weights, l, shards[0], store));
+        await new Promise((r) => setTimeout(r, 0)); // let the workers' answers through
       }
+      rank0.setHead(sliceHead(init.weights, shards[0], store));
+      await Promise.all(loads);
+      return new WasmTransformerBackend(cfg, shards, sab, rank0, workers);
+    } catch (e) {
+      for (const w of workers) w.terminate();
+      const msg = (e as Error).message;
+      throw e instanceof BackendError
+        ? e
+        : new BackendError(msg.startsWith("wasm") ? msg : `wasm backend: ${msg}`);
     }
-    return y;
   }
 
-  #normRows(x: WasmTActivation, n: Norm): WasmTActivation {
-    const out = this.#alloc(x.rows, x.cols);
-    this.#k.layernorm(x.ptr, n.w, n.b, out.ptr, x.cols, this.#cfg.normEps, x.rows);
-    return out;
+  // ------------------------------------------------------------------------------------------
+  // recording
+
+  #check(): void {
+    if (this.#disposed) throw new BackendError("the wasm backend was disposed");
+    if (this.#broken) throw new BackendError(`the wasm backend failed earlier: ${this.#broken}`);
   }
 
-  #normOf(layer: number | "final", which: BlockNorm): Norm {
-    if (layer === "final") return this.#normF;
-    return which === "mlp" ? this.#layers[layer].norm2 : this.#layers[layer].norm;
+  #op(code: number, ...args: number[]): void {
+    this.#ops.push(code, ...args);
+    for (let j = args.length + 1; j < TOP_WORDS; j++) this.#ops.push(0);
+  }
+
+  #act(rows: number, cols: number): WasmTActivation {
+    const reg = this.#nextReg++;
+    this.#live.add(reg);
+    this.#maxRows = Math.max(this.#maxRows, rows);
+    return { reg, rows, cols };
+  }
+
+  #use(a: WasmTActivation): number {
+    if (!this.#live.has(a.reg)) {
+      throw new BackendError(
+        "wasm backend: this activation was already used or read (activations are used once)",
+      );
+    }
+    this.#live.delete(a.reg);
+    return a.reg;
+  }
+
+  #peek(a: WasmTActivation): number {
+    if (!this.#live.has(a.reg)) throw new BackendError("wasm backend: this activation is gone");
+    return a.reg;
+  }
+
+  #which(which: BlockNorm): number {
+    return which === "mlp" ? 1 : 0;
   }
 
   embed(ids: Int32Array): WasmTActivation {
-    const d = this.#cfg.dModel;
-    const out = this.#alloc(ids.length, d);
-    const e = this.#embedding;
-    ids.forEach((id, r) => {
-      const dst = out.ptr + r * d * 4;
-      if (e.dtype === "f32") {
-        const f = this.#f32;
-        f.copyWithin(dst >>> 2, (e.ptr >>> 2) + id * d, (e.ptr >>> 2) + (id + 1) * d);
-      } else this.#k.f16ToF32(e.ptr + id * d * 2, dst, d);
-    });
+    this.#check();
+    if (this.#ids) throw new BackendError("wasm backend: one embed per read");
+    this.#ids = ids.slice();
+    const out = this.#act(ids.length, this.#cfg.dModel);
+    this.#op(TOP.EMBED, out.reg);
     return out;
   }
 
@@ -229,17 +258,21 @@ export class WasmTransformerBackend implements TransformerBackend<WasmTActivatio
     layer: number | "final",
     which: BlockNorm = "mixer",
   ): { normed: WasmTActivation; residual: WasmTActivation } {
-    let res = hidden;
-    if (residual) {
-      this.#k.add(residual.ptr, hidden.ptr, residual.ptr, hidden.rows * hidden.cols);
-      this.#free(hidden);
-      res = residual;
-    }
-    return { normed: this.#normRows(res, this.#normOf(layer, which)), residual: res };
+    this.#check();
+    const h = this.#use(hidden);
+    const r = residual ? this.#use(residual) : -1;
+    const normed = this.#act(hidden.rows, hidden.cols);
+    const res = this.#act(hidden.rows, hidden.cols);
+    const l = layer === "final" ? -1 : layer;
+    this.#op(TOP.ADDNORM, h, r, l, this.#which(which), normed.reg, res.reg, hidden.rows);
+    return { normed, residual: res };
   }
 
   norm(x: WasmTActivation, layer: number, which: BlockNorm): WasmTActivation {
-    return this.#normRows(x, this.#normOf(layer, which));
+    this.#check();
+    const out = this.#act(x.rows, x.cols);
+    this.#op(TOP.NORM, this.#peek(x), layer, this.#which(which), out.reg, x.rows);
+    return out;
   }
 
   attention(
@@ -250,258 +283,184 @@ export class WasmTransformerBackend implements TransformerBackend<WasmTActivatio
     kv: WasmKv,
     pos: number,
   ): WasmTActivation {
-    const cfg = this.#cfg;
-    const { nHeads, nKvHeads, headDim: hd, rotaryDim } = cfg;
-    const L = this.#layers[layer];
-    const qkv = this.#linear(x, L.qkv, L.qkvBias);
-    this.#free(x);
-    const qDim = nHeads * hd;
-    const kvDim = nKvHeads * hd;
-    const rowLen = qDim + 2 * kvDim;
-    const e = this.#k.exports;
-    // Rotary on the q and k heads (side by side at the start of each row).
-    if (rotaryDim > 0) {
-      const half = rotaryDim / 2;
-      const tab = this.#heap.alloc(2 * seqLen * half * 4);
-      const f = this.#f32;
-      for (let t = 0; t < seqLen; t++) {
-        for (let i = 0; i < half; i++) {
-          const invFreq = Math.fround(
-            1 / Math.fround(cfg.rotaryBase ** Math.fround((2 * i) / rotaryDim)),
-          );
-          const angle = Math.fround((pos + t) * invFreq);
-          f[(tab >>> 2) + t * half + i] = Math.cos(angle);
-          f[(tab >>> 2) + (seqLen + t) * half + i] = Math.sin(angle);
-        }
-      }
-      for (let b = 0; b < batch; b++) {
-        e.rotary(
-          qkv.ptr + b * seqLen * rowLen * 4,
-          rowLen,
-          seqLen,
-          nHeads + nKvHeads,
-          hd,
-          rotaryDim,
-          tab,
-          tab + seqLen * half * 4,
-        );
-      }
-      this.#heap.free(tab);
-    }
-    // New keys and values into their slots.
-    const cap = kv.capacity;
-    const f = this.#f32;
-    const kBase = kv.k[layer] >>> 2;
-    const vBase = kv.v[layer] >>> 2;
-    for (let b = 0; b < batch; b++) {
-      for (let g = 0; g < nKvHeads; g++) {
-        const slot0 = ((b * nKvHeads + g) * cap + pos) * hd;
-        for (let t = 0; t < seqLen; t++) {
-          const src = (qkv.ptr >>> 2) + (b * seqLen + t) * rowLen + qDim + g * hd;
-          f.copyWithin(kBase + slot0 + t * hd, src, src + hd);
-          f.copyWithin(vBase + slot0 + t * hd, src + kvDim, src + kvDim + hd);
-        }
-      }
-    }
-    const att = this.#alloc(batch * seqLen, qDim);
-    const scale = 1 / Math.sqrt(hd);
-    const seqBytes = nKvHeads * cap * hd * 4;
-    const len = pos + seqLen;
-    const splits = seqLen === 1 ? Math.ceil(len / DECODE_SPLIT) : 1;
-    let acc = 0;
-    let ml = 0;
-    if (splits > 1) {
-      acc = this.#heap.alloc(splits * qDim * 4);
-      ml = this.#heap.alloc(splits * nHeads * 2 * 4);
-    }
-    for (let b = 0; b < batch; b++) {
-      const q = qkv.ptr + b * seqLen * rowLen * 4;
-      const kb = kv.k[layer] + b * seqBytes;
-      const vb = kv.v[layer] + b * seqBytes;
-      const out = att.ptr + b * seqLen * qDim * 4;
-      if (splits === 1) {
-        e.attn_rows(
-          q,
-          rowLen,
-          out,
-          qDim,
-          seqLen,
-          pos,
-          kb,
-          vb,
-          cap,
-          nHeads,
-          nKvHeads,
-          hd,
-          scale,
-          0,
-          len,
-          0,
-        );
-        continue;
-      }
-      // Decoding over a long cache: one partial per slot range, then their merge. (The ranges
-      // are independent: this is where ranks would each take some.)
-      for (let s = 0; s < splits; s++) {
-        const j0 = s * DECODE_SPLIT;
-        const j1 = Math.min(len, j0 + DECODE_SPLIT);
-        e.attn_rows(
-          q,
-          rowLen,
-          acc + s * qDim * 4,
-          qDim,
-          1,
-          pos,
-          kb,
-          vb,
-          cap,
-          nHeads,
-          nKvHeads,
-          hd,
-          scale,
-          j0,
-          j1,
-          ml + s * nHeads * 8,
-        );
-      }
-      e.attn_merge(acc, ml, splits, nHeads, hd, out, hd);
-    }
-    if (splits > 1) {
-      this.#heap.free(acc);
-      this.#heap.free(ml);
-    }
-    this.#free(qkv);
-    const y = this.#linear(att, L.out, L.outBias);
-    this.#free(att);
-    return y;
+    this.#check();
+    if (kv.freed) throw new BackendError("wasm backend: the KV cache was freed");
+    const out = this.#act(x.rows, this.#cfg.dModel);
+    this.#op(TOP.ATTN, layer, this.#use(x), out.reg, batch, seqLen, kv.id, pos);
+    return out;
   }
 
   mlp(layer: number, x: WasmTActivation): WasmTActivation {
-    const L = this.#layers[layer];
-    const h = this.#linear(x, L.fc1, L.fc1Bias);
-    this.#free(x);
-    this.#k.exports.gelu(h.ptr, h.ptr, h.rows * h.cols);
-    const y = this.#linear(h, L.fc2, L.fc2Bias);
-    this.#free(h);
-    return y;
+    this.#check();
+    const out = this.#act(x.rows, this.#cfg.dModel);
+    this.#op(TOP.MLP, layer, this.#use(x), out.reg, x.rows);
+    return out;
   }
 
   add(a: WasmTActivation, b: WasmTActivation): WasmTActivation {
-    this.#k.add(a.ptr, b.ptr, a.ptr, a.rows * a.cols);
-    this.#free(b);
-    return a;
+    this.#check();
+    const out = this.#act(a.rows, a.cols);
+    this.#op(TOP.ADD, this.#use(a), this.#use(b), out.reg, a.rows);
+    return out;
   }
 
   lmHead(x: WasmTActivation, batch: number, seqLen: number, lastOnly: boolean): WasmTActivation {
-    let rows = x;
-    if (lastOnly && seqLen > 1) {
-      const d = x.cols;
-      rows = this.#alloc(batch, d);
-      const f = this.#f32;
-      for (let b = 0; b < batch; b++) {
-        const src = (x.ptr >>> 2) + ((b + 1) * seqLen - 1) * d;
-        f.copyWithin((rows.ptr >>> 2) + b * d, src, src + d);
-      }
-      this.#free(x);
-    }
-    const y = this.#linear(rows, this.#lmHead, 0);
-    this.#free(rows);
-    return y;
+    this.#check();
+    if (this.#lm) throw new BackendError("wasm backend: one LM head per read");
+    const rows = lastOnly ? batch : batch * seqLen;
+    const out = this.#act(rows, this.#cfg.paddedVocabSize);
+    this.#op(TOP.LMHEAD, this.#use(x), batch, seqLen, lastOnly ? 1 : 0);
+    this.#lm = { reg: out.reg, rows };
+    return out;
   }
 
   read(a: WasmTActivation): Promise<Float32Array> {
-    const p = a.ptr >>> 2;
-    const out = this.#f32.slice(p, p + a.rows * a.cols);
-    this.#free(a);
+    this.#check();
+    if (!this.#lm || this.#lm.reg !== a.reg) {
+      return Promise.reject(new BackendError("wasm backend: only LM head outputs can be read"));
+    }
+    this.#use(a);
+    const V = this.#cfg.paddedVocabSize;
+    const rows = this.#lm.rows;
+    const logits = this.#run(rows * V * 4, 0);
+    const out = new Float32Array(this.#sab, logits, rows * V).slice();
     return Promise.resolve(out);
   }
 
-  // -------------------------------------------------------------------------------------------
-  // KV cache
-
-  #slotFloats(kv: WasmKv, cap: number): number {
-    return kv.batch * this.#cfg.nKvHeads * cap * this.#cfg.headDim;
+  /**
+   * Runs the recorded program on every rank; returns the byte offset of the logits region (of
+   * `logitBytes`), with a staging region of `stageBytes` that `fill` may write first.
+   */
+  #run(logitBytes: number, stageBytes: number, fill?: (stage: Float32Array) => void): number {
+    const T = this.threads;
+    const d = this.#cfg.dModel;
+    const ids = this.#ids ?? new Int32Array(0);
+    const nOps = this.#ops.length / TOP_WORDS;
+    const slot = align64(Math.max(1, this.#maxRows) * d * 4);
+    const offOps = THEADER_BYTES;
+    const offIds = offOps + align64(Math.max(nOps, 16) * TOP_WORDS * 4);
+    const offRed = offIds + align64(ids.length * 4);
+    const offLogits = offRed + 2 * T * slot;
+    const offStage = offLogits + align64(logitBytes);
+    const stage = Math.max(stageBytes, align64(ids.length * d * 4));
+    const need = offStage + stage;
+    if (need > this.#sab.byteLength) {
+      try {
+        this.#sab.grow(need);
+      } catch (e) {
+        throw new BackendError(
+          `wasm backend: cannot grow the shared buffer to ${need} bytes: ${(e as Error).message}`,
+        );
+      }
+    }
+    new Int32Array(this.#sab, offOps, this.#ops.length).set(this.#ops);
+    new Int32Array(this.#sab, offIds, ids.length).set(ids);
+    const prm = new Float64Array(this.#sab, TPRM_OFFSET, 16);
+    prm[TPRM.NOPS] = nOps;
+    prm[TPRM.OFF_OPS] = offOps;
+    prm[TPRM.OFF_IDS] = offIds;
+    prm[TPRM.OFF_RED] = offRed;
+    prm[TPRM.RED_SLOT] = slot;
+    prm[TPRM.OFF_LOGITS] = offLogits;
+    prm[TPRM.OFF_STAGE] = offStage;
+    prm[TPRM.NIDS] = ids.length;
+    this.#ops = [];
+    this.#ids = null;
+    this.#lm = null;
+    this.#maxRows = 0;
+    this.#live.clear();
+    fill?.(new Float32Array(this.#sab, offStage, stage / 4));
+    const ctl = new Int32Array(this.#sab, 0, 16);
+    if (T > 1) {
+      Atomics.store(ctl, CTL.CMD, CMD_RUN);
+      Atomics.add(ctl, CTL.SEQ, 1);
+      Atomics.notify(ctl, CTL.SEQ);
+    }
+    try {
+      this.#rank0.run();
+    } catch (e) {
+      if (!(e instanceof AbortedError)) {
+        abort(this.#sab, `wasm rank 0: ${(e as Error)?.stack ?? e}`);
+      }
+      this.#broken = readError(this.#sab);
+      throw new BackendError(`wasm backend: ${this.#broken}`);
+    }
+    return offLogits;
   }
 
+  /** The staging region of the last program. */
+  #stage(floats: number): Float32Array {
+    const prm = new Float64Array(this.#sab, TPRM_OFFSET, 16);
+    return new Float32Array(this.#sab, prm[TPRM.OFF_STAGE], floats);
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // KV caches (their ops join the program; uploads and downloads run it)
+
   createKv(batch: number): WasmKv {
-    const n = this.#cfg.nLayer;
-    return { batch, capacity: 0, k: new Array(n).fill(0), v: new Array(n).fill(0) };
+    this.#check();
+    const id = this.#nextKv++;
+    this.#op(TOP.KV_NEW, id, batch);
+    return { id, batch, freed: false };
   }
 
   reserveKv(kv: WasmKv, length: number, limit = Infinity): void {
-    if (length <= kv.capacity) return;
-    const cap = Math.max(length, Math.min(Math.max(2 * kv.capacity, 16), limit));
-    const { nKvHeads, headDim: hd } = this.#cfg;
-    const grow = (old: number) => {
-      const p = this.#heap.alloc(this.#slotFloats(kv, cap) * 4);
-      if (old) {
-        const f = this.#f32;
-        for (let bg = 0; bg < kv.batch * nKvHeads; bg++) {
-          const src = (old >>> 2) + bg * kv.capacity * hd;
-          f.copyWithin((p >>> 2) + bg * cap * hd, src, src + kv.capacity * hd);
-        }
-        this.#heap.free(old);
-      }
-      return p;
-    };
-    kv.k = kv.k.map(grow);
-    kv.v = kv.v.map(grow);
-    kv.capacity = cap;
+    this.#check();
+    if (kv.freed) throw new BackendError("wasm backend: the KV cache was freed");
+    this.#op(TOP.KV_RESERVE, kv.id, length, Number.isFinite(limit) ? limit : -1);
   }
 
   uploadKv(kv: WasmKv, host: KvTensors): void {
-    this.reserveKv(kv, host.length);
-    const { nKvHeads, headDim: hd } = this.#cfg;
-    const n = host.length * hd;
-    const f = this.#f32;
-    for (let i = 0; i < kv.k.length; i++) {
-      for (let bg = 0; bg < kv.batch * nKvHeads; bg++) {
-        f.set(host.k[i].subarray(bg * n, (bg + 1) * n), (kv.k[i] >>> 2) + bg * kv.capacity * hd);
-        f.set(host.v[i].subarray(bg * n, (bg + 1) * n), (kv.v[i] >>> 2) + bg * kv.capacity * hd);
+    this.#check();
+    const c = this.#cfg;
+    const per = kv.batch * c.nKvHeads * host.length * c.headDim;
+    this.#op(TOP.KV_UPLOAD, kv.id, host.length);
+    this.#run(0, kvStageBytes(c, kv.batch, host.length), (stage) => {
+      for (let l = 0; l < c.nLayer; l++) {
+        stage.set(host.k[l].subarray(0, per), 2 * l * per);
+        stage.set(host.v[l].subarray(0, per), (2 * l + 1) * per);
       }
-    }
+    });
   }
 
   downloadKv(kv: WasmKv, length: number): Promise<KvTensors> {
-    const { nKvHeads, headDim: hd } = this.#cfg;
-    const n = length * hd;
-    const f = this.#f32;
-    const take = (p: number) => {
-      const out = new Float32Array(kv.batch * nKvHeads * n);
-      for (let bg = 0; bg < kv.batch * nKvHeads; bg++) {
-        const src = (p >>> 2) + bg * kv.capacity * hd;
-        out.set(f.subarray(src, src + n), bg * n);
-      }
-      return out;
-    };
-    return Promise.resolve({ length, k: kv.k.map(take), v: kv.v.map(take) });
+    this.#check();
+    const c = this.#cfg;
+    const per = kv.batch * c.nKvHeads * length * c.headDim;
+    this.#op(TOP.KV_DOWNLOAD, kv.id, length);
+    this.#run(0, kvStageBytes(c, kv.batch, length));
+    const stage = this.#stage(2 * c.nLayer * per);
+    const k: Float32Array[] = [];
+    const v: Float32Array[] = [];
+    for (let l = 0; l < c.nLayer; l++) {
+      k.push(stage.slice(2 * l * per, (2 * l + 1) * per));
+      v.push(stage.slice((2 * l + 1) * per, (2 * l + 2) * per));
+    }
+    return Promise.resolve({ length, k, v });
   }
 
   cloneKv(kv: WasmKv, length: number): WasmKv {
-    const c = this.createKv(kv.batch);
-    if (kv.capacity === 0) return c;
-    this.reserveKv(c, Math.max(length, 1));
-    const { nKvHeads, headDim: hd } = this.#cfg;
-    const f = this.#f32;
-    const copy = (src: number, dst: number) => {
-      for (let bg = 0; bg < kv.batch * nKvHeads; bg++) {
-        const s = (src >>> 2) + bg * kv.capacity * hd;
-        f.copyWithin((dst >>> 2) + bg * c.capacity * hd, s, s + length * hd);
-      }
-    };
-    kv.k.forEach((p, i) => copy(p, c.k[i]));
-    kv.v.forEach((p, i) => copy(p, c.v[i]));
-    return c;
+    this.#check();
+    const id = this.#nextKv++;
+    this.#op(TOP.KV_CLONE, id, kv.id, length);
+    return { id, batch: kv.batch, freed: false };
   }
 
   freeKv(kv: WasmKv): void {
-    for (const p of [...kv.k, ...kv.v]) if (p) this.#heap.free(p);
-    kv.k = kv.k.map(() => 0);
-    kv.v = kv.v.map(() => 0);
-    kv.capacity = 0;
+    if (kv.freed || this.#disposed || this.#broken) return;
+    kv.freed = true;
+    this.#op(TOP.KV_FREE, kv.id);
   }
 
   dispose(): void {
-    // The instance and its memory go with the last reference to this backend.
+    if (this.#disposed) return;
+    this.#disposed = true;
+    if (this.#workers.length) {
+      const ctl = new Int32Array(this.#sab, 0, 16);
+      Atomics.store(ctl, CTL.CMD, CMD_EXIT);
+      Atomics.add(ctl, CTL.SEQ, 1);
+      Atomics.notify(ctl, CTL.SEQ);
+      for (const w of this.#workers) w.terminate();
+    }
   }
 }
