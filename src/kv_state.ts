@@ -34,9 +34,9 @@ let advanceImpl: (state: KvCacheState, tokens: number) => void;
  *
  * @example
  * ```ts
- * import { KvCacheState, loadModel } from "@mamba/mamba";
+ * import { GptNeoXLM, KvCacheState, loadModel } from "@mamba/mamba";
  * const lm = await loadModel("path/to/pythia-160m");
- * if (lm.config.arch === "gpt_neox") {
+ * if (lm instanceof GptNeoXLM) {
  *   const state = lm.createState(1);
  *   await lm.prefill(state, [[510, 3158, 8516]]);
  *   const branch = state.clone(); // fork

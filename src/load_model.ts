@@ -9,7 +9,10 @@ import { dirUrl, MambaLM } from "./model.ts";
 import { isGptNeoXConfigJson } from "./neox_config.ts";
 import { GptNeoXLM, readConfigJson, type TransformerLoadOptions } from "./neox_model.ts";
 
-/** Any language model {@link loadModel} returns; `config.arch` tells them apart. */
+/**
+ * Any language model {@link loadModel} returns; `config.arch` tells them apart, and
+ * `lm instanceof GptNeoXLM` narrows the type.
+ */
 export type LanguageModel = MambaLM | GptNeoXLM;
 
 /**
@@ -25,7 +28,7 @@ export function resolveModelDir(dirOrHubId: string | URL): Promise<URL> {
  * Mamba-2 model (mamba_ssm or transformers `config.json`) as a `MambaLM`, a GPT-NeoX (Pythia)
  * model (`model_type: "gpt_neox"`) as a `GptNeoXLM`. Both have the same API (`forward`,
  * `createState`, `prefill`, `step`, `generate`, `complete`, `generateBatch`, `textStream`,
- * `dispose`); `config.arch` says which one came back.
+ * `dispose`); `config.arch` says which one came back (`instanceof` narrows the type).
  *
  * @throws {ConfigError} for a bad or unsupported config, {@link WeightsError} for bad weights.
  * @example
