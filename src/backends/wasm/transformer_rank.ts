@@ -9,8 +9,9 @@
  * - the vocabulary rows `[v0, v1)` of the embedding and the LM head.
  *
  * Per layer the ranks meet once or twice, to sum the partial outputs of attention and MLP (once
- * with a parallel residual: the two partials are summed locally first); the residual stream and
- * the norms are computed on every rank. Every rank runs the same program of ops (written into the
+ * with a parallel residual: the two partials are added locally first, and a partial is summed
+ * over the ranks only where it is used otherwise); the residual stream and the norms are
+ * computed on every rank. Every rank runs the same program of ops (written into the
  * shared buffer by rank 0, which runs it too) and sums the partials in rank order, so all ranks
  * hold bit-identical activations.
  *
@@ -424,7 +425,30 @@ export class TransformerRank {
     const p = this.#regs.get(id);
     if (p === undefined) return;
     this.#regs.delete(id);
+    this.#partial.delete(id);
     this.#heap.free(p);
+  }
+
+  /**
+   * Registers that hold this rank's partial sum (attention or MLP output before the sum over
+   * ranks), by id, with their length. Partials of a parallel residual are added locally, so
+   * the ranks meet once per layer there; any other use sums the ranks first ({@link #full}).
+   */
+  readonly #partial = new Map<number, number>();
+
+  #setPartial(id: number, ptr: number, floats: number): void {
+    this.#regs.set(id, ptr);
+    this.#partial.set(id, floats);
+  }
+
+  /** Register `id` as the full sum over ranks (summing the partials now if it is one). */
+  #full(id: number): number {
+    const p = this.#reg(id);
+    const floats = this.#partial.get(id);
+    if (floats === undefined) return p;
+    this.#partial.delete(id);
+    this.#allreduce(p, p, floats);
+    return p;
   }
 
   /** `y = x · Wᵀ (+ bias)` for `m` rows. */
@@ -493,10 +517,10 @@ export class TransformerRank {
       case TOP.ADDNORM: {
         const [h, r, layer, which, nOut, rOut] = [o[1], o[2], o[3], o[4], o[5], o[6]];
         const rows = o[7];
-        const hp = this.#reg(h);
+        const hp = this.#full(h);
         let res = hp;
         if (r >= 0) {
-          res = this.#reg(r);
+          res = this.#full(r);
           this.#k.add(res, hp, res, rows * d);
           this.#regFree(h);
           this.#regs.delete(r);
@@ -509,7 +533,7 @@ export class TransformerRank {
       case TOP.NORM: {
         const [x, layer, which, out, rows] = [o[1], o[2], o[3], o[4], o[5]];
         const [w, b] = this.#norms(layer, which);
-        this.#k.layernorm(this.#reg(x), w, b, this.#regNew(out, rows * d), d, cfg.normEps, rows);
+        this.#k.layernorm(this.#full(x), w, b, this.#regNew(out, rows * d), d, cfg.normEps, rows);
         return;
       }
       case TOP.ATTN:
@@ -518,11 +542,17 @@ export class TransformerRank {
         return this.#mlp(o[1], o[2], o[3], o[4]);
       case TOP.ADD: {
         const [a, b, out, rows] = [o[1], o[2], o[3], o[4]];
-        const ap = this.#reg(a);
-        this.#k.add(ap, this.#reg(b), ap, rows * d);
+        // Two partials add up locally (a parallel residual's attention and MLP); otherwise
+        // both are summed over the ranks first.
+        const both = this.#partial.has(a) && this.#partial.has(b);
+        const ap = both ? this.#reg(a) : this.#full(a);
+        this.#k.add(ap, both ? this.#reg(b) : this.#full(b), ap, rows * d);
+        this.#partial.delete(b);
         this.#regFree(b);
         this.#regs.delete(a);
-        this.#regs.set(out, ap);
+        if (both) this.#setPartial(out, ap, this.#partial.get(a)!);
+        else this.#regs.set(out, ap);
+        this.#partial.delete(a);
         return;
       }
       case TOP.LMHEAD:
@@ -622,7 +652,7 @@ export class TransformerRank {
     const qDim = hq * hd;
     const kvDim = hkv * hd;
     const rowLen = qDim + 2 * kvDim;
-    const xp = this.#reg(x);
+    const xp = this.#full(x);
     const partial = this.#heap.alloc(rows * d * 4);
     if (hkv > 0) {
       const qkv = this.#heap.alloc(rows * rowLen * 4);
@@ -722,15 +752,14 @@ export class TransformerRank {
       this.#f32.fill(0, partial >>> 2, (partial >>> 2) + rows * d);
     }
     this.#regFree(x);
-    this.#allreduce(partial, this.#regNew(out, rows * d), rows * d);
-    this.#heap.free(partial);
+    this.#setPartial(out, partial, rows * d);
   }
 
   #mlp(layer: number, x: number, out: number, rows: number): void {
     const d = this.#cfg.dModel;
     const L = this.#layers[layer];
     const width = L.fc1.n;
-    const xp = this.#reg(x);
+    const xp = this.#full(x);
     const h = this.#heap.alloc(Math.max(1, rows * width) * 4);
     this.#linear(L.fc1, xp, rows, h, L.fc1Bias);
     this.#regFree(x);
@@ -738,15 +767,14 @@ export class TransformerRank {
     const partial = this.#heap.alloc(rows * d * 4);
     this.#linear(L.fc2, h, rows, partial, L.fc2Bias);
     this.#heap.free(h);
-    this.#allreduce(partial, this.#regNew(out, rows * d), rows * d);
-    this.#heap.free(partial);
+    this.#setPartial(out, partial, rows * d);
   }
 
   /** Each rank writes the logits of its vocabulary slice into the shared logits region. */
   #lmHeadOp(x: number, batch: number, seqLen: number, lastOnly: boolean, prm: Float64Array) {
     const d = this.#cfg.dModel;
     const V = this.#cfg.paddedVocabSize;
-    const xp = this.#reg(x);
+    const xp = this.#full(x);
     const rows = lastOnly ? batch : batch * seqLen;
     let src = xp;
     if (lastOnly && seqLen > 1) {
