@@ -26,7 +26,15 @@ import { stateDictEntries } from "./save.ts";
 import { bindState, InferenceState, markComputed, stateLayout } from "./state.ts";
 import { buildWeights, type HostTensor, readBytes } from "./weights.ts";
 
-/** Float32 values with a shape: the blocks' inputs and outputs. */
+/**
+ * Float32 values with a shape: the blocks' inputs and outputs.
+ *
+ * @example
+ * ```ts
+ * import type { FloatTensor } from "@mamba/mamba";
+ * const x: FloatTensor = { data: new Float32Array(2 * 8 * 16), shape: [2, 8, 16] }; // [batch, length, dModel]
+ * ```
+ */
 export interface FloatTensor {
   /** Row-major values. */
   readonly data: Float32Array;
@@ -37,6 +45,12 @@ export interface FloatTensor {
 /**
  * Options of {@link Mamba}: the arguments of mamba_ssm's `Mamba` module, in camelCase, with its
  * defaults.
+ *
+ * @example
+ * ```ts
+ * import type { MambaOptions } from "@mamba/mamba";
+ * const options: MambaOptions = { dModel: 768, dState: 16, dConv: 4, expand: 2, dtRank: "auto" };
+ * ```
  */
 export interface MambaOptions {
   /** Width of the input and output (`d_model`). Required. */
@@ -68,6 +82,12 @@ export interface MambaOptions {
 /**
  * Options of {@link Mamba2}: the arguments of mamba_ssm's `Mamba2` module, in camelCase, with
  * its defaults.
+ *
+ * @example
+ * ```ts
+ * import type { Mamba2Options } from "@mamba/mamba";
+ * const options: Mamba2Options = { dModel: 768, dState: 128, headdim: 64, ngroups: 1, chunkSize: 256 };
+ * ```
  */
 export interface Mamba2Options {
   /** Width of the input and output (`d_model`). Required. */
@@ -110,12 +130,28 @@ export interface Mamba2Options {
   chunkSize?: number;
 }
 
-/** A tensor of a state dict: plain float32 values, or a parsed safetensors tensor. */
+/**
+ * A tensor of a state dict: plain float32 values, a parsed safetensors tensor, or a
+ * {@link HostTensor}.
+ *
+ * @example
+ * ```ts
+ * import type { StateDictTensor } from "@mamba/mamba";
+ * const D: StateDictTensor = { data: new Float32Array(32).fill(1), shape: [32] };
+ * ```
+ */
 export type StateDictTensor = FloatTensor | SafetensorsTensor | HostTensor;
 
 /**
  * Where a block's weights come from: a safetensors file (a path, a URL, or its bytes) or a state
  * dict (a `Map` or an object of tensors by name).
+ *
+ * @example
+ * ```ts
+ * import type { BlockWeightsSource } from "@mamba/mamba";
+ * const fromFile: BlockWeightsSource = "./model.safetensors";
+ * const fromBytes: BlockWeightsSource = await Deno.readFile("./model.safetensors");
+ * ```
  */
 export type BlockWeightsSource =
   | string
@@ -124,7 +160,18 @@ export type BlockWeightsSource =
   | ReadonlyMap<string, StateDictTensor>
   | Readonly<Record<string, StateDictTensor>>;
 
-/** Options of {@link Mamba.create} and {@link Mamba2.create}. */
+/**
+ * Options of {@link Mamba.create} and {@link Mamba2.create}.
+ *
+ * @example
+ * ```ts
+ * import { type BlockCreateOptions, Mamba } from "@mamba/mamba";
+ * const init: BlockCreateOptions = {
+ *   weights: "./model.safetensors", prefix: "backbone.layers.3.mixer.", backend: "wasm",
+ * };
+ * const block = await Mamba.create({ dModel: 768 }, init);
+ * ```
+ */
 export interface BlockCreateOptions {
   /**
    * Seed of the reference's initialisation (ignored with `weights`). By default a fresh random

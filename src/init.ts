@@ -28,7 +28,18 @@ import { f32ArrayToF16 } from "./half.ts";
 import { randomSeed, Xoshiro128 } from "./rng.ts";
 import { assembleWeights, expectedTensors, type HostTensor, type ModelWeights } from "./weights.ts";
 
-/** The mixers' own initialisation settings (the `Mamba` / `Mamba2` constructor arguments). */
+/**
+ * The mixers' own initialisation settings (the `Mamba` / `Mamba2` constructor arguments).
+ *
+ * @example
+ * ```ts
+ * import type { MixerInit } from "@mamba/mamba";
+ * const init: MixerInit = {
+ *   dtMin: 0.001, dtMax: 0.1, dtInitFloor: 1e-4, dtInit: "random", dtScale: 1,
+ *   AInitRange: [1, 16], convInit: null,
+ * };
+ * ```
+ */
 export interface MixerInit {
   /** Smallest dt of the dt-bias draw. Default 0.001. */
   readonly dtMin: number;
@@ -57,7 +68,17 @@ export const DEFAULT_MIXER_INIT: MixerInit = {
   convInit: null,
 };
 
-/** Settings of `_init_weights`, the model-level pass (`initializer_cfg` in mamba_ssm). */
+/**
+ * Settings of `_init_weights`, the model-level pass (`initializer_cfg` in mamba_ssm).
+ *
+ * @example
+ * ```ts
+ * import { MambaLM } from "@mamba/mamba";
+ * const lm = await MambaLM.fromConfig({ d_model: 64, n_layer: 2, vocab_size: 256 }, {
+ *   init: { initializerRange: 0.02, rescalePrenormResidual: false },
+ * });
+ * ```
+ */
 export interface ModelInit {
   /** Std of the embedding. Default 0.02. */
   readonly initializerRange: number;

@@ -62,7 +62,16 @@ export interface LoadOptions {
   wasm?: { threads?: number; weights?: "f32" | "f16" | "q8" };
 }
 
-/** Options of {@link MambaLM.fromConfig}. */
+/**
+ * Options of {@link MambaLM.fromConfig}.
+ *
+ * @example
+ * ```ts
+ * import { type FromConfigOptions, MambaLM } from "@mamba/mamba";
+ * const options: FromConfigOptions = { seed: 0, backend: "auto", weightsDtype: "f16" };
+ * const lm = await MambaLM.fromConfig({ d_model: 768, n_layer: 24, vocab_size: 50277 }, options);
+ * ```
+ */
 export interface FromConfigOptions {
   /** Seed of the initialisation; a fresh random seed by default. */
   seed?: number;

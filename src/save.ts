@@ -14,10 +14,28 @@ import { f16ArrayToF32, f32ArrayToF16 } from "./half.ts";
 import type { DType } from "./safetensors.ts";
 import type { HostTensor, ModelWeights, NormWeights } from "./weights.ts";
 
-/** Element types {@link saveModel} writes. */
+/**
+ * Element types {@link saveModel} writes.
+ *
+ * @example
+ * ```ts
+ * import type { SaveDtype } from "@mamba/mamba";
+ * const dtype: SaveDtype = "bf16";
+ * ```
+ */
 export type SaveDtype = "f32" | "f16" | "bf16";
 
-/** Options of {@link saveModel} (and `MambaLM.save`). */
+/**
+ * Options of {@link saveModel} (and `MambaLM.save`).
+ *
+ * @example
+ * ```ts
+ * import { MambaLM, type SaveOptions } from "@mamba/mamba";
+ * const lm = await MambaLM.fromConfig({ d_model: 64, n_layer: 2, vocab_size: 256 }, { seed: 0 });
+ * const options: SaveOptions = { dtype: "f16", maxShardBytes: 2e9 };
+ * await lm.save("./tiny", options);
+ * ```
+ */
 export interface SaveOptions {
   /**
    * Element type of every tensor: `"f32"`, `"f16"` or `"bf16"` (rounded to nearest even). By
