@@ -13,7 +13,7 @@
 import type { Backend, BackendInit, BackendName } from "./backend.ts";
 import { type BackendPreference, createBackendChain } from "./backends/registry.ts";
 import { type MambaConfig, parseConfig } from "./config.ts";
-import { BackendError, ConfigError, InputError, WeightsError } from "./errors.ts";
+import { BackendError, ConfigError, DeviceLostError, InputError, WeightsError } from "./errors.ts";
 import {
   checkMixerInit,
   DEFAULT_MIXER_INIT,
@@ -385,7 +385,7 @@ export abstract class MixerBlock {
     state: InferenceState | undefined,
   ): Promise<Float32Array> {
     const be = this.#backend;
-    if (be.lostReason) throw new BackendError(be.lostReason);
+    if (be.lostReason) throw new DeviceLostError(be.lostReason);
     let handle: unknown;
     if (state) {
       this.#checkState(state, batch);

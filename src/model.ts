@@ -195,9 +195,9 @@ export class MambaLM {
 
   /**
    * Builds a model from a parsed config and weights already in memory (random weights for a
-   * benchmark, say, or weights converted by other code). The backend defaults to `"ref"`; with
-   * `"auto"` or a list that leaves backends to move to, the model keeps a reference to `weights`
-   * for that move (see {@link DeviceLostError}).
+   * benchmark, say, or weights converted by other code). The backend defaults to `"ref"`. The
+   * model keeps a reference to `weights`, for {@link MambaLM.save} and, with `"auto"` or a list
+   * that leaves backends to move to, for that move (see {@link DeviceLostError}).
    *
    * @example
    * ```ts
