@@ -347,3 +347,81 @@ Deno.test({
     }
   },
 });
+
+/** Options the oracle cases do not cover: every backend must agree with `ref` on them. */
+const VARIANTS: {
+  name: string;
+  make: (init: Parameters<typeof Mamba.create>[1]) => Promise<MixerBlock>;
+}[] = [
+  {
+    name: "Mamba bias, no conv bias, dtRank 3, dState 8, dConv 3",
+    make: (i) =>
+      Mamba.create({ dModel: 24, bias: true, convBias: false, dtRank: 3, dState: 8, dConv: 3 }, i),
+  },
+  {
+    name: "Mamba2 ngroups 2, bias, D per channel, norm before gate",
+    make: (i) =>
+      Mamba2.create({
+        dModel: 32,
+        dState: 16,
+        headdim: 8,
+        ngroups: 2,
+        bias: true,
+        DHasHdim: true,
+        normBeforeGate: true,
+        chunkSize: 4,
+      }, i),
+  },
+  {
+    name: "Mamba2 without the gated norm, dt limit, no conv bias",
+    make: (i) =>
+      Mamba2.create({
+        dModel: 32,
+        dState: 8,
+        headdim: 16,
+        rmsnorm: false,
+        dtLimit: [0.01, 0.05],
+        convBias: false,
+        chunkSize: 8,
+      }, i),
+  },
+];
+
+for (const backend of BACKENDS.filter((b) => b !== "ref")) {
+  Deno.test({
+    name: `blocks ${backend}: options beyond the oracle's agree with ref`,
+    sanitizeResources: false,
+    sanitizeOps: false,
+    fn: async () => {
+      for (const v of VARIANTS) {
+        const ref = await v.make({ seed: 21 });
+        const other = await v.make({ seed: 21, backend, wasm: { threads: 2 } });
+        try {
+          const d = ref.dModel;
+          const [batch, L] = [2, 11];
+          const x = {
+            data: new Float32Array(batch * L * d).map((_, i) => Math.sin(0.7 * i) * 2),
+            shape: [batch, L, d],
+          };
+          const want = await ref.forward(x);
+          assertClose((await other.forward(x)).data, want.data, TOL.logits, `${v.name}: forward`);
+          const state = other.createState(batch);
+          for (let t = 0; t < L; t++) {
+            const y = await other.step(state, {
+              data: tokenRows(x.data, batch, L, d, t),
+              shape: [batch, d],
+            });
+            assertClose(
+              y.data,
+              tokenRows(want.data, batch, L, d, t),
+              TOL.logits,
+              `${v.name}: step ${t}`,
+            );
+          }
+        } finally {
+          other.dispose();
+        }
+      }
+    },
+  });
+}
