@@ -545,7 +545,9 @@ export class Mamba extends MixerBlock {
   }
 
   /**
-   * Builds the block: weights from the reference's initialisation (seeded by `init.seed`), or
+   * Builds the block: weights from the reference's initialisation as the module is constructed
+   * (PyTorch's defaults and the mixer's own init; `_init_weights` is a model's, see
+   * `MambaLM.fromConfig`), seeded by `init.seed`, or
    * from `init.weights` (a safetensors file or a state dict, e.g. one layer of a model with
    * `prefix: "backbone.layers.3.mixer."`), on `init.backend` (default `"ref"`).
    *
@@ -628,7 +630,9 @@ export class Mamba2 extends MixerBlock {
   }
 
   /**
-   * Builds the block: weights from the reference's initialisation (seeded by `init.seed`), or
+   * Builds the block: weights from the reference's initialisation as the module is constructed
+   * (PyTorch's defaults and the mixer's own init; `_init_weights` is a model's, see
+   * `MambaLM.fromConfig`), seeded by `init.seed`, or
    * from `init.weights` (a safetensors file or a state dict, e.g. one layer of a model with
    * `prefix: "backbone.layers.3.mixer."`), on `init.backend` (default `"ref"`).
    *

@@ -84,7 +84,11 @@ export interface ModelInit {
   readonly initializerRange: number;
   /** Divide `out_proj.weight` by √(nResidualsPerLayer · nLayer). Default true. */
   readonly rescalePrenormResidual: boolean;
-  /** Residual branches per block: 1 (a mixer; the default), 2 with an MLP. */
+  /**
+   * Residual branches per block: 1 (a mixer; the default), 2 with an MLP. (`MambaLMHeadModel`
+   * applies `_init_weights` a second time with the default 1, which wins: its models end up
+   * scaled by 1/√n_layer even with an MLP.)
+   */
   readonly nResidualsPerLayer: number;
 }
 
