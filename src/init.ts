@@ -23,7 +23,7 @@
  */
 
 import type { MambaConfig } from "./config.ts";
-import { ConfigError } from "./errors.ts";
+import { ConfigError, InputError } from "./errors.ts";
 import { f32ArrayToF16 } from "./half.ts";
 import { randomSeed, Xoshiro128 } from "./rng.ts";
 import { assembleWeights, expectedTensors, type HostTensor, type ModelWeights } from "./weights.ts";
@@ -123,8 +123,13 @@ export class InitRandom {
   readonly #rng: Xoshiro128;
   #spare: number | null = null;
 
-  /** A generator seeded with `seed` (a fresh random seed when omitted). */
+  /**
+   * A generator seeded with `seed` (a fresh random seed when omitted).
+   *
+   * @throws {InputError} when `seed` is not an integer.
+   */
   constructor(seed: number = randomSeed()) {
+    if (!Number.isInteger(seed)) throw new InputError(`seed must be an integer, got ${seed}`);
     this.#rng = new Xoshiro128(seed);
   }
 

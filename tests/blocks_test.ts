@@ -242,6 +242,10 @@ Deno.test("blocks: weights from a state dict, with and without a prefix, and err
   await assert.rejects(() => Mamba2.create({ dModel: 64, headdim: 48 }), /Mamba2 option headdim/);
   await assert.rejects(() => Mamba.create({ dModel: 64, dtInit: "x" as "random" }), /dtInit/);
   await assert.rejects(
+    () => Mamba.create({ dModel: 64 }, { seed: 0.5 }),
+    /seed must be an integer/,
+  );
+  await assert.rejects(
     () => byFile.forward({ data: new Float32Array(64), shape: [1, 64] }),
     InputError,
   );
