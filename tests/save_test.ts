@@ -83,57 +83,66 @@ Deno.test("save: f32 and f16, one file, load back bit-exactly (weights and logit
   }
 });
 
-Deno.test("save: shards with the index over maxShardBytes; stale files go", async () => {
-  const lm = await MambaLM.fromConfig({
-    d_model: 32,
-    n_layer: 4,
-    vocab_size: 100,
-    ssm_cfg: { layer: "Mamba2", d_state: 16, headdim: 8 },
-  }, { seed: 9 });
-  const dir = await Deno.makeTempDir();
-  try {
-    const one = await lm.save(dir);
-    assert.deepEqual(one, ["config.json", "model.safetensors"]);
-    const files = await lm.save(dir, { maxShardBytes: 20_000 });
-    const shards = files.filter((f) => /^model-\d{5}-of-\d{5}\.safetensors$/.test(f));
-    assert.ok(shards.length > 2, `${shards.length} shards`);
-    assert.equal(files.at(-1), "model.safetensors.index.json");
-    // The single file of the first save is gone (the index would win anyway).
-    await assert.rejects(() => Deno.stat(`${dir}/model.safetensors`), Deno.errors.NotFound);
-    const index = JSON.parse(await Deno.readTextFile(`${dir}/model.safetensors.index.json`));
-    assert.deepEqual(Object.keys(index), ["metadata", "weight_map"]);
-    let total = 0;
-    const seen = new Set<string>();
-    for (const shard of shards) {
-      const bytes = await Deno.readFile(`${dir}/${shard}`);
-      const st = parseSafetensors(bytes);
-      let data = 0;
-      for (const [name, t] of st.tensors) {
-        assert.equal(index.weight_map[name], shard, name);
-        seen.add(name);
-        data += t.bytes.byteLength;
+for (const dtype of ["f32", "f16"] as const) {
+  Deno.test(`save: ${dtype} shards with the index over maxShardBytes; stale files go`, async () => {
+    const raw = {
+      d_model: 32,
+      n_layer: 4,
+      vocab_size: 100,
+      ssm_cfg: { layer: "Mamba2", d_state: 16, headdim: 8 },
+    };
+    const lm = await MambaLM.fromConfig(raw, { seed: 9, weightsDtype: dtype });
+    const dir = await Deno.makeTempDir();
+    try {
+      const one = await lm.save(dir);
+      assert.deepEqual(one, ["config.json", "model.safetensors"]);
+      const files = await lm.save(dir, { maxShardBytes: 20_000 });
+      const shards = files.filter((f) => /^model-\d{5}-of-\d{5}\.safetensors$/.test(f));
+      assert.ok(shards.length > 2, `${shards.length} shards`);
+      assert.equal(files.at(-1), "model.safetensors.index.json");
+      // The single file of the first save is gone (the index would win anyway).
+      await assert.rejects(() => Deno.stat(`${dir}/model.safetensors`), Deno.errors.NotFound);
+      const index = JSON.parse(await Deno.readTextFile(`${dir}/model.safetensors.index.json`));
+      assert.deepEqual(Object.keys(index), ["metadata", "weight_map"]);
+      let total = 0;
+      const seen = new Set<string>();
+      for (const shard of shards) {
+        const bytes = await Deno.readFile(`${dir}/${shard}`);
+        const st = parseSafetensors(bytes);
+        let data = 0;
+        for (const [name, t] of st.tensors) {
+          assert.equal(index.weight_map[name], shard, name);
+          seen.add(name);
+          data += t.bytes.byteLength;
+        }
+        // Each shard within the limit, unless it holds a single larger tensor.
+        assert.ok(data <= 20_000 || st.tensors.size === 1, `${shard}: ${data} bytes`);
+        total += data;
       }
-      // Each shard within the limit, unless it holds a single larger tensor.
-      assert.ok(data <= 20_000 || st.tensors.size === 1, `${shard}: ${data} bytes`);
-      total += data;
+      assert.equal(index.metadata.total_size, total);
+      assert.deepEqual([...seen].sort(), Object.keys(index.weight_map).sort());
+      assert.ok(seen.has("lm_head.weight"));
+      const config = parseConfig(raw);
+      assertSameWeights(
+        await loadWeights(config, new URL(`file://${dir}/`), "as-stored"),
+        initModelWeights(config, 9, undefined, undefined, dtype),
+        `${dtype} shards`,
+      );
+      const back = await MambaLM.load(dir, { backend: "ref", weightsDtype: "as-stored" });
+      assert.deepEqual((await back.forward(IDS)).data, (await lm.forward(IDS)).data);
+      // Back to one file: the index goes.
+      await lm.save(dir);
+      await assert.rejects(
+        () => Deno.stat(`${dir}/model.safetensors.index.json`),
+        Deno.errors.NotFound,
+      );
+      const again = await MambaLM.load(dir, { backend: "ref", weightsDtype: "as-stored" });
+      assert.deepEqual((await again.forward(IDS)).data, (await lm.forward(IDS)).data);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
     }
-    assert.equal(index.metadata.total_size, total);
-    assert.deepEqual([...seen].sort(), Object.keys(index.weight_map).sort());
-    assert.ok(seen.has("lm_head.weight"));
-    const back = await MambaLM.load(dir, { backend: "ref" });
-    assert.deepEqual((await back.forward(IDS)).data, (await lm.forward(IDS)).data);
-    // Back to one file: the index goes.
-    await lm.save(dir);
-    await assert.rejects(
-      () => Deno.stat(`${dir}/model.safetensors.index.json`),
-      Deno.errors.NotFound,
-    );
-    const again = await MambaLM.load(dir, { backend: "ref" });
-    assert.deepEqual((await again.forward(IDS)).data, (await lm.forward(IDS)).data);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+  });
+}
 
 Deno.test("save: bf16 rounds to nearest even and loads back as those values", async () => {
   const lm = await MambaLM.fromConfig({ d_model: 32, n_layer: 2, vocab_size: 64 }, { seed: 2 });
