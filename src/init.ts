@@ -145,20 +145,28 @@ export class InitRandom {
     return out;
   }
 
-  /** `n` values N(0, std²) (Box–Muller, both values of each pair used). */
+  /**
+   * `n` values N(0, std²): Marsaglia's polar method (a point drawn in the unit disc gives two
+   * independent normals; no sine or cosine), both values of each pair used.
+   */
   normal(n: number, std: number): Float32Array {
     const out = new Float32Array(n);
-    for (let i = 0; i < n; i++) {
-      if (this.#spare !== null) {
-        out[i] = this.#spare * std;
-        this.#spare = null;
-        continue;
-      }
-      const u1 = 1 - this.unit(); // (0, 1]: the log stays finite
-      const u2 = this.unit();
-      const r = Math.sqrt(-2 * Math.log(u1));
-      out[i] = r * Math.cos(2 * Math.PI * u2) * std;
-      this.#spare = r * Math.sin(2 * Math.PI * u2);
+    let i = 0;
+    if (n > 0 && this.#spare !== null) {
+      out[i++] = this.#spare * std;
+      this.#spare = null;
+    }
+    while (i < n) {
+      let u: number, v: number, s: number;
+      do {
+        u = 2 * this.unit() - 1;
+        v = 2 * this.unit() - 1;
+        s = u * u + v * v;
+      } while (s >= 1 || s === 0);
+      const f = Math.sqrt(-2 * Math.log(s) / s);
+      out[i++] = u * f * std;
+      if (i < n) out[i++] = v * f * std;
+      else this.#spare = v * f;
     }
     return out;
   }
