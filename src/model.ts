@@ -122,7 +122,7 @@ async function* failing(e: Error): AsyncGenerator<GeneratedToken, void, undefine
 }
 
 /** Resolves a directory path or URL to a URL that ends in `/`. */
-function dirUrl(dir: string | URL): URL {
+export function dirUrl(dir: string | URL): URL {
   if (dir instanceof URL) return new URL(dir.href.endsWith("/") ? dir.href : dir.href + "/");
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(dir)) return dirUrl(new URL(dir));
   const abs = dir.startsWith("/") ? dir : `${Deno.cwd()}/${dir}`;

@@ -85,7 +85,7 @@ interface RankState {
  * A first-fit free list over the kernel's bump allocator, so that states and scratch buffers can
  * be freed and reused.
  */
-class Heap {
+export class Heap {
   readonly #k: WasmKernels;
   readonly #sizes = new Map<number, number>();
   #free: { ptr: number; bytes: number }[] = [];
