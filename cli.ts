@@ -24,6 +24,8 @@ import type { GenerateOptions, InferenceStateLike, StepModel } from "./src/gener
 import { generate } from "./src/generate.ts";
 import { validateSamplingOptions } from "./src/sampling.ts";
 import { type TextTokenizer, Tokenizer } from "./src/tokenizer.ts";
+import { isHubModel } from "./src/hub.ts";
+import { downloadReporter } from "./src/progress_bar.ts";
 
 const HELP = `Generate text with a Mamba model.
 
@@ -41,7 +43,13 @@ Input (exactly one):
                            holds only the input (see --feed-generated)
 
 Model:
-  --model DIR              model directory (config.json, model.safetensors[, tokenizer.json])
+  --model DIR|ORG/NAME     model directory (config.json, model.safetensors[, tokenizer.json]),
+                           or a Hugging Face Hub id such as state-spaces/mamba-130m: files come
+                           from the Hugging Face cache ($HF_HUB_CACHE, else $HF_HOME/hub, else
+                           ~/.cache/huggingface/hub), downloaded first when missing ($HF_ENDPOINT,
+                           $HF_TOKEN); a progress bar on stderr when it is a terminal
+  --revision REV           Hub id: branch, tag or commit (default main)
+  --offline                Hub id: use the cache only, never the network (or HF_HUB_OFFLINE=1)
   --tokenizer PATH         tokenizer.json or its directory (default: the model's)
   --backend NAME           ref | wasm | webgpu | auto (default auto)
 
@@ -208,6 +216,8 @@ async function run(args: string[]): Promise<number> {
       allowPositionals: false,
       options: {
         model: { type: "string" },
+        revision: { type: "string" },
+        offline: { type: "boolean" },
         tokenizer: { type: "string" },
         backend: { type: "string" },
         prompt: { type: "string" },
@@ -285,11 +295,19 @@ async function run(args: string[]): Promise<number> {
     throw e;
   }
   const promptIds = v["prompt-ids"] !== undefined ? parseIds(v["prompt-ids"]) : undefined;
-  if (!(await isDir(v.model))) throw new UsageError(`model directory not found: ${v.model}`);
-  try {
-    await Deno.stat(`${v.model}/config.json`);
-  } catch {
-    throw new UsageError(`not a model directory (no config.json): ${v.model}`);
+  const hubId = await isHubModel(v.model);
+  if (!hubId) {
+    if (!(await isDir(v.model))) {
+      throw new UsageError(`model directory not found (nor a Hub id org/name): ${v.model}`);
+    }
+    try {
+      await Deno.stat(`${v.model}/config.json`);
+    } catch {
+      throw new UsageError(`not a model directory (no config.json): ${v.model}`);
+    }
+  }
+  if (!hubId && (v.revision !== undefined || v.offline)) {
+    throw new UsageError("--revision and --offline go with a Hub id (--model org/name)");
   }
   if (v["load-state"] !== undefined) {
     try {
@@ -306,9 +324,14 @@ async function run(args: string[]): Promise<number> {
     tokenizer = await Tokenizer.load(v.tokenizer);
   }
   const t0 = performance.now();
-  const lm = await MambaLM.load(v.model, { backend: backend as BackendChoice });
+  const lm = await MambaLM.load(v.model, {
+    backend: backend as BackendChoice,
+    revision: v.revision,
+    offline: v.offline || undefined,
+    onDownload: v.quiet ? undefined : downloadReporter(),
+  });
   tokenizer ??= (lm as { tokenizer?: TextTokenizer }).tokenizer;
-  if (tokenizer === undefined) {
+  if (tokenizer === undefined && !hubId) {
     try {
       tokenizer = await Tokenizer.load(v.model);
     } catch (e) {
@@ -316,9 +339,8 @@ async function run(args: string[]): Promise<number> {
     }
   }
   if (tokenizer === undefined && (promptIds === undefined || v.stop !== undefined || !v.json)) {
-    throw new UsageError(
-      `${v.model} has no tokenizer.json: pass --tokenizer, or use --prompt-ids with --json`,
-    );
+    const why = hubId ? lm.tokenizerError?.message : `${v.model} has no tokenizer.json`;
+    throw new UsageError(`${why}: pass --tokenizer, or use --prompt-ids with --json`);
   }
   const model = new Timed(lm, tokenizer);
   const loadMs = performance.now() - t0;

@@ -15,6 +15,18 @@
 
 export { MambaLM } from "./src/model.ts";
 export type { GenerateTokensOptions, LoadOptions, Logits } from "./src/model.ts";
+export type { FromConfigOptions } from "./src/model.ts";
+export { Mamba, Mamba2, MixerBlock } from "./src/blocks.ts";
+export type {
+  BlockCreateOptions,
+  BlockWeightsSource,
+  FloatTensor,
+  Mamba2Options,
+  MambaOptions,
+  StateDictTensor,
+} from "./src/blocks.ts";
+export type { MixerInit, ModelInit } from "./src/init.ts";
+export type { SaveDtype, SaveOptions } from "./src/save.ts";
 export { InferenceState } from "./src/state.ts";
 export type { StateLayout } from "./src/state.ts";
 export { parseConfig } from "./src/config.ts";
@@ -34,10 +46,13 @@ export {
   BackendError,
   ConfigError,
   DeviceLostError,
+  HubError,
   InputError,
   MambaError,
+  NoTokenizerError,
   WeightsError,
 } from "./src/errors.ts";
+export type { DownloadProgress, HubOptions } from "./src/hub.ts";
 export type { Backend, BackendName, DecodeOptions, StateTensors } from "./src/backend.ts";
 export type {
   BlockNorm,

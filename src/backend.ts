@@ -95,6 +95,12 @@ export interface Backend<A = unknown, S = unknown> {
     n: number,
     options: DecodeOptions,
   ): AsyncGenerator<number[][]>;
+  /**
+   * Copies host values into a new activation of `rows × cols` (`cols` = `dModel`), rows ordered
+   * as everywhere (row `b·seqLen + t` is token `t` of sequence `b`): for callers that feed a
+   * {@link Backend.mixer} their own inputs, as the `Mamba` / `Mamba2` blocks do.
+   */
+  upload?(data: Float32Array, rows: number, cols: number): A;
 }
 
 /** Options of {@link Backend.decodeTokens}. */

@@ -56,7 +56,9 @@ async function pickTextModel(): Promise<{ dir: string; needsTokenizer: boolean }
     `${ORACLE}/m1_d64_l7`,
   ];
   for (const dir of candidates) {
-    if (await exists(`${dir}/config.json`) && await exists(`${dir}/model.safetensors`)) {
+    const weights = await exists(`${dir}/model.safetensors`) ||
+      await exists(`${dir}/model.safetensors.index.json`);
+    if (await exists(`${dir}/config.json`) && weights) {
       return { dir, needsTokenizer: !(await exists(`${dir}/tokenizer.json`)) };
     }
   }

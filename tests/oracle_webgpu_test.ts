@@ -5,16 +5,15 @@
  */
 
 import { oracleModelSuite } from "./oracle_util.ts";
+import { webgpuTestAdapter } from "./webgpu_util.ts";
 
-const adapter = await navigator.gpu?.requestAdapter().catch(() => null);
-if (adapter) {
+if (await webgpuTestAdapter("oracle webgpu")) {
   oracleModelSuite("webgpu");
   oracleModelSuite("webgpu", { weightsDtype: "f16", tolScale: 300, skipGreedy: true });
 } else {
   Deno.test({
-    name: "oracle webgpu: skipped (no WebGPU adapter in this runtime)",
+    name: "oracle webgpu: skipped (no hardware WebGPU adapter here; see the line above)",
     ignore: true,
     fn() {},
   });
-  console.error("oracle webgpu: no WebGPU adapter, the suite is skipped");
 }

@@ -180,6 +180,10 @@ export class RefBackend
     return { rows: n, cols: V, data: linear(rows, this.#w.lmHead, n, d, V) };
   }
 
+  upload(data: Float32Array, rows: number, cols: number): RefActivation {
+    return { rows, cols, data: data.slice(0, rows * cols) };
+  }
+
   read(a: RefActivation): Promise<Float32Array> {
     return Promise.resolve(a.data);
   }

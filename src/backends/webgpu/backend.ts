@@ -852,6 +852,13 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     return out;
   }
 
+  upload(data: Float32Array, rows: number, cols: number): GpuActivation {
+    this.#alive();
+    const out = this.#act(rows, cols);
+    this.rec.write(out.buf!, 0, data.subarray(0, rows * cols));
+    return out;
+  }
+
   async read(a: GpuActivation): Promise<Float32Array> {
     const b = this.#use(a, "read");
     const bytes = await this.rec.read(b, 0, a.rows * a.cols * F32);
