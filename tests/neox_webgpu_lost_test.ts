@@ -10,9 +10,9 @@ import { DeviceLostError, GptNeoXLM, loadModel } from "../mod.ts";
 import type { WebGpuTransformerBackend } from "../src/backends/webgpu/transformer.ts";
 import { neoxDir } from "./neox_util.ts";
 import { assertClose } from "./oracle_util.ts";
+import { webgpuTestAdapter } from "./webgpu_util.ts";
 
-const adapter = await navigator.gpu?.requestAdapter().catch(() => null);
-if (!adapter) console.error("gpt_neox webgpu device-loss test: no WebGPU adapter, skipped");
+const adapter = await webgpuTestAdapter("gpt_neox webgpu device-loss test");
 
 Deno.test({
   name: "gpt_neox webgpu lost: the model moves to the next backend; its old caches refuse",
