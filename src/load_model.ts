@@ -5,9 +5,10 @@
  * @module
  */
 
-import { dirUrl, MambaLM } from "./model.ts";
+import { MambaLM } from "./model.ts";
+import { readConfigJson, resolveModelDir } from "./model_dir.ts";
 import { isGptNeoXConfigJson } from "./neox_config.ts";
-import { GptNeoXLM, readConfigJson, type TransformerLoadOptions } from "./neox_model.ts";
+import { GptNeoXLM, type TransformerLoadOptions } from "./neox_model.ts";
 
 /**
  * Any language model {@link loadModel} returns; `config.arch` tells them apart, and
@@ -16,15 +17,9 @@ import { GptNeoXLM, readConfigJson, type TransformerLoadOptions } from "./neox_m
 export type LanguageModel = MambaLM | GptNeoXLM;
 
 /**
- * Where a model lives: a directory path or URL, as a URL ending in `/`. This is the one step
- * that resolves names, so that Hub ids can be resolved here (to a local cache) later.
- */
-export function resolveModelDir(dirOrHubId: string | URL): Promise<URL> {
-  return Promise.resolve(dirUrl(dirOrHubId));
-}
-
-/**
- * Loads the model in a directory (local path or URL), whatever its architecture: a Mamba-1 /
+ * Loads the model in a directory (local path or URL) or named by a Hugging Face Hub id
+ * (`org/name`, through the local cache, downloaded when missing; see `HubOptions`), whatever
+ * its architecture: a Mamba-1 /
  * Mamba-2 model (mamba_ssm or transformers `config.json`) as a `MambaLM`, a GPT-NeoX (Pythia)
  * model (`model_type: "gpt_neox"`) as a `GptNeoXLM`. Both have the same API (`forward`,
  * `createState`, `prefill`, `step`, `generate`, `complete`, `generateBatch`, `textStream`,
@@ -43,8 +38,12 @@ export async function loadModel(
   dirOrHubId: string | URL,
   options: TransformerLoadOptions = {},
 ): Promise<LanguageModel> {
-  const base = await resolveModelDir(dirOrHubId);
-  const raw = await readConfigJson(base);
-  if (isGptNeoXConfigJson(raw)) return await GptNeoXLM.load(base, options);
-  return await MambaLM.load(base, options);
+  const { dir, tokenizerDir } = await resolveModelDir(dirOrHubId, options);
+  const raw = await readConfigJson(dir);
+  // The class loads from the resolved directory (no second Hub lookup), with the Hub's tokenizer.
+  const opts = options.tokenizer === undefined && tokenizerDir !== undefined
+    ? { ...options, tokenizer: tokenizerDir }
+    : options;
+  if (isGptNeoXConfigJson(raw)) return await GptNeoXLM.load(dir, opts);
+  return await MambaLM.load(dir, opts);
 }

@@ -14,7 +14,7 @@ import {
   type BackendPreference,
   createTransformerBackendChain,
 } from "./backends/registry.ts";
-import { ConfigError, DeviceLostError, InputError, MambaError } from "./errors.ts";
+import { DeviceLostError, InputError } from "./errors.ts";
 import {
   complete,
   generate,
@@ -24,11 +24,12 @@ import {
   textStream,
 } from "./generate.ts";
 import { advanceKv, bindKv, KvCacheState, type KvLayout } from "./kv_state.ts";
-import { dirUrl, type GenerateTokensOptions, type LoadOptions, type Logits } from "./model.ts";
+import type { GenerateTokensOptions, LoadOptions, Logits } from "./model.ts";
+import { readConfigJson, resolveModelDir } from "./model_dir.ts";
 import { type GptNeoXConfig, parseNeoxConfig } from "./neox_config.ts";
 import { loadNeoxWeights, type TransformerWeights } from "./neox_weights.ts";
 import { Tokenizer } from "./tokenizer.ts";
-import { exists, readBytes } from "./weights.ts";
+import { exists } from "./weights.ts";
 
 /** Most token rows one pass through the model takes; longer inputs run in chunks. */
 const PREFILL_ROWS = 2048;
@@ -110,14 +111,16 @@ export class GptNeoXLM {
   }
 
   /**
-   * Loads a GPT-NeoX model directory (local path or URL): `config.json` (`model_type:
+   * Loads a GPT-NeoX model directory (local path or URL) or Hub id (`EleutherAI/pythia-160m`,
+   * through the Hugging Face cache as for `MambaLM.load`): `config.json` (`model_type:
    * "gpt_neox"`), `model.safetensors` (or the shards of `model.safetensors.index.json`) and, when
    * present, `tokenizer.json`. `loadModel` calls this for GPT-NeoX configs.
    *
    * @throws {ConfigError} for a bad or unsupported config, {@link WeightsError} for bad weights.
    */
   static async load(dir: string | URL, options: TransformerLoadOptions = {}): Promise<GptNeoXLM> {
-    const base = dirUrl(dir);
+    const resolved = await resolveModelDir(dir, options);
+    const base = resolved.dir;
     const config = parseNeoxConfig(await readConfigJson(base));
     const weights = await loadNeoxWeights(
       config,
@@ -125,7 +128,10 @@ export class GptNeoXLM {
       options.weightsDtype ?? "f32",
       options.onProgress,
     );
-    const tokenizer = await resolveTokenizer(base, options.tokenizer);
+    const tokenizer = await resolveTokenizer(
+      base,
+      options.tokenizer ?? resolved.tokenizerDir,
+    );
     const { backend, rest } = await createTransformerBackendChain(
       options.backend ?? "auto",
       { config, weights },
@@ -497,21 +503,6 @@ export class GptNeoXLM {
     if (state.batch !== batch) {
       throw new InputError(`state holds ${state.batch} sequences but ${batch} were given`);
     }
-  }
-}
-
-/**
- * Reads and parses `config.json` of a model directory (a URL ending in `/`).
- *
- * @throws {MambaError} when there is none, {@link ConfigError} when it is not JSON.
- */
-export async function readConfigJson(base: URL): Promise<unknown> {
-  const configUrl = new URL("config.json", base);
-  if (!(await exists(configUrl))) throw new MambaError(`no config.json in ${base.href}`);
-  try {
-    return JSON.parse(new TextDecoder().decode(await readBytes(configUrl)));
-  } catch (e) {
-    throw new ConfigError("(root)", `cannot parse ${configUrl.href}: ${(e as Error).message}`);
   }
 }
 
