@@ -88,3 +88,46 @@ export function neoxLongContextSuite(backend: BackendChoice, wasm?: { threads: n
     }
   });
 }
+
+/**
+ * Grouped-query attention (2 KV heads for 8 query heads, as mamba_ssm's attention layers allow;
+ * GPT-NeoX itself never groups) and no rotary embedding, against `ref`: prefill over several
+ * tiles, then decoding across a split boundary, batch 2.
+ */
+export function gqaSuite(backend: BackendChoice, wasm?: { threads: number }): void {
+  const label = wasm ? ` (${wasm.threads} thread${wasm.threads > 1 ? "s" : ""})` : "";
+  Deno.test(`attention ${backend}${label}: grouped-query heads, no rotary, against ref`, async () => {
+    const base = parseNeoxConfig({
+      model_type: "gpt_neox",
+      hidden_size: 64,
+      num_attention_heads: 8,
+      num_hidden_layers: 2,
+      intermediate_size: 128,
+      vocab_size: 80,
+      rotary_pct: 0,
+      max_position_embeddings: 512,
+      use_parallel_residual: false,
+    });
+    const cfg = { ...base, nKvHeads: 2 };
+    const weights = randomNeoxWeights(cfg, { seed: 21 });
+    assert.deepEqual(weights.layers[0].qkv.shape, [(8 + 2 * 2) * 8, 64]);
+    const ref = await GptNeoXLM.fromWeights(cfg, weights, { backend: "ref" });
+    const lm = await GptNeoXLM.fromWeights(cfg, weights, { backend, wasm });
+    const tol = { atol: 2e-4, rtol: 2e-4 };
+    try {
+      const ids = [0, 1].map((b) => Array.from({ length: 250 }, (_, i) => (i * 7 + b * 3) % 80));
+      const s = lm.createState(2);
+      const sRef = ref.createState(2);
+      assertClose(await lm.prefill(s, ids), await ref.prefill(sRef, ids), tol, "prefill 250");
+      for (let i = 0; i < 12; i++) {
+        const t = [(i * 5) % 80, (i * 11) % 80];
+        assertClose(await lm.step(s, t), await ref.step(sRef, t), tol, `step ${250 + i}`);
+      }
+      s.free();
+      sRef.free();
+    } finally {
+      lm.dispose();
+      ref.dispose();
+    }
+  });
+}

@@ -5,7 +5,7 @@
  * the f16 kernels); and the long-context comparison with `ref`.
  */
 
-import { neoxLongContextSuite } from "./neox_backends_util.ts";
+import { gqaSuite, neoxLongContextSuite } from "./neox_backends_util.ts";
 import { neoxSuite } from "./neox_util.ts";
 
 neoxSuite("wasm", { wasm: { threads: 1 }, label: "1 thread" });
@@ -17,3 +17,5 @@ neoxSuite("wasm", {
 });
 neoxLongContextSuite("wasm", { threads: 1 });
 neoxLongContextSuite("wasm", { threads: 2 });
+gqaSuite("wasm", { threads: 1 });
+gqaSuite("wasm", { threads: 2 });
