@@ -4,12 +4,13 @@
  * 3e-2, the README's expectation for f16), without the exact greedy comparison.
  */
 
-import { oracleModelSuite } from "./oracle_util.ts";
+import { oracleCheckpointSuite, oracleModelSuite } from "./oracle_util.ts";
 
 const adapter = await navigator.gpu?.requestAdapter().catch(() => null);
 if (adapter) {
   oracleModelSuite("webgpu");
   oracleModelSuite("webgpu", { weightsDtype: "f16", tolScale: 300, skipGreedy: true });
+  oracleCheckpointSuite("webgpu");
 } else {
   Deno.test({
     name: "oracle webgpu: skipped (no WebGPU adapter in this runtime)",

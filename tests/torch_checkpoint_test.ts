@@ -6,18 +6,8 @@ import { PickleError } from "../src/pickle.ts";
 import type { TensorEntry } from "../src/tensor_entry.ts";
 import { openTorchCheckpoint } from "../src/torch_checkpoint.ts";
 import { buildWeights, loadWeights, openCheckpoint } from "../src/weights.ts";
-import { oracleDir } from "./oracle_util.ts";
+import { BIN_FIXTURES, oracleDir } from "./oracle_util.ts";
 import { collect, torchSave, writeZip } from "./torch_save_util.ts";
-
-/** The `.bin` twins of the oracle README, each with its case. */
-export const BIN_FIXTURES: [string, string][] = [
-  ["m1_d64_l7", "pytorch_model.bin"],
-  ["m1_d64_l7", "pytorch_model.zip64.bin"],
-  ["m1_d64_l7", "pytorch_model.legacy.bin"],
-  ["m1_f16_l64", "pytorch_model.bin"],
-  ["m1_f16_l64", "pytorch_model.mixed.bin"],
-  ["m2_hd32_ds64_l7", "pytorch_model.bin"],
-];
 
 const fileUrl = (p: string) => new URL(`file://${p}`);
 
@@ -332,5 +322,39 @@ Deno.test("loadWeights: pytorch_model.bin and its sharded index load like model.
     });
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("loadWeights over http: Range requests per tensor; a server without Range is read whole", async () => {
+  const c = "m1_d64_l7";
+  const cfg = parseConfig(JSON.parse(await Deno.readTextFile(`${oracleDir()}/${c}/config.json`)));
+  const want = await loadWeights(cfg, fileUrl(`${oracleDir()}/${c}/`), "f32");
+  let ranged = 0;
+  let honourRange = true;
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
+    const path = new URL(req.url).pathname;
+    if (path !== "/m/pytorch_model.bin" && path !== "/m/config.json") {
+      return new Response("not found", { status: 404 });
+    }
+    const bytes = await Deno.readFile(`${oracleDir()}/${c}/${path.slice(3)}`);
+    const range = /^bytes=(\d+)-(\d+)$/.exec(req.headers.get("range") ?? "");
+    if (req.method === "HEAD") return new Response(null, { status: 200 });
+    if (!range || !honourRange) return new Response(bytes);
+    ranged++;
+    const [a, b] = [Number(range[1]), Number(range[2])];
+    return new Response(bytes.slice(a, b + 1), {
+      status: 206,
+      headers: { "content-range": `bytes ${a}-${b}/${bytes.length}` },
+    });
+  });
+  try {
+    const url = new URL(`http://127.0.0.1:${server.addr.port}/m/`);
+    assert.deepEqual(await loadWeights(cfg, url, "f32"), want);
+    // the size probe, the zip directory, data.pkl, byteorder and each storage
+    assert.ok(ranged > 20, `only ${ranged} range requests`);
+    honourRange = false;
+    assert.deepEqual(await loadWeights(cfg, url, "f32"), want);
+  } finally {
+    await server.shutdown();
   }
 });
