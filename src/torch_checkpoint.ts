@@ -170,7 +170,10 @@ function torchHooks(storages: Map<string, StorageRef>, legacy: boolean): PickleH
       if (!(type instanceof PickleGlobal)) {
         throw new WeightsError("storage type is not a torch storage class or dtype");
       }
-      const info = STORAGE_CLASSES[type.name] ?? DTYPES[type.name];
+      const info = type.module === "torch"
+        ? STORAGE_CLASSES[type.name] ?? DTYPES[type.name]
+        : undefined;
+      if (!info) throw new WeightsError(`${type.qualified} is not a torch storage class or dtype`);
       if (typeof key !== "string" || !/^[\w.-]{1,64}$/.test(key)) {
         throw new WeightsError(`storage key ${JSON.stringify(key)} is not a plain name`);
       }

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { parseSafetensors, tensorToF32, WeightsError } from "../mod.ts";
-import { f16ToF32, f32ToF16 } from "../src/half.ts";
+import { f16ToF32, f32ArrayToF16, f32ToF16 } from "../src/half.ts";
 import { f32Tensor, writeSafetensors } from "./safetensors_util.ts";
 import { FileSource, MemorySource } from "../src/byte_source.ts";
 import { parseConfig } from "../src/config.ts";
@@ -207,5 +207,22 @@ Deno.test("load: config n_layer 1e9 beside 2-layer weights fails at once, naming
     }
   } finally {
     src.close();
+  }
+});
+
+Deno.test("half: f32ArrayToF16's fast path gives the bits of f32ToF16 (ties, carries, subnormals, inf, NaN)", () => {
+  // Float32 patterns over every exponent and sign, with low bits that make ties and carries.
+  const bits = new Uint32Array(1 << 16);
+  const values = new Float32Array(bits.buffer);
+  for (let start = 0; start < 2 ** 24; start += 7 * bits.length) {
+    for (const low of [0x00, 0x01, 0x80, 0xff]) {
+      for (let i = 0; i < bits.length; i++) bits[i] = (((start + 7 * i) << 8) | low) >>> 0;
+      const fast = f32ArrayToF16(values);
+      for (let i = 0; i < bits.length; i++) {
+        if (fast[i] !== f32ToF16(values[i])) {
+          assert.fail(`0x${bits[i].toString(16)}: ${fast[i]} != ${f32ToF16(values[i])}`);
+        }
+      }
+    }
   }
 });
