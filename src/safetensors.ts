@@ -187,7 +187,7 @@ export function parseSafetensorsHeader(
   }
   if (covered !== dataLength) {
     throw new WeightsError(
-      `${name}: ${dataLength - covered} bytes after ${
+      `${name}: ${dataLength - covered} byte${dataLength - covered === 1 ? "" : "s"} after ${
         last ? `the last tensor ("${last}")` : "the header"
       } belong to no tensor (bytes appended, or a wrong header length?)`,
     );

@@ -211,6 +211,8 @@ function tensorEntries(
     throw new WeightsError(`${file}: the pickled object is not a dict of tensors`);
   }
   const out = new Map<string, TensorEntry>();
+  // Bytes viewed per storage by distinct views (a tied weight is the same view, counted once).
+  const viewed = new Map<StorageRef, { views: Set<string>; bytes: number }>();
   for (const [name, t] of root) {
     if (typeof name !== "string") {
       throw new WeightsError(`${file}: a key of the state dict is not a string`);
@@ -241,12 +243,28 @@ function tensorEntries(
       );
     }
     const el = s.elementSize;
+    const key = `${s.key}@${t.offset}:${t.shape}:${t.stride}`;
+    // Views that together exceed their storage overlap, which no saved state dict does; refusing
+    // them keeps what loading allocates within the size of the file.
+    const v = viewed.get(s) ?? { views: new Set<string>(), bytes: 0 };
+    viewed.set(s, v);
+    if (!v.views.has(key)) {
+      v.views.add(key);
+      v.bytes += numel * el;
+      if (v.bytes > s.numel * el) {
+        throw new WeightsError(
+          `${file}: tensor "${name}": the views of storage ${s.key} add up to ${v.bytes} bytes, more than its ${
+            s.numel * el
+          } (overlapping views; only identical views, as of a tied weight, may share bytes)`,
+        );
+      }
+    }
     const contiguous = isContiguous(t.shape, t.stride);
     out.set(name, {
       dtype: s.dtype,
       shape: t.shape,
       byteLength: numel * el,
-      key: `${s.key}@${t.offset}:${t.shape}:${t.stride}`,
+      key,
       readInto: async (into: Uint8Array) => {
         if (numel === 0) return;
         if (contiguous) return await read(s, t.offset * el, into);

@@ -179,8 +179,7 @@ export class ZipArchive {
     }
     const at = await this.#dataOffset(e);
     if (e.method === 0) return await this.#src.readInto(at + offset, into);
-    const all = await this.#inflate(e, at);
-    into.set(all.subarray(offset, offset + length));
+    await this.#inflate(e, at, offset, into);
   }
 
   /** Reads a whole entry. */
@@ -190,9 +189,11 @@ export class ZipArchive {
     return out;
   }
 
-  /** Inflates a deflated entry, refusing output beyond its declared size. */
-  async #inflate(e: ZipEntry, at: number): Promise<Uint8Array> {
-    const out = new Uint8Array(e.size);
+  /**
+   * Inflates a deflated entry, keeping only the bytes [offset, offset + into.length) (so no
+   * buffer of the whole entry is made), and checks it inflates to exactly its declared size.
+   */
+  async #inflate(e: ZipEntry, at: number, offset: number, into: Uint8Array): Promise<void> {
     const ds = new DecompressionStream("deflate-raw");
     const writer = ds.writable.getWriter();
     const src = this.#src;
@@ -218,7 +219,10 @@ export class ZipArchive {
         const { value, done: end } = await reader.read();
         if (end) break;
         if (done + value.byteLength > e.size) throw fail(`inflates to more than ${e.size} bytes`);
-        out.set(value, done);
+        // The part of this chunk inside the range asked for.
+        const from = Math.max(offset, done);
+        const to = Math.min(offset + into.byteLength, done + value.byteLength);
+        if (from < to) into.set(value.subarray(from - done, to - done), from - offset);
         done += value.byteLength;
       }
       await feed;
@@ -229,7 +233,6 @@ export class ZipArchive {
       throw fail(`corrupt deflate data (${(err as Error).message})`);
     }
     if (done !== e.size) throw fail(`inflates to ${done} bytes, not ${e.size}`);
-    return out;
   }
 }
 

@@ -136,7 +136,7 @@ Deno.test("safetensors: a header length one byte short leaves a byte no tensor c
   const bytes = good();
   const dv = new DataView(bytes.buffer);
   dv.setBigUint64(0, dv.getBigUint64(0, true) - 1n, true);
-  await throwsBoth(bytes, /1 bytes after the last tensor \("c"\) belong to no tensor/);
+  await throwsBoth(bytes, /1 byte after the last tensor \("c"\) belong to no tensor/);
 });
 
 Deno.test("safetensors: junk appended after the data", async () => {

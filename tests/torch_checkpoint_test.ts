@@ -161,12 +161,14 @@ Deno.test("torch checkpoint: storage offsets, strided views, shared storages, mi
   const storage = f32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11);
   const tensors = {
     base: { dtype: "F32", shape: [3, 4], bytes: storage },
-    // rows 1..2 of base: a storage offset
-    rows: { dtype: "F32", shape: [2, 4], viewOf: "base", offset: 4 },
-    // base transposed: strides (1, 4)
-    t: { dtype: "F32", shape: [4, 3], viewOf: "base", stride: [1, 4] },
-    // every other element of row 0, offset 1: [1, 3]
-    step: { dtype: "F32", shape: [2], viewOf: "base", offset: 1, stride: [2] },
+    // the same view of base's storage: a tied weight
+    tied: { dtype: "F32", shape: [3, 4], viewOf: "base" },
+    // rows 1..2 of a storage: a storage offset
+    rows: { dtype: "F32", shape: [2, 4], bytes: storage, offset: 4 },
+    // a storage seen transposed: strides (1, 4)
+    t: { dtype: "F32", shape: [4, 3], bytes: storage, stride: [1, 4] },
+    // every other element from the second: [1, 3]
+    step: { dtype: "F32", shape: [2], bytes: storage, offset: 1, stride: [2] },
     half: { dtype: "F16", shape: [2], bytes: bits16(0x3c00, 0xc000) },
     bf: { dtype: "BF16", shape: [1, 1], bytes: bits16(0x3fc0) },
     empty: { dtype: "F32", shape: [0, 4], bytes: new Uint8Array(0) },
@@ -186,6 +188,8 @@ Deno.test("torch checkpoint: storage offsets, strided views, shared storages, mi
     const m = await tensorsOf(await torchSave(tensors, opts));
     const read = async (n: string) => await readAll(m.get(n)!);
     assert.deepEqual(await read("base"), storage, label);
+    assert.deepEqual(await read("tied"), storage, label);
+    assert.equal(m.get("tied")!.key, m.get("base")!.key, "a tied view is read once");
     assert.deepEqual(await read("rows"), storage.slice(16), label);
     assert.deepEqual(await read("t"), f32(0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11), label);
     assert.deepEqual(await read("step"), f32(1, 3), label);
@@ -232,6 +236,15 @@ Deno.test("torch checkpoint: broken files give WeightsErrors that say what is wr
   await rejectsWeights(
     await torchSave({ a: { dtype: "LongStorage", shape: [1], bytes: new Uint8Array(8) } }),
     /tensor "a": storage type torch\.LongStorage is not supported/,
+  );
+  // Distinct views of one storage that overlap: a small file could make loading allocate many
+  // times its size, so they are refused.
+  await rejectsWeights(
+    await torchSave({
+      a: { dtype: "F32", shape: [2], bytes: f32(1, 2) },
+      b: { dtype: "F32", shape: [1], viewOf: "a", offset: 1 },
+    }),
+    /tensor "b": the views of storage 0 add up to 12 bytes, more than its 8 \(overlapping views/,
   );
   const good = await torchSave(one);
   await rejectsWeights(good.subarray(0, good.length - 30), /zip|end-of-central-directory/);
