@@ -296,17 +296,31 @@ function gather(
   stride: readonly number[],
   el: number,
 ): void {
+  if (src.byteOffset % el || dst.byteOffset % el) {
+    // Element views need aligned arrays: go through fresh ones (the loader's are always fresh).
+    const out = new Uint8Array(dst.byteLength);
+    gather(src.slice(), out, shape, stride, el);
+    dst.set(out);
+    return;
+  }
+  const view = (b: Uint8Array): Uint8Array | Uint16Array | Uint32Array =>
+    el === 4
+      ? new Uint32Array(b.buffer, b.byteOffset, b.byteLength / 4)
+      : el === 2
+      ? new Uint16Array(b.buffer, b.byteOffset, b.byteLength / 2)
+      : b;
+  const from = view(src);
+  const to = view(dst);
   const idx = new Array(shape.length).fill(0);
-  const numel = shape.reduce((a, b) => a * b, 1);
-  let from = 0;
-  for (let k = 0; k < numel; k++) {
-    dst.set(src.subarray(from * el, (from + 1) * el), k * el);
-    // Advance the index odometer, keeping `from` = Σ idx·stride.
+  let at = 0;
+  for (let k = 0; k < to.length; k++) {
+    to[k] = from[at];
+    // Advance the index odometer, keeping `at` = Σ idx·stride.
     for (let a = shape.length - 1; a >= 0; a--) {
       idx[a]++;
-      from += stride[a];
+      at += stride[a];
       if (idx[a] < shape[a]) break;
-      from -= stride[a] * shape[a];
+      at -= stride[a] * shape[a];
       idx[a] = 0;
     }
   }
