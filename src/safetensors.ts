@@ -1,8 +1,12 @@
 /**
  * A strict reader for the safetensors format: an 8-byte little-endian header length N, N bytes of
  * JSON describing each tensor, then the raw little-endian row-major data. Every offset is checked
- * against the file before it is used, so a truncated or corrupt file gives a {@link WeightsError}
- * that says what is wrong, never a crash or a silently wrong tensor.
+ * against the file before it is used, no name may appear twice, offsets are aligned to the element
+ * size, and the tensors must tile the data exactly, so a truncated, padded or corrupt file gives a
+ * {@link WeightsError} that says what is wrong, never a crash or a silently wrong tensor.
+ *
+ * A file is read whole ({@link parseSafetensors}) or header first, then tensor by tensor from a
+ * {@link ByteSource} ({@link openSafetensors}), which is how models load.
  *
  * @module
  */
@@ -10,12 +14,10 @@
 import type { ByteSource } from "./byte_source.ts";
 import { WeightsError } from "./errors.ts";
 import { bf16ArrayToF32, f16ArrayToF32 } from "./half.ts";
-import type { TensorEntry } from "./tensor_entry.ts";
+import { DTYPE_SIZE, type TensorEntry } from "./tensor_entry.ts";
 
 /** The element types the library reads. */
 export type DType = "F32" | "F16" | "BF16";
-
-const BYTES_PER_ELEMENT: Record<DType, number> = { F32: 4, F16: 2, BF16: 2 };
 
 /** One tensor of a safetensors file, viewing the file's bytes (no copy). */
 export interface SafetensorsTensor {
@@ -125,7 +127,7 @@ export function parseSafetensorsHeader(
       throw new WeightsError(`${name}: tensor "${key}": entry is not an object`);
     }
     const dtype = entry.dtype;
-    if (typeof dtype !== "string" || !Object.hasOwn(BYTES_PER_ELEMENT, dtype)) {
+    if (typeof dtype !== "string" || !Object.hasOwn(DTYPE_SIZE, dtype)) {
       throw new WeightsError(
         `${name}: tensor "${key}": unsupported dtype ${JSON.stringify(dtype)} (F32, F16, BF16)`,
       );
@@ -149,7 +151,7 @@ export function parseSafetensorsHeader(
         `${name}: tensor "${key}": data_offsets [${begin}, ${end}] go beyond the data (${dataLength} bytes; file truncated?)`,
       );
     }
-    const size = BYTES_PER_ELEMENT[dtype as DType];
+    const size = DTYPE_SIZE[dtype as DType];
     const count = (shape as number[]).reduce((a, b) => a * b, 1);
     const want = count * size;
     if (end - begin !== want) {
