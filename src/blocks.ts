@@ -22,6 +22,7 @@ import {
   type MixerInit,
 } from "./init.ts";
 import { parseSafetensors, type SafetensorsTensor } from "./safetensors.ts";
+import { memoryEntry } from "./tensor_entry.ts";
 import { stateDictEntries } from "./save.ts";
 import { bindState, InferenceState, markComputed, stateLayout } from "./state.ts";
 import { buildWeights, type HostTensor, readBytes } from "./weights.ts";
@@ -501,7 +502,8 @@ export abstract class MixerBlock {
     tensors.set("backbone.embedding.weight", f32Tensor(new Float32Array(V * d), [V, d]));
     let weights: BackendInit["weights"];
     try {
-      weights = buildWeights(config, [tensors], dtype);
+      const entries = new Map([...tensors].map(([k, t]) => [k, memoryEntry(`block:${k}`, t)]));
+      weights = await buildWeights(config, [entries], dtype);
     } catch (e) {
       if (e instanceof WeightsError) {
         throw new WeightsError(e.message.replaceAll(mixerName, prefix));

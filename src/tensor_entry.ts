@@ -27,3 +27,20 @@ export interface TensorEntry {
 
 /** Bytes per element of each dtype. */
 export const DTYPE_SIZE: Readonly<Record<DType, number>> = { F32: 4, F16: 2, BF16: 2 };
+
+/** A tensor already in memory, as the loaders' {@link TensorEntry}. */
+export function memoryEntry(
+  key: string,
+  t: { dtype: DType; shape: readonly number[]; bytes: Uint8Array },
+): TensorEntry {
+  return {
+    dtype: t.dtype,
+    shape: t.shape,
+    byteLength: t.bytes.byteLength,
+    key,
+    readInto: (into) => {
+      into.set(t.bytes.subarray(0, into.byteLength));
+      return Promise.resolve();
+    },
+  };
+}
