@@ -1,8 +1,10 @@
 /**
  * Loading a GPT-NeoX model's weights (the published `EleutherAI/pythia-*` key names) into
- * {@link TransformerWeights}: every expected tensor checked by name and shape, unexpected ones
- * refused, the legacy buffers of older checkpoints (`attention.bias`, `attention.masked_bias`,
- * `attention.rotary_emb.inv_freq`) ignored.
+ * {@link TransformerWeights}, from the same files and through the same streaming readers as the
+ * Mamba weights (`model.safetensors`, `pytorch_model.bin`, sharded or not; see
+ * `openWeightFiles`): every expected tensor checked by name and shape before any is read,
+ * unexpected ones refused, the legacy buffers of older checkpoints (`attention.bias`,
+ * `attention.masked_bias`, `attention.rotary_emb.inv_freq`) ignored.
  *
  * `query_key_value` is stored grouped per head (`[head, (q|k|v), headDim]` rows); it is reordered
  * here, once, to `[q (all heads) | k | v]`, the layout of mamba_ssm's attention `in_proj`, so that
@@ -13,18 +15,12 @@
 
 import type { GptNeoXConfig } from "./neox_config.ts";
 import { WeightsError } from "./errors.ts";
-import { f32ArrayToF16 } from "./half.ts";
+import type { TensorEntry } from "./tensor_entry.ts";
 import {
-  parseSafetensors,
-  type SafetensorsTensor,
-  tensorBits16,
-  tensorToF32,
-} from "./safetensors.ts";
-import {
-  exists,
   type HostTensor,
   type NormWeights,
-  readBytes,
+  openWeightFiles,
+  readHost,
   type WeightsDtype,
 } from "./weights.ts";
 
@@ -64,8 +60,12 @@ export interface TransformerWeights {
   readonly lmHead: HostTensor;
 }
 
-/** Buffers of older checkpoints that are not weights. */
-const LEGACY = /\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)$/;
+/**
+ * Buffers of older checkpoints that are not weights: the causal mask (boolean), the masked score
+ * and the rotary frequencies. They are left out when the files are opened, whatever their type.
+ */
+export const LEGACY_NEOX_BUFFER = /\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)$/;
+const isLegacy = (name: string) => LEGACY_NEOX_BUFFER.test(name);
 
 /** Expected tensor names → shapes of a config, in the published GPT-NeoX naming. */
 export function expectedNeoxTensors(cfg: GptNeoXConfig): Map<string, number[]> {
@@ -93,13 +93,6 @@ export function expectedNeoxTensors(cfg: GptNeoXConfig): Map<string, number[]> {
   return m;
 }
 
-function toHost(t: SafetensorsTensor, dtype: WeightsDtype, shape: number[]): HostTensor {
-  if (t.dtype === "F16" && dtype !== "f32") return { dtype: "f16", shape, data: tensorBits16(t) };
-  const data = tensorToF32(t);
-  if (dtype === "f16") return { dtype: "f16", shape, data: f32ArrayToF16(data) };
-  return { dtype: "f32", shape, data };
-}
-
 /**
  * Reorders the rows of a per-head grouped `query_key_value` tensor (`[head, (q|k|v), headDim]`,
  * any trailing width) into `[q (all heads) | k | v]`.
@@ -120,29 +113,42 @@ export function ungroupQkv(t: HostTensor, nHeads: number, headDim: number): Host
 }
 
 /**
- * Builds {@link TransformerWeights} from parsed safetensors files, checking every tensor.
+ * Builds {@link TransformerWeights} from the tensors of one or more checkpoint files (the
+ * shards), checking every name and shape before reading any data, then reading the tensors one
+ * at a time.
  *
  * @param dtype as for Mamba weights: `"f32"` widens everything, `"as-stored"` keeps F16,
  *   `"f16"` narrows everything.
  * @throws {WeightsError} naming the tensor on a missing, duplicate, unexpected or misshaped one.
  */
-export function buildNeoxWeights(
+export async function buildNeoxWeights(
   cfg: GptNeoXConfig,
-  files: ReadonlyArray<ReadonlyMap<string, SafetensorsTensor>>,
+  files: ReadonlyArray<ReadonlyMap<string, TensorEntry>>,
   dtype: WeightsDtype = "f32",
-): TransformerWeights {
-  const want = expectedNeoxTensors(cfg);
-  const found = new Map<string, SafetensorsTensor>();
+): Promise<TransformerWeights> {
+  const found = new Map<string, TensorEntry>();
+  let layers = 0;
   for (const tensors of files) {
     for (const [name, t] of tensors) {
-      if (LEGACY.test(name)) continue;
+      if (isLegacy(name)) continue;
       if (found.has(name)) throw new WeightsError(`tensor "${name}" appears twice`);
-      if (!want.has(name)) throw new WeightsError(`unexpected tensor "${name}" for this config`);
       found.set(name, t);
+      const m = /^gpt_neox\.layers\.(\d+)\./.exec(name);
+      if (m) layers = Math.max(layers, Number(m[1]) + 1);
     }
   }
-  const get = (name: string): HostTensor => {
-    const shape = want.get(name)!;
+  // Before anything is sized by the config (a bogus num_hidden_layers, say).
+  if (layers !== cfg.nLayer) {
+    throw new WeightsError(
+      `config.json says num_hidden_layers ${cfg.nLayer}, but the weights hold ${layers} ` +
+        `(gpt_neox.layers.*): the config and the weights belong to different models`,
+    );
+  }
+  const want = expectedNeoxTensors(cfg);
+  for (const name of found.keys()) {
+    if (!want.has(name)) throw new WeightsError(`unexpected tensor "${name}" for this config`);
+  }
+  for (const [name, shape] of want) {
     const t = found.get(name);
     if (!t) throw new WeightsError(`missing tensor "${name}" (expected shape [${shape}])`);
     if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
@@ -150,77 +156,55 @@ export function buildNeoxWeights(
         `tensor "${name}" has shape [${t.shape}] but the config needs [${shape}]`,
       );
     }
-    return toHost(t, dtype, shape);
-  };
-  const norm = (p: string): NormWeights => ({ weight: get(`${p}.weight`), bias: get(`${p}.bias`) });
-  const layers: TransformerLayerWeights[] = [];
+  }
+  // Every name and shape is right: now read.
+  const get = (name: string) => readHost(found.get(name)!, dtype, want.get(name)!);
+  const norm = async (p: string): Promise<NormWeights> => ({
+    weight: await get(`${p}.weight`),
+    bias: await get(`${p}.bias`),
+  });
+  const out: TransformerLayerWeights[] = [];
   for (let i = 0; i < cfg.nLayer; i++) {
     const p = `gpt_neox.layers.${i}`;
     const a = `${p}.attention`;
-    layers.push({
-      norm: norm(`${p}.input_layernorm`),
-      norm2: norm(`${p}.post_attention_layernorm`),
-      qkv: ungroupQkv(get(`${a}.query_key_value.weight`), cfg.nHeads, cfg.headDim),
-      qkvBias: ungroupQkv(get(`${a}.query_key_value.bias`), cfg.nHeads, cfg.headDim),
-      out: get(`${a}.dense.weight`),
-      outBias: get(`${a}.dense.bias`),
-      fc1: get(`${p}.mlp.dense_h_to_4h.weight`),
-      fc1Bias: get(`${p}.mlp.dense_h_to_4h.bias`),
-      fc2: get(`${p}.mlp.dense_4h_to_h.weight`),
-      fc2Bias: get(`${p}.mlp.dense_4h_to_h.bias`),
+    out.push({
+      norm: await norm(`${p}.input_layernorm`),
+      norm2: await norm(`${p}.post_attention_layernorm`),
+      qkv: ungroupQkv(await get(`${a}.query_key_value.weight`), cfg.nHeads, cfg.headDim),
+      qkvBias: ungroupQkv(await get(`${a}.query_key_value.bias`), cfg.nHeads, cfg.headDim),
+      out: await get(`${a}.dense.weight`),
+      outBias: await get(`${a}.dense.bias`),
+      fc1: await get(`${p}.mlp.dense_h_to_4h.weight`),
+      fc1Bias: await get(`${p}.mlp.dense_h_to_4h.bias`),
+      fc2: await get(`${p}.mlp.dense_4h_to_h.weight`),
+      fc2Bias: await get(`${p}.mlp.dense_4h_to_h.bias`),
     });
   }
-  const embedding = get("gpt_neox.embed_in.weight");
+  const embedding = await get("gpt_neox.embed_in.weight");
   return {
     embedding,
-    layers,
-    normF: norm("gpt_neox.final_layer_norm"),
-    lmHead: cfg.tieEmbeddings ? embedding : get("embed_out.weight"),
+    layers: out,
+    normF: await norm("gpt_neox.final_layer_norm"),
+    lmHead: cfg.tieEmbeddings ? embedding : await get("embed_out.weight"),
   };
 }
 
 /**
- * Reads and parses the safetensors files of directory `dir` (a URL ending in `/`):
- * `model.safetensors`, or the shards of `model.safetensors.index.json`.
- *
- * @throws {WeightsError} when a file is missing or malformed.
+ * Loads and checks the weights of the GPT-NeoX model in directory `dir` (a URL ending in `/`):
+ * `model.safetensors`, `pytorch_model.bin`, or the shards of their index, read tensor by tensor.
  */
-export async function readSafetensorsDir(
-  dir: URL,
-  onProgress?: (loaded: number, total: number) => void,
-): Promise<Map<string, SafetensorsTensor>[]> {
-  const indexUrl = new URL("model.safetensors.index.json", dir);
-  let shardNames = ["model.safetensors"];
-  if (await exists(indexUrl)) {
-    const index = JSON.parse(new TextDecoder().decode(await readBytes(indexUrl)));
-    const map = index?.weight_map;
-    if (typeof map !== "object" || map === null) {
-      throw new WeightsError(`${indexUrl.href}: no "weight_map" object`);
-    }
-    shardNames = [...new Set(Object.values(map as Record<string, string>))].sort();
-  }
-  const files: Map<string, SafetensorsTensor>[] = [];
-  for (let i = 0; i < shardNames.length; i++) {
-    const url = new URL(shardNames[i], dir);
-    let bytes: Uint8Array;
-    try {
-      bytes = await readBytes(url);
-    } catch (e) {
-      if (e instanceof WeightsError) throw e;
-      throw new WeightsError(`cannot read ${url.href}: ${(e as Error).message}`);
-    }
-    files.push(parseSafetensors(bytes, shardNames[i]).tensors);
-    onProgress?.(i + 1, shardNames.length);
-  }
-  return files;
-}
-
-/** Loads and checks the weights of the GPT-NeoX model in directory `dir` (a URL ending in `/`). */
 export async function loadNeoxWeights(
   cfg: GptNeoXConfig,
   dir: URL,
   dtype: WeightsDtype = "f32",
   onProgress?: (loaded: number, total: number) => void,
 ): Promise<TransformerWeights> {
-  return buildNeoxWeights(cfg, await readSafetensorsDir(dir, onProgress), dtype);
+  const open = await openWeightFiles(dir, isLegacy);
+  try {
+    const w = await buildNeoxWeights(cfg, open.map((o) => o.tensors), dtype);
+    onProgress?.(open.length, open.length);
+    return w;
+  } finally {
+    for (const o of open) o.close();
+  }
 }

@@ -37,6 +37,23 @@ export interface SafetensorsFile {
   readonly metadata: Record<string, string>;
 }
 
+/**
+ * Element sizes of the format's other dtypes: tensors of these load only when ignored (left out
+ * by the caller's `ignore`), but their bytes still count when the data region is checked.
+ */
+const OTHER_DTYPE_SIZE: Readonly<Record<string, number>> = {
+  BOOL: 1,
+  U8: 1,
+  I8: 1,
+  I16: 2,
+  U16: 2,
+  I32: 4,
+  U32: 4,
+  F64: 8,
+  I64: 8,
+  U64: 8,
+};
+
 /** Largest header the reader accepts (the format's own limit is 100 MB). */
 const MAX_HEADER_BYTES = 100_000_000;
 
@@ -82,6 +99,8 @@ export function safetensorsHeaderLength(
  * @param header the JSON bytes
  * @param dataLength bytes in the file after the header
  * @param name the file, for messages
+ * @param ignore names of tensors to leave out of the result (they may have any of the format's
+ *   dtypes; their ranges are checked all the same)
  * @returns the tensors in the order of their data, and `__metadata__`
  * @throws {WeightsError} naming the file and the tensor.
  */
@@ -89,6 +108,7 @@ export function parseSafetensorsHeader(
   header: Uint8Array,
   dataLength: number,
   name: string,
+  ignore?: (name: string) => boolean,
 ): { entries: SafetensorsEntry[]; metadata: Record<string, string> } {
   let text: string;
   let json: unknown;
@@ -111,6 +131,8 @@ export function parseSafetensorsHeader(
   }
   let metadata: Record<string, string> = {};
   const entries: SafetensorsEntry[] = [];
+  /** Every tensor's range, the ignored ones too, for the coverage check. */
+  const ranges: SafetensorsEntry[] = [];
   for (const [key, value] of Object.entries(json as Record<string, unknown>)) {
     if (key === "__metadata__") {
       if (
@@ -127,7 +149,11 @@ export function parseSafetensorsHeader(
       throw new WeightsError(`${name}: tensor "${key}": entry is not an object`);
     }
     const dtype = entry.dtype;
-    if (typeof dtype !== "string" || !Object.hasOwn(DTYPE_SIZE, dtype)) {
+    const ignored = ignore?.(key) ?? false;
+    if (
+      typeof dtype !== "string" ||
+      !(Object.hasOwn(DTYPE_SIZE, dtype) || (ignored && Object.hasOwn(OTHER_DTYPE_SIZE, dtype)))
+    ) {
       throw new WeightsError(
         `${name}: tensor "${key}": unsupported dtype ${JSON.stringify(dtype)} (F32, F16, BF16)`,
       );
@@ -151,7 +177,7 @@ export function parseSafetensorsHeader(
         `${name}: tensor "${key}": data_offsets [${begin}, ${end}] go beyond the data (${dataLength} bytes; file truncated?)`,
       );
     }
-    const size = DTYPE_SIZE[dtype as DType];
+    const size = DTYPE_SIZE[dtype as DType] ?? OTHER_DTYPE_SIZE[dtype];
     const count = (shape as number[]).reduce((a, b) => a * b, 1);
     const want = count * size;
     if (end - begin !== want) {
@@ -166,14 +192,17 @@ export function parseSafetensorsHeader(
         `${name}: tensor "${key}": data_offsets begin ${begin} is not a multiple of the ${dtype} size (${size} bytes)`,
       );
     }
-    entries.push({ name: key, dtype: dtype as DType, shape: shape as number[], begin, end });
+    const e = { name: key, dtype: dtype as DType, shape: shape as number[], begin, end };
+    ranges.push(e);
+    if (!ignored) entries.push(e);
   }
   // The tensors must tile the data region exactly: a gap, an overlap or bytes after the last
   // tensor mean a damaged file (a header length one byte short leaves one byte over, say).
+  ranges.sort((a, b) => a.begin - b.begin || a.end - b.end);
   entries.sort((a, b) => a.begin - b.begin || a.end - b.end);
   let covered = 0;
   let last = "";
-  for (const e of entries) {
+  for (const e of ranges) {
     if (e.begin < covered) {
       throw new WeightsError(
         `${name}: tensors "${last}" and "${e.name}" have overlapping data_offsets`,
@@ -314,17 +343,22 @@ export function tensorBits16(t: SafetensorsTensor): Uint16Array {
 
 /**
  * Opens a safetensors file for reading tensor by tensor: reads and checks the header only (see
- * {@link parseSafetensorsHeader}); each entry reads its own byte range when asked.
+ * {@link parseSafetensorsHeader}); each entry reads its own byte range when asked. Tensors whose
+ * names `ignore` accepts are left out, whatever their dtype.
  *
  * @throws {WeightsError} naming the file and the tensor.
  */
-export async function openSafetensors(src: ByteSource): Promise<Map<string, TensorEntry>> {
+export async function openSafetensors(
+  src: ByteSource,
+  ignore?: (name: string) => boolean,
+): Promise<Map<string, TensorEntry>> {
   const n = safetensorsHeaderLength(await src.read(0, Math.min(8, src.size)), src.size, src.name);
   const dataStart = 8 + n;
   const { entries } = parseSafetensorsHeader(
     await src.read(8, n),
     src.size - dataStart,
     src.name,
+    ignore,
   );
   const out = new Map<string, TensorEntry>();
   for (const e of entries) {

@@ -206,6 +206,7 @@ function tensorEntries(
   root: unknown,
   file: string,
   read: StorageReader,
+  ignore?: (name: string) => boolean,
 ): Map<string, TensorEntry> {
   if (!(root instanceof Map)) {
     throw new WeightsError(`${file}: the pickled object is not a dict of tensors`);
@@ -220,6 +221,8 @@ function tensorEntries(
     if (!(t instanceof TensorRef)) {
       throw new WeightsError(`${file}: "${name}" is not a tensor`);
     }
+    // Tensors the caller ignores (buffers of older checkpoints, say) may be of any type.
+    if (ignore?.(name)) continue;
     const s = t.storage;
     if (s.dtype === null) {
       throw new WeightsError(
@@ -327,14 +330,21 @@ function gather(
 }
 
 /**
- * Opens a `torch.save` file (zip or legacy) for reading tensor by tensor.
+ * Opens a `torch.save` file (zip or legacy) for reading tensor by tensor. Tensors whose names
+ * `ignore` accepts are left out, whatever their type (a GPT-NeoX checkpoint's boolean causal
+ * mask buffers, say).
  *
  * @throws {WeightsError} naming the file (a {@link PickleError} for a refused or broken pickle).
  */
-export async function openTorchCheckpoint(src: ByteSource): Promise<Map<string, TensorEntry>> {
+export async function openTorchCheckpoint(
+  src: ByteSource,
+  ignore?: (name: string) => boolean,
+): Promise<Map<string, TensorEntry>> {
   const head = await src.read(0, Math.min(src.size, 512));
-  if (isZip(head)) return await openZip(src);
-  if (head[0] === 0x80 && head[1] === 0x02 && head[2] === 0x8a) return await openLegacy(src);
+  if (isZip(head)) return await openZip(src, ignore);
+  if (head[0] === 0x80 && head[1] === 0x02 && head[2] === 0x8a) {
+    return await openLegacy(src, ignore);
+  }
   const tar = head.length >= 262 && new TextDecoder().decode(head.subarray(257, 262)) === "ustar";
   throw new WeightsError(
     `${src.name}: not a torch.save file (neither a zip archive nor the legacy format)${
@@ -345,7 +355,10 @@ export async function openTorchCheckpoint(src: ByteSource): Promise<Map<string, 
   );
 }
 
-async function openZip(src: ByteSource): Promise<Map<string, TensorEntry>> {
+async function openZip(
+  src: ByteSource,
+  ignore?: (name: string) => boolean,
+): Promise<Map<string, TensorEntry>> {
   const zip = await ZipArchive.open(src);
   const pkl = [...zip.entries.values()].filter((e) => /^[^/]+\/data\.pkl$/.test(e.name));
   if (pkl.length !== 1) {
@@ -382,13 +395,16 @@ async function openZip(src: ByteSource): Promise<Map<string, TensorEntry>> {
   }
   return tensorEntries(value, src.name, (s, offset, into) => {
     return zip.readInto(zip.entries.get(`${prefix}data/${s.key}`)!, offset, into);
-  });
+  }, ignore);
 }
 
 /** The legacy format's magic number, its first pickle. */
 const LEGACY_MAGIC = 0x1950a86a20f9469cfc6cn;
 
-async function openLegacy(src: ByteSource): Promise<Map<string, TensorEntry>> {
+async function openLegacy(
+  src: ByteSource,
+  ignore?: (name: string) => boolean,
+): Promise<Map<string, TensorEntry>> {
   // The pickles come first; read a prefix big enough to hold them, growing it if one is cut.
   let chunk = Math.min(src.size, 1 << 20);
   const storages = new Map<string, StorageRef>();
@@ -452,7 +468,7 @@ async function openLegacy(src: ByteSource): Promise<Map<string, TensorEntry>> {
       }
       return tensorEntries(obj.value, src.name, (s, offset, into) => {
         return src.readInto(offsets.get(s.key)! + offset, into);
-      });
+      }, ignore);
     } catch (e) {
       // A pickle cut off by the end of the prefix: read more, up to the whole file.
       if (e instanceof PickleError && / \(truncated\)$/.test(e.message) && chunk < src.size) {

@@ -123,7 +123,11 @@ function canonicalName(name: string): string {
  * Reads one tensor and converts it to the host dtype. Where no conversion is needed the bytes
  * are read straight into the result; otherwise only this one tensor is held twice, briefly.
  */
-async function readHost(t: TensorEntry, dtype: WeightsDtype, shape: number[]): Promise<HostTensor> {
+export async function readHost(
+  t: TensorEntry,
+  dtype: WeightsDtype,
+  shape: number[],
+): Promise<HostTensor> {
   const n = t.byteLength / DTYPE_SIZE[t.dtype];
   if (t.dtype === "F16" && dtype !== "f32") {
     const data = new Uint16Array(n);
@@ -327,13 +331,17 @@ export interface OpenCheckpoint {
 /**
  * Opens one weights file: safetensors when its name ends in `.safetensors`, else a `torch.save`
  * file (`pytorch_model.bin`: zip or legacy). Only the header or the pickle is read here.
+ * Tensors whose names `ignore` accepts are left out, whatever their type.
  */
-export async function openCheckpoint(url: URL): Promise<OpenCheckpoint> {
+export async function openCheckpoint(
+  url: URL,
+  ignore?: (name: string) => boolean,
+): Promise<OpenCheckpoint> {
   const src = await openSource(url);
   try {
     const tensors = url.pathname.endsWith(".safetensors")
-      ? await openSafetensors(src)
-      : await openTorchCheckpoint(src);
+      ? await openSafetensors(src, ignore)
+      : await openTorchCheckpoint(src, ignore);
     return { tensors, close: () => src.close() };
   } catch (e) {
     src.close();
@@ -364,21 +372,17 @@ async function shardNames(indexUrl: URL): Promise<string[]> {
 }
 
 /**
- * Loads and checks the weights of the model in directory `dir` (a URL ending in `/`), taking the
- * first of: `model.safetensors`; `model.safetensors.index.json` and its shards;
- * `pytorch_model.bin`; `pytorch_model.bin.index.json` and its shards. Each file is read tensor by
- * tensor (file handle or HTTP `Range`), so the loaded weights plus one tensor is all the memory
- * it takes.
+ * Opens the weights files of the model in directory `dir` (a URL ending in `/`), taking the first
+ * of: `model.safetensors`; `model.safetensors.index.json` and its shards; `pytorch_model.bin`;
+ * `pytorch_model.bin.index.json` and its shards. Only headers (or pickles) are read; the caller
+ * reads the tensors and closes the files. Tensors whose names `ignore` accepts are left out.
  *
- * @param onProgress called after each file (shard) is read, with (files read, files)
  * @throws {WeightsError} when no weights file is there, or a file is bad.
  */
-export async function loadWeights(
-  cfg: MambaConfig,
+export async function openWeightFiles(
   dir: URL,
-  dtype: WeightsDtype = "f32",
-  onProgress?: (loaded: number, total: number) => void,
-): Promise<ModelWeights> {
+  ignore?: (name: string) => boolean,
+): Promise<OpenCheckpoint[]> {
   let files: string[] | undefined;
   for (const [single, index] of WEIGHT_FILES) {
     if (await exists(new URL(single, dir))) {
@@ -398,7 +402,30 @@ export async function loadWeights(
   }
   const open: OpenCheckpoint[] = [];
   try {
-    for (const f of files) open.push(await openCheckpoint(new URL(f, dir)));
+    for (const f of files) open.push(await openCheckpoint(new URL(f, dir), ignore));
+    return open;
+  } catch (e) {
+    for (const o of open) o.close();
+    throw e;
+  }
+}
+
+/**
+ * Loads and checks the weights of the model in directory `dir` (a URL ending in `/`), from the
+ * files {@link openWeightFiles} picks. Each file is read tensor by tensor (file handle or HTTP
+ * `Range`), so the loaded weights plus one tensor is all the memory it takes.
+ *
+ * @param onProgress called after each file (shard) is read, with (files read, files)
+ * @throws {WeightsError} when no weights file is there, or a file is bad.
+ */
+export async function loadWeights(
+  cfg: MambaConfig,
+  dir: URL,
+  dtype: WeightsDtype = "f32",
+  onProgress?: (loaded: number, total: number) => void,
+): Promise<ModelWeights> {
+  const open = await openWeightFiles(dir);
+  try {
     return await buildWeights(cfg, open.map((o) => o.tensors), dtype, onProgress);
   } finally {
     for (const o of open) o.close();

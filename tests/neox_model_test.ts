@@ -19,7 +19,16 @@ import {
   WeightsError,
 } from "../mod.ts";
 import { randomNeoxWeights } from "../testing.ts";
-import { buildNeoxWeights, ungroupQkv } from "../src/neox_weights.ts";
+import { buildNeoxWeights, LEGACY_NEOX_BUFFER, ungroupQkv } from "../src/neox_weights.ts";
+import { MemorySource } from "../src/byte_source.ts";
+import { openSafetensors } from "../src/safetensors.ts";
+import {
+  collect,
+  contiguousStrides,
+  pickleStateDict,
+  STORAGE_CLASS,
+  writeZip,
+} from "./torch_save_util.ts";
 import { f32Tensor, writeSafetensors } from "./safetensors_util.ts";
 import { neoxDir } from "./neox_util.ts";
 import { assertClose, oracleCases, oracleDir } from "./oracle_util.ts";
@@ -85,33 +94,102 @@ function caseTensors(dir: string) {
   return specs;
 }
 
-Deno.test("weights: legacy buffers ignored, unknown / missing / misshaped tensors refused", () => {
+/** The buffers older Pythia checkpoints carry: a boolean causal mask, a score, frequencies. */
+const LEGACY_BUFFERS = {
+  "gpt_neox.layers.0.attention.bias": {
+    dtype: "BOOL",
+    shape: [1, 1, 2, 2],
+    bytes: Uint8Array.of(1, 0, 1, 1),
+  },
+  "gpt_neox.layers.0.attention.masked_bias": f32Tensor([], [-1e9]),
+  "gpt_neox.layers.0.attention.rotary_emb.inv_freq": f32Tensor([2], [1, 0.01]),
+  "gpt_neox.layers.1.attention.bias": {
+    dtype: "BOOL",
+    shape: [1, 1, 2, 2],
+    bytes: Uint8Array.of(1, 0, 1, 1),
+  },
+};
+
+const openSt = (bytes: Uint8Array, ignore?: (name: string) => boolean) =>
+  openSafetensors(new MemorySource(bytes, "model.safetensors"), ignore);
+const isLegacy = (name: string) => LEGACY_NEOX_BUFFER.test(name);
+
+Deno.test("weights: legacy buffers ignored, unknown / missing / misshaped tensors refused", async () => {
   const dir = `${neoxDir()}/neox_d64_h4_l2_rot25`;
   const cfg = parseNeoxConfig(JSON.parse(Deno.readTextFileSync(`${dir}/config.json`)));
   const specs = caseTensors(dir);
-  const build = (s: typeof specs) =>
-    buildNeoxWeights(cfg, [parseSafetensors(writeSafetensors(s)).tensors]);
-  const legacy = {
-    ...specs,
-    "gpt_neox.layers.0.attention.bias": f32Tensor([1, 1, 2, 2], [1, 0, 1, 1]),
-    "gpt_neox.layers.0.attention.masked_bias": f32Tensor([], [-1e9]),
-    "gpt_neox.layers.0.attention.rotary_emb.inv_freq": f32Tensor([2], [1, 0.01]),
-  };
-  assert.equal(build(legacy).layers.length, 2);
-  assert.throws(
-    () => build({ ...specs, "gpt_neox.extra.weight": f32Tensor([1], [0]) }),
+  const build = async (s: typeof specs) =>
+    buildNeoxWeights(cfg, [await openSt(writeSafetensors(s), isLegacy)]);
+  const legacy = { ...specs, ...LEGACY_BUFFERS };
+  assert.equal((await build(legacy)).layers.length, 2);
+  // Only ignored names may have other dtypes: a BOOL tensor is refused otherwise.
+  await assert.rejects(
+    openSt(writeSafetensors(legacy)),
+    (e) => e instanceof WeightsError && /unsupported dtype "BOOL"/.test(e.message),
+  );
+  await assert.rejects(
+    build({ ...specs, "gpt_neox.extra.weight": f32Tensor([1], [0]) }),
     (e) => e instanceof WeightsError && e.message.includes("gpt_neox.extra.weight"),
   );
   const missing = { ...specs };
   delete missing["embed_out.weight"];
-  assert.throws(
-    () => build(missing),
+  await assert.rejects(
+    build(missing),
     (e) => e instanceof WeightsError && e.message.includes("embed_out.weight"),
   );
-  assert.throws(
-    () => build({ ...specs, "gpt_neox.final_layer_norm.bias": f32Tensor([3], [0, 0, 0]) }),
+  await assert.rejects(
+    build({ ...specs, "gpt_neox.final_layer_norm.bias": f32Tensor([3], [0, 0, 0]) }),
     (e) => e instanceof WeightsError && e.message.includes("final_layer_norm.bias"),
   );
+  const extraLayer = {
+    ...specs,
+    "gpt_neox.layers.2.input_layernorm.weight": f32Tensor([64], new Float32Array(64)),
+  };
+  await assert.rejects(
+    build(extraLayer),
+    (e) =>
+      e instanceof WeightsError && /num_hidden_layers 2, but the weights hold 3/.test(e.message),
+  );
+});
+
+Deno.test("loadModel: a Pythia checkpoint with legacy buffers, as safetensors and as pytorch_model.bin", async () => {
+  const src = `${neoxDir()}/neox_d64_h4_l2_rot25`;
+  const specs = { ...caseTensors(src), ...LEGACY_BUFFERS };
+  const want = await (await loadModel(src, { backend: "ref" })).forward([[1, 2, 3]]);
+  const tmp = await Deno.makeTempDir({ prefix: "mamba_neox_" });
+  try {
+    await Deno.copyFile(`${src}/config.json`, `${tmp}/config.json`);
+    await Deno.writeFile(`${tmp}/model.safetensors`, writeSafetensors(specs));
+    const st = await loadModel(tmp, { backend: "ref" });
+    assert.deepEqual((await st.forward([[1, 2, 3]])).data, want.data);
+    st.dispose();
+    // The same tensors through torch.save's zip format (a BoolStorage among them).
+    await Deno.remove(`${tmp}/model.safetensors`);
+    const entries = Object.entries(specs);
+    const pickle = pickleStateDict(entries.map(([name, t], i) => ({
+      name,
+      key: String(i),
+      storageClass: t.dtype === "BOOL" ? "BoolStorage" : STORAGE_CLASS[t.dtype],
+      storageNumel: t.shape.reduce((a, b) => a * b, 1),
+      offset: 0,
+      shape: t.shape,
+      stride: contiguousStrides(t.shape),
+    })));
+    const bin = await collect((sink) =>
+      writeZip(sink, [
+        { name: "archive/data.pkl", data: pickle },
+        { name: "archive/byteorder", data: new TextEncoder().encode("little") },
+        ...entries.map(([, t], i) => ({ name: `archive/data/${i}`, data: t.bytes })),
+      ])
+    );
+    await Deno.writeFile(`${tmp}/pytorch_model.bin`, bin);
+    const pt = await loadModel(tmp, { backend: "ref" });
+    assert.ok(pt instanceof GptNeoXLM);
+    assert.deepEqual((await pt.forward([[1, 2, 3]])).data, want.data);
+    pt.dispose();
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
 });
 
 Deno.test("loadModel: GptNeoXLM for gpt_neox, MambaLM for Mamba configs", async () => {
