@@ -547,6 +547,8 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
       throw new BackendError(`decodeTokens: ${B} tokens for ${kv.batch} sequences`);
     }
     if (kv.capacity < pos + n) throw new BackendError("decodeTokens: KV cache not reserved");
+    // The rotary table for every position of the run, before any step is recorded.
+    this.#ropeFor(pos + n);
     let smp = this.#samplers.get(B);
     if (!smp) {
       smp = new GpuSampler(this, B, this.config.paddedVocabSize);
