@@ -29,6 +29,15 @@ import { type HubOptions, hubSnapshot, isHubModel } from "./hub.ts";
 import { bindState, InferenceState, markComputed, stateLayout } from "./state.ts";
 import { exists, loadWeights, type ModelWeights, readBytes, type WeightsDtype } from "./weights.ts";
 import { Sampler, type SamplingOptions, validateSamplingOptions } from "./sampling.ts";
+import {
+  DEFAULT_MIXER_INIT,
+  DEFAULT_MODEL_INIT,
+  initModelWeights,
+  type MixerInit,
+  mixerInitFromJson,
+  type ModelInit,
+} from "./init.ts";
+import { saveModel, type SaveOptions } from "./save.ts";
 
 /**
  * Options of {@link MambaLM.load}. The {@link HubOptions} (`revision`, `offline`, `cacheDir`,
@@ -67,6 +76,31 @@ export interface LoadOptions extends HubOptions {
   wasm?: { threads?: number; weights?: "f32" | "f16" | "q8"; simd?: "auto" | "relaxed" | "plain" };
 }
 
+/**
+ * Options of {@link MambaLM.fromConfig}.
+ *
+ * @example
+ * ```ts
+ * import { type FromConfigOptions, MambaLM } from "@mamba/mamba";
+ * const options: FromConfigOptions = { seed: 0, backend: "auto", weightsDtype: "f16" };
+ * const lm = await MambaLM.fromConfig({ d_model: 768, n_layer: 24, vocab_size: 50277 }, options);
+ * ```
+ */
+export interface FromConfigOptions {
+  /** Seed of the initialisation; a fresh random seed by default. */
+  seed?: number;
+  /** Which backend computes (default `"ref"`; see {@link LoadOptions.backend}). */
+  backend?: BackendPreference;
+  /** Keep the weights in `"f32"` (default) or `"f16"` (drawn in float32, then narrowed). */
+  weightsDtype?: WeightsDtype;
+  /** The model-level init settings (`initializer_cfg` of mamba_ssm). */
+  init?: Partial<ModelInit>;
+  /** A tokenizer for text prompts. */
+  tokenizer?: Tokenizer;
+  /** Options of the `wasm` backend (see {@link LoadOptions.wasm}). */
+  wasm?: LoadOptions["wasm"];
+}
+
 /** Logits of a full-sequence forward. */
 export interface Logits {
   /** Row-major values. */
@@ -90,7 +124,7 @@ async function* failing(e: Error): AsyncGenerator<GeneratedToken, void, undefine
 }
 
 /** Resolves a directory path or URL to a URL that ends in `/`. */
-function dirUrl(dir: string | URL): URL {
+export function dirUrl(dir: string | URL): URL {
   if (dir instanceof URL) return new URL(dir.href.endsWith("/") ? dir.href : dir.href + "/");
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(dir)) return dirUrl(new URL(dir));
   const abs = dir.startsWith("/") ? dir : `${Deno.cwd()}/${dir}`;
@@ -119,6 +153,8 @@ export class MambaLM {
   /** Where to go when the backend's device is lost: the next backends, and the weights again. */
   #fallback?: { rest: BackendName[]; init: () => Promise<BackendInit>; options: LoadOptions };
   #moving: Promise<Backend> | null = null;
+  /** The host weights, for {@link MambaLM.save}: kept, or read again from the model's files. */
+  #hostWeights?: () => Promise<ModelWeights>;
   /** The tokenizer, when the model came with one: needed for text prompts. */
   readonly tokenizer: Tokenizer | undefined;
   /** Why there is no tokenizer (set by {@link MambaLM.load}). */
@@ -195,6 +231,7 @@ export class MambaLM {
     const { backend, rest } = await createBackendChain(options.backend ?? "auto", init, options);
     const lm = new MambaLM(config, backend, tokenizer);
     if (!tokenizer) lm.#noTokenizer = noTokenizer;
+    lm.#hostWeights = () => loadWeights(config, base, options.weightsDtype ?? "f32");
     if (rest.length) {
       // The weights are read again if the device is lost, rather than kept twice meanwhile.
       const dtype = options.weightsDtype ?? "f32";
@@ -209,9 +246,9 @@ export class MambaLM {
 
   /**
    * Builds a model from a parsed config and weights already in memory (random weights for a
-   * benchmark, say, or weights converted by other code). The backend defaults to `"ref"`; with
-   * `"auto"` or a list that leaves backends to move to, the model keeps a reference to `weights`
-   * for that move (see {@link DeviceLostError}).
+   * benchmark, say, or weights converted by other code). The backend defaults to `"ref"`. The
+   * model keeps a reference to `weights`, for {@link MambaLM.save} and, with `"auto"` or a list
+   * that leaves backends to move to, for that move (see {@link DeviceLostError}).
    *
    * @example
    * ```ts
@@ -234,7 +271,76 @@ export class MambaLM {
     const { backend, rest } = await createBackendChain(options.backend ?? "ref", init, options);
     const lm = new MambaLM(config, backend, options.tokenizer);
     if (rest.length) lm.#fallback = { rest, init: () => Promise.resolve(init), options };
+    lm.#hostWeights = () => Promise.resolve(weights);
     return lm;
+  }
+
+  /**
+   * Builds a model with fresh weights from the reference's initialisation, as
+   * `MambaLMHeadModel(MambaConfig(...))` does: the mixers' own init (`A_log`, `D = 1`, the dt bias
+   * from `dt_min` / `dt_max` / `dt_init_floor`, …, taken from the config's `ssm_cfg` or
+   * transformers' `time_step_*` fields), then mamba_ssm's `_init_weights` (embedding
+   * N(0, 0.02²), linear biases 0, `out_proj.weight` divided by √(n_layer)). `config` is a
+   * `config.json` object (mamba_ssm's `MambaConfig` form or transformers') or a parsed
+   * {@link MambaConfig} (then the `ssm_cfg` init settings take their defaults). Seeded: the same
+   * seed gives the same weights. The backend defaults to `"ref"`; the model keeps the weights
+   * (for {@link MambaLM.save} and a move off a lost device).
+   *
+   * @throws {ConfigError} for a bad or unsupported config.
+   * @example
+   * ```ts
+   * import { MambaLM } from "@mamba/mamba";
+   * const lm = await MambaLM.fromConfig({
+   *   d_model: 256, n_layer: 4, vocab_size: 256,
+   *   ssm_cfg: { layer: "Mamba2", d_state: 64, headdim: 32 },
+   * }, { seed: 0, backend: "auto" });
+   * for await (const t of lm.generate([1, 2, 3], { maxNewTokens: 8, temperature: 0.7, topP: 0.9 })) {
+   *   console.log(t.id);
+   * }
+   * await lm.save("./my-model"); // config.json + model.safetensors
+   * ```
+   */
+  static async fromConfig(
+    config: MambaConfig | Record<string, unknown>,
+    options: FromConfigOptions = {},
+  ): Promise<MambaLM> {
+    const isParsed = typeof config === "object" && config !== null && "arch" in config &&
+      "dInner" in config;
+    const parsed = isParsed ? config as MambaConfig : parseConfig(config);
+    const mixer: MixerInit = isParsed
+      ? DEFAULT_MIXER_INIT
+      : mixerInitFromJson(config as Record<string, unknown>);
+    const model: ModelInit = { ...DEFAULT_MODEL_INIT, ...options.init };
+    const dtype = options.weightsDtype === "f16" ? "f16" : "f32";
+    const weights = initModelWeights(parsed, options.seed, mixer, model, dtype);
+    return await MambaLM.fromWeights(parsed, weights, options);
+  }
+
+  /**
+   * Writes the model into directory `dir` as mamba_ssm and Hugging Face tools read it:
+   * `config.json` (mamba_ssm's `MambaConfig`, its 12 fields) and `model.safetensors` under
+   * mamba_ssm's tensor names (`lm_head.weight` included, as `state_dict()` has it), split into
+   * shards with `model.safetensors.index.json` when larger than `maxShardBytes`. `MambaLM.load`
+   * reads it back bit-exactly (in the dtype written).
+   *
+   * @returns the names of the files written.
+   * @throws {MambaError} when the model has no host weights to save (it was built with
+   *   `new MambaLM(...)` around a ready backend) or the directory cannot be written.
+   * @example
+   * ```ts
+   * import { MambaLM } from "@mamba/mamba";
+   * const lm = await MambaLM.fromConfig({ d_model: 64, n_layer: 2, vocab_size: 256 }, { seed: 1 });
+   * await lm.save("./tiny", { dtype: "f16" });
+   * const again = await MambaLM.load("./tiny", { weightsDtype: "as-stored" });
+   * ```
+   */
+  async save(dir: string | URL, options: SaveOptions = {}): Promise<string[]> {
+    if (!this.#hostWeights) {
+      throw new MambaError(
+        "save: this model has no host weights (build it with load, fromWeights or fromConfig)",
+      );
+    }
+    return await saveModel(dir, this.config, await this.#hostWeights(), options);
   }
 
   /** The backend computing this model (it changes when a lost device is left behind). */

@@ -15,7 +15,7 @@
  * test` runs the file again with `MAMBA_WASM_SIMD=plain`.
  */
 
-import { oracleModelSuite } from "./oracle_util.ts";
+import { oracleCheckpointSuite, oracleModelSuite } from "./oracle_util.ts";
 
 oracleModelSuite("wasm", { wasm: { threads: 1 }, label: "1 thread" });
 oracleModelSuite("wasm", { wasm: { threads: 2 }, label: "2 threads" });
@@ -36,3 +36,4 @@ oracleModelSuite("wasm", {
   skipGreedy: true,
   label: "q8, 2 threads",
 });
+oracleCheckpointSuite("wasm", { wasm: { threads: 2 }, label: "2 threads" });
