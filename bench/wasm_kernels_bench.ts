@@ -4,7 +4,7 @@
  * the scans, and a plain `Float32Array` sum as a memory-bandwidth baseline.
  *
  *     deno run -A bench/wasm_kernels_bench.ts [--quick]
- *     deno run -A bench/wasm_kernels_bench.ts --ab [--rounds N]
+ *     deno run -A bench/wasm_kernels_bench.ts --ab [--rounds N] [--files a.wasm,b.wasm] [--prefill N]
  *
  * `--ab` compares the two builds of the kernels instead (`wasm/mamba_kernels.wasm`, plain SIMD128,
  * against `wasm/mamba_kernels_relaxed.wasm`, relaxed SIMD with FMA; or any two module files given
@@ -12,13 +12,19 @@
  * one and on the other instance in alternating order round after round. It prints the best time
  * of each and their ratio. Times are the process's CPU time (`process.cpuUsage`), not wall
  * time: on this shared VM other processes take the cores for long stretches, which wall time
- * counts and CPU time does not (a kernel runs on one thread).
+ * counts and CPU time does not (a kernel runs on one thread). With `--prefill N` (not with
+ * `--files`) it also prefills N tokens of mamba-130m and mamba2-130m (random weights in the
+ * published shapes, f32 and f16) on the `wasm` backend with one thread, `simd: "plain"` against
+ * `simd: "relaxed"`, interleaved the same way.
  *
  * @module
  */
 
 import process from "node:process";
 import { parseArgs } from "node:util";
+import { MambaLM, parseConfig } from "../mod.ts";
+import { PUBLIC_CONFIGS, randomWeights } from "../testing.ts";
+import { WasmBackend } from "../src/backends/wasm/backend.ts";
 import { SCAN_INTERLEAVED, SCAN_SOFTPLUS, WasmKernels } from "../src/backends/wasm/kernels.ts";
 
 const args = parseArgs({
@@ -28,6 +34,7 @@ const args = parseArgs({
     ab: { type: "boolean", default: false },
     rounds: { type: "string", default: "7" },
     files: { type: "string" },
+    prefill: { type: "string", default: "0" },
   },
 });
 const quick = args.values.quick;
@@ -288,6 +295,40 @@ async function abBench(rounds: number): Promise<void> {
         const t0 = cpuMs();
         for (let j = 0; j < reps[i]; j++) fns[i][b]();
         best[i][b] = Math.min(best[i][b], (cpuMs() - t0) / reps[i]);
+      }
+    }
+  }
+  const nPrefill = Number(args.values.prefill);
+  if (nPrefill > 0 && files === undefined) {
+    for (const model of ["mamba-130m", "mamba2-130m"]) {
+      const config = parseConfig(PUBLIC_CONFIGS[model]);
+      const weights = randomWeights(config);
+      for (const dtype of ["f32", "f16"] as const) {
+        const lms = await Promise.all(
+          (["plain", "relaxed"] as const).map(async (simd) =>
+            new MambaLM(
+              config,
+              await WasmBackend.create({ config, weights }, { threads: 1, weights: dtype, simd }),
+            )
+          ),
+        );
+        const ids = Array.from({ length: nPrefill }, (_, i) => (i * 7919 + 13) % config.vocabSize);
+        for (const lm of lms) await lm.prefill(lm.createState(1), [ids.slice(0, 16)]);
+        const b = [Infinity, Infinity];
+        for (let r = 0; r < Math.min(rounds, 3); r++) {
+          for (const i of r % 2 === 0 ? [0, 1] : [1, 0]) {
+            const t0 = cpuMs();
+            await lms[i].prefill(lms[i].createState(1), [ids]);
+            b[i] = Math.min(b[i], cpuMs() - t0);
+          }
+        }
+        for (const lm of lms) lm.dispose();
+        cases.push({
+          name: `prefill-${nPrefill} ${model} ${dtype}, 1 thread`,
+          unit: (ms) => `${(nPrefill / ms * 1000).toFixed(1)} tok/s`,
+          make: () => () => {},
+        });
+        best.push(b);
       }
     }
   }
