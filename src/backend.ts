@@ -14,7 +14,7 @@
  */
 
 import type { MambaConfig } from "./config.ts";
-import type { ResolvedSamplingOptions } from "./sampling.ts";
+import type { ResolvedSamplingOptions, Sampler } from "./sampling.ts";
 import type { ModelWeights } from "./weights.ts";
 
 /** Names of the backends. */
@@ -87,6 +87,20 @@ export interface Backend<A = unknown, S = unknown> {
     n: number,
     options: DecodeOptions,
   ): AsyncGenerator<number[][]>;
+
+  // -- Rows of a batch state and per-row sampling (continuous batching, src/server/) --------
+  /**
+   * Optional: copies sequences `[srcRow, srcRow + count)` of `src` into rows
+   * `[dstRow, dstRow + count)` of `dst` (two states of this backend, of any batch sizes; `src`
+   * and `dst` may be the same state if the ranges do not overlap). Ordered with the backend's
+   * other work, like {@link Backend.cloneState}. Rows are checked by the caller.
+   */
+  copyStateRows?(src: S, srcRow: number, dst: S, dstRow: number, count: number): void;
+  /**
+   * True when {@link Backend.decodeTokens} honours {@link DecodeOptions.samplers} (it picks on
+   * the host with one {@link Sampler} per sequence).
+   */
+  readonly rowSamplers?: boolean;
 }
 
 /** Options of {@link Backend.decodeTokens}. */
@@ -97,6 +111,12 @@ export interface DecodeOptions {
   readonly history?: readonly (readonly number[])[];
   /** Most tokens per block read back (the first blocks are smaller). Default 64. */
   readonly blockSize?: number;
+  /**
+   * Per sequence, the sampler that picks its tokens (its own options and random stream, which
+   * carry on from call to call); only on backends with {@link Backend.rowSamplers}. `sampling`
+   * then only gives `vocabSize`.
+   */
+  readonly samplers?: readonly Sampler[];
 }
 
 /** What a backend factory receives. */

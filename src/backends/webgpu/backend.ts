@@ -994,6 +994,19 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     for (const b of [...s.conv, ...s.ssm]) this.rec.destroy(b);
   }
 
+  /** Copies rows of one state into another on the GPU (see {@link Backend.copyStateRows}). */
+  copyStateRows(src: GpuState, srcRow: number, dst: GpuState, dstRow: number, count: number) {
+    this.#alive();
+    if (src.freed || dst.freed) throw new BackendError("copyStateRows: a state was freed");
+    const [c, n] = this.#stateSizes(1);
+    for (let i = 0; i < this.config.nLayer; i++) {
+      const rc = c * F32;
+      const rn = n * F32;
+      this.rec.copy(src.conv[i], srcRow * rc, dst.conv[i], dstRow * rc, count * rc);
+      this.rec.copy(src.ssm[i], srcRow * rn, dst.ssm[i], dstRow * rn, count * rn);
+    }
+  }
+
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;

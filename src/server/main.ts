@@ -1,0 +1,32 @@
+/**
+ * `deno task serve`: the completions server from the command line (see {@link USAGE}).
+ *
+ * @module
+ */
+
+import { configFromArgs, ServeUsageError, startServer, USAGE } from "./config.ts";
+
+if (import.meta.main) {
+  let cfg;
+  try {
+    cfg = configFromArgs(Deno.args);
+  } catch (e) {
+    if (!(e instanceof ServeUsageError)) throw e;
+    console.error(`error: ${e.message}\n\n${USAGE}`);
+    Deno.exit(2);
+  }
+  if (cfg === "help") {
+    console.log(USAGE);
+    Deno.exit(0);
+  }
+  const { lm, server } = await startServer(cfg);
+  Deno.serve({
+    port: cfg.port,
+    hostname: cfg.hostname,
+    onListen: ({ hostname, port }) =>
+      console.error(
+        `mamba serve: ${cfg.model} on ${lm.backendName}, http://${hostname}:${port}/v1 ` +
+          `(max batch ${cfg.maxBatch}, sessions in ${cfg.sessionDir})`,
+      ),
+  }, server.fetch);
+}

@@ -1,0 +1,457 @@
+/**
+ * Continuous batching: every running request is one row of a shared batch state, decoded
+ * together. A new request's prompt is prefilled into its own batch-1 state and joins the batch
+ * between decode blocks; a finished or abandoned one leaves it there. The batch is rebuilt as a
+ * new state from rows of the old one and of the joiners ({@link gatherRows}).
+ *
+ * Two groups of rows, each with its own batch state:
+ *
+ * - **fused**: decoded with the backend's {@link Backend.decodeTokens}, a block of
+ *   `blockSize` tokens per call (the device feeds each picked token back itself). Backends with
+ *   {@link Backend.rowSamplers} (`wasm`) pick every row with the row's own {@link Sampler}, so
+ *   all requests go here. Backends whose fused decoding takes one sampling setup for the batch
+ *   (`webgpu`) get the greedy rows without repetition penalty, which all share one setup.
+ * - **stepped**: the rest (every row on `ref`; sampled rows on `webgpu`), one step per block,
+ *   with the logits read back and each row picked by its own sampler.
+ *
+ * So each request keeps its own sampling parameters and random stream (a seed gives the same
+ * tokens whatever else runs), and a greedy row's tokens are those of `lm.complete(…, {topK: 1})`.
+ *
+ * Sessions need the state a request ended in: prompt and every generated token fed, except a
+ * final end-of-text token. A fused block may run past a row's end, so rows that keep their
+ * state get a snapshot of the batch at the block's start, and their final state is that row
+ * plus the tokens accepted since (one short prefill).
+ *
+ * @module
+ */
+
+import type { Backend } from "../backend.ts";
+import { TextSink } from "../generate.ts";
+import type { MambaLM } from "../model.ts";
+import { type Sampler, validateSamplingOptions } from "../sampling.ts";
+import { bindState, type InferenceState, markComputed } from "../state.ts";
+import type { Metrics } from "./metrics.ts";
+import { gatherRows, type RowRef } from "./rows.ts";
+
+/** Why a request stopped (OpenAI's `finish_reason`, plus `abort` for a client that left). */
+export type FinishReason = "stop" | "length" | "abort";
+
+/** One completion to run. */
+export interface Job {
+  /** Prompt ids to feed (at least one). */
+  readonly ids: readonly number[];
+  /** State to continue from (batch 1; not modified), e.g. a session's; none = empty. */
+  readonly state?: InferenceState;
+  /** Picks this request's tokens (its own options and random stream). */
+  readonly sampler: Sampler;
+  /** Most tokens to generate (≥ 1). */
+  readonly maxTokens: number;
+  /** End-of-text token (ends the completion, not fed, not counted). */
+  readonly eos: number | undefined;
+  /** Stop strings. */
+  readonly stop: readonly string[];
+  /** Whether the result carries the state the request ended in. */
+  readonly keepState: boolean;
+  /** Aborting (the client left) ends the request and frees its row. */
+  readonly signal?: AbortSignal;
+  /** Called with each text increment as tokens are accepted. */
+  readonly onText?: (text: string) => void;
+}
+
+/** What a finished {@link Job} gives. */
+export interface JobResult {
+  /** The completion. */
+  text: string;
+  /** Tokens generated. */
+  completionTokens: number;
+  /** Why it ended. */
+  finishReason: FinishReason;
+  /** With `keepState` (and not aborted): the state after the prompt and the completion. */
+  state?: InferenceState;
+}
+
+/** Thrown by {@link Scheduler.submit} when the batch and the queue are full. */
+export class QueueFullError extends Error {}
+
+/** Options of {@link Scheduler}. */
+export interface SchedulerOptions {
+  /** Most rows decoded together. */
+  readonly maxBatch: number;
+  /** Most requests waiting for a row. */
+  readonly maxQueue: number;
+  /** Tokens per fused decode call (new requests join between calls). */
+  readonly blockSize: number;
+  /** Where to count tokens and latencies. */
+  readonly metrics?: Metrics;
+}
+
+interface Row {
+  readonly job: Job;
+  readonly resolve: (r: JobResult) => void;
+  readonly reject: (e: unknown) => void;
+  readonly arrived: number;
+  readonly sink: TextSink;
+  /** Prompt and accepted ids (for the repetition penalty). */
+  readonly history: number[];
+  text: string;
+  produced: number;
+  /** Last accepted token, not yet fed to the batch state. */
+  pending: number;
+  /** The batch-1 state a joining row brings (prefilled). */
+  start?: InferenceState;
+  /** Where this row's final state starts: `base` plus `unfed` is what it must hold. */
+  base?: RowRef;
+  unfed: number[];
+  finished?: FinishReason;
+  /** Whether the caller has its answer. */
+  answered: boolean;
+  lastAt: number;
+  removeAbort?: () => void;
+}
+
+interface Group {
+  readonly fused: boolean;
+  rows: Row[];
+  joining: Row[];
+  state: InferenceState | null;
+}
+
+const tick = () => new Promise<void>((r) => setTimeout(r, 0));
+
+/** Runs {@link Job}s with continuous batching on one model. */
+export class Scheduler {
+  readonly #lm: MambaLM;
+  readonly #opt: SchedulerOptions;
+  readonly #queue: Row[] = [];
+  readonly #fused: Group = { fused: true, rows: [], joining: [], state: null };
+  readonly #stepped: Group = { fused: false, rows: [], joining: [], state: null };
+  #running = false;
+  #closed = false;
+
+  /** A scheduler for `lm`. */
+  constructor(lm: MambaLM, options: SchedulerOptions) {
+    this.#lm = lm;
+    this.#opt = options;
+  }
+
+  /** Rows decoding or about to join. */
+  get active(): number {
+    const g = [this.#fused, this.#stepped];
+    return g.reduce((n, x) => n + x.rows.filter((r) => !r.finished).length + x.joining.length, 0);
+  }
+
+  /** Requests waiting for a row. */
+  get queued(): number {
+    return this.#queue.length;
+  }
+
+  /**
+   * Queues a job; resolves when it ends.
+   *
+   * @throws {QueueFullError} (synchronously) when `maxBatch` rows run and `maxQueue` wait.
+   */
+  submit(job: Job): Promise<JobResult> {
+    if (this.#closed) throw new QueueFullError("the server is shutting down");
+    if (this.active + this.#queue.length >= this.#opt.maxBatch + this.#opt.maxQueue) {
+      throw new QueueFullError(
+        `${this.#opt.maxBatch} requests are running and ${this.#opt.maxQueue} waiting`,
+      );
+    }
+    return new Promise<JobResult>((resolve, reject) => {
+      const now = performance.now();
+      const row: Row = {
+        job,
+        resolve,
+        reject,
+        arrived: now,
+        sink: new TextSink(this.#lm.tokenizer, [...job.stop]),
+        history: [...job.ids],
+        text: "",
+        produced: 0,
+        pending: -1,
+        unfed: [],
+        answered: false,
+        lastAt: now,
+      };
+      if (job.signal) {
+        const onAbort = () => this.#abort(row);
+        job.signal.addEventListener("abort", onAbort, { once: true });
+        row.removeAbort = () => job.signal!.removeEventListener("abort", onAbort);
+        if (job.signal.aborted) return this.#abort(row);
+      }
+      this.#queue.push(row);
+      this.#loop();
+    });
+  }
+
+  /** Stops taking jobs; running ones finish. */
+  close(): void {
+    this.#closed = true;
+  }
+
+  #abort(row: Row): void {
+    if (row.finished) return;
+    const q = this.#queue.indexOf(row);
+    if (q >= 0) this.#queue.splice(q, 1);
+    row.finished = "abort";
+    this.#end(row);
+  }
+
+  /** Answers a row's caller, once. */
+  #end(row: Row, state?: InferenceState): void {
+    if (row.answered) {
+      state?.release();
+      return;
+    }
+    row.answered = true;
+    row.removeAbort?.();
+    const finishReason = row.finished ?? "abort";
+    row.resolve({ text: row.text, completionTokens: row.produced, finishReason, state });
+  }
+
+  #emit(row: Row, text: string): void {
+    if (!text) return;
+    row.text += text;
+    row.job.onText?.(text);
+  }
+
+  /**
+   * Takes a picked token for a row: end-of-text, a stop string or the length limit finish it.
+   * Returns whether it finished.
+   */
+  #accept(row: Row, id: number): boolean {
+    const m = this.#opt.metrics;
+    const now = performance.now();
+    if (row.produced === 0) m?.ttft.observe((now - row.arrived) / 1000);
+    if (id === row.job.eos) {
+      this.#emit(row, row.sink.finish());
+      row.finished = "stop";
+      return true;
+    }
+    row.produced++;
+    if (m) m.generatedTokens++;
+    row.history.push(id);
+    row.unfed.push(id);
+    row.pending = id;
+    this.#emit(row, row.sink.push(id));
+    if (row.sink.stopped) {
+      row.finished = "stop";
+      return true;
+    }
+    if (row.produced >= row.job.maxTokens) {
+      this.#emit(row, row.sink.finish());
+      row.finished = "length";
+      return true;
+    }
+    return false;
+  }
+
+  /** Answers a finished row, computing its final state first when it keeps one. */
+  async #finalize(row: Row): Promise<void> {
+    if (row.answered || !row.job.keepState || !row.base) return this.#end(row);
+    try {
+      const state = await gatherRows(this.#lm, [row.base]);
+      if (row.unfed.length) await this.#lm.prefill(state, [row.unfed]);
+      this.#end(row, state);
+    } catch (e) {
+      this.#fail([row], e);
+    }
+  }
+
+  #fail(rows: Row[], e: unknown): void {
+    for (const r of rows) {
+      r.finished ??= "abort";
+      if (r.answered) continue;
+      r.answered = true;
+      r.removeAbort?.();
+      r.reject(e);
+    }
+  }
+
+  async #loop(): Promise<void> {
+    if (this.#running) return;
+    this.#running = true;
+    try {
+      for (;;) {
+        await this.#admit();
+        const groups = [this.#fused, this.#stepped].filter((g) =>
+          g.joining.length || g.rows.length
+        );
+        if (!groups.length && !this.#queue.length) break;
+        for (const g of groups) await this.#block(g);
+        // Let the HTTP side run: new requests, disconnects, streamed chunks.
+        await tick();
+      }
+    } catch (e) {
+      // Not expected (each step catches its own failures): fail everything rather than hang.
+      const all = [...this.#queue.splice(0)];
+      for (const g of [this.#fused, this.#stepped]) {
+        all.push(...g.rows, ...g.joining);
+        g.state?.release();
+        Object.assign(g, { rows: [], joining: [], state: null });
+      }
+      this.#fail(all, e);
+    } finally {
+      this.#running = false;
+    }
+  }
+
+  /** Prefills waiting prompts into free rows. */
+  async #admit(): Promise<void> {
+    const lm = this.#lm;
+    while (this.#queue.length && this.active < this.#opt.maxBatch) {
+      const row = this.#queue.shift()!;
+      const job = row.job;
+      let state: InferenceState | undefined;
+      try {
+        state = job.state ? job.state.clone() : lm.createState(1);
+        const logits = await lm.prefill(state, [[...job.ids]]);
+        if (this.#opt.metrics) this.#opt.metrics.promptTokens += job.ids.length;
+        if (row.finished) {
+          state.release();
+          continue; // aborted meanwhile
+        }
+        row.base = { state, row: 0 };
+        const V = lm.config.paddedVocabSize;
+        const first = job.sampler.sample(logits.subarray(0, V), row.history);
+        if (this.#accept(row, first)) {
+          await this.#finalize(row);
+          state.release();
+          continue;
+        }
+        row.start = state;
+        (this.#fusable(job.sampler) ? this.#fused : this.#stepped).joining.push(row);
+      } catch (e) {
+        state?.release();
+        this.#fail([row], e);
+      }
+      await tick();
+    }
+  }
+
+  #fusable(s: Sampler): boolean {
+    const be = this.#lm.backend;
+    if (!be.decodeTokens) return false;
+    return be.rowSamplers === true || (s.options.greedy && s.options.repetitionPenalty === 1);
+  }
+
+  /** Rebuilds the group's batch state when rows left or joined. */
+  async #rebuild(g: Group): Promise<void> {
+    const keep = g.rows.map((r, i) => ({ r, i })).filter(({ r }) => !r.finished);
+    if (!g.joining.length && keep.length === g.rows.length) return;
+    const parts: RowRef[] = keep.map(({ i }) => ({ state: g.state!, row: i }));
+    for (const r of g.joining) parts.push({ state: r.start!, row: 0 });
+    const next = parts.length ? await gatherRows(this.#lm, parts) : null;
+    g.state?.release();
+    for (const r of g.joining) {
+      r.start!.release();
+      r.start = undefined;
+    }
+    g.state = next;
+    g.rows = [...keep.map(({ r }) => r), ...g.joining];
+    g.joining = [];
+  }
+
+  async #block(g: Group): Promise<void> {
+    try {
+      await this.#rebuild(g);
+    } catch (e) {
+      this.#fail([...g.rows, ...g.joining], e);
+      g.state?.release();
+      Object.assign(g, { rows: [], joining: [], state: null });
+      return;
+    }
+    if (!g.rows.length) return;
+    const m = this.#opt.metrics;
+    if (m) {
+      m.blocks++;
+      m.blockRows += g.rows.length;
+    }
+    const done: Row[] = [];
+    const snapshot: { state: InferenceState | null } = { state: null };
+    try {
+      if (g.fused) await this.#fusedBlock(g, done, snapshot);
+      else await this.#steppedBlock(g, done);
+      for (const r of done) await this.#finalize(r);
+    } catch (e) {
+      this.#fail(g.rows, e);
+    } finally {
+      snapshot.state?.release();
+    }
+    if (g.rows.every((r) => r.finished)) {
+      g.state?.release();
+      g.state = null;
+      g.rows = [];
+    }
+  }
+
+  /** One fused decode call of `blockSize` tokens (`snapshot` gets the copy to free after). */
+  async #fusedBlock(
+    g: Group,
+    done: Row[],
+    snapshot: { state: InferenceState | null },
+  ): Promise<void> {
+    const lm = this.#lm;
+    const be: Backend = lm.backend;
+    const rows = g.rows;
+    const state = g.state!;
+    const snap = rows.some((r) => r.job.keepState && !r.finished) ? state.clone() : null;
+    snapshot.state = snap;
+    rows.forEach((r, i) => {
+      r.unfed = [r.pending];
+      if (snap) r.base = { state: snap, row: i };
+    });
+    const penalty = rows.some((r) => r.job.sampler.options.repetitionPenalty !== 1);
+    const handle = await bindState(state, be);
+    markComputed(state);
+    const blocks = be.decodeTokens!(
+      handle,
+      Int32Array.from(rows, (r) => r.pending),
+      this.#opt.blockSize,
+      {
+        sampling: validateSamplingOptions({ topK: 1, vocabSize: lm.config.vocabSize }),
+        samplers: be.rowSamplers ? rows.map((r) => r.job.sampler) : undefined,
+        history: penalty ? rows.map((r) => r.history.slice(0, -1)) : undefined,
+        blockSize: this.#opt.blockSize,
+      },
+    );
+    for await (const block of blocks) {
+      const len = block[0].length;
+      const now = performance.now();
+      for (let t = 0; t < len; t++) {
+        rows.forEach((r, b) => {
+          if (r.finished) return;
+          if (this.#accept(r, block[b][t])) done.push(r);
+        });
+      }
+      for (const r of rows) {
+        if (r.finished) continue;
+        this.#opt.metrics?.interToken.observe((now - r.lastAt) / 1000 / len, len);
+        r.lastAt = now;
+      }
+      // Every row done: the rest of the call is wasted work (the state is dropped).
+      if (rows.every((r) => r.finished)) break;
+    }
+  }
+
+  /** One step of every row, picked on the host. */
+  async #steppedBlock(g: Group, done: Row[]): Promise<void> {
+    const lm = this.#lm;
+    const rows = g.rows;
+    const state = g.state!;
+    const logits = await lm.step(state, rows.map((r) => r.pending));
+    const V = lm.config.paddedVocabSize;
+    const now = performance.now();
+    rows.forEach((r, b) => {
+      if (r.finished) return;
+      r.base = { state, row: b };
+      r.unfed = [];
+      const id = r.job.sampler.sample(logits.subarray(b * V, (b + 1) * V), r.history);
+      if (this.#accept(r, id)) done.push(r);
+      else {
+        this.#opt.metrics?.interToken.observe((now - r.lastAt) / 1000);
+        r.lastAt = now;
+      }
+    });
+  }
+}
