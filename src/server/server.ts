@@ -168,7 +168,8 @@ export function createServer(lm: MambaLM, options: ServerOptions): CompletionSer
       }
       // Streaming: chunks as text arrives; a client that goes away aborts the request.
       const abort = new AbortController();
-      req.signal.addEventListener("abort", () => abort.abort(), { once: true });
+      const onAbort = () => abort.abort();
+      req.signal.addEventListener("abort", onAbort, { once: true });
       const enc = new TextEncoder();
       let ctl!: ReadableStreamDefaultController<Uint8Array>;
       let open = true;
@@ -210,6 +211,7 @@ export function createServer(lm: MambaLM, options: ServerOptions): CompletionSer
         send({ error: { message: String((e as Error)?.message ?? e), type: "server_error" } });
         metrics.request(500);
       }).finally(() => {
+        req.signal.removeEventListener("abort", onAbort);
         if (sessionId !== undefined) sessions.release(sessionId);
         if (open) ctl.close();
         open = false;
