@@ -14,6 +14,10 @@ import { DirectorySessionStore } from "../src/server/sessions.ts";
 import { gatherRows } from "../src/server/rows.ts";
 
 const DEMO = new URL("../models/demo/", import.meta.url).pathname;
+type Name = "wasm" | "ref" | "webgpu";
+const adapter = await navigator.gpu?.requestAdapter().catch(() => null);
+/** Whether a test on `backend` cannot run here (no WebGPU adapter). */
+const skip = (backend: Name) => backend === "webgpu" && !adapter;
 const NAME = "demo";
 
 interface Running {
@@ -25,7 +29,7 @@ interface Running {
 }
 
 async function start(
-  backend: "wasm" | "ref",
+  backend: Name,
   opts: { maxBatch?: number; maxQueue?: number; dir?: string; lm?: MambaLM } = {},
 ): Promise<Running> {
   const lm = opts.lm ?? await MambaLM.load(DEMO, { backend, wasm: { threads: 2 } });
@@ -130,10 +134,10 @@ Deno.test("server: the openai client streams and non-streams completions", opts,
   }
 });
 
-for (const backend of ["wasm", "ref"] as const) {
+for (const backend of ["wasm", "ref", "webgpu"] as const) {
   Deno.test(
     `server (${backend}): greedy completions equal lm.complete, alone and 8 at once`,
-    opts,
+    { ...opts, ignore: skip(backend) },
     async () => {
       const s = await start(backend, { maxBatch: 8 });
       try {
@@ -188,10 +192,10 @@ Deno.test(
   },
 );
 
-for (const backend of ["wasm", "ref"] as const) {
+for (const backend of ["wasm", "ref", "webgpu"] as const) {
   Deno.test(
     `server (${backend}): a session continues exactly like the concatenated text; fork, restart, delete`,
-    opts,
+    { ...opts, ignore: skip(backend) },
     async () => {
       const s = await start(backend);
       const first = "Call me Ishmael. Some years ago";
@@ -369,8 +373,9 @@ Deno.test(
   },
 );
 
-for (const backend of ["wasm", "ref"] as const) {
-  Deno.test(`gatherRows (${backend}): rows of several states into one batch`, opts, async () => {
+for (const backend of ["wasm", "ref", "webgpu"] as const) {
+  const name = `gatherRows (${backend}): rows of several states into one batch`;
+  Deno.test(name, { ...opts, ignore: skip(backend) }, async () => {
     const lm = await MambaLM.load(DEMO, { backend, wasm: { threads: 2 } });
     try {
       const a = lm.createState(3);
