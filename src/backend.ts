@@ -101,6 +101,13 @@ export interface Backend<A = unknown, S = unknown> {
    * the host with one {@link Sampler} per sequence).
    */
   readonly rowSamplers?: boolean;
+  /**
+   * True when a consumer that stops {@link Backend.decodeTokens} right after a yielded block
+   * leaves the state exactly after `tokens` and every picked id but the last (no work was in
+   * flight), so decoding resumes with the last pick; the server then lets new requests in at any
+   * block instead of at the end of a call.
+   */
+  readonly exactDecodeStop?: boolean;
 }
 
 /** Options of {@link Backend.decodeTokens}. */

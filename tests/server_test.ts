@@ -30,7 +30,13 @@ interface Running {
 
 async function start(
   backend: Name,
-  opts: { maxBatch?: number; maxQueue?: number; dir?: string; lm?: MambaLM } = {},
+  opts: {
+    maxBatch?: number;
+    maxQueue?: number;
+    maxTokensCap?: number;
+    dir?: string;
+    lm?: MambaLM;
+  } = {},
 ): Promise<Running> {
   const lm = opts.lm ?? await MambaLM.load(DEMO, { backend, wasm: { threads: 2 } });
   const dir = opts.dir ?? await Deno.makeTempDir({ prefix: "mamba_sessions_" });
@@ -38,7 +44,7 @@ async function start(
     modelName: NAME,
     maxBatch: opts.maxBatch ?? 16,
     maxQueue: opts.maxQueue,
-    maxTokensCap: 256,
+    maxTokensCap: opts.maxTokensCap ?? 256,
     blockSize: 8,
     sessionStore: new DirectorySessionStore(dir),
     maxBodyBytes: 4096,
@@ -330,14 +336,16 @@ Deno.test(
   "server: past the batch and the queue, 429; a client that leaves frees its row",
   opts,
   async () => {
-    const s = await start("wasm", { maxBatch: 1, maxQueue: 1 });
+    const s = await start("wasm", { maxBatch: 1, maxQueue: 1, maxTokensCap: 100_000 });
     try {
       const u = `${s.url}/v1/completions`;
       // One streams (and holds the only row), one waits, the third is refused.
       const ctl = new AbortController();
       const streaming = await fetch(u, {
         method: "POST",
-        body: JSON.stringify({ prompt: "The", max_tokens: 256, temperature: 0, stream: true }),
+        // Long enough to be running still when the others arrive (the demo model never
+        // ends "The" greedily).
+        body: JSON.stringify({ prompt: "The", max_tokens: 100_000, temperature: 0, stream: true }),
         signal: ctl.signal,
       });
       assert.equal(streaming.status, 200);
@@ -365,7 +373,14 @@ Deno.test(
       const metrics = await (await fetch(`${s.url}/metrics`)).text();
       assert.match(metrics, /^mamba_requests_total\{code="429"\} 1$/m);
       const generated = Number(metrics.match(/^mamba_generated_tokens_total (\d+)/m)![1]);
-      assert.ok(generated < 256, `the abandoned stream stopped early (${generated} tokens in all)`);
+      assert.ok(generated < 100_000, `the abandoned stream stopped early (${generated} tokens)`);
+      await new Promise((r) => setTimeout(r, 100));
+      const later = await (await fetch(`${s.url}/metrics`)).text();
+      assert.equal(
+        Number(later.match(/^mamba_generated_tokens_total (\d+)/m)![1]),
+        generated,
+        "nothing decodes once every client has left",
+      );
       assert.match(metrics, /^mamba_time_to_first_token_seconds_count [1-9]/m);
     } finally {
       await s.close();

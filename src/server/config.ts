@@ -24,6 +24,8 @@ export interface ServeConfig {
   hostname: string;
   /** Backend preference. */
   backend: BackendPreference;
+  /** Threads of the `wasm` backend (default: every core). */
+  threads?: number;
   /** Most sequences decoded together. */
   maxBatch: number;
   /** Most waiting requests. */
@@ -49,6 +51,7 @@ An OpenAI-compatible completions server (POST /v1/completions, GET /v1/models, /
   --port N               default 8000                                             [PORT]
   --hostname H           default 127.0.0.1                                        [MAMBA_HOSTNAME]
   --backend B            auto | webgpu | wasm | ref, or a list a,b (default auto) [MAMBA_BACKEND]
+  --threads N            threads of the wasm backend (default: every core)        [MAMBA_THREADS]
   --max-batch N          sequences decoded together (default 16)                  [MAMBA_MAX_BATCH]
   --max-queue N          requests waiting beyond those, then 429 (default 4×batch) [MAMBA_MAX_QUEUE]
   --max-tokens-cap N     largest max_tokens (default 4096)                        [MAMBA_MAX_TOKENS_CAP]
@@ -97,6 +100,9 @@ function build(get: (flag: string, env: string) => string | undefined): ServeCon
     port: int("port", get("port", "PORT"), 8000, 0),
     hostname: get("hostname", "MAMBA_HOSTNAME") ?? "127.0.0.1",
     backend: backend(get("backend", "MAMBA_BACKEND")),
+    threads: get("threads", "MAMBA_THREADS") === undefined
+      ? undefined
+      : int("threads", get("threads", "MAMBA_THREADS"), 1),
     maxBatch: int("max-batch", get("max-batch", "MAMBA_MAX_BATCH"), 16),
     maxQueue: get("max-queue", "MAMBA_MAX_QUEUE") === undefined
       ? undefined
@@ -121,6 +127,7 @@ export function configFromArgs(args: string[]): ServeConfig | "help" {
         port: { type: "string" },
         hostname: { type: "string" },
         backend: { type: "string" },
+        threads: { type: "string" },
         "max-batch": { type: "string" },
         "max-queue": { type: "string" },
         "max-tokens-cap": { type: "string" },
@@ -146,7 +153,10 @@ export function configFromEnv(): ServeConfig {
 export async function startServer(
   cfg: ServeConfig,
 ): Promise<{ lm: MambaLM; server: CompletionServer }> {
-  const lm = await MambaLM.load(cfg.model, { backend: cfg.backend });
+  const lm = await MambaLM.load(cfg.model, {
+    backend: cfg.backend,
+    wasm: cfg.threads ? { threads: cfg.threads } : undefined,
+  });
   const modelName = cfg.modelName ??
     (cfg.model.replace(/\/+$/, "").split("/").pop() || "mamba");
   const server = createServer(lm, {

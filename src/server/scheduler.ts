@@ -116,7 +116,19 @@ interface Group {
   state: InferenceState | null;
 }
 
-const tick = () => new Promise<void>((r) => setTimeout(r, 0));
+/**
+ * Lets the event loop run (network I/O, timers) and comes back at once: a message to oneself
+ * is a task like `setTimeout(0)`, without the timer's clamping (a few ms once timers nest).
+ */
+const tick = () =>
+  new Promise<void>((resolve) => {
+    const { port1, port2 } = new MessageChannel();
+    port1.onmessage = () => {
+      port1.close();
+      resolve();
+    };
+    port2.postMessage(null);
+  });
 
 /** Runs {@link Job}s with continuous batching on one model. */
 export class Scheduler {
@@ -431,6 +443,9 @@ export class Scheduler {
       }
       // Every row done: the rest of the call is wasted work (the state is dropped).
       if (rows.every((r) => r.finished)) break;
+      // Where stopping is exact, let waiting requests in now rather than after the call.
+      const waiting = this.#queue.length > 0 && this.active < this.#opt.maxBatch;
+      if (be.exactDecodeStop && waiting) break;
     }
   }
 

@@ -422,6 +422,9 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
   /** {@link decodeTokens} picks with {@link DecodeOptions.samplers} when given. */
   readonly rowSamplers = true;
 
+  /** Each block of {@link decodeTokens} is one finished program: stopping after one is exact. */
+  readonly exactDecodeStop = true;
+
   /**
    * Fused decoding (see {@link Backend.decodeTokens}): each block of tokens is one program in
    * which the ranks feed a token, pick the next and feed it again without returning to the
