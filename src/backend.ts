@@ -97,8 +97,9 @@ export interface Backend<A = unknown, S = unknown> {
    */
   copyStateRows?(src: S, srcRow: number, dst: S, dstRow: number, count: number): void;
   /**
-   * True when {@link Backend.decodeTokens} honours {@link DecodeOptions.samplers} (it picks on
-   * the host with one {@link Sampler} per sequence).
+   * True when {@link Backend.decodeTokens} honours {@link DecodeOptions.samplers}: each
+   * sequence picks with its own {@link Sampler} (on the host, or on the device continuing the
+   * sampler's random stream, which is advanced past the draws made there).
    */
   readonly rowSamplers?: boolean;
   /**

@@ -8,7 +8,8 @@
  */
 import assert from "node:assert/strict";
 import OpenAI from "openai";
-import { MambaLM } from "../mod.ts";
+import { MambaLM, Sampler, type SamplingOptions, validateSamplingOptions } from "../mod.ts";
+import { bindState } from "../src/state.ts";
 import { type CompletionServer, createServer } from "../src/server/server.ts";
 import { DirectorySessionStore } from "../src/server/sessions.ts";
 import { gatherRows } from "../src/server/rows.ts";
@@ -176,27 +177,29 @@ for (const backend of ["wasm", "ref", "webgpu"] as const) {
   );
 }
 
-Deno.test(
-  "server: a seeded sampled completion does not depend on what else runs",
-  opts,
-  async () => {
-    const s = await start("wasm");
-    try {
-      const req = { prompt: PROMPTS[1], max_tokens: 30, temperature: 0.9, top_p: 0.95, seed: 7 };
-      const alone = (await complete(s.url, req)).choices[0].text;
-      const again = await Promise.all([
-        complete(s.url, req),
-        complete(s.url, { ...req, seed: 8 }),
-        complete(s.url, { prompt: PROMPTS[2], max_tokens: 20, temperature: 1.2, seed: 1 }),
-        complete(s.url, { prompt: PROMPTS[3], max_tokens: 10, temperature: 0 }),
-      ]);
-      assert.equal(again[0].choices[0].text, alone);
-      assert.notEqual(again[1].choices[0].text, alone);
-    } finally {
-      await s.close();
-    }
-  },
-);
+for (const backend of ["wasm", "ref", "webgpu"] as const) {
+  Deno.test(
+    `server (${backend}): a seeded sampled completion does not depend on what else runs`,
+    { ...opts, ignore: skip(backend) },
+    async () => {
+      const s = await start(backend);
+      try {
+        const req = { prompt: PROMPTS[1], max_tokens: 30, temperature: 0.9, top_p: 0.95, seed: 7 };
+        const alone = (await complete(s.url, req)).choices[0].text;
+        const again = await Promise.all([
+          complete(s.url, req),
+          complete(s.url, { ...req, seed: 8 }),
+          complete(s.url, { prompt: PROMPTS[2], max_tokens: 20, temperature: 1.2, seed: 1 }),
+          complete(s.url, { prompt: PROMPTS[3], max_tokens: 10, temperature: 0 }),
+        ]);
+        assert.equal(again[0].choices[0].text, alone);
+        assert.notEqual(again[1].choices[0].text, alone);
+      } finally {
+        await s.close();
+      }
+    },
+  );
+}
 
 for (const backend of ["wasm", "ref", "webgpu"] as const) {
   Deno.test(
@@ -432,3 +435,69 @@ for (const backend of ["wasm", "ref", "webgpu"] as const) {
     }
   });
 }
+
+Deno.test(
+  "webgpu: fused decoding with per-row samplers equals host stepping, across calls",
+  { ...opts, ignore: skip("webgpu") },
+  async () => {
+    const gpu = await MambaLM.load(DEMO, { backend: "webgpu" });
+    const cpu = await MambaLM.load(DEMO, { backend: "ref" });
+    try {
+      const rowsOpts: SamplingOptions[] = [
+        { temperature: 0.8, topK: 30, topP: 0.9, seed: 7, repetitionPenalty: 1.2 },
+        { temperature: 1.1, seed: 3 },
+        { topK: 1 },
+        { temperature: 0.7, minP: 0.05, seed: 11 },
+      ];
+      const prompts = ["The whale", "Call me I", "It was it", "She sells"].map((p) => [
+        ...new TextEncoder().encode(p),
+      ]);
+      const V = cpu.config.paddedVocabSize;
+      const vocabSize = cpu.config.vocabSize;
+      // Host: step every row, each picked by its own sampler.
+      const host = async () => {
+        const samplers = rowsOpts.map((o) => new Sampler({ ...o, vocabSize }));
+        const state = cpu.createState(4);
+        const history = prompts.map((p) => p.slice());
+        let logits = await cpu.prefill(state, prompts);
+        const got: number[][] = [[], [], [], []];
+        for (let i = 0; i < 24; i++) {
+          const picks = samplers.map((s, b) =>
+            s.sample(logits.subarray(b * V, (b + 1) * V), history[b])
+          );
+          picks.forEach((t, b) => (got[b].push(t), history[b].push(t)));
+          logits = await cpu.step(state, picks);
+        }
+        return got;
+      };
+      // Device: the first pick on the host, then two fused calls of 12 and 11 tokens.
+      const device = async () => {
+        const be = gpu.backend;
+        assert.ok(be.rowSamplers && be.decodeTokens);
+        const samplers = rowsOpts.map((o) => new Sampler({ ...o, vocabSize }));
+        const state = gpu.createState(4);
+        const history = prompts.map((p) => p.slice());
+        const logits = await gpu.prefill(state, prompts);
+        const got = samplers.map((s, b) => [
+          s.sample(logits.subarray(b * V, (b + 1) * V), history[b]),
+        ]);
+        const handle = await bindState(state, be);
+        for (const n of [12, 11]) {
+          const tokens = Int32Array.from(got, (r) => r.at(-1)!);
+          const it = be.decodeTokens!(handle, tokens, n, {
+            sampling: validateSamplingOptions({ topK: 1, vocabSize }),
+            samplers,
+            history: got.map((r, b) => [...prompts[b], ...r.slice(0, -1)]),
+            blockSize: 8,
+          });
+          for await (const block of it) block.forEach((r, b) => got[b].push(...r));
+        }
+        return got;
+      };
+      assert.deepEqual(await device(), await host());
+    } finally {
+      gpu.dispose();
+      cpu.dispose();
+    }
+  },
+);

@@ -6,16 +6,22 @@
  *
  * Two groups of rows, each with its own batch state:
  *
- * - **fused**: decoded with the backend's {@link Backend.decodeTokens}, a block of
- *   `blockSize` tokens per call (the device feeds each picked token back itself). Backends with
- *   {@link Backend.rowSamplers} (`wasm`) pick every row with the row's own {@link Sampler}, so
- *   all requests go here. Backends whose fused decoding takes one sampling setup for the batch
- *   (`webgpu`) get the greedy rows without repetition penalty, which all share one setup.
- * - **stepped**: the rest (every row on `ref`; sampled rows on `webgpu`), one step per block,
- *   with the logits read back and each row picked by its own sampler.
+ * - **fused**: decoded with the backend's {@link Backend.decodeTokens}, up to `blockSize`
+ *   tokens per call (the device feeds each picked token back itself). On backends with
+ *   {@link Backend.rowSamplers} (`wasm`, `webgpu`) every row picks with its own
+ *   {@link Sampler} (`webgpu` runs each row's options and random stream on the GPU), so all
+ *   requests go here; a backend whose fused decoding takes one sampling setup per batch would
+ *   get only the greedy rows without repetition penalty, which all share one setup.
+ * - **stepped**: the rest (every row on `ref`), one step per block, with the logits read back
+ *   and each row picked by its own sampler.
  *
  * So each request keeps its own sampling parameters and random stream (a seed gives the same
  * tokens whatever else runs), and a greedy row's tokens are those of `lm.complete(…, {topK: 1})`.
+ *
+ * New requests join between calls; on backends with {@link Backend.exactDecodeStop} (`wasm`) a
+ * call also ends early, after any of its blocks, when requests wait and rows are free. On
+ * `webgpu` a call keeps its blocks in flight to the end, so `blockSize` bounds how long a new
+ * request waits there.
  *
  * Sessions need the state a request ended in: prompt and every generated token fed, except a
  * final end-of-text token. A fused block may run past a row's end, so rows that keep their

@@ -869,6 +869,12 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     return this.decodePlan(state.batch).run(state, tokens, n, options);
   }
 
+  /**
+   * {@link decodeTokens} picks with {@link DecodeOptions.samplers} when given: every row with
+   * its own options and random stream, on the GPU.
+   */
+  readonly rowSamplers = true;
+
   /** The fused-decoding buffers for `batch` sequences (made once per batch size). */
   decodePlan(batch: number): DecodePlan {
     let plan = this.#plans.get(batch);

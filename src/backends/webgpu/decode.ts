@@ -11,13 +11,15 @@
 import type { DecodeOptions } from "../../backend.ts";
 import type { MambaConfig } from "../../config.ts";
 import { BackendError } from "../../errors.ts";
-import type { ResolvedSamplingOptions } from "../../sampling.ts";
+import type { ResolvedSamplingOptions, Sampler } from "../../sampling.ts";
 import type { GpuState, WebGpuBackend } from "./backend.ts";
 import type { Buf, Command } from "./recorder.ts";
 
 const F32 = 4;
 const ARGMAX_CHUNKS = 64;
 const SAMPLE_SIG = "uuuuuuuufffffu";
+/** u32 words per row of the per-row sampling buffer (`ROW_WORDS` in sample.wgsl). */
+const ROW_WORDS = 12;
 
 /** Seeds xoshiro128** exactly as `new Xoshiro128(seed)` of src/rng.ts does. */
 export function xoshiroSeedState(seed: number): Uint32Array {
@@ -35,6 +37,13 @@ export function xoshiroSeedState(seed: number): Uint32Array {
   const s = Uint32Array.from([next(), next(), next(), next()]);
   if ((s[0] | s[1] | s[2] | s[3]) === 0) s[0] = 1;
   return s;
+}
+
+/** A run whose rows each pick with their own sampler (options and stream in `#rowRng`). */
+interface RowsSampling {
+  readonly rows: true;
+  /** Whether some row has a repetition penalty (the `seen` bitmap is kept). */
+  readonly penalty: boolean;
 }
 
 /** The buffers of fused decoding for one batch size, allocated once and reused. */
@@ -56,6 +65,8 @@ export class DecodePlan {
   readonly logits: Buf;
   readonly #partial: Buf;
   readonly #rng: Buf;
+  /** Per row: a xoshiro128** state and the sampling options (see sample.wgsl, ROWS). */
+  readonly #rowRng: Buf;
   readonly #uni: Buf;
   readonly #seen: Buf;
   readonly #work: Buf;
@@ -103,6 +114,7 @@ export class DecodePlan {
     this.logits = buf(B * V * F32, "decode.logits");
     this.#partial = buf(B * ARGMAX_CHUNKS * 8, "decode.partial");
     this.#rng = buf(16, "decode.rng");
+    this.#rowRng = buf(B * ROW_WORDS * 4, "decode.rowRng");
     this.#uni = buf(B * F32, "decode.uniform");
     this.#words = Math.ceil(V / 32);
     this.#seen = buf(B * this.#words * 4, "decode.seen");
@@ -113,17 +125,18 @@ export class DecodePlan {
    * Records one step for every sequence: tok → model → logits → next tok (slot `slot`), by
    * replaying the step captured for this state and sampling setup.
    */
-  encodeStep(state: GpuState, slot: number, s: ResolvedSamplingOptions, vocab: number): void {
+  encodeStep(
+    state: GpuState,
+    slot: number,
+    s: ResolvedSamplingOptions | RowsSampling,
+    vocab: number,
+  ): void {
     const rec = this.#be.rec;
-    const key = JSON.stringify([
-      s.greedy,
-      s.temperature,
-      s.topK,
-      s.topP,
-      s.minP,
-      s.repetitionPenalty,
-      vocab,
-    ]);
+    const key = JSON.stringify(
+      "rows" in s
+        ? ["rows", s.penalty, vocab]
+        : [s.greedy, s.temperature, s.topK, s.topP, s.minP, s.repetitionPenalty, vocab],
+    );
     let byKey = this.#captured.get(state);
     if (!byKey) this.#captured.set(state, byKey = new Map());
     let step = byKey.get(key);
@@ -330,10 +343,29 @@ export class DecodePlan {
     be.matvec(w.outProj, out);
   }
 
-  #sample(slot: number, s: ResolvedSamplingOptions, vocab: number): void {
+  #sample(slot: number, s: ResolvedSamplingOptions | RowsSampling, vocab: number): void {
     const be = this.#be;
     const B = this.batch;
     const V = this.#cfg.paddedVocabSize;
+    if ("rows" in s) {
+      // Every row's options and stream are in #rowRng; the uniform block only shapes the work.
+      const params = [V, vocab, B, slot, 0, ARGMAX_CHUNKS, 0, 0, 1, 1, 1, 0, 1, this.#words];
+      be.rec.dispatch(
+        be.pipeline("sample", "rng_draw", { ROWS: true }),
+        SAMPLE_SIG,
+        params,
+        [null, null, null, null, this.#rowRng, this.#uni],
+        1,
+      );
+      be.rec.dispatch(
+        be.pipeline("sample", "sample_rows", { ROWS: true }),
+        SAMPLE_SIG,
+        params,
+        [this.logits, this.tok, this.#out!, null, this.#rowRng, this.#uni, this.#seen, this.#work],
+        B,
+      );
+      return;
+    }
     const penalty = s.repetitionPenalty !== 1;
     const chunk = Math.ceil(vocab / ARGMAX_CHUNKS);
     const flags = (s.greedy ? 1 : 0) | (penalty ? 2 : 0) | (s.topP < 1 ? 4 : 0) |
@@ -429,16 +461,29 @@ export class DecodePlan {
     options: DecodeOptions,
   ): AsyncGenerator<number[][]> {
     if (this.#busy) throw new BackendError("decodeTokens: this batch size is already decoding");
+    const B = this.batch;
+    const samplers = options.samplers;
+    if (samplers && samplers.length !== B) {
+      throw new BackendError(`decodeTokens: ${samplers.length} samplers for ${B} sequences`);
+    }
     this.#busy = true;
     const be = this.#be;
-    const B = this.batch;
-    const s = options.sampling;
-    const vocab = Math.min(s.vocabSize ?? this.#cfg.paddedVocabSize, this.#cfg.paddedVocabSize);
+    const vocab = Math.min(
+      options.sampling.vocabSize ?? this.#cfg.paddedVocabSize,
+      this.#cfg.paddedVocabSize,
+    );
+    // Per-row samplers, unless they all reduce to plain argmax (the fast greedy kernels).
+    const perRow =
+      samplers && samplers.some((r) => !r.options.greedy || r.options.repetitionPenalty !== 1)
+        ? this.#writeRows(samplers)
+        : null;
+    const s: ResolvedSamplingOptions | RowsSampling = perRow ??
+      (samplers ? { ...options.sampling, greedy: true, repetitionPenalty: 1 } : options.sampling);
     const maxBlock = Math.max(1, Math.min(options.blockSize ?? 64, 1024));
     this.#ensureBlock(maxBlock);
     be.rec.write(this.tok, 0, Uint32Array.from(tokens));
-    if (!s.greedy) be.rec.write(this.#rng, 0, xoshiroSeedState(s.seed));
-    if (s.repetitionPenalty !== 1) {
+    if (!("rows" in s) && !s.greedy) be.rec.write(this.#rng, 0, xoshiroSeedState(s.seed));
+    if ("rows" in s ? s.penalty : s.repetitionPenalty !== 1) {
       const h = Array.from({ length: B }, (_, b) => [...(options.history?.[b] ?? []), tokens[b]]);
       this.#writeSeen(h, vocab);
     }
@@ -487,8 +532,34 @@ export class DecodePlan {
         await f.done.catch(() => {});
         if (!be.rec.lostReason) f.staging.unmap();
       }
+      // Each step drew one uniform per row from the row's stream on the device: the samplers
+      // continue after those draws.
+      if (perRow) {
+        for (const r of samplers!) for (let i = 0; i < submitted; i++) r.rng.nextFloat();
+      }
       this.#busy = false;
     }
+  }
+
+  /** Writes each row's stream and options for a per-row run (sample.wgsl, ROWS). */
+  #writeRows(samplers: readonly Sampler[]): RowsSampling {
+    const words = new Uint32Array(this.batch * ROW_WORDS);
+    const f = new Float32Array(words.buffer);
+    samplers.forEach((r, b) => {
+      const o = r.options;
+      const at = b * ROW_WORDS;
+      words.set(r.rng.state(), at);
+      words[at + 4] = (o.greedy ? 1 : 0) | (o.repetitionPenalty !== 1 ? 2 : 0) |
+        (o.topP < 1 ? 4 : 0) | (o.minP > 0 ? 8 : 0);
+      words[at + 5] = o.topK;
+      f[at + 6] = o.temperature > 0 ? 1 / o.temperature : 1;
+      f[at + 7] = o.temperature;
+      f[at + 8] = o.topP;
+      f[at + 9] = o.minP > 0 ? Math.log(o.minP) : 0;
+      f[at + 10] = o.repetitionPenalty;
+    });
+    this.#be.rec.write(this.#rowRng, 0, words);
+    return { rows: true, penalty: samplers.some((r) => r.options.repetitionPenalty !== 1) };
   }
 
   /**
