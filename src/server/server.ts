@@ -12,7 +12,7 @@
  * special tokens, which only a fresh state gets) and fed after them. A final end-of-text token
  * is not fed; on a stop string, the tokens up to the one that completed it are (the state
  * holds the stop string, the text returned does not). An aborted request leaves its session as
- * it was.
+ * it was. The repetition penalty looks at the request's own prompt and completion only.
  *
  * @module
  */
