@@ -146,7 +146,7 @@ for (const backend of ["wasm", "ref", "webgpu"] as const) {
     `server (${backend}): greedy completions equal lm.complete, alone and 8 at once`,
     { ...opts, ignore: skip(backend) },
     async () => {
-      const s = await start(backend, { maxBatch: 8 });
+      const s = await start(backend, { maxBatch: 8, maxTokensCap: 20_000 });
       try {
         const n = backend === "ref" ? 30 : 40;
         const lens = PROMPTS.map((_, i) => n - 3 * i); // rows leave at different times
@@ -170,6 +170,23 @@ for (const backend of ["wasm", "ref", "webgpu"] as const) {
         const blocks = Number(metrics.match(/^mamba_decode_blocks_total (\d+)/m)![1]);
         const rowsMean = Number(metrics.match(/^mamba_batch_occupancy ([\d.e-]+)/m)![1]) * 8;
         assert.ok(blocks > 0 && rowsMean > 1, `requests shared blocks: mean ${rowsMean} rows`);
+        // A request that arrives after another left takes its slot in place (a long one runs
+        // meanwhile, then leaves: its client goes away).
+        const ctl = new AbortController();
+        const long = fetch(`${s.url}/v1/completions`, {
+          method: "POST",
+          body: JSON.stringify({ prompt: PROMPTS[0], max_tokens: 20_000, temperature: 0 }),
+          signal: ctl.signal,
+        }).catch(() => null);
+        for (const i of [1, 2, 3]) {
+          const got = await complete(s.url, { prompt: PROMPTS[i], max_tokens: 4, temperature: 0 });
+          assert.equal(got.choices[0].text, want[i].slice(0, 4));
+        }
+        ctl.abort();
+        await long;
+        const after = await (await fetch(`${s.url}/metrics`)).text();
+        const inPlace = Number(after.match(/^mamba_batch_joins_in_place_total (\d+)/m)![1]);
+        assert.ok(inPlace > 0, "joined in a free slot");
       } finally {
         await s.close();
       }

@@ -50,6 +50,10 @@ export class Metrics {
   blocks = 0;
   /** Sum over decode blocks of the rows decoded. */
   blockRows = 0;
+  /** Requests that joined a batch in a free slot (one row copied). */
+  joinsInPlace = 0;
+  /** Batches packed anew (every row copied: to grow past the free slots, or to shrink). */
+  repacks = 0;
   /** Seconds from a request's arrival to its first token. */
   readonly ttft = new Histogram(LATENCY);
   /** Seconds between consecutive tokens of a sequence. */
@@ -88,6 +92,10 @@ export class Metrics {
     l.push(`mamba_batch_occupancy ${occ}`);
     head("mamba_decode_blocks_total", "counter", "Decode blocks run.");
     l.push(`mamba_decode_blocks_total ${this.blocks}`);
+    head("mamba_batch_joins_in_place_total", "counter", "Requests that joined in a free slot.");
+    l.push(`mamba_batch_joins_in_place_total ${this.joinsInPlace}`);
+    head("mamba_batch_repacks_total", "counter", "Batches packed anew (to grow or shrink).");
+    l.push(`mamba_batch_repacks_total ${this.repacks}`);
     head("mamba_queue_length", "gauge", "Requests waiting for a batch slot.");
     l.push(`mamba_queue_length ${gauges.queued}`);
     head("mamba_sessions_in_memory", "gauge", "Sessions held in memory.");

@@ -52,6 +52,28 @@ export async function gatherRows(lm: MambaLM, parts: readonly RowRef[]): Promise
   return new InferenceState(out.layout, host);
 }
 
+/**
+ * A function that copies one row into a row of another state in place, on backends with
+ * {@link Backend.copyStateRows}; undefined elsewhere.
+ */
+export function putRow(
+  lm: MambaLM,
+): ((from: RowRef, to: RowRef) => Promise<void>) | undefined {
+  const be = lm.backend;
+  if (!be.copyStateRows) return undefined;
+  return async (from, to) => {
+    for (const r of [from, to]) {
+      if (!Number.isInteger(r.row) || r.row < 0 || r.row >= r.state.batch) {
+        throw new RangeError(`row ${r.row} of a state of ${r.state.batch} sequences`);
+      }
+    }
+    const src = await bindState(from.state, be);
+    const dst = await bindState(to.state, be);
+    be.copyStateRows!(src, from.row, dst, to.row, 1);
+    markComputed(to.state);
+  };
+}
+
 function copyRows(
   from: Float32Array,
   to: Float32Array,

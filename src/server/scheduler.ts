@@ -34,10 +34,10 @@
 import type { Backend } from "../backend.ts";
 import { TextSink } from "../generate.ts";
 import type { MambaLM } from "../model.ts";
-import { type Sampler, validateSamplingOptions } from "../sampling.ts";
+import { Sampler, validateSamplingOptions } from "../sampling.ts";
 import { bindState, type InferenceState, markComputed } from "../state.ts";
 import type { Metrics } from "./metrics.ts";
-import { gatherRows, type RowRef } from "./rows.ts";
+import { gatherRows, putRow, type RowRef } from "./rows.ts";
 
 /** Why a request stopped (OpenAI's `finish_reason`, plus `abort` for a client that left). */
 export type FinishReason = "stop" | "length" | "abort";
@@ -117,32 +117,34 @@ interface Row {
 
 interface Group {
   readonly fused: boolean;
-  rows: Row[];
+  /**
+   * One entry per sequence of `state`: its request, or null for a free slot (a request left;
+   * the slot is still decoded, with a dummy token, until a new request takes it or the batch
+   * is packed smaller).
+   */
+  slots: (Row | null)[];
   joining: Row[];
   state: InferenceState | null;
 }
 
+/** The requests decoding in a group. */
+const live = (g: Group): Row[] => g.slots.filter((r): r is Row => r !== null && !r.finished);
+
 /**
- * Lets the event loop run (network I/O, timers) and comes back at once: a message to oneself
- * is a task like `setTimeout(0)`, without the timer's clamping (a few ms once timers nest).
+ * Lets the event loop run (network I/O, timers) before the next block. A timer, because a
+ * message to oneself (MessageChannel) comes back before pending network I/O is served.
  */
-const tick = () =>
-  new Promise<void>((resolve) => {
-    const { port1, port2 } = new MessageChannel();
-    port1.onmessage = () => {
-      port1.close();
-      resolve();
-    };
-    port2.postMessage(null);
-  });
+const tick = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
 
 /** Runs {@link Job}s with continuous batching on one model. */
 export class Scheduler {
   readonly #lm: MambaLM;
   readonly #opt: SchedulerOptions;
   readonly #queue: Row[] = [];
-  readonly #fused: Group = { fused: true, rows: [], joining: [], state: null };
-  readonly #stepped: Group = { fused: false, rows: [], joining: [], state: null };
+  readonly #fused: Group = { fused: true, slots: [], joining: [], state: null };
+  readonly #stepped: Group = { fused: false, slots: [], joining: [], state: null };
+  /** Picks for free slots (their tokens are thrown away). */
+  readonly #idle: Sampler;
   #running = false;
   #closed = false;
 
@@ -150,12 +152,13 @@ export class Scheduler {
   constructor(lm: MambaLM, options: SchedulerOptions) {
     this.#lm = lm;
     this.#opt = options;
+    this.#idle = new Sampler({ topK: 1, vocabSize: lm.config.vocabSize });
   }
 
   /** Rows decoding or about to join. */
   get active(): number {
     const g = [this.#fused, this.#stepped];
-    return g.reduce((n, x) => n + x.rows.filter((r) => !r.finished).length + x.joining.length, 0);
+    return g.reduce((n, x) => n + live(x).length + x.joining.length, 0);
   }
 
   /** Requests waiting for a row. */
@@ -293,7 +296,7 @@ export class Scheduler {
       for (;;) {
         await this.#admit();
         const groups = [this.#fused, this.#stepped].filter((g) =>
-          g.joining.length || g.rows.length
+          g.joining.length || g.slots.length
         );
         if (!groups.length && !this.#queue.length) break;
         for (const g of groups) await this.#block(g);
@@ -304,9 +307,8 @@ export class Scheduler {
       // Not expected (each step catches its own failures): fail everything rather than hang.
       const all = [...this.#queue.splice(0)];
       for (const g of [this.#fused, this.#stepped]) {
-        all.push(...g.rows, ...g.joining);
-        g.state?.release();
-        Object.assign(g, { rows: [], joining: [], state: null });
+        all.push(...live(g), ...g.joining);
+        this.#drop(g);
       }
       this.#fail(all, e);
     } finally {
@@ -353,20 +355,57 @@ export class Scheduler {
     return be.rowSamplers === true || (s.options.greedy && s.options.repetitionPenalty === 1);
   }
 
-  /** Rebuilds the group's batch state when rows left or joined. */
-  async #rebuild(g: Group): Promise<void> {
-    const keep = g.rows.map((r, i) => ({ r, i })).filter(({ r }) => !r.finished);
-    if (!g.joining.length && keep.length === g.rows.length) return;
-    const parts: RowRef[] = keep.map(({ i }) => ({ state: g.state!, row: i }));
-    for (const r of g.joining) parts.push({ state: r.start!, row: 0 });
-    const next = parts.length ? await gatherRows(this.#lm, parts) : null;
+  /** Frees a group's batch. */
+  #drop(g: Group): void {
     g.state?.release();
+    for (const r of g.joining) r.start?.release();
+    Object.assign(g, { slots: [], joining: [], state: null });
+  }
+
+  /**
+   * Brings the joining rows into the group's batch: into free slots in place (one row copied
+   * each) when there are enough; otherwise, or when fewer than half the slots are in use, packs
+   * the live rows and the joiners into a new state of just their number.
+   */
+  async #rebuild(g: Group): Promise<void> {
+    g.slots = g.slots.map((r) => (r && !r.finished ? r : null));
+    const rows = live(g);
+    const joining = g.joining;
+    const need = rows.length + joining.length;
+    if (need === 0) return this.#drop(g);
+    const size = g.slots.length;
+    const free = size - rows.length;
+    if (!joining.length && 2 * need >= size) return;
+    if (g.state && joining.length <= free && 2 * need >= size) {
+      const put = putRow(this.#lm);
+      if (put) {
+        for (const r of joining) {
+          const slot = g.slots.indexOf(null);
+          await put({ state: r.start!, row: 0 }, { state: g.state, row: slot });
+          g.slots[slot] = r;
+        }
+        if (this.#opt.metrics) this.#opt.metrics.joinsInPlace += joining.length;
+        this.#joined(g);
+        return;
+      }
+    }
+    const parts: RowRef[] = [];
+    g.slots.forEach((r, i) => r && parts.push({ state: g.state!, row: i }));
+    for (const r of joining) parts.push({ state: r.start!, row: 0 });
+    const next = await gatherRows(this.#lm, parts);
+    if (this.#opt.metrics) this.#opt.metrics.repacks++;
+    g.state?.release();
+    g.state = next;
+    g.slots = [...rows, ...joining];
+    this.#joined(g);
+  }
+
+  /** The joiners are in the batch: their own states go. */
+  #joined(g: Group): void {
     for (const r of g.joining) {
       r.start!.release();
       r.start = undefined;
     }
-    g.state = next;
-    g.rows = [...keep.map(({ r }) => r), ...g.joining];
     g.joining = [];
   }
 
@@ -374,16 +413,16 @@ export class Scheduler {
     try {
       await this.#rebuild(g);
     } catch (e) {
-      this.#fail([...g.rows, ...g.joining], e);
-      g.state?.release();
-      Object.assign(g, { rows: [], joining: [], state: null });
+      this.#fail([...live(g), ...g.joining], e);
+      this.#drop(g);
       return;
     }
-    if (!g.rows.length) return;
+    const rows = live(g);
+    if (!rows.length) return;
     const m = this.#opt.metrics;
     if (m) {
       m.blocks++;
-      m.blockRows += g.rows.length;
+      m.blockRows += rows.length;
     }
     const done: Row[] = [];
     const snapshot: { state: InferenceState | null } = { state: null };
@@ -392,18 +431,17 @@ export class Scheduler {
       else await this.#steppedBlock(g, done);
       for (const r of done) await this.#finalize(r);
     } catch (e) {
-      this.#fail(g.rows, e);
+      this.#fail(rows, e);
     } finally {
       snapshot.state?.release();
     }
-    if (g.rows.every((r) => r.finished)) {
-      g.state?.release();
-      g.state = null;
-      g.rows = [];
-    }
+    if (!live(g).length && !g.joining.length) this.#drop(g);
   }
 
-  /** One fused decode call of `blockSize` tokens (`snapshot` gets the copy to free after). */
+  /**
+   * One fused decode call of up to `blockSize` tokens. Rows that keep their state are copied
+   * first (`snapshot` gets the copy, to free after): a call may run past a row's end.
+   */
   async #fusedBlock(
     g: Group,
     done: Row[],
@@ -411,25 +449,34 @@ export class Scheduler {
   ): Promise<void> {
     const lm = this.#lm;
     const be: Backend = lm.backend;
-    const rows = g.rows;
+    const slots = g.slots;
     const state = g.state!;
-    const snap = rows.some((r) => r.job.keepState && !r.finished) ? state.clone() : null;
-    snapshot.state = snap;
-    rows.forEach((r, i) => {
+    const keep: RowRef[] = [];
+    slots.forEach((r, i) => {
+      if (!r || r.finished) return;
       r.unfed = [r.pending];
-      if (snap) r.base = { state: snap, row: i };
+      if (r.job.keepState) keep.push({ state, row: i });
     });
-    const penalty = rows.some((r) => r.job.sampler.options.repetitionPenalty !== 1);
+    if (keep.length) {
+      const snap = await gatherRows(lm, keep);
+      snapshot.state = snap;
+      let j = 0;
+      for (const r of slots) {
+        if (r && !r.finished && r.job.keepState) r.base = { state: snap, row: j++ };
+      }
+    }
+    const penalty = slots.some((r) => r && r.job.sampler.options.repetitionPenalty !== 1);
+    const pad = lm.tokenizer?.eosTokenId ?? 0;
     const handle = await bindState(state, be);
     markComputed(state);
     const blocks = be.decodeTokens!(
       handle,
-      Int32Array.from(rows, (r) => r.pending),
+      Int32Array.from(slots, (r) => (r && !r.finished ? r.pending : pad)),
       this.#opt.blockSize,
       {
         sampling: validateSamplingOptions({ topK: 1, vocabSize: lm.config.vocabSize }),
-        samplers: be.rowSamplers ? rows.map((r) => r.job.sampler) : undefined,
-        history: penalty ? rows.map((r) => r.history.slice(0, -1)) : undefined,
+        samplers: be.rowSamplers ? slots.map((r) => r?.job.sampler ?? this.#idle) : undefined,
+        history: penalty ? slots.map((r) => r?.history.slice(0, -1) ?? []) : undefined,
         blockSize: this.#opt.blockSize,
       },
     );
@@ -437,34 +484,39 @@ export class Scheduler {
       const len = block[0].length;
       const now = performance.now();
       for (let t = 0; t < len; t++) {
-        rows.forEach((r, b) => {
-          if (r.finished) return;
+        slots.forEach((r, b) => {
+          if (!r || r.finished) return;
           if (this.#accept(r, block[b][t])) done.push(r);
         });
       }
-      for (const r of rows) {
-        if (r.finished) continue;
+      for (const r of slots) {
+        if (!r || r.finished) continue;
         this.#opt.metrics?.interToken.observe((now - r.lastAt) / 1000 / len, len);
         r.lastAt = now;
       }
       // Every row done: the rest of the call is wasted work (the state is dropped).
-      if (rows.every((r) => r.finished)) break;
-      // Where stopping is exact, let waiting requests in now rather than after the call.
-      const waiting = this.#queue.length > 0 && this.active < this.#opt.maxBatch;
-      if (be.exactDecodeStop && waiting) break;
+      if (slots.every((r) => !r || r.finished)) break;
+      if (be.exactDecodeStop) {
+        // Such a backend computes on this thread between blocks: let the HTTP side take its
+        // turn (new requests, streamed chunks, disconnects), and let waiting requests in now
+        // rather than after the call.
+        await tick();
+        if (this.#queue.length > 0 && this.active < this.#opt.maxBatch) break;
+      }
     }
   }
 
   /** One step of every row, picked on the host. */
   async #steppedBlock(g: Group, done: Row[]): Promise<void> {
     const lm = this.#lm;
-    const rows = g.rows;
+    const slots = g.slots;
     const state = g.state!;
-    const logits = await lm.step(state, rows.map((r) => r.pending));
+    const pad = lm.tokenizer?.eosTokenId ?? 0;
+    const logits = await lm.step(state, slots.map((r) => (r && !r.finished ? r.pending : pad)));
     const V = lm.config.paddedVocabSize;
     const now = performance.now();
-    rows.forEach((r, b) => {
-      if (r.finished) return;
+    slots.forEach((r, b) => {
+      if (!r || r.finished) return;
       r.base = { state, row: b };
       r.unfed = [];
       const id = r.job.sampler.sample(logits.subarray(b * V, (b + 1) * V), r.history);
