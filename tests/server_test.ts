@@ -8,7 +8,14 @@
  */
 import assert from "node:assert/strict";
 import OpenAI from "openai";
-import { MambaLM, Sampler, type SamplingOptions, validateSamplingOptions } from "../mod.ts";
+import {
+  MambaLM,
+  parseConfig,
+  Sampler,
+  type SamplingOptions,
+  validateSamplingOptions,
+} from "../mod.ts";
+import { randomWeights } from "../testing.ts";
 import { bindState } from "../src/state.ts";
 import { type CompletionServer, createServer } from "../src/server/server.ts";
 import { DirectorySessionStore } from "../src/server/sessions.ts";
@@ -282,6 +289,22 @@ for (const backend of ["wasm", "ref", "webgpu"] as const) {
             object: "session",
             deleted: true,
           });
+          // A session file of another model's state is refused, not run.
+          const cfg = parseConfig({
+            d_model: 16,
+            n_layer: 1,
+            vocab_size: 257,
+            ssm_cfg: { layer: "Mamba2", headdim: 8 },
+          });
+          const other = await MambaLM.fromWeights(cfg, randomWeights(cfg));
+          await Deno.writeFile(`${s.dir}/foreign.state`, await other.createState(1).toBytes());
+          other.dispose();
+          const foreign = await post(`${s2.url}/v1/completions`, {
+            prompt: "x",
+            session: "foreign",
+          });
+          assert.equal(foreign.status, 409);
+          assert.equal(foreign.json.error.code, "session_incompatible");
           const gone = await post(`${s2.url}/v1/completions`, {
             prompt: "x",
             session: "saved-copy",

@@ -19,6 +19,7 @@
 
 import type { MambaLM } from "../model.ts";
 import { Sampler } from "../sampling.ts";
+import { stateLayout } from "../state.ts";
 import { HttpError } from "./errors.ts";
 import { Metrics } from "./metrics.ts";
 import { parseCompletionRequest, parseJsonObject, readBody } from "./request.ts";
@@ -104,6 +105,14 @@ export function createServer(lm: MambaLM, options: ServerOptions): CompletionSer
         : await sessions.get(sessionId);
       if (sessionId !== undefined && r.session !== true && !start) {
         throw new HttpError(404, "session_not_found", `no session ${sessionId}`, "session");
+      }
+      if (start && JSON.stringify(start.layout) !== JSON.stringify(stateLayout(lm.config, 1))) {
+        throw new HttpError(
+          409,
+          "session_incompatible",
+          `session ${sessionId} holds the state of another model`,
+          "session",
+        );
       }
       const ids = tokenizer!.encode(r.prompt, { addSpecialTokens: start === undefined });
       if (ids.length === 0) {
