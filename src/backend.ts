@@ -102,13 +102,6 @@ export interface Backend<A = unknown, S = unknown> {
    * sampler's random stream, which is advanced past the draws made there).
    */
   readonly rowSamplers?: boolean;
-  /**
-   * True when a consumer that stops {@link Backend.decodeTokens} right after a yielded block
-   * leaves the state exactly after `tokens` and every picked id but the last (no work was in
-   * flight), so decoding resumes with the last pick; the server then lets new requests in at any
-   * block instead of at the end of a call.
-   */
-  readonly exactDecodeStop?: boolean;
 }
 
 /** Options of {@link Backend.decodeTokens}. */
@@ -125,6 +118,13 @@ export interface DecodeOptions {
    * then only gives `vocabSize`.
    */
   readonly samplers?: readonly Sampler[];
+  /**
+   * Once aborted, no further block is started: the blocks already under way are still yielded,
+   * then the generator ends, and the state is as after a full run of the blocks yielded (it has
+   * consumed `tokens` and every picked id but the last; nothing, if no block was started). The
+   * server drains a call this way to let a new request in sooner.
+   */
+  readonly drain?: AbortSignal;
 }
 
 /** What a backend factory receives. */

@@ -16,7 +16,7 @@ import {
   validateSamplingOptions,
 } from "../mod.ts";
 import { randomWeights } from "../testing.ts";
-import { bindState } from "../src/state.ts";
+import { bindState, type InferenceState, markComputed } from "../src/state.ts";
 import { type CompletionServer, createServer } from "../src/server/server.ts";
 import { DirectorySessionStore } from "../src/server/sessions.ts";
 import { gatherRows } from "../src/server/rows.ts";
@@ -541,3 +541,54 @@ Deno.test(
     }
   },
 );
+
+for (const backend of ["wasm", "webgpu"] as const) {
+  Deno.test(
+    `${backend}: a drained decode call ends early and leaves the state ready to go on`,
+    { ...opts, ignore: skip(backend) },
+    async () => {
+      const lm = await MambaLM.load(DEMO, { backend, wasm: { threads: 2 } });
+      try {
+        const be = lm.backend;
+        const prompt = [...new TextEncoder().encode("Call me Ishmael.")];
+        const sampling = validateSamplingOptions({ topK: 1, vocabSize: lm.config.vocabSize });
+        const run = async (
+          state: InferenceState,
+          first: number,
+          n: number,
+          drainAfter?: number,
+        ) => {
+          const drain = new AbortController();
+          const got: number[] = [];
+          const handle = await bindState(state, be);
+          markComputed(state);
+          let blocks = 0;
+          const it = be.decodeTokens!(handle, Int32Array.of(first), n, {
+            sampling,
+            blockSize: 8,
+            drain: drain.signal,
+          });
+          for await (const block of it) {
+            got.push(...block[0]);
+            if (++blocks === drainAfter) drain.abort();
+          }
+          return got;
+        };
+        const start = async () => {
+          const state = lm.createState(1);
+          await lm.prefill(state, [prompt.slice(0, -1)]);
+          return state;
+        };
+        const whole = await run(await start(), prompt.at(-1)!, 48);
+        assert.equal(whole.length, 48);
+        const state = await start();
+        const part = await run(state, prompt.at(-1)!, 48, 1);
+        assert.ok(part.length > 0 && part.length < 48, `${part.length} tokens before the drain`);
+        const rest = await run(state, part.at(-1)!, 48 - part.length);
+        assert.deepEqual([...part, ...rest], whole);
+      } finally {
+        lm.dispose();
+      }
+    },
+  );
+}

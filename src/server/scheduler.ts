@@ -18,10 +18,9 @@
  * So each request keeps its own sampling parameters and random stream (a seed gives the same
  * tokens whatever else runs), and a greedy row's tokens are those of `lm.complete(…, {topK: 1})`.
  *
- * New requests join between calls; on backends with {@link Backend.exactDecodeStop} (`wasm`) a
- * call also ends early, after any of its blocks, when requests wait and rows are free. On
- * `webgpu` a call keeps its blocks in flight to the end, so `blockSize` bounds how long a new
- * request waits there.
+ * New requests join between calls. A call is drained (`DecodeOptions.drain`) as soon as a
+ * request waits for a free row: it starts no further block, and ends once the blocks under way
+ * (none on `wasm`, up to two on `webgpu`) are in.
  *
  * Sessions need the state a request ended in: prompt and every generated token fed, except a
  * final end-of-text token. A fused block may run past a row's end, so rows that keep their
@@ -147,6 +146,8 @@ export class Scheduler {
   readonly #idle: Sampler;
   #running = false;
   #closed = false;
+  /** Drains the decode call under way (see `DecodeOptions.drain`). */
+  #drain: AbortController | null = null;
 
   /** A scheduler for `lm`. */
   constructor(lm: MambaLM, options: SchedulerOptions) {
@@ -201,8 +202,16 @@ export class Scheduler {
         if (job.signal.aborted) return this.#abort(row);
       }
       this.#queue.push(row);
+      this.#drainIfWaiting();
       this.#loop();
     });
+  }
+
+  /** Ends the decode call under way early when a request waits and a row is free for it. */
+  #drainIfWaiting(): void {
+    if (this.#drain && this.#queue.length > 0 && this.active < this.#opt.maxBatch) {
+      this.#drain.abort();
+    }
   }
 
   /** Stops taking jobs; running ones finish. */
@@ -216,6 +225,7 @@ export class Scheduler {
     if (q >= 0) this.#queue.splice(q, 1);
     row.finished = "abort";
     this.#end(row);
+    this.#drainIfWaiting();
   }
 
   /** Answers a row's caller, once. */
@@ -469,6 +479,7 @@ export class Scheduler {
     const pad = lm.tokenizer?.eosTokenId ?? 0;
     const handle = await bindState(state, be);
     markComputed(state);
+    const drain = this.#drain = new AbortController();
     const blocks = be.decodeTokens!(
       handle,
       Int32Array.from(slots, (r) => (r && !r.finished ? r.pending : pad)),
@@ -478,8 +489,22 @@ export class Scheduler {
         samplers: be.rowSamplers ? slots.map((r) => r?.job.sampler ?? this.#idle) : undefined,
         history: penalty ? slots.map((r) => r?.history.slice(0, -1) ?? []) : undefined,
         blockSize: this.#opt.blockSize,
+        drain: drain.signal,
       },
     );
+    try {
+      await this.#consume(blocks, slots, done);
+    } finally {
+      this.#drain = null;
+    }
+  }
+
+  /** Takes a fused call's blocks; rows that finish go to `done`. */
+  async #consume(
+    blocks: AsyncGenerator<number[][]>,
+    slots: (Row | null)[],
+    done: Row[],
+  ): Promise<void> {
     for await (const block of blocks) {
       const len = block[0].length;
       const now = performance.now();
@@ -496,13 +521,10 @@ export class Scheduler {
       }
       // Every row done: the rest of the call is wasted work (the state is dropped).
       if (slots.every((r) => !r || r.finished)) break;
-      if (be.exactDecodeStop) {
-        // Such a backend computes on this thread between blocks: let the HTTP side take its
-        // turn (new requests, streamed chunks, disconnects), and let waiting requests in now
-        // rather than after the call.
-        await tick();
-        if (this.#queue.length > 0 && this.active < this.#opt.maxBatch) break;
-      }
+      // Let the HTTP side take its turn (new requests, streamed chunks, disconnects): `wasm`
+      // computes on this thread. A row that finished frees a slot a waiting request can take.
+      await tick();
+      this.#drainIfWaiting();
     }
   }
 

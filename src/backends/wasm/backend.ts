@@ -422,9 +422,6 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
   /** {@link decodeTokens} picks with {@link DecodeOptions.samplers} when given. */
   readonly rowSamplers = true;
 
-  /** Each block of {@link decodeTokens} is one finished program: stopping after one is exact. */
-  readonly exactDecodeStop = true;
-
   /**
    * Fused decoding (see {@link Backend.decodeTokens}): each block of tokens is one program in
    * which the ranks feed a token, pick the next and feed it again without returning to the
@@ -463,7 +460,7 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
     const maxBlock = Math.max(1, Math.floor(options.blockSize ?? 64));
     let cur = Int32Array.from(tokens);
     let block = 1;
-    for (let done = 0; done < n;) {
+    for (let done = 0; done < n && !options.drain?.aborted;) {
       this.#check();
       if (state.freed) throw new BackendError("wasm backend: the state was freed");
       const steps = Math.min(block, maxBlock, n - done);

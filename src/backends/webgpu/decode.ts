@@ -507,7 +507,10 @@ export class DecodePlan {
       block = Math.min(block * 2, maxBlock);
     };
     try {
-      while (submitted < n && inflight.length < this.inFlight) submit();
+      // Blocks are started while there is room in flight, until `n` or a drain.
+      const more = () =>
+        submitted < n && inflight.length < this.inFlight && !options.drain?.aborted;
+      while (more()) submit();
       while (inflight.length) {
         const head = inflight[0];
         await head.done;
@@ -515,7 +518,7 @@ export class DecodePlan {
         be.rec.checkErrors();
         const ids = new Uint32Array(head.staging.getMappedRange(0, head.len * B * 4).slice(0));
         head.staging.unmap();
-        while (submitted < n && inflight.length < this.inFlight) submit();
+        while (more()) submit();
         const rows: number[][] = [];
         for (let b = 0; b < B; b++) {
           const row: number[] = [];
