@@ -54,6 +54,7 @@ async function start(
     maxQueue: opts.maxQueue,
     maxTokensCap: opts.maxTokensCap ?? 256,
     blockSize: 8,
+    prefillChunk: 16, // longer prompts are prefilled in pieces while others decode
     sessionStore: new DirectorySessionStore(dir),
     maxBodyBytes: 4096,
   });

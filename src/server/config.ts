@@ -34,6 +34,8 @@ export interface ServeConfig {
   maxTokensCap: number;
   /** Tokens per decode block. */
   blockSize: number;
+  /** Prompt tokens prefilled between decode blocks. */
+  prefillChunk: number;
   /** Session directory. */
   sessionDir: string;
   /** Bytes of session state kept in memory. */
@@ -56,6 +58,7 @@ An OpenAI-compatible completions server (POST /v1/completions, GET /v1/models, /
   --max-queue N          requests waiting beyond those, then 429 (default 4×batch) [MAMBA_MAX_QUEUE]
   --max-tokens-cap N     largest max_tokens (default 4096)                        [MAMBA_MAX_TOKENS_CAP]
   --block N              tokens per decode block; new requests join between (16)  [MAMBA_BLOCK]
+  --prefill-chunk N      prompt tokens prefilled between decode blocks (512)      [MAMBA_PREFILL_CHUNK]
   --session-dir DIR      where sessions persist (default ~/.cache/mamba/sessions) [MAMBA_SESSION_DIR]
   --session-bytes N      session state kept in memory (default 268435456)         [MAMBA_SESSION_BYTES]
   --help
@@ -109,6 +112,7 @@ function build(get: (flag: string, env: string) => string | undefined): ServeCon
       : int("max-queue", get("max-queue", "MAMBA_MAX_QUEUE"), 0, 0),
     maxTokensCap: int("max-tokens-cap", get("max-tokens-cap", "MAMBA_MAX_TOKENS_CAP"), 4096),
     blockSize: int("block", get("block", "MAMBA_BLOCK"), 16),
+    prefillChunk: int("prefill-chunk", get("prefill-chunk", "MAMBA_PREFILL_CHUNK"), 512),
     sessionDir: get("session-dir", "MAMBA_SESSION_DIR") ?? defaultSessionDir(),
     sessionBytes: int("session-bytes", get("session-bytes", "MAMBA_SESSION_BYTES"), 2 ** 28, 0),
   };
@@ -132,6 +136,7 @@ export function configFromArgs(args: string[]): ServeConfig | "help" {
         "max-queue": { type: "string" },
         "max-tokens-cap": { type: "string" },
         block: { type: "string" },
+        "prefill-chunk": { type: "string" },
         "session-dir": { type: "string" },
         "session-bytes": { type: "string" },
         help: { type: "boolean" },
@@ -165,6 +170,7 @@ export async function startServer(
     maxQueue: cfg.maxQueue,
     maxTokensCap: cfg.maxTokensCap,
     blockSize: cfg.blockSize,
+    prefillChunk: cfg.prefillChunk,
     sessionStore: new DirectorySessionStore(cfg.sessionDir),
     sessionBytes: cfg.sessionBytes,
   });

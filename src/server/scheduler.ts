@@ -86,6 +86,11 @@ export interface SchedulerOptions {
   readonly maxQueue: number;
   /** Tokens per fused decode call (new requests join between calls). */
   readonly blockSize: number;
+  /**
+   * Most prompt tokens prefilled between two decode blocks while other requests decode, so a
+   * long prompt does not stall their streams. Default 512.
+   */
+  readonly prefillChunk?: number;
   /** Where to count tokens and latencies. */
   readonly metrics?: Metrics;
 }
@@ -102,8 +107,10 @@ interface Row {
   produced: number;
   /** Last accepted token, not yet fed to the batch state. */
   pending: number;
-  /** The batch-1 state a joining row brings (prefilled). */
+  /** The batch-1 state a joining row brings (prefilled), or being prefilled. */
   start?: InferenceState;
+  /** Prompt tokens prefilled so far. */
+  fed: number;
   /** Where this row's final state starts: `base` plus `unfed` is what it must hold. */
   base?: RowRef;
   unfed: number[];
@@ -140,6 +147,8 @@ export class Scheduler {
   readonly #lm: MambaLM;
   readonly #opt: SchedulerOptions;
   readonly #queue: Row[] = [];
+  /** Admitted requests whose prompts are being prefilled (a chunk at a time). */
+  readonly #prefilling: Row[] = [];
   readonly #fused: Group = { fused: true, slots: [], joining: [], state: null };
   readonly #stepped: Group = { fused: false, slots: [], joining: [], state: null };
   /** Picks for free slots (their tokens are thrown away). */
@@ -159,7 +168,8 @@ export class Scheduler {
   /** Rows decoding or about to join. */
   get active(): number {
     const g = [this.#fused, this.#stepped];
-    return g.reduce((n, x) => n + live(x).length + x.joining.length, 0);
+    const n = g.reduce((n, x) => n + live(x).length + x.joining.length, 0);
+    return n + this.#prefilling.filter((r) => !r.finished).length;
   }
 
   /** Requests waiting for a row. */
@@ -192,6 +202,7 @@ export class Scheduler {
         produced: 0,
         pending: -1,
         unfed: [],
+        fed: 0,
         answered: false,
         lastAt: now,
       };
@@ -308,14 +319,14 @@ export class Scheduler {
         const groups = [this.#fused, this.#stepped].filter((g) =>
           g.joining.length || g.slots.length
         );
-        if (!groups.length && !this.#queue.length) break;
+        if (!groups.length && !this.#queue.length && !this.#prefilling.length) break;
         for (const g of groups) await this.#block(g);
         // Let the HTTP side run: new requests, disconnects, streamed chunks.
         await tick();
       }
     } catch (e) {
       // Not expected (each step catches its own failures): fail everything rather than hang.
-      const all = [...this.#queue.splice(0)];
+      const all = [...this.#queue.splice(0), ...this.#prefilling.splice(0)];
       for (const g of [this.#fused, this.#stepped]) {
         all.push(...live(g), ...g.joining);
         this.#drop(g);
@@ -326,33 +337,48 @@ export class Scheduler {
     }
   }
 
-  /** Prefills waiting prompts into free rows. */
+  /**
+   * Takes waiting requests into free rows and prefills their prompts: all of them when nothing
+   * decodes, otherwise `prefillChunk` tokens, then the decoding rows get their next block.
+   */
   async #admit(): Promise<void> {
     const lm = this.#lm;
     while (this.#queue.length && this.active < this.#opt.maxBatch) {
-      const row = this.#queue.shift()!;
+      this.#prefilling.push(this.#queue.shift()!);
+    }
+    const decoding = live(this.#fused).length + live(this.#stepped).length > 0;
+    let budget = decoding ? this.#opt.prefillChunk ?? 512 : Infinity;
+    while (this.#prefilling.length && budget > 0) {
+      const row = this.#prefilling[0];
       const job = row.job;
-      let state: InferenceState | undefined;
+      const drop = () => {
+        this.#prefilling.shift();
+        row.start?.release();
+        row.start = undefined;
+      };
+      if (row.finished) { // the client left
+        drop();
+        continue;
+      }
       try {
-        state = job.state ? job.state.clone() : lm.createState(1);
-        const logits = await lm.prefill(state, [[...job.ids]]);
-        if (this.#opt.metrics) this.#opt.metrics.promptTokens += job.ids.length;
-        if (row.finished) {
-          state.release();
-          continue; // aborted meanwhile
-        }
-        row.base = { state, row: 0 };
+        row.start ??= job.state ? job.state.clone() : lm.createState(1);
+        const n = Math.min(budget, job.ids.length - row.fed);
+        const logits = await lm.prefill(row.start, [job.ids.slice(row.fed, row.fed + n)]);
+        row.fed += n;
+        budget -= n;
+        if (this.#opt.metrics) this.#opt.metrics.promptTokens += n;
+        if (row.fed < job.ids.length || row.finished) continue;
+        this.#prefilling.shift();
+        row.base = { state: row.start, row: 0 };
         const V = lm.config.paddedVocabSize;
         const first = job.sampler.sample(logits.subarray(0, V), row.history);
         if (this.#accept(row, first)) {
           await this.#finalize(row);
-          state.release();
-          continue;
-        }
-        row.start = state;
-        (this.#fusable(job.sampler) ? this.#fused : this.#stepped).joining.push(row);
+          row.start.release();
+          row.start = undefined;
+        } else (this.#fusable(job.sampler) ? this.#fused : this.#stepped).joining.push(row);
       } catch (e) {
-        state?.release();
+        drop();
         this.#fail([row], e);
       }
       await tick();

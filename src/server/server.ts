@@ -38,6 +38,8 @@ export interface ServerOptions {
   maxTokensCap?: number;
   /** Tokens per fused decode block (new requests join between blocks). Default 16. */
   blockSize?: number;
+  /** Most prompt tokens prefilled between two decode blocks while others decode. Default 512. */
+  prefillChunk?: number;
   /** Where sessions persist. */
   sessionStore: SessionStore;
   /** Bytes of session state kept in memory. Default 256 MiB. */
@@ -74,6 +76,7 @@ export function createServer(lm: MambaLM, options: ServerOptions): CompletionSer
     maxBatch,
     maxQueue: options.maxQueue ?? 4 * maxBatch,
     blockSize: options.blockSize ?? 16,
+    prefillChunk: options.prefillChunk,
     metrics,
   });
   const sessions = new Sessions(options.sessionStore, options.sessionBytes ?? 256 * 2 ** 20);
