@@ -20,10 +20,14 @@ import { bindState, type InferenceState, markComputed } from "../src/state.ts";
 import { type CompletionServer, createServer } from "../src/server/server.ts";
 import { DirectorySessionStore } from "../src/server/sessions.ts";
 import { gatherRows } from "../src/server/rows.ts";
+import { configFromArgs, startServer } from "../src/server/config.ts";
+import { ConfigError } from "../src/errors.ts";
+import { sharedDir } from "./oracle_util.ts";
+import { webgpuTestAdapter } from "./webgpu_util.ts";
 
 const DEMO = new URL("../models/demo/", import.meta.url).pathname;
 type Name = "wasm" | "ref" | "webgpu";
-const adapter = await navigator.gpu?.requestAdapter().catch(() => null);
+const adapter = await webgpuTestAdapter("server_test (webgpu cases)");
 /** Whether a test on `backend` cannot run here (no WebGPU adapter). */
 const skip = (backend: Name) => backend === "webgpu" && !adapter;
 const NAME = "demo";
@@ -593,3 +597,18 @@ for (const backend of ["wasm", "webgpu"] as const) {
     },
   );
 }
+
+Deno.test("server: a GPT-NeoX model is refused with a ConfigError naming model_type", async () => {
+  const dir = `${sharedDir()}/fixtures/gpt_neox/neox_d64_h4_l2_rot25`;
+  const cfg = configFromArgs(["--model", dir, "--backend", "ref"]);
+  assert.notEqual(cfg, "help");
+  if (cfg === "help") return;
+  await assert.rejects(startServer(cfg), (e: unknown) => {
+    assert.ok(e instanceof ConfigError);
+    assert.equal(e.field, "model_type");
+    assert.match(e.message, /Mamba models only/);
+    assert.match(e.message, /"gpt_neox"/);
+    assert.ok(e.message.includes(dir));
+    return true;
+  });
+});

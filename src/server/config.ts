@@ -8,6 +8,7 @@
 import { parseArgs } from "node:util";
 import type { BackendName } from "../backend.ts";
 import type { BackendPreference } from "../backends/registry.ts";
+import { ConfigError } from "../errors.ts";
 import { MambaLM } from "../model.ts";
 import { type CompletionServer, createServer } from "./server.ts";
 import { DirectorySessionStore } from "./sessions.ts";
@@ -154,14 +155,29 @@ export function configFromEnv(): ServeConfig {
   return build((_flag, env) => Deno.env.get(env));
 }
 
-/** Loads the model and makes the handler. */
+/**
+ * Loads the model and makes the handler.
+ *
+ * @throws {ConfigError} for a model that is not a Mamba model: the scheduler drives a
+ *   {@link MambaLM} (batch rows of a fixed-size state), not a `GptNeoXLM` and its KV cache.
+ */
 export async function startServer(
   cfg: ServeConfig,
 ): Promise<{ lm: MambaLM; server: CompletionServer }> {
-  const lm = await MambaLM.load(cfg.model, {
-    backend: cfg.backend,
-    wasm: cfg.threads ? { threads: cfg.threads } : undefined,
-  });
+  let lm: MambaLM;
+  try {
+    lm = await MambaLM.load(cfg.model, {
+      backend: cfg.backend,
+      wasm: cfg.threads ? { threads: cfg.threads } : undefined,
+    });
+  } catch (e) {
+    if (!(e instanceof ConfigError) || e.field !== "model_type") throw e;
+    throw new ConfigError(
+      "model_type",
+      `the server runs Mamba models only (model_type mamba, mamba2 or mamba_ssm; GPT-NeoX ` +
+        `models load as a GptNeoXLM, which it does not serve): ${cfg.model} (${e.message})`,
+    );
+  }
   const modelName = cfg.modelName ??
     (cfg.model.replace(/\/+$/, "").split("/").pop() || "mamba");
   const server = createServer(lm, {

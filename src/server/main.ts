@@ -4,6 +4,7 @@
  * @module
  */
 
+import { MambaError } from "../errors.ts";
 import { configFromArgs, ServeUsageError, startServer, USAGE } from "./config.ts";
 
 if (import.meta.main) {
@@ -19,7 +20,16 @@ if (import.meta.main) {
     console.log(USAGE);
     Deno.exit(0);
   }
-  const { lm, server } = await startServer(cfg);
+  let started;
+  try {
+    started = await startServer(cfg);
+  } catch (e) {
+    // A model the server cannot run (missing, malformed, not Mamba): the message says which.
+    if (!(e instanceof MambaError)) throw e;
+    console.error(`error: ${e.message}`);
+    Deno.exit(1);
+  }
+  const { lm, server } = started;
   Deno.serve({
     port: cfg.port,
     hostname: cfg.hostname,
