@@ -214,8 +214,9 @@ export class DecodePlan {
     const xdw = c.dtRank + 2 * c.dState;
     const [xz, u, xdbl, y] = [this.#a, this.#b, this.#c, this.#d];
     be.matvec(w.xProj!, { x: u, xOff: 0, xStride: D, M: B, y: xdbl, yOff: 0, yStride: xdw });
-    if (c.dState <= 32) {
-      // dt_proj + softplus, with the selective-scan step in its epilogue.
+    if (be.scanEpilogue(B, c.dState)) {
+      // dt_proj + softplus, with the selective-scan step in its epilogue (the matrix-vector
+      // kernel: at most 32 sequences).
       be.matvec(w.dtProj!, {
         bias: w.dtBias,
         x: xdbl,
@@ -241,6 +242,7 @@ export class DecodePlan {
         },
       });
     } else {
+      // The scan step with dt_proj inside, one thread per (channel, sequence).
       be.rec.dispatch(
         be.pipeline("selective_scan", "scan_step", { NS: c.dState }),
         "uuuuuuuuuuu",
