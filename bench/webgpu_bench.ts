@@ -7,7 +7,15 @@
  * deno run -A bench/webgpu_bench.ts --model mamba-130m --dtype f16 --decode 256 --batch 1
  * deno run -A bench/webgpu_bench.ts --check                  # webgpu vs ref on small models
  * deno run -A bench/webgpu_bench.ts --json                   # results as JSON on stdout
+ * # batched decode, one run per combination of the backend's batch options:
+ * deno run -A bench/webgpu_bench.ts --model mamba-130m --dtype f16 --batch 16 --batch 64 \
+ *   --skinny-min 8 --skinny-min 33 --scan-epi-max 0 --scan-epi-max 32 --tile tn=4,tm=4,nt=8
  * ```
+ *
+ * `--skinny-min N` (WebGpuOptions.skinnyMinRows: decode products of N+ rows use the skinny tiled
+ * kernel), `--scan-epi-max N` (scanEpilogueMaxRows: the Mamba-1 scan step in dt_proj's epilogue
+ * up to N sequences) and `--tile tn=…,tm=…,nt=…,mt=…,ks=…,bk=…` (skinnyShape, for every
+ * product) may each be given several times; every combination gets a model of its own.
  *
  * Decode: an 8-token prompt (7 prefilled, the 8th fed by the fused decoder), then `--decode`
  * greedy tokens; rate = batch × tokens / wall time from the call to the last block (plus the
@@ -26,7 +34,11 @@ import { printUsage } from "./usage.ts";
 import { parseArgs } from "node:util";
 import { MambaLM, parseConfig } from "../mod.ts";
 import { PUBLIC_CONFIGS, randomWeights } from "../testing.ts";
-import { WebGpuBackend } from "../src/backends/webgpu/backend.ts";
+import {
+  type SkinnyShape,
+  WebGpuBackend,
+  type WebGpuOptions,
+} from "../src/backends/webgpu/backend.ts";
 import { gpuContext } from "../src/backends/webgpu/device.ts";
 
 /** One measured figure. */
@@ -55,6 +67,8 @@ export interface WebGpuBenchResult {
   gbPerS?: number;
   /** Free-form note. */
   note?: string;
+  /** Backend options of the run (the batch options swept). */
+  options?: WebGpuOptions;
 }
 
 const log = (msg: string) => console.error(`[${(performance.now() / 1000).toFixed(1)}s] ${msg}`);
@@ -62,6 +76,7 @@ const log = (msg: string) => console.error(`[${(performance.now() / 1000).toFixe
 async function buildModel(
   name: string,
   dtype: "f32" | "f16",
+  options: WebGpuOptions = {},
   extra: Record<string, unknown> = {},
 ): Promise<MambaLM> {
   const raw = PUBLIC_CONFIGS[name];
@@ -71,7 +86,7 @@ async function buildModel(
   const small = config.dModel * config.dModel * config.nLayer < 1e8;
   const weights = randomWeights(config, { dtype, fast: !small });
   const t1 = performance.now();
-  const lm = new MambaLM(config, await WebGpuBackend.create({ config, weights }));
+  const lm = new MambaLM(config, await WebGpuBackend.create({ config, weights }, options));
   log(
     `${name} ${dtype}: weights ${((t1 - t0) / 1000).toFixed(1)} s, upload ${
       ((performance.now() - t1) / 1000).toFixed(1)
@@ -256,6 +271,19 @@ async function check(): Promise<WebGpuBenchResult[]> {
   return out;
 }
 
+/** `tn=4,tm=4,…` (bench option `--tile`) → a partial skinny tile. */
+function parseTile(text: string): Partial<SkinnyShape> {
+  const t: Record<string, number> = {};
+  for (const kv of text.split(",")) {
+    const [k, val] = kv.split("=");
+    if (!["tn", "tm", "nt", "mt", "ks", "bk"].includes(k) || !(Number(val) > 0)) {
+      throw new Error(`--tile: bad field "${kv}" (tn, tm, nt, mt, ks, bk = positive integers)`);
+    }
+    t[k] = Number(val);
+  }
+  return t;
+}
+
 if (import.meta.main) {
   const { values: v } = parseArgs({
     args: Deno.args,
@@ -273,6 +301,9 @@ if (import.meta.main) {
       profile: { type: "boolean" },
       json: { type: "boolean" },
       out: { type: "string" },
+      "skinny-min": { type: "string", multiple: true },
+      "scan-epi-max": { type: "string", multiple: true },
+      tile: { type: "string", multiple: true },
     },
   });
   if (v.help) {
@@ -284,9 +315,10 @@ if (import.meta.main) {
     results.push(r);
     if (v.out) Deno.writeTextFileSync(v.out, JSON.stringify(r) + "\n", { append: true });
     const f = (x?: number, d = 0) => x === undefined ? "-" : x.toFixed(d);
+    const opts = r.options && Object.keys(r.options).length ? ` ${JSON.stringify(r.options)}` : "";
     if (r.kind === "decode" || r.kind === "prefill") {
       log(
-        `${r.model} ${r.weights} ${r.kind} b${r.batch} ×${r.tokens}: ${f(r.tokPerS)} tok/s` +
+        `${r.model} ${r.weights}${opts} ${r.kind} b${r.batch} ×${r.tokens}: ${f(r.tokPerS)} tok/s` +
           (r.steadyTokPerS ? ` (steady ${f(r.steadyTokPerS)})` : "") +
           (r.gpuTokPerS ? `, GPU-only ${f(r.gpuTokPerS)} tok/s` : "") +
           (r.gpuSeconds ? ` (${f(r.gpuSeconds * 1e3, 3)} ms)` : ""),
@@ -310,7 +342,13 @@ if (import.meta.main) {
   log(`adapter: ${JSON.stringify(info)}`);
   if (v.check) { for (const r of await check()) emit(r); }
 
-  type Task = { model: string; dtype: "f32" | "f16"; batches: number[]; prefill: number[] };
+  type Task = {
+    model: string;
+    dtype: "f32" | "f16";
+    batches: number[];
+    prefill: number[];
+    options?: WebGpuOptions;
+  };
   let tasks: Task[];
   const dtypes = (v.dtype ?? ["f32", "f16"]) as ("f32" | "f16")[];
   if (v.model) {
@@ -344,13 +382,31 @@ if (import.meta.main) {
     ];
   }
   const n = Number(v.decode);
+  // Every combination of the batch options given (one model each).
+  let variants: WebGpuOptions[] = [{}];
+  const cross = <T>(vals: T[] | undefined, set: (o: WebGpuOptions, x: T) => WebGpuOptions) => {
+    if (vals) variants = variants.flatMap((o) => vals.map((x) => set(o, x)));
+  };
+  cross(v["skinny-min"]?.map(Number), (o, x) => ({ ...o, skinnyMinRows: x }));
+  cross(v["scan-epi-max"]?.map(Number), (o, x) => ({ ...o, scanEpilogueMaxRows: x }));
+  cross(v.tile?.map(parseTile), (o, x) => ({ ...o, skinnyShape: x }));
+  tasks = tasks.flatMap((t) => variants.map((options) => ({ ...t, options })));
   for (const t of tasks) {
-    const lm = await buildModel(t.model, t.dtype);
+    const options = t.options ?? {};
+    const lm = await buildModel(t.model, t.dtype, options);
     try {
       for (const batch of t.batches) {
         if (n > 0) {
           const r = await decode(lm, batch, n);
-          emit({ model: t.model, weights: t.dtype, kind: "decode", batch, tokens: n, ...r });
+          emit({
+            model: t.model,
+            weights: t.dtype,
+            kind: "decode",
+            batch,
+            tokens: n,
+            ...r,
+            options,
+          });
           if (v.profile) {
             await profile(lm, `${t.model} ${t.dtype} decode b${batch}`, 4, async () => {
               const state = lm.createState(batch);
