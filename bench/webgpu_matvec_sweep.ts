@@ -7,7 +7,8 @@
  * With `--kernel skinny`, the skinny tiled kernel (`wgsl/skinny.wgsl`, decode batches) instead:
  * its tiles (`SkinnyShape`: rows of W and of x per thread, threads along each, K slices, chunk
  * length) over the same products, against the default tile and the matrix-vector kernel's
- * default split; `--tile tn=4,tm=4,nt=4` (repeatable) times given tiles only.
+ * default split; `--tile tn=4,tm=4,nt=4` (repeatable) times given tiles only, and `--seconds S`
+ * stops each product's sweep after S seconds (the tiles are tried in a shuffled order).
  *
  * ```sh
  * deno run -A bench/webgpu_matvec_sweep.ts --model mamba-2.8b --dtype f16 [--json f]
@@ -38,6 +39,7 @@ const { values: opt } = parseArgs({
     batch: { type: "string", multiple: true, default: ["1"] },
     kernel: { type: "string", default: "matvec" },
     tile: { type: "string", multiple: true },
+    seconds: { type: "string" },
     top: { type: "string", default: "6" },
     json: { type: "string" },
   },
@@ -92,6 +94,13 @@ function skinnyTiles(M: number): Partial<SkinnyShape>[] {
       }
     }
   }
+  // A fixed shuffle, so that a sweep cut short by --seconds has still seen every kind of tile.
+  let r = 12345;
+  for (let i = tiles.length - 1; i > 0; i--) {
+    r = (Math.imul(r, 1103515245) + 12345) >>> 0;
+    const j = r % (i + 1);
+    [tiles[i], tiles[j]] = [tiles[j], tiles[i]];
+  }
   return tiles;
 }
 
@@ -100,7 +109,7 @@ type Variant = { shape?: MatvecShape; tile?: Partial<SkinnyShape>; skinny?: bool
 
 const describe = (v: Variant) =>
   v.tile
-    ? Object.entries(v.tile).map(([k, x]) => `${k}${x}`).join(" ")
+    ? "--tile " + Object.entries(v.tile).map(([k, x]) => `${k}=${x}`).join(",")
     : v.shape
     ? `t${v.shape.team} r${v.shape.rpt} u${v.shape.unr}${
       v.shape.stage === false ? " unstaged" : ""
@@ -222,7 +231,12 @@ async function sweep(
     if (matvecOk) await tryTime({ skinny: false });
     await tryTime({ skinny: true });
     if (skinny) {
-      for (const tile of skinnyTiles(M)) await tryTime({ tile, skinny: true });
+      // --seconds bounds the sweep of each product (the tiles are in a shuffled order).
+      const t0 = performance.now();
+      for (const tile of skinnyTiles(M)) {
+        if (opt.seconds && performance.now() - t0 > Number(opt.seconds) * 1000) break;
+        await tryTime({ tile, skinny: true });
+      }
     } else if (matvecOk) {
       for (const shape of matvecShapes(M)) {
         const vec = W.f16 ? 8 : 4;
@@ -237,6 +251,7 @@ async function sweep(
       `${(flops / r.us / 1e6).toFixed(1)} TFLOP/s ${describe(r.variant)}`;
     const def = be.matvecShape(W, M);
     const tile = be.skinnyShape(W, M);
+    const tried = results.length;
     const base = (skinnyDefault: boolean) =>
       results.find((r) =>
         !r.variant.shape && !r.variant.tile && r.variant.skinny === skinnyDefault
@@ -246,7 +261,8 @@ async function sweep(
     console.log(
       `${name} ${dtype} b${M} ${what} [${W.N}×${W.K}] ${(bytes / 1e6).toFixed(1)} MB: ` +
         (mv ? `matvec default (t${def.team} r${def.rpt} u${def.unr}) ${fmt(mv)}; ` : "") +
-        (sk ? `skinny default (${describe({ tile })}) ${fmt(sk)}` : ""),
+        (sk ? `skinny default (${describe({ tile })}) ${fmt(sk)}` : "") +
+        ` [${tried} variants]`,
     );
     for (const r of results.slice(0, Number(opt.top))) console.log(`    ${fmt(r)}`);
     for (const r of results) {

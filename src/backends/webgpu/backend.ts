@@ -648,7 +648,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     const sh = this.skinnyShape(W, o.M, o.tile);
     const { tn, tm, nt, mt, ks, bk } = sh;
     const T = nt * mt;
-    const name = `skinny tile ${JSON.stringify(sh)}`;
+    const name = `skinny tile ${JSON.stringify(sh)} (WebGpuOptions.skinnyShape)`;
     if (![tn, tm, nt, mt, ks, bk].every((v) => Number.isInteger(v) && v >= 1)) {
       throw new BackendError(`${name}: every field must be a positive integer`);
     }
