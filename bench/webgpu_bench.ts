@@ -276,8 +276,8 @@ function parseTile(text: string): Partial<SkinnyShape> {
   const t: Record<string, number> = {};
   for (const kv of text.split(",")) {
     const [k, val] = kv.split("=");
-    if (!["tn", "tm", "nt", "mt", "ks", "bk"].includes(k) || !(Number(val) > 0)) {
-      throw new Error(`--tile: bad field "${kv}" (tn, tm, nt, mt, ks, bk = positive integers)`);
+    if (!["tn", "tm", "nt", "mt", "ks", "bk", "pf"].includes(k) || !(Number(val) >= 0)) {
+      throw new Error(`--tile: bad field "${kv}" (tn, tm, nt, mt, ks, bk, pf = integers)`);
     }
     t[k] = Number(val);
   }

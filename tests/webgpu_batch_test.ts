@@ -97,7 +97,8 @@ Deno.test({
   async fn() {
     const tiles = [
       { tn: 1, tm: 1, nt: 8, mt: 4, ks: 1, bk: 8 },
-      { tn: 2, tm: 8, nt: 16, mt: 1, ks: 3, bk: 16 },
+      { tn: 2, tm: 8, nt: 16, mt: 1, ks: 3, bk: 16, pf: 0 },
+      { tn: 4, tm: 4, nt: 4, mt: 2, ks: 7, bk: 8, pf: 0 },
       { tn: 8, tm: 2, nt: 2, mt: 3, ks: 5, bk: 32 },
       { tn: 4, tm: 4, nt: 32, mt: 2, ks: 1, bk: 8 },
       { tn: 3, tm: 5, nt: 5, mt: 2 },
@@ -114,7 +115,7 @@ Deno.test({
   name: "webgpu: a skinny tile that cannot run is a BackendError naming the tile",
   ignore,
   async fn() {
-    for (const skinnyShape of [{ nt: 64, mt: 8 }, { bk: 12 }, { tn: 0 }]) {
+    for (const skinnyShape of [{ nt: 64, mt: 8 }, { bk: 12 }, { tn: 0 }, { pf: 2 }]) {
       const lm = await oracleModel("m1_d64_l7", { skinnyMinRows: 1, skinnyShape }, "f32");
       try {
         await assert.rejects(

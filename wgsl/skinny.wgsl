@@ -25,6 +25,7 @@
 //   PRO_ADD    x ← x + resIn first (the residual add)
 //   RES_OUT    the workgroups of n tile 0 also write x (after PRO_ADD) to resOut
 //   BIAS, SOFTPLUS, CONV_EPI, CONV_BIAS   epilogues as in matvec.wgsl
+//   PREFETCH   load the next chunk into registers while the sums of this one run
 //   SM         vec4s of workgroup memory (staging, or the partial sums, or Σx²)
 //   NV = TN·TM; WR, XR: staging loads per thread and chunk (W, x); RV: partial sums per thread
 //   and round of the final reduction (divides NV), NRR = NV / RV rounds
@@ -98,8 +99,10 @@ const BKP = BK4 + 1u;      // vec4s per staged row
 const SL = (BN + BM) * BKP; // vec4s per slice: W rows, then x rows
 #if F16
 const VEC = 8u;
+alias WV = vec4<u32>;
 #else
 const VEC = 4u;
+alias WV = vec4<f32>;
 #endif
 const WL = BN * BK / VEC;  // weight loads per slice and chunk
 const WR = ${WR}u;         // ceil(WL / T)
@@ -139,6 +142,38 @@ fn xraw(m: u32, k: u32) -> vec4<f32> {
 #endif
 }
 
+// The weights of chunk k0 this thread stages (zero past N and K).
+fn load_w(wr: ptr<function, array<WV, WR>>, t: u32, n0: u32, k0: u32) {
+#unroll R WR
+  {
+    let e = t + ${R}u * T;
+    let n = n0 + e / (BK / VEC);
+    let k = k0 + (e % (BK / VEC)) * VEC;
+    var q = WV(0);
+    if (e < WL && n < p.N && k < p.K) {
+      q = w[(n * p.wStride + k) / VEC];
+    }
+    (*wr)[${R}] = q;
+  }
+#endunroll
+}
+
+// The x values (+ resIn) of chunk k0 this thread stages (zero past M and K).
+fn load_x(xr: ptr<function, array<vec4<f32>, XR>>, t: u32, m0: u32, k0: u32) {
+#unroll R XR
+  {
+    let e = t + ${R}u * T;
+    let m = m0 + e / BK4;
+    let k = k0 + (e % BK4) * 4u;
+    var v = vec4<f32>(0.0);
+    if (e < XL && m < p.M && k < p.K) {
+      v = xraw(m, k);
+    }
+    (*xr)[${R}] = v;
+  }
+#endunroll
+}
+
 @compute @workgroup_size(WG)
 fn skinny(
   @builtin(local_invocation_index) lid: u32,
@@ -167,38 +202,38 @@ fn skinny(
 #endif
   let chunks = (p.K + BK - 1u) / BK;
   let rounds = (chunks + KS - 1u) / KS;
+  // Each round: this slice's chunk goes registers → workgroup memory, then into the sums. With
+  // PREFETCH the next chunk's loads are issued before the sums, so that they overlap.
+  var wr: array<WV, WR>;
+  var xr: array<vec4<f32>, XR>;
+#if PREFETCH
+  load_w(&wr, t, n0, s * BK);
+  load_x(&xr, t, m0, s * BK);
+#endif
   for (var it = 0u; it < rounds; it++) {
     let k0 = (it * KS + s) * BK;
-    // Stage the weights: lanes take consecutive 16-byte pieces of a row.
+#if !PREFETCH
+    load_w(&wr, t, n0, k0);
+    load_x(&xr, t, m0, k0);
+#endif
+    // Weights: lanes hold consecutive 16-byte pieces of a row.
 #unroll R WR
     {
       let e = t + ${R}u * T;
       if (e < WL) {
         let row = e / (BK / VEC);
         let g = e % (BK / VEC);
-        let n = n0 + row;
-        let k = k0 + g * VEC;
 #if F16
-        var lo = vec4<f32>(0.0);
-        var hi = vec4<f32>(0.0);
-        if (n < p.N && k < p.K) {
-          let q = w[(n * p.wStride + k) / 8u];
-          lo = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
-          hi = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
-        }
-        sm[wb + row * BKP + g * 2u] = lo;
-        sm[wb + row * BKP + g * 2u + 1u] = hi;
+        let q = wr[${R}];
+        sm[wb + row * BKP + g * 2u] = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+        sm[wb + row * BKP + g * 2u + 1u] = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
 #else
-        var v = vec4<f32>(0.0);
-        if (n < p.N && k < p.K) {
-          v = w[(n * p.wStride + k) / 4u];
-        }
-        sm[wb + row * BKP + g] = v;
+        sm[wb + row * BKP + g] = wr[${R}];
 #endif
       }
     }
 #endunroll
-    // Stage x (normalised with PRO_RMS, up to the 1/rms applied at the end).
+    // x (normalised with PRO_RMS, up to the 1/rms applied at the end).
 #unroll R XR
     {
       let e = t + ${R}u * T;
@@ -207,9 +242,8 @@ fn skinny(
         let k4 = e % BK4;
         let m = m0 + ml;
         let k = k0 + k4 * 4u;
-        var v = vec4<f32>(0.0);
+        var v = xr[${R}];
         if (m < p.M && k < p.K) {
-          v = xraw(m, k);
 #if RES_OUT
           if (writer) {
             resOut[(m * p.rStride + k) >> 2u] = v;
@@ -225,6 +259,12 @@ fn skinny(
     }
 #endunroll
     workgroupBarrier();
+#if PREFETCH
+    if (it + 1u < rounds) {
+      load_w(&wr, t, n0, k0 + KS * BK);
+      load_x(&xr, t, m0, k0 + KS * BK);
+    }
+#endif
     for (var q = 0u; q < BK4; q++) {
 #unroll J TN
       let w${J} = sm[wb + (nt + NT * ${J}u) * BKP + q];

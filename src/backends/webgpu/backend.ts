@@ -116,6 +116,8 @@ export interface SkinnyShape {
   ks: number;
   /** Columns per staged chunk (a multiple of 8). */
   bk: number;
+  /** 1: the next chunk is loaded into registers while this one is summed; 0: after. */
+  pf: number;
 }
 
 /**
@@ -123,8 +125,9 @@ export interface SkinnyShape {
  * arithmetic, to be tuned on the H200 with `bench/webgpu_matvec_sweep.ts --kernel skinny`):
  * 4 rows of W per thread; 4 rows of x per thread up to 16 rows, 8 beyond; W tiles of 16 to 64
  * rows, the widest that still leaves 128 workgroups; the rest of the 256 threads split K; and
- * the longest chunk (8 to 32 columns) whose staging fits in `smemBytes` of workgroup memory.
- * Fields given in `over` are kept and the others derived from them.
+ * the longest chunk (8 to 32 columns) whose staging fits in `smemBytes` of workgroup memory;
+ * the next chunk loaded while one is summed. Fields given in `over` are kept and the others
+ * derived from them.
  */
 export function defaultSkinnyShape(
   W: GpuMatrix,
@@ -149,11 +152,11 @@ export function defaultSkinnyShape(
   }
   // Fewer slices when even the shortest chunk does not fit.
   while (!over.ks && ks > 1 && skinnyStageBytes({ tn, tm, nt, mt, ks, bk }) > smemBytes) ks--;
-  return { tn, tm, nt, mt, ks, bk };
+  return { tn, tm, nt, mt, ks, bk, pf: over.pf ?? 1 };
 }
 
 /** Workgroup memory for the skinny kernel's staging (one padded chunk of W and x per slice). */
-function skinnyStageBytes(s: SkinnyShape): number {
+function skinnyStageBytes(s: Omit<SkinnyShape, "pf">): number {
   return s.ks * (s.nt * s.tn + s.mt * s.tm) * (s.bk / 4 + 1) * 16;
 }
 
@@ -646,7 +649,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     }
     if (o.scan) throw new BackendError("matvec: the skinny kernel has no scan epilogue");
     const sh = this.skinnyShape(W, o.M, o.tile);
-    const { tn, tm, nt, mt, ks, bk } = sh;
+    const { tn, tm, nt, mt, ks, bk, pf } = sh;
     const T = nt * mt;
     const name = `skinny tile ${JSON.stringify(sh)} (WebGpuOptions.skinnyShape)`;
     if (![tn, tm, nt, mt, ks, bk].every((v) => Number.isInteger(v) && v >= 1)) {
@@ -654,6 +657,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     }
     if (T * ks > 256) throw new BackendError(`${name}: more than 256 threads`);
     if (bk % 8 !== 0) throw new BackendError(`${name}: bk must be a multiple of 8`);
+    if (pf !== 0 && pf !== 1) throw new BackendError(`${name}: pf must be 0 or 1`);
     const NV = tn * tm;
     const BM = mt * tm;
     const vec = W.f16 ? 8 : 4;
@@ -685,6 +689,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       WR,
       XR,
       SM,
+      PREFETCH: pf === 1,
       F16: W.f16,
       XVEC: xvec,
       PRO_RMS: !!o.rms,
