@@ -170,7 +170,7 @@ export interface MatvecOptions {
   xOff: number;
   /** Distance between x rows. */
   xStride: number;
-  /** Rows (at most 16). */
+  /** Rows of x (the matrix-vector kernel takes at most 32; more go to the skinny kernel). */
   M: number;
   /** Output. */
   y: Buf;

@@ -5,6 +5,10 @@
  * submission and the host only reads the sampled ids back, a block at a time, with two blocks in
  * flight.
  *
+ * Batches of `WebGpuOptions.skinnyMinRows` sequences and more run their products through
+ * the skinny tiled kernel (`wgsl/skinny.wgsl`, with the same prologues and epilogues), and past
+ * `scanEpilogueMaxRows` Mamba-1's scan step is a kernel of its own.
+ *
  * @module
  */
 
