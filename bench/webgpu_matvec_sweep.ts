@@ -14,7 +14,7 @@
  * ```sh
  * deno run -A bench/webgpu_matvec_sweep.ts --model mamba-2.8b --dtype f16 [--json f]
  * deno run -A bench/webgpu_matvec_sweep.ts --kernel skinny --batch 16 --batch 64 \
- *   --only in_proj+ --only out_proj --only x_proj --only lm_head
+ *   --only in_proj+rms+residual --only out_proj --only x_proj --only lm_head
  * ```
  *
  * @module
@@ -212,8 +212,9 @@ async function sweep(
   ];
   if (m1) cases.push(["x_proj", L.map((l) => l.xProj!), plain(L[0].xProj!)]);
   for (const [what, mats, o] of cases) {
-    // --only in_proj+ means "in_proj + rms + residual + conv" and the like (prefix match).
-    if (opt.only && !opt.only.some((p) => what.replaceAll(" ", "").startsWith(p))) continue;
+    // Prefix match without spaces: --only in_proj+rms+residual is "in_proj + rms + residual + conv".
+    const bare = (t: string) => t.replaceAll(" ", "");
+    if (opt.only && !opt.only.some((p) => bare(what).startsWith(bare(p)))) continue;
     const W = mats[0];
     const bytes = W.parts.reduce((a, p) => a + p.buf.size, 0);
     const flops = 2 * M * W.N * W.K;
