@@ -6,6 +6,7 @@
  * deno run -A bench/webgpu_bench.ts                          # the full set (for an H200)
  * deno run -A bench/webgpu_bench.ts --model mamba-130m --dtype f16 --decode 256 --batch 1
  * deno run -A bench/webgpu_bench.ts --check                  # webgpu vs ref on small models
+ *                                                            # (and fused batches of 16 and 64)
  * deno run -A bench/webgpu_bench.ts --json                   # results as JSON on stdout
  * # batched decode, one run per combination of the backend's batch options:
  * deno run -A bench/webgpu_bench.ts --model mamba-130m --dtype f16 --batch 16 --batch 64 \
@@ -201,6 +202,43 @@ async function bandwidth(lm: MambaLM): Promise<{ matrix: string; gbPerS: number 
   return out;
 }
 
+/**
+ * Fused greedy decoding of `batch` different prompts at once on webgpu (the skinny kernel, the
+ * separate scan step past 32 sequences) against ref's steps, row by row.
+ */
+export async function checkBatch(ref: MambaLM, wg: MambaLM, batch: number): Promise<string> {
+  const V = ref.config.vocabSize;
+  const n = 16;
+  const prompts = Array.from(
+    { length: batch },
+    (_, b) => Array.from({ length: 9 }, (_, i) => (b * 131 + i * 37 + 5) % V),
+  );
+  const sr = ref.createState(batch);
+  await ref.prefill(sr, prompts.map((r) => r.slice(0, -1)));
+  let logits = await ref.step(sr, prompts.map((r) => r.at(-1)!));
+  const want: number[][] = prompts.map(() => []);
+  const P = ref.config.paddedVocabSize;
+  for (let i = 0; i < n; i++) {
+    const next = want.map((row, b) => {
+      let best = 0;
+      for (let v = 1; v < V; v++) if (logits[b * P + v] > logits[b * P + best]) best = v;
+      row.push(best);
+      return best;
+    });
+    if (i < n - 1) logits = await ref.step(sr, next);
+  }
+  const sw = wg.createState(batch);
+  await wg.prefill(sw, prompts.map((r) => r.slice(0, -1)));
+  const got: number[][] = prompts.map(() => []);
+  const opts = { topK: 1, vocabSize: V };
+  for await (const blk of wg.generateTokens(sw, prompts.map((r) => r.at(-1)!), n, opts)) {
+    blk.forEach((r, b) => got[b].push(...r));
+  }
+  const same = got.filter((r, b) => r.join() === want[b].join()).length;
+  return `${same === batch ? "PASS" : "FAIL"} fused greedy tokens (${n} a row) equal to ref's ` +
+    `in ${same}/${batch} rows`;
+}
+
 /** webgpu against ref on small random models (both mixers, f32 and f16 weights). */
 async function check(): Promise<WebGpuBenchResult[]> {
   const out: WebGpuBenchResult[] = [];
@@ -263,6 +301,19 @@ async function check(): Promise<WebGpuBenchResult[]> {
           (f16Native ? " (shader-f16)" : "");
         log(`check ${layer} d_model ${dModel} ${dtype}: ${note}`);
         out.push({ model: `random-${layer}-${dModel}`, weights: dtype, kind: "check", note });
+        if (dModel === 256 && !f16Native) {
+          for (const batch of [16, 64]) {
+            const bnote = await checkBatch(ref, wg, batch);
+            log(`check ${layer} d_model ${dModel} ${dtype} batch ${batch}: ${bnote}`);
+            out.push({
+              model: `random-${layer}-${dModel}`,
+              weights: dtype,
+              kind: "check",
+              batch,
+              note: bnote,
+            });
+          }
+        }
         ref.dispose();
         wg.dispose();
       }
