@@ -5,6 +5,10 @@
  * submission and the host only reads the sampled ids back, a block at a time, with two blocks in
  * flight.
  *
+ * Batches of `WebGpuOptions.skinnyMinRows` sequences and more run their products through
+ * the skinny tiled kernel (`wgsl/skinny.wgsl`, with the same prologues and epilogues), and past
+ * `scanEpilogueMaxRows` Mamba-1's scan step is a kernel of its own.
+ *
  * @module
  */
 
@@ -206,8 +210,9 @@ export class DecodePlan {
     const xdw = c.dtRank + 2 * c.dState;
     const [xz, u, xdbl, y] = [this.#a, this.#b, this.#c, this.#d];
     be.matvec(w.xProj!, { x: u, xOff: 0, xStride: D, M: B, y: xdbl, yOff: 0, yStride: xdw });
-    if (c.dState <= 32) {
-      // dt_proj + softplus, with the selective-scan step in its epilogue.
+    if (be.scanEpilogue(B, c.dState)) {
+      // dt_proj + softplus, with the selective-scan step in its epilogue (the matrix-vector
+      // kernel: at most 32 sequences).
       be.matvec(w.dtProj!, {
         bias: w.dtBias,
         x: xdbl,
@@ -233,6 +238,7 @@ export class DecodePlan {
         },
       });
     } else {
+      // The scan step with dt_proj inside, one thread per (channel, sequence).
       be.rec.dispatch(
         be.pipeline("selective_scan", "scan_step", { NS: c.dState }),
         "uuuuuuuuuuu",
