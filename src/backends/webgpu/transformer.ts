@@ -27,7 +27,7 @@ import type { GptNeoXConfig } from "../../neox_config.ts";
 import type { HostTensor } from "../../weights.ts";
 import { f32 } from "../ref/weights.ts";
 import { type GpuContext, gpuContext } from "./device.ts";
-import { type Buf, Recorder } from "./recorder.ts";
+import { type Buf, type Command, Recorder } from "./recorder.ts";
 import {
   type Kernel,
   kernel,
@@ -77,8 +77,22 @@ interface Layer {
 }
 
 const F32 = 4;
-/** Slots per split of a decoding step. */
-const SPLIT = 256;
+/** Fewest slots a split of decoding attention takes (a lane each). */
+const MIN_CHUNK = 64;
+/** Most slots a split of decoding attention takes (its scores stay in workgroup memory). */
+const MAX_CHUNK = 2048;
+/** Workgroups decoding attention aims for (an H200 holds about 16 of 64 lanes per SM). */
+const TARGET_SPLIT_GROUPS = 2048;
+
+/** The fused decoding buffers of one batch size. */
+interface DecodeRun {
+  /** Picks the next tokens and runs the block loop. */
+  readonly sampler: GpuSampler;
+  /** The position of the step being run (u32), advanced on the GPU at the end of each step. */
+  readonly pos: Buf;
+  /** The step recorded once and replayed, and what it was recorded for. */
+  step?: { key: string; body: Command[] };
+}
 
 /** Size classes of the buffer pool: within 1/8 of a power of two, at least 4 KiB. */
 function sizeClass(bytes: number): number {
@@ -103,7 +117,9 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
   readonly #lmHead: GpuMatrix;
   readonly #normF: GpuNorm;
   readonly #free = new Map<number, Buf[]>();
-  readonly #samplers = new Map<number, GpuSampler>();
+  readonly #decode = new Map<number, DecodeRun>();
+  /** While a fused decoding step is recorded: the GPU buffer that holds its position. */
+  #stepPos: Buf | null = null;
   /** cos / sin of every position below `cap`, `[cap, rot/2]` each. */
   #rope: { buf: Buf; cap: number };
   #disposed = false;
@@ -408,11 +424,23 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
     this.#linear(L.qkv, L.qkvBias, xb, 0, cfg.dModel, rows, qkv);
     this.#consume(x);
     const rope = this.#ropeFor(pos + seqLen);
+    // Inside a recorded decoding step the position comes from the GPU (the step is replayed).
+    const stepPos = seqLen === 1 ? this.#stepPos : null;
     this.rec.dispatch(
-      this.#pipeline("rotary_kv", "rotary_kv"),
+      this.#pipeline("rotary_kv", "rotary_kv", { POS_BUF: !!stepPos }),
       "uuuuuuuuu",
-      [rows, seqLen, pos, nHeads, nKvHeads, hd, cfg.rotaryDim, kv.capacity, this.#rope.cap],
-      [qkv, kv.k[layer], kv.v[layer], rope],
+      [
+        rows,
+        seqLen,
+        stepPos ? 0 : pos,
+        nHeads,
+        nKvHeads,
+        hd,
+        cfg.rotaryDim,
+        kv.capacity,
+        this.#rope.cap,
+      ],
+      [qkv, kv.k[layer], kv.v[layer], rope, stepPos],
       Math.min(rows, 65535),
       Math.ceil(rows / 65535),
     );
@@ -420,21 +448,33 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
     const scale = 1 / Math.sqrt(hd);
     if (seqLen === 1) {
       const len = pos + 1;
-      const nsplit = Math.ceil(len / SPLIT);
+      // A replayed step covers every length up to the capacity: its split count follows that.
+      const nsplit = this.#splits(batch, stepPos ? kv.capacity : len);
       const part = this.#temp(batch * nHeads * nsplit * (hd + 2) * F32);
-      const defs = { HD: hd, SPLIT };
-      const values = [len, nHeads, nKvHeads, kv.capacity, nsplit, scale];
+      const v4 = hd % 4 === 0;
+      const lanes = v4 ? hd / 4 : hd;
+      if (lanes > 256) throw new BackendError(`attention: head width ${hd} is too wide`);
+      const wg = Math.max(64, 2 ** Math.ceil(Math.log2(lanes)));
+      const defs = {
+        HD: hd,
+        V4: v4,
+        WG: wg,
+        MINCHUNK: MIN_CHUNK,
+        MAXCHUNK: MAX_CHUNK,
+        POS_BUF: !!stepPos,
+      };
+      const values = [stepPos ? 0 : len, nHeads, nKvHeads, kv.capacity, nsplit, scale];
       this.rec.dispatch(
         this.#pipeline("attn_decode", "attn_split", defs),
         "uuuuuf",
         values,
-        [qkv, kv.k[layer], kv.v[layer], part, null],
+        [qkv, kv.k[layer], kv.v[layer], part, null, stepPos],
         nsplit,
         nHeads,
         batch,
       );
       this.rec.dispatch(
-        this.#pipeline("attn_decode", "attn_merge", defs),
+        this.#pipeline("attn_decode", "attn_merge", { ...defs, POS_BUF: false }),
         "uuuuuf",
         values,
         [null, null, null, part, att],
@@ -459,6 +499,16 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
     this.#linear(L.out, L.outBias, att, 0, nHeads * hd, rows, out.buf!);
     this.#release(att);
     return out;
+  }
+
+  /**
+   * Splits per head of decoding attention over up to `cap` slots: enough workgroups to fill
+   * the GPU, a lane per slot at least, and at most {@link MAX_CHUNK} slots each.
+   */
+  #splits(batch: number, cap: number): number {
+    const fill = Math.ceil(TARGET_SPLIT_GROUPS / (batch * this.config.nHeads));
+    const s = Math.min(fill, Math.ceil(cap / MIN_CHUNK));
+    return Math.max(s, Math.ceil(cap / MAX_CHUNK), 1);
   }
 
   mlp(layer: number, x: GpuTActivation): GpuTActivation {
@@ -548,22 +598,58 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
     }
     if (kv.capacity < pos + n) throw new BackendError("decodeTokens: KV cache not reserved");
     // The rotary table for every position of the run, before any step is recorded.
-    this.#ropeFor(pos + n);
-    let smp = this.#samplers.get(B);
-    if (!smp) {
-      smp = new GpuSampler(this, B, this.config.paddedVocabSize);
-      this.#samplers.set(B, smp);
+    const rope = this.#ropeFor(pos + n);
+    let run = this.#decode.get(B);
+    if (!run) {
+      run = {
+        sampler: new GpuSampler(this, B, this.config.paddedVocabSize),
+        pos: this.rec.buffer(16, "decode.pos"),
+      };
+      this.#decode.set(B, run);
     }
-    const sampler = smp;
-    const d = this.config.dModel;
-    let step = 0;
-    return sampler.run(tokens, n, options, (slot, s, vocab) => {
-      const normed = blocks(this.#embedFrom(sampler.tok, B), pos + step++);
-      const x = this.#use(normed, "decodeTokens");
-      this.#linear(this.#lmHead, undefined, x, 0, d, B, sampler.logits);
-      this.#consume(normed);
-      sampler.encodeSample(slot, s, vocab);
+    const r = run;
+    // The recorded step holds the cache's and the rotary table's buffers.
+    const key = `${kv.k[0]?.id}:${kv.v[0]?.id}:${kv.capacity}:${rope.id}`;
+    let first = true;
+    return r.sampler.run(tokens, n, options, (slot, s, vocab) => {
+      if (first) {
+        first = false;
+        this.rec.write(r.pos, 0, Uint32Array.of(pos));
+      }
+      if (r.step?.key !== key) {
+        r.step = { key, body: this.rec.capture(() => this.#encodeStep(r, B, pos, blocks)) };
+      }
+      this.rec.replay(r.step.body);
+      r.sampler.encodeSample(slot, s, vocab);
     }, progress);
+  }
+
+  /**
+   * Records one decoding step (tok → logits, then the position advanced) whose attention reads
+   * its position from `run.pos`, so that it can be replayed at every position.
+   */
+  #encodeStep(
+    run: DecodeRun,
+    B: number,
+    pos: number,
+    blocks: (hidden: GpuTActivation, position: number) => GpuTActivation,
+  ): void {
+    this.#stepPos = run.pos;
+    try {
+      const normed = blocks(this.#embedFrom(run.sampler.tok, B), pos);
+      const x = this.#use(normed, "decodeTokens");
+      this.#linear(this.#lmHead, undefined, x, 0, this.config.dModel, B, run.sampler.logits);
+      this.#consume(normed);
+      this.rec.dispatch(
+        this.#pipeline("rotary_kv", "advance_pos", { POS_BUF: true }),
+        "",
+        [],
+        [null, null, null, null, run.pos],
+        1,
+      );
+    } finally {
+      this.#stepPos = null;
+    }
   }
 
   // ---------------------------------------------------------------- KV cache
@@ -686,8 +772,8 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
-    for (const smp of this.#samplers.values()) smp.dispose();
-    this.#samplers.clear();
+    for (const run of this.#decode.values()) run.sampler.dispose();
+    this.#decode.clear();
     this.rec.dispose();
     this.#free.clear();
   }
