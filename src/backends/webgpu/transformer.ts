@@ -24,6 +24,7 @@ import type {
 } from "../../backend.ts";
 import { BackendError } from "../../errors.ts";
 import type { GptNeoXConfig } from "../../neox_config.ts";
+import type { ResolvedSamplingOptions } from "../../sampling.ts";
 import type { HostTensor } from "../../weights.ts";
 import { f32 } from "../ref/weights.ts";
 import { type GpuContext, gpuContext } from "./device.ts";
@@ -622,6 +623,23 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
       this.rec.replay(r.step.body);
       r.sampler.encodeSample(slot, s, vocab);
     }, progress);
+  }
+
+  /**
+   * The dispatches of the fused decoding step of `batch` sequences as last recorded (the model
+   * up to the logits, without the advance of the position, so that replaying them keeps timing
+   * the same context), then the pick of the next token with sampling `s` (for profiles:
+   * `bench/webgpu_neox_step_profile.ts`). Undefined before a fused decoding run of that batch.
+   */
+  decodeStepCommands(
+    batch: number,
+    s: ResolvedSamplingOptions,
+    vocab: number,
+  ): Command[] | undefined {
+    const run = this.#decode.get(batch);
+    if (!run?.step) return undefined;
+    const body = run.step.body.filter((c) => !c.label.includes(":advance_pos:"));
+    return [...body, ...this.rec.capture(() => run.sampler.encodeSample(0, s, vocab))];
   }
 
   /**
