@@ -48,6 +48,11 @@ export interface GpuTActivation {
   readonly cols: number;
   /** The buffer. */
   buf: Buf | null;
+  /**
+   * A second addend not added yet ({@link WebGpuTransformerBackend.add} leaves the sum to the
+   * next kernel that reads it: the next add + norm folds it in, anything else forms it first).
+   */
+  plus?: Buf | null;
 }
 
 /** A KV cache on the GPU. */
@@ -119,6 +124,11 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
   readonly #normF: GpuNorm;
   readonly #free = new Map<number, Buf[]>();
   readonly #decode = new Map<number, DecodeRun>();
+  /**
+   * The MLP norm of a parallel-residual block, computed with its attention norm (both read the
+   * same residual) and handed out by the {@link norm} call that asks for it next.
+   */
+  #norm2: { of: GpuTActivation; buf: Buf; layer: number; normed: GpuTActivation } | null = null;
   /** While a fused decoding step is recorded: the GPU buffer that holds its position. */
   #stepPos: Buf | null = null;
   /** cos / sin of every position below `cap`, `[cap, rot/2]` each. */
@@ -206,15 +216,32 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
     this.rec.throwIfLost();
   }
 
-  #use(a: GpuTActivation, what: string): Buf {
+  /** The buffer of `a`, its pending addend added first unless `settle` is false. */
+  #use(a: GpuTActivation, what: string, settle = true): Buf {
     this.#alive();
     if (!a.buf) throw new BackendError(`${what}: this activation was already consumed`);
+    if (settle && a.plus) {
+      const n = a.rows * a.cols;
+      const groups = Math.ceil(n / 256);
+      this.rec.dispatch(
+        this.#pipeline("add", "add"),
+        "u",
+        [n],
+        [a.buf, a.plus],
+        Math.min(groups, 65535),
+        Math.ceil(groups / 65535),
+      );
+      this.#release(a.plus);
+      a.plus = null;
+    }
     return a.buf;
   }
 
   #consume(a: GpuTActivation): void {
     if (a.buf) this.#release(a.buf);
+    if (a.plus) this.#release(a.plus);
     a.buf = null;
+    a.plus = null;
   }
 
   /** The compiled pipeline of `entry` in `wgsl/<file>.wgsl` specialised with `defs`. */
@@ -240,6 +267,7 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
     xStride: number,
     M: number,
     y: Buf,
+    gelu = false,
   ): void {
     const K = W.K;
     if (M <= 16) {
@@ -265,6 +293,7 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
         XS4: 1,
         BIAS: !!bias,
         SOFTPLUS: false,
+        GELU: gelu,
         CONV_EPI: false,
         CONV_BIAS: false,
         SCAN_EPI: false,
@@ -306,17 +335,65 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
         Math.ceil(M / BM),
       );
     }
+    if (gelu) {
+      const n = M * W.N;
+      const groups = Math.ceil(n / 256);
+      this.rec.dispatch(
+        this.#pipeline("gelu", "gelu"),
+        "u",
+        [n],
+        [y],
+        Math.min(groups, 65535),
+        Math.ceil(groups / 65535),
+      );
+    }
   }
 
-  #norm(x: Buf, rows: number, cols: number, res: Buf | null, n: GpuNorm, resOut: Buf, normed: Buf) {
-    const k = this.#pipeline("add_norm", "add_norm", { HAS_RES: !!res, LAYER_NORM: true });
+  /**
+   * `resOut = x (+ x2) (+ res)`, `normed = LayerNorm(resOut)` with `n`, and with `second` also
+   * its LayerNorm with a second norm's weights.
+   */
+  #norm(
+    x: Buf,
+    rows: number,
+    cols: number,
+    res: Buf | null,
+    n: GpuNorm,
+    resOut: Buf,
+    normed: Buf,
+    x2: Buf | null = null,
+    second: { n: GpuNorm; normed: Buf } | null = null,
+  ) {
+    const k = this.#pipeline("add_norm", "add_norm", {
+      HAS_RES: !!res,
+      LAYER_NORM: true,
+      HAS_RES2: !!x2,
+      NORM2: !!second,
+    });
     this.rec.dispatch(
       k,
       "uuf",
       [rows, cols, this.config.normEps],
-      [x, res, n.weight, n.bias!, resOut, normed],
+      [
+        x,
+        res,
+        n.weight,
+        n.bias!,
+        resOut,
+        normed,
+        x2,
+        second?.n.weight ?? null,
+        second?.n.bias ?? null,
+        second?.normed ?? null,
+      ],
       Math.min(rows, 65535),
     );
+  }
+
+  /** Drops an MLP norm computed ahead that nobody asked for. */
+  #dropNorm2(): void {
+    if (this.#norm2) this.#consume(this.#norm2.normed);
+    this.#norm2 = null;
   }
 
   #normOf(layer: number | "final", which: BlockNorm): GpuNorm {
@@ -357,10 +434,15 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
     layer: number | "final",
     which: BlockNorm = "mixer",
   ): { normed: GpuTActivation; residual: GpuTActivation } {
-    const h = this.#use(hidden, "addNorm");
+    // A pending second addend of `hidden` is summed here.
+    const h = this.#use(hidden, "addNorm", false);
     const r = residual ? this.#use(residual, "addNorm") : null;
+    this.#dropNorm2();
     const resOut = this.#act(hidden.rows, hidden.cols);
     const normed = this.#act(hidden.rows, hidden.cols);
+    // A parallel-residual block's MLP norm reads the same residual: computed in the same pass.
+    const both = this.config.parallelResidual && which === "mixer" && layer !== "final";
+    const normed2 = both ? this.#act(hidden.rows, hidden.cols) : null;
     this.#norm(
       h,
       hidden.rows,
@@ -369,13 +451,25 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
       this.#normOf(layer, which),
       resOut.buf!,
       normed.buf!,
+      hidden.plus ?? null,
+      normed2 ? { n: this.#normOf(layer, "mlp"), normed: normed2.buf! } : null,
     );
+    if (normed2) {
+      this.#norm2 = { of: resOut, buf: resOut.buf!, layer: layer as number, normed: normed2 };
+    }
     this.#consume(hidden);
     if (residual) this.#consume(residual);
     return { normed, residual: resOut };
   }
 
   norm(x: GpuTActivation, layer: number, which: BlockNorm): GpuTActivation {
+    const ahead = this.#norm2;
+    if (
+      ahead && ahead.of === x && ahead.buf === x.buf && ahead.layer === layer && which === "mlp"
+    ) {
+      this.#norm2 = null;
+      return ahead.normed;
+    }
     const xb = this.#use(x, "norm");
     const copy = this.#temp(x.rows * x.cols * F32);
     const normed = this.#act(x.rows, x.cols);
@@ -517,38 +611,20 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
     const xb = this.#use(x, "mlp");
     const L = this.#layers[layer];
     const h = this.#temp(x.rows * cfg.intermediateSize * F32);
-    this.#linear(L.fc1, L.fc1Bias, xb, 0, cfg.dModel, x.rows, h);
+    this.#linear(L.fc1, L.fc1Bias, xb, 0, cfg.dModel, x.rows, h, true);
     this.#consume(x);
-    const n = x.rows * cfg.intermediateSize;
-    const groups = Math.ceil(n / 256);
-    this.rec.dispatch(
-      this.#pipeline("gelu", "gelu"),
-      "u",
-      [n],
-      [h],
-      Math.min(groups, 65535),
-      Math.ceil(groups / 65535),
-    );
     const out = this.#act(x.rows, cfg.dModel);
     this.#linear(L.fc2, L.fc2Bias, h, 0, cfg.intermediateSize, x.rows, out.buf!);
     this.#release(h);
     return out;
   }
 
+  /** `a + b`, left pending in `a` (see {@link GpuTActivation.plus}); consumes `b`. */
   add(a: GpuTActivation, b: GpuTActivation): GpuTActivation {
-    const ab = this.#use(a, "add");
+    this.#use(a, "add");
     const bb = this.#use(b, "add");
-    const n = a.rows * a.cols;
-    const groups = Math.ceil(n / 256);
-    this.rec.dispatch(
-      this.#pipeline("add", "add"),
-      "u",
-      [n],
-      [ab, bb],
-      Math.min(groups, 65535),
-      Math.ceil(groups / 65535),
-    );
-    this.#consume(b);
+    a.plus = bb;
+    b.buf = null;
     return a;
   }
 
