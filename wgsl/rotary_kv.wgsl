@@ -33,7 +33,8 @@ struct P {
 @group(0) @binding(5) var<storage, read_write> pos: array<u32>;
 #endif
 
-const WG = 64u;
+// A decoded token is one workgroup: wide, so that it takes a few rounds, not dozens.
+const WG = 256u;
 
 @compute @workgroup_size(WG)
 fn rotary_kv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3u) {

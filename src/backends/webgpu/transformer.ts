@@ -7,10 +7,14 @@
  * the Mamba path; the KV cache lives in GPU buffers (`[batch, nKvHeads, capacity, headDim]` per
  * layer) and doubles its capacity when it fills.
  *
- * Fused decoding ({@link WebGpuTransformerBackend.decodeTokens}) records many steps — embedding
- * of the token picked on the GPU, the layers, the LM head, the pick — into few submissions and
- * reads back only the picked ids, a block at a time, through the sampler shared with the Mamba
- * path (`sampler.ts`).
+ * Fused decoding ({@link WebGpuTransformerBackend.decodeTokens}) runs like the Mamba path's
+ * `DecodePlan`: one step — embedding of the token picked on the GPU, the layers, the LM head —
+ * is recorded once (its position lives in a GPU buffer that the step advances, and its attention
+ * grid covers the cache's capacity) and replayed for every token, followed by the pick, through
+ * the sampler shared with the Mamba path (`sampler.ts`); only the picked ids are read back, a
+ * block at a time. A decoded layer is eight dispatches: add + LayerNorm (both norms of a
+ * parallel block, and its pending residual sum, in one pass), qkv, rotary + cache write,
+ * attention split and merge, the output product, fc1 with GELU in its epilogue, fc2.
  *
  * @module
  */
@@ -98,6 +102,8 @@ interface DecodeRun {
   readonly pos: Buf;
   /** The step recorded once and replayed, and what it was recorded for. */
   step?: { key: string; body: Command[] };
+  /** The picks recorded per output slot, and the sampling setup they were recorded for. */
+  tails?: { key: string; slots: Command[][] };
 }
 
 /** Size classes of the buffer pool: within 1/8 of a power of two, at least 4 KiB. */
@@ -697,7 +703,20 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
         r.step = { key, body: this.rec.capture(() => this.#encodeStep(r, B, pos, blocks)) };
       }
       this.rec.replay(r.step.body);
-      r.sampler.encodeSample(slot, s, vocab);
+      // The picks write into the sampler's output buffer, replaced when a larger block needs it.
+      const tailKey = JSON.stringify([
+        s.greedy,
+        s.temperature,
+        s.topK,
+        s.topP,
+        s.minP,
+        s.repetitionPenalty,
+        vocab,
+        r.sampler.generation,
+      ]);
+      if (r.tails?.key !== tailKey) r.tails = { key: tailKey, slots: [] };
+      r.tails.slots[slot] ??= this.rec.capture(() => r.sampler.encodeSample(slot, s, vocab));
+      this.rec.replay(r.tails.slots[slot]);
     }, progress);
   }
 
