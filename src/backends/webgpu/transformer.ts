@@ -92,7 +92,7 @@ const MIN_CHUNK = 64;
 /** Most slots a split of decoding attention takes (its scores stay in workgroup memory). */
 const MAX_CHUNK = 2048;
 /** Workgroups decoding attention aims for (an H200 holds about 16 of 64 lanes per SM). */
-const TARGET_SPLIT_GROUPS = 2048;
+const SPLIT_GROUPS = 2048;
 
 /** The fused decoding buffers of one batch size. */
 interface DecodeRun {
@@ -140,6 +140,11 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
   /** cos / sin of every position below `cap`, `[cap, rot/2]` each. */
   #rope: { buf: Buf; cap: number };
   #disposed = false;
+  /**
+   * Workgroups decoding attention aims for (its splits per head are this over the heads of the
+   * batch, within the split length bounds). Tests lower it to cover long splits.
+   */
+  splitGroups: number = SPLIT_GROUPS;
 
   private constructor(
     config: GptNeoXConfig,
@@ -607,7 +612,7 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
    * the GPU, a lane per slot at least, and at most {@link MAX_CHUNK} slots each.
    */
   #splits(batch: number, cap: number): number {
-    const fill = Math.ceil(TARGET_SPLIT_GROUPS / (batch * this.config.nHeads));
+    const fill = Math.ceil(this.splitGroups / (batch * this.config.nHeads));
     const s = Math.min(fill, Math.ceil(cap / MIN_CHUNK));
     return Math.max(s, Math.ceil(cap / MAX_CHUNK), 1);
   }
