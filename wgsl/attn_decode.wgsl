@@ -16,9 +16,15 @@
 // own (vec4) channels, in G = WG / HD4 groups that take every G-th slot, so a group reads whole
 // value rows at once; four slots are in flight per group; the groups are added at the end.
 //
+// With ROPE (one KV head per query head), the new token's rotary embedding and cache write are
+// done here instead of by rotary_kv: every split rotates the query itself (as rotary_kv would:
+// rotate-half on the first `rot` channels, cos / sin from the `rope` table), and the split that
+// holds the last slot rotates the new key and writes it and the value into that slot before
+// scoring (no other workgroup reads that slot).
+//
 // Defines: HD (head width), V4 (HD % 4 == 0: 16-byte loads), WG (lanes, ≥ HD4 and a power of
 // two), MINCHUNK, MAXCHUNK, POS_BUF (len = pos[0] + 1, the position kept on the GPU by fused
-// decoding, instead of p.len).
+// decoding, instead of p.len), ROPE.
 
 struct P {
   len: u32,
@@ -27,6 +33,8 @@ struct P {
   cap: u32,
   nsplit: u32,
   scale: f32,
+  rot: u32,      // ROPE: rotary channels per head
+  ropeCap: u32,  //       positions in the rope table
 }
 
 #if V4
@@ -45,8 +53,14 @@ fn dot4(a: T, b: T) -> f32 {
 
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> qkv: array<T>;
+#if ROPE
+@group(0) @binding(2) var<storage, read_write> kc: array<T>;
+@group(0) @binding(3) var<storage, read_write> vc: array<T>;
+@group(0) @binding(7) var<storage, read> rope: array<f32>;
+#else
 @group(0) @binding(2) var<storage, read> kc: array<T>;
 @group(0) @binding(3) var<storage, read> vc: array<T>;
+#endif
 @group(0) @binding(4) var<storage, read_write> part: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 #if POS_BUF
@@ -79,6 +93,50 @@ fn reduce(lid: u32, v: f32, isMax: bool) -> f32 {
   return r;
 }
 
+// Channel i of a qkv row at scalar index `base` (a head's start).
+fn qkvAt(base: u32, i: u32) -> f32 {
+#if V4
+  let e = base + i;
+  return qkv[e >> 2u][e & 3u];
+#else
+  return qkv[base + i];
+#endif
+}
+
+// Channel i of the head at scalar index `base` of qkv, rotated to `position` (rotate-half on
+// the first p.rot channels, as rotary_kv does).
+fn rotated(base: u32, i: u32, position: u32) -> f32 {
+  var v = qkvAt(base, i);
+#if ROPE
+  if (i < p.rot) {
+    let half = p.rot / 2u;
+    let j = i % half;
+    let cs = rope[position * half + j];
+    let sn = rope[(p.ropeCap + position) * half + j];
+    if (i < half) {
+      v = v * cs - qkvAt(base, i + half) * sn;
+    } else {
+      v = v * cs + qkvAt(base, i - half) * sn;
+    }
+  }
+#endif
+  return v;
+}
+
+// Channels 4c … 4c + 3 (V4) or channel c of a head, rotated.
+fn rotatedT(base: u32, c: u32, position: u32) -> T {
+#if V4
+  return vec4<f32>(
+    rotated(base, 4u * c, position),
+    rotated(base, 4u * c + 1u, position),
+    rotated(base, 4u * c + 2u, position),
+    rotated(base, 4u * c + 3u, position),
+  );
+#else
+  return rotated(base, c, position);
+#endif
+}
+
 fn contextLen() -> u32 {
 #if POS_BUF
   return pos[0] + 1u;
@@ -99,9 +157,34 @@ fn attn_split(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
   let chunk = max(MINCHUNK, (len + p.nsplit - 1u) / p.nsplit);
   let j0 = split * chunk;
   let n = select(0u, min(len - j0, chunk), j0 < len);
+  let position = len - 1u;
+  // Scalar index of this head's query in qkv.
+  let qBase = (b * rowLen4 + h * HD4) * (HD / HD4);
   for (var c = lid; c < HD4; c += WG) {
-    qs[c] = qkv[b * rowLen4 + h * HD4 + c] * p.scale;
+    qs[c] = rotatedT(qBase, c, position) * p.scale;
   }
+#if ROPE
+  if (n > 0u && j0 + n == len) {
+    // This split holds the new slot: its key (rotated) and value go into the cache first.
+    let kBase = (b * rowLen4 + (p.nh + g) * HD4) * (HD / HD4);
+    let vBase = (b * rowLen4 + (p.nh + p.nkv + g) * HD4) * (HD / HD4);
+    let slot = kvBase + position * HD4;
+    for (var c = lid; c < HD4; c += WG) {
+      kc[slot + c] = rotatedT(kBase, c, position);
+#if V4
+      vc[slot + c] = vec4<f32>(
+        qkvAt(vBase, 4u * c),
+        qkvAt(vBase, 4u * c + 1u),
+        qkvAt(vBase, 4u * c + 2u),
+        qkvAt(vBase, 4u * c + 3u),
+      );
+#else
+      vc[slot + c] = qkvAt(vBase, c);
+#endif
+    }
+  }
+  storageBarrier();
+#endif
   workgroupBarrier();
   var mLocal = -3.0e38;
   for (var j = lid; j < n; j += WG) {

@@ -12,9 +12,10 @@
  * is recorded once (its position lives in a GPU buffer that the step advances, and its attention
  * grid covers the cache's capacity) and replayed for every token, followed by the pick, through
  * the sampler shared with the Mamba path (`sampler.ts`); only the picked ids are read back, a
- * block at a time. A decoded layer is eight dispatches: add + LayerNorm (both norms of a
- * parallel block, and its pending residual sum, in one pass), qkv, rotary + cache write,
- * attention split and merge, the output product, fc1 with GELU in its epilogue, fc2.
+ * block at a time. A decoded layer is seven dispatches: add + LayerNorm (both norms of a
+ * parallel block, and its pending residual sum, in one pass), qkv, attention split (with the
+ * new token's rotary embedding and cache write, when every query head has its own KV head) and
+ * merge, the output product, fc1 with GELU in its epilogue, fc2.
  *
  * @module
  */
@@ -532,24 +533,28 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
     const rope = this.#ropeFor(pos + seqLen);
     // Inside a recorded decoding step the position comes from the GPU (the step is replayed).
     const stepPos = seqLen === 1 ? this.#stepPos : null;
-    this.rec.dispatch(
-      this.#pipeline("rotary_kv", "rotary_kv", { POS_BUF: !!stepPos }),
-      "uuuuuuuuu",
-      [
-        rows,
-        seqLen,
-        stepPos ? 0 : pos,
-        nHeads,
-        nKvHeads,
-        hd,
-        cfg.rotaryDim,
-        kv.capacity,
-        this.#rope.cap,
-      ],
-      [qkv, kv.k[layer], kv.v[layer], rope, stepPos],
-      Math.min(rows, 65535),
-      Math.ceil(rows / 65535),
-    );
+    // Decoding with a KV head per query head: the split that holds the new slot writes it.
+    const fuseRope = seqLen === 1 && nKvHeads === nHeads;
+    if (!fuseRope) {
+      this.rec.dispatch(
+        this.#pipeline("rotary_kv", "rotary_kv", { POS_BUF: !!stepPos }),
+        "uuuuuuuuu",
+        [
+          rows,
+          seqLen,
+          stepPos ? 0 : pos,
+          nHeads,
+          nKvHeads,
+          hd,
+          cfg.rotaryDim,
+          kv.capacity,
+          this.#rope.cap,
+        ],
+        [qkv, kv.k[layer], kv.v[layer], rope, stepPos],
+        Math.min(rows, 65535),
+        Math.ceil(rows / 65535),
+      );
+    }
     const att = this.#temp(rows * nHeads * hd * F32);
     const scale = 1 / Math.sqrt(hd);
     if (seqLen === 1) {
@@ -568,20 +573,30 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
         MINCHUNK: MIN_CHUNK,
         MAXCHUNK: MAX_CHUNK,
         POS_BUF: !!stepPos,
+        ROPE: fuseRope,
       };
-      const values = [stepPos ? 0 : len, nHeads, nKvHeads, kv.capacity, nsplit, scale];
+      const values = [
+        stepPos ? 0 : len,
+        nHeads,
+        nKvHeads,
+        kv.capacity,
+        nsplit,
+        scale,
+        cfg.rotaryDim,
+        this.#rope.cap,
+      ];
       this.rec.dispatch(
         this.#pipeline("attn_decode", "attn_split", defs),
-        "uuuuuf",
+        "uuuuufuu",
         values,
-        [qkv, kv.k[layer], kv.v[layer], part, null, stepPos],
+        [qkv, kv.k[layer], kv.v[layer], part, null, stepPos, fuseRope ? rope : null],
         nsplit,
         nHeads,
         batch,
       );
       this.rec.dispatch(
-        this.#pipeline("attn_decode", "attn_merge", { ...defs, POS_BUF: false }),
-        "uuuuuf",
+        this.#pipeline("attn_decode", "attn_merge", { ...defs, POS_BUF: false, ROPE: false }),
+        "uuuuufuu",
         values,
         [null, null, null, part, att],
         nHeads,
