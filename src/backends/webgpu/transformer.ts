@@ -42,7 +42,7 @@ import {
   type ShaderFile,
 } from "./shaders.ts";
 import { defaultMatvecShape } from "./backend.ts";
-import { GpuSampler } from "./sampler.ts";
+import { GpuSampler, samplingKey } from "./sampler.ts";
 import { type GpuMatrix, type GpuNorm, uploadF32, uploadMatrix } from "./weights.ts";
 
 /** An activation: `rows × cols` f32 in a pooled GPU buffer (`null` once consumed). */
@@ -724,16 +724,7 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
       }
       this.rec.replay(r.step.body);
       // The picks write into the sampler's output buffer, replaced when a larger block needs it.
-      const tailKey = JSON.stringify([
-        s.greedy,
-        s.temperature,
-        s.topK,
-        s.topP,
-        s.minP,
-        s.repetitionPenalty,
-        vocab,
-        r.sampler.generation,
-      ]);
+      const tailKey = `${samplingKey(s, vocab)}:${r.sampler.generation}`;
       if (r.tails?.key !== tailKey) r.tails = { key: tailKey, slots: [] };
       r.tails.slots[slot] ??= this.rec.capture(() => r.sampler.encodeSample(slot, s, vocab));
       this.rec.replay(r.tails.slots[slot]);
