@@ -110,6 +110,17 @@ unsafe fn put(y: *mut f32, v: f32, accumulate: bool) {
 unsafe fn dot_row1<W: Wt>(w: W, r: usize, k: usize, x: *const f32) -> f32 {
     let mut a = [f32x4_splat(0.0); 4];
     let mut i = 0;
+    while i + 32 <= k {
+        for h in [0, 16] {
+            let (w0, w1) = w.ld8(r, k, i + h);
+            let (w2, w3) = w.ld8(r, k, i + h + 8);
+            a[0] = fma(a[0], w0, ld(x.add(i + h)));
+            a[1] = fma(a[1], w1, ld(x.add(i + h + 4)));
+            a[2] = fma(a[2], w2, ld(x.add(i + h + 8)));
+            a[3] = fma(a[3], w3, ld(x.add(i + h + 12)));
+        }
+        i += 32;
+    }
     while i + 16 <= k {
         let (w0, w1) = w.ld8(r, k, i);
         let (w2, w3) = w.ld8(r, k, i + 8);
