@@ -22,7 +22,7 @@ import { parseArgs } from "node:util";
 import type { BackendChoice } from "./mod.ts";
 import type { GenerateOptions, InferenceStateLike, StepModel } from "./src/generate.ts";
 import { generate } from "./src/generate.ts";
-import { validateSamplingOptions } from "./src/sampling.ts";
+import { SamplingOptionsError, validateSamplingOptions } from "./src/sampling.ts";
 import { type TextTokenizer, Tokenizer } from "./src/tokenizer.ts";
 
 const HELP = `Generate text with a Mamba model.
@@ -277,9 +277,8 @@ async function run(args: string[]): Promise<number> {
   try {
     seed = validateSamplingOptions(sampling).seed;
   } catch (e) {
-    if (e instanceof RangeError) {
-      const flag = "--" + ("option" in e ? String(e.option) : "")
-        .replace(/[A-Z]/g, (c) => "-" + c.toLowerCase());
+    if (e instanceof SamplingOptionsError) {
+      const flag = "--" + e.option.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase());
       throw new UsageError(`${flag}: ${e.message}`);
     }
     throw e;

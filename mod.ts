@@ -14,7 +14,12 @@
  */
 
 export { MambaLM } from "./src/model.ts";
-export type { GenerateTokensOptions, LoadOptions, Logits } from "./src/model.ts";
+export type {
+  CreateStateOptions,
+  GenerateTokensOptions,
+  LoadOptions,
+  Logits,
+} from "./src/model.ts";
 export { InferenceState } from "./src/state.ts";
 export type { StateLayout } from "./src/state.ts";
 export { parseConfig } from "./src/config.ts";
@@ -27,6 +32,8 @@ export {
   DeviceLostError,
   InputError,
   MambaError,
+  OptionError,
+  TokenizerError,
   WeightsError,
 } from "./src/errors.ts";
 export type { Backend, BackendName, DecodeOptions, StateTensors } from "./src/backend.ts";
@@ -35,7 +42,12 @@ export type { WeightsDtype } from "./src/weights.ts";
 export type { HostTensor, LayerWeights, ModelWeights, NormWeights } from "./src/weights.ts";
 export { Tokenizer } from "./src/tokenizer.ts";
 export { byteLevelTokenizerJSON } from "./src/tokenizer.ts";
-export type { EncodeOptions, StreamDecoder, TextTokenizer } from "./src/tokenizer.ts";
+export type {
+  EncodeOptions,
+  StreamDecoder,
+  TextTokenizer,
+  TokenizerLoadOptions,
+} from "./src/tokenizer.ts";
 export {
   applyRepetitionPenalty,
   argmax,

@@ -15,6 +15,7 @@
  * @module
  */
 
+import { InputError, OptionError } from "./errors.ts";
 import { Sampler, type SamplingOptions } from "./sampling.ts";
 import type { StreamDecoder, TextTokenizer } from "./tokenizer.ts";
 
@@ -176,19 +177,22 @@ function resolve<S extends InferenceStateLike>(
 ): Resolved {
   const maxNewTokens = opts.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS;
   if (!Number.isInteger(maxNewTokens) || maxNewTokens < 0) {
-    throw new RangeError(`maxNewTokens must be an integer ≥ 0, got ${opts.maxNewTokens}`);
+    throw new OptionError(
+      "maxNewTokens",
+      `maxNewTokens must be an integer ≥ 0, got ${opts.maxNewTokens}`,
+    );
   }
   const tokEos = model.tokenizer?.eosTokenId;
   const eos = opts.eosTokenId === null ? undefined : opts.eosTokenId ?? tokEos;
   if (eos !== undefined && (!Number.isInteger(eos) || eos < 0)) {
-    throw new RangeError(`eosTokenId must be an integer ≥ 0, got ${eos}`);
+    throw new OptionError("eosTokenId", `eosTokenId must be an integer ≥ 0 or null, got ${eos}`);
   }
   const stop = opts.stop ?? [];
   if (!Array.isArray(stop) || stop.some((s) => typeof s !== "string" || s.length === 0)) {
-    throw new RangeError("stop must be an array of non-empty strings");
+    throw new OptionError("stop", "stop must be an array of non-empty strings");
   }
   if (stop.length > 0 && model.tokenizer === undefined) {
-    throw new TypeError("stop strings need a model with a tokenizer");
+    throw new OptionError("stop", "stop strings need a model with a tokenizer");
   }
   const sampler = new Sampler({ ...opts, vocabSize: opts.vocabSize ?? model.config.vocabSize });
   return { maxNewTokens, eos, stop, sampler, start: eos ?? tokEos };
@@ -204,7 +208,7 @@ function promptIds<S extends InferenceStateLike>(
   if (typeof prompt === "string") {
     const tok = model.tokenizer;
     if (tok === undefined) {
-      throw new TypeError("this model has no tokenizer: pass the prompt as token ids");
+      throw new InputError("this model has no tokenizer: pass the prompt as token ids");
     }
     ids = tok.encode(prompt, { addSpecialTokens: fresh });
   } else {
@@ -212,14 +216,14 @@ function promptIds<S extends InferenceStateLike>(
   }
   for (const id of ids) {
     if (!Number.isInteger(id) || id < 0 || id >= model.config.paddedVocabSize) {
-      throw new RangeError(
+      throw new InputError(
         `prompt token id ${id} is outside the model's vocabulary [0, ${model.config.paddedVocabSize})`,
       );
     }
   }
   if (ids.length === 0) {
     if (fresh && start !== undefined && start < model.config.paddedVocabSize) return [start];
-    throw new RangeError(
+    throw new InputError(
       fresh
         ? "empty prompt and no end-of-text token to start from"
         : "the prompt must not be empty when continuing a state",
@@ -331,7 +335,7 @@ class AbortPoller {
 function rowOf(logits: Float32Array, batch: number, b: number): Float32Array {
   const n = logits.length / batch;
   if (!Number.isInteger(n)) {
-    throw new RangeError(`logits length ${logits.length} is not a multiple of batch ${batch}`);
+    throw new InputError(`logits length ${logits.length} is not a multiple of batch ${batch}`);
   }
   return batch === 1 ? logits : logits.subarray(b * n, (b + 1) * n);
 }
@@ -456,8 +460,9 @@ async function* run(
  * @param prompt Text (needs `model.tokenizer`) or token ids. An empty prompt on a fresh
  *   state starts from the end-of-text token.
  * @param opts Sampling and stopping options.
- * @throws {RangeError} for invalid options or an empty prompt that cannot be started.
- * @throws {TypeError} for a text prompt or stop strings without a tokenizer.
+ * @throws {OptionError} (an {@link InputError}) for an invalid option, naming it.
+ * @throws {InputError} for an empty prompt that cannot be started, or a text prompt without a
+ *   tokenizer.
  *
  * @example
  * ```ts ignore
@@ -475,7 +480,7 @@ export async function* generate<S extends InferenceStateLike>(
   const r = resolve(model, opts);
   const state = opts.state ?? model.createState(1);
   if (state.batch !== 1) {
-    throw new RangeError(`generate needs a state of batch 1, got ${state.batch}`);
+    throw new OptionError("state", `generate needs a state of batch 1, got ${state.batch}`);
   }
   const ids = promptIds(model, prompt, opts.state === undefined, r.start);
   if (opts.signal?.aborted) return;
@@ -564,7 +569,7 @@ export async function generateBatch<S extends InferenceStateLike>(
   const r = resolve(model, opts);
   const state = opts.state ?? model.createState(B);
   if (state.batch !== B) {
-    throw new RangeError(`state has batch ${state.batch} but there are ${B} prompts`);
+    throw new OptionError("state", `state has batch ${state.batch} but there are ${B} prompts`);
   }
   const ids = prompts.map((p) => promptIds(model, p, opts.state === undefined, r.start));
   const texts: string[] = new Array(B).fill("");
@@ -574,7 +579,10 @@ export async function generateBatch<S extends InferenceStateLike>(
   const keep = opts.state !== undefined && opts.feedGenerated !== false;
   const onClone = opts.state !== undefined && !keep;
   if (onClone && lens.some((n) => n !== common)) {
-    throw new RangeError("generateBatch with feedGenerated: false needs prompts of equal length");
+    throw new OptionError(
+      "feedGenerated",
+      "generateBatch with feedGenerated: false needs prompts of equal length",
+    );
   }
   const histories = ids.map((row) => row.slice());
   const sinks = ids.map(() => new TextSink(model.tokenizer, r.stop));
@@ -657,11 +665,11 @@ export function textStream<S extends InferenceStateLike>(
   opts: GenerateOptions<S> = {},
 ): TransformStream<string, string> {
   const tok = model.tokenizer;
-  if (tok === undefined) throw new TypeError("textStream needs a model with a tokenizer");
+  if (tok === undefined) throw new InputError("textStream needs a model with a tokenizer");
   const r = resolve(model, opts);
   let state: S | undefined = opts.state;
   if (state !== undefined && state.batch !== 1) {
-    throw new RangeError(`textStream needs a state of batch 1, got ${state.batch}`);
+    throw new OptionError("state", `textStream needs a state of batch 1, got ${state.batch}`);
   }
   let fresh = state === undefined;
   const keep = opts.feedGenerated !== false;

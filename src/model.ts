@@ -19,7 +19,15 @@ import {
 } from "./generate.ts";
 import { Tokenizer } from "./tokenizer.ts";
 import { ConfigError, DeviceLostError, InputError, MambaError } from "./errors.ts";
-import { bindState, InferenceState, markComputed, stateLayout } from "./state.ts";
+import {
+  bindState,
+  defaultMaxStateBytes,
+  formatBytes,
+  InferenceState,
+  markComputed,
+  stateByteLength,
+  stateLayout,
+} from "./state.ts";
 import { exists, loadWeights, type ModelWeights, readBytes, type WeightsDtype } from "./weights.ts";
 import { Sampler, type SamplingOptions, validateSamplingOptions } from "./sampling.ts";
 
@@ -51,6 +59,15 @@ export interface LoadOptions {
    * by default as loaded (see `weightsDtype`).
    */
   wasm?: { threads?: number; weights?: "f32" | "f16" | "q8" };
+}
+
+/** Options of {@link MambaLM.createState}. */
+export interface CreateStateOptions {
+  /**
+   * Most bytes the state may take. Default: half of the machine's memory
+   * (`Deno.systemMemoryInfo()`), or 4 GiB without the permission to read it.
+   */
+  maxBytes?: number;
 }
 
 /** Logits of a full-sequence forward. */
@@ -229,12 +246,31 @@ export class MambaLM {
 
   /**
    * A zeroed recurrent state for `batch` sequences (see {@link InferenceState} for its layout).
+   * `options.maxBytes` caps its size (default: half of the machine's memory, see
+   * {@link CreateStateOptions}).
+   *
+   * @throws {InputError} for a batch that is not a positive integer, or whose state would need
+   *   more than `maxBytes` (the message says how many bytes).
    */
-  createState(batch = 1): InferenceState {
+  createState(batch = 1, options: CreateStateOptions = {}): InferenceState {
     if (!Number.isSafeInteger(batch) || batch < 1) {
       throw new InputError(`batch must be a positive integer, got ${batch}`);
     }
-    return new InferenceState(stateLayout(this.config, batch));
+    const maxBytes = options.maxBytes ?? defaultMaxStateBytes();
+    if (typeof maxBytes !== "number" || !(maxBytes > 0)) {
+      throw new InputError(`createState: maxBytes must be a number > 0, got ${maxBytes}`);
+    }
+    const layout = stateLayout(this.config, batch);
+    const bytes = stateByteLength(layout);
+    if (bytes > maxBytes) {
+      // Typed arrays take their memory lazily: without this check the state "succeeds" and the
+      // process dies later, when the state is first written.
+      throw new InputError(
+        `createState(${batch}): the state would need ${formatBytes(bytes)}, more than maxBytes ` +
+          `${formatBytes(maxBytes)} (pass { maxBytes } to allow more)`,
+      );
+    }
+    return new InferenceState(layout);
   }
 
   /**

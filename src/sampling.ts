@@ -28,6 +28,7 @@
  * @module
  */
 
+import { InputError, OptionError } from "./errors.ts";
 import { randomSeed, Xoshiro128 } from "./rng.ts";
 
 /**
@@ -88,23 +89,21 @@ export interface ResolvedSamplingOptions {
 }
 
 /**
- * Error thrown for an invalid sampling option. It is a `RangeError`, and `option`
- * names the offending field.
+ * Error thrown for an invalid sampling option: an {@link OptionError} (so a `MambaError`),
+ * and `option` names the offending field.
  *
  * @example
  * ```ts
+ * import { MambaError } from "./errors.ts";
  * import { SamplingOptionsError, validateSamplingOptions } from "./sampling.ts";
  * try {
  *   validateSamplingOptions({ topP: 0 });
  * } catch (e) {
- *   console.log(e instanceof SamplingOptionsError, e instanceof RangeError); // true true
+ *   console.log(e instanceof SamplingOptionsError, e instanceof MambaError); // true true
  * }
  * ```
  */
-export class SamplingOptionsError extends RangeError {
-  /** Name of the invalid option, e.g. `"topP"`. */
-  readonly option: string;
-
+export class SamplingOptionsError extends OptionError {
   /**
    * Creates the error.
    *
@@ -118,9 +117,7 @@ export class SamplingOptionsError extends RangeError {
    * ```
    */
   constructor(option: string, message: string) {
-    super(message);
-    this.name = "SamplingOptionsError";
-    this.option = option;
+    super(option, message);
   }
 }
 
@@ -131,7 +128,7 @@ function fmt(v: unknown): string {
 /**
  * Validates sampling options and fills in the defaults.
  *
- * @throws {SamplingOptionsError} (a `RangeError`) when `temperature` is negative, NaN or
+ * @throws {SamplingOptionsError} (a `MambaError`) when `temperature` is negative, NaN or
  * infinite; `topK` is negative or not an integer; `topP` is outside (0, 1]; `minP` is
  * outside [0, 1]; `repetitionPenalty` is ≤ 0 or not finite; `seed` is not an integer;
  * or `vocabSize` is not a positive integer.
@@ -256,7 +253,9 @@ export function applyRepetitionPenalty(
 ): Float32Array {
   const n = Math.min(vocabSize, logits.length);
   const dst = out ?? new Float32Array(n);
-  if (dst.length < n) throw new RangeError("output buffer is smaller than vocabSize");
+  if (dst.length < n) {
+    throw new InputError(`applyRepetitionPenalty: out has ${dst.length} entries, fewer than ${n}`);
+  }
   if (dst !== logits) dst.set(n === logits.length ? logits : logits.subarray(0, n));
   if (penalty === 1) return dst;
   const p = Math.fround(penalty);
@@ -316,8 +315,7 @@ export class Sampler {
    *   are ignored when `vocabSize` is set). Not modified.
    * @param history Ids seen so far (prompt + generated) for the repetition penalty.
    * @returns A token id in `[0, vocabSize)`.
-   * @throws {RangeError} when the row is shorter than `vocabSize`.
-   * @throws {Error} when every logit is NaN or −∞.
+   * @throws {InputError} when the row is shorter than `vocabSize`, or every logit is NaN or −∞.
    *
    * @example
    * ```ts
@@ -330,7 +328,7 @@ export class Sampler {
     const o = this.options;
     const V = o.vocabSize ?? logits.length;
     if (logits.length < V) {
-      throw new RangeError(`logits row has ${logits.length} entries but vocabSize is ${V}`);
+      throw new InputError(`logits row has ${logits.length} entries but vocabSize is ${V}`);
     }
     let src = logits;
     if (o.repetitionPenalty !== 1 && history !== undefined && history.length > 0) {
@@ -339,7 +337,11 @@ export class Sampler {
     }
     if (o.greedy) {
       const id = argmax(src, V);
-      if (id < 0 || src[id] !== src[id]) throw new Error("cannot sample: every logit is NaN");
+      if (id < 0 || src[id] !== src[id]) {
+        throw new InputError(
+          "cannot sample: every logit is NaN (do the weights or the state hold NaN?)",
+        );
+      }
       return id;
     }
     return this.#sampleStochastic(src, V);
@@ -354,7 +356,11 @@ export class Sampler {
       const v = src[i];
       if (v > lmax) lmax = v;
     }
-    if (lmax === -Infinity) throw new Error("cannot sample: every logit is NaN or -Infinity");
+    if (lmax === -Infinity) {
+      throw new InputError(
+        "cannot sample: every logit is NaN or -Infinity (do the weights or the state hold NaN?)",
+      );
+    }
     // Every filter keeps an upper set of the (monotonically scaled) logits, so their
     // composition is a single threshold on the raw logit.
     let thr = -Infinity;
