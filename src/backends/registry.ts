@@ -9,6 +9,7 @@ import type { Backend, BackendInit, BackendName } from "../backend.ts";
 import { BackendError } from "../errors.ts";
 import { RefBackend } from "./ref/backend.ts";
 import type { WasmOptions } from "./wasm/options.ts";
+import { quietly, requestAdapter } from "./quiet_adapter.ts";
 
 /** A backend name, or `"auto"`: the fastest one that works here. */
 export type BackendChoice = BackendName | "auto";
@@ -40,7 +41,8 @@ export function createBackend(
     case "wasm":
       return import("./wasm/backend.ts").then((m) => m.WasmBackend.create(init, options.wasm));
     case "webgpu":
-      return import("./webgpu/backend.ts").then((m) => m.WebGpuBackend.create(init));
+      // Creating the device probes Vulkan again: keep libwayland's noise off stderr there too.
+      return quietly(() => import("./webgpu/backend.ts").then((m) => m.WebGpuBackend.create(init)));
     case "auto":
       return createBackendChain("auto", init, options).then((c) => c.backend);
     default:
@@ -92,7 +94,7 @@ export async function createBackendChain(
  */
 async function autoOrder(why: string[]): Promise<BackendName[]> {
   try {
-    const adapter = await navigator.gpu?.requestAdapter();
+    const adapter = await requestAdapter();
     if (adapter && !adapter.info.isFallbackAdapter) return ["webgpu", "wasm", "ref"];
     why.push(
       adapter
