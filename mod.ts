@@ -53,6 +53,7 @@ export {
   argmax,
   Sampler,
   SamplingOptionsError,
+  TokenHistory,
   validateSamplingOptions,
 } from "./src/sampling.ts";
 export type { ResolvedSamplingOptions, SamplingOptions } from "./src/sampling.ts";

@@ -16,7 +16,7 @@
  */
 
 import { InputError, OptionError } from "./errors.ts";
-import { Sampler, type SamplingOptions } from "./sampling.ts";
+import { Sampler, type SamplingOptions, TokenHistory } from "./sampling.ts";
 import type { StreamDecoder, TextTokenizer } from "./tokenizer.ts";
 
 /**
@@ -354,11 +354,11 @@ async function* hostIds<S extends InferenceStateLike>(
   state: S,
   logits: Float32Array,
   r: Resolved,
-  history: number[],
+  history: TokenHistory,
   ctx: RunContext,
 ): AsyncGenerator<number, void, undefined> {
   for (;;) {
-    yield r.sampler.sample(rowOf(logits, 1, 0), history);
+    yield r.sampler.sample(rowOf(logits, 1, 0), history.ids);
     logits = await model.step(state, [ctx.pending!]);
     ctx.pending = undefined;
   }
@@ -374,9 +374,9 @@ async function* fusedIds<S extends InferenceStateLike>(
   state: S,
   logits: Float32Array,
   r: Resolved,
-  history: number[],
+  history: TokenHistory,
 ): AsyncGenerator<number, void, undefined> {
-  const first = r.sampler.sample(rowOf(logits, 1, 0), history);
+  const first = r.sampler.sample(rowOf(logits, 1, 0), history.ids);
   yield first;
   const o = r.sampler.options;
   const blocks = generateTokens(state, [first], r.maxNewTokens - 1, {
@@ -388,7 +388,7 @@ async function* fusedIds<S extends InferenceStateLike>(
     vocabSize: o.vocabSize,
     // A different stream than the first token's, still fixed by the seed.
     seed: (o.seed + 0x9e3779b9) >>> 0,
-    history: [history.slice()],
+    history: [history.ids.slice()],
   });
   for await (const block of blocks) yield* block[0];
 }
@@ -402,7 +402,7 @@ async function* run(
   ids: AsyncGenerator<number, void, undefined>,
   tokenizer: TextTokenizer | undefined,
   r: Resolved,
-  history: number[],
+  history: TokenHistory,
   signal: AbortSignal | undefined,
   ctx: RunContext,
 ): AsyncGenerator<GeneratedToken, void, undefined> {
@@ -490,7 +490,7 @@ export async function* generate<S extends InferenceStateLike>(
   const ctx: RunContext = { pending: undefined };
   let failed = false;
   try {
-    const history = ids.slice();
+    const history = new TokenHistory(ids);
     const fused = opts.state === undefined && model.fusedDecoding
       ? model.generateTokens
       : undefined;
@@ -584,7 +584,7 @@ export async function generateBatch<S extends InferenceStateLike>(
       "generateBatch with feedGenerated: false needs prompts of equal length",
     );
   }
-  const histories = ids.map((row) => row.slice());
+  const histories = ids.map((row) => new TokenHistory(row));
   const sinks = ids.map(() => new TextSink(model.tokenizer, r.stop));
   const done: boolean[] = new Array(B).fill(r.maxNewTokens === 0);
   const produced: number[] = new Array(B).fill(0);
@@ -610,7 +610,7 @@ export async function generateBatch<S extends InferenceStateLike>(
         tokens[b] = pad;
         continue;
       }
-      const id = r.sampler.sample(rowOf(logits, B, b), histories[b]);
+      const id = r.sampler.sample(rowOf(logits, B, b), histories[b].ids);
       if (id === r.eos) {
         done[b] = true;
         tokens[b] = pad;
@@ -689,7 +689,7 @@ export function textStream<S extends InferenceStateLike>(
       const logits = await model.prefill(state, [ids]);
       const gen = keep ? state : cloneState(state);
       let text = "";
-      const history = ids.slice();
+      const history = new TokenHistory(ids);
       const source = hostIds(model, gen, logits, r, history, ctx);
       for await (const t of run(source, model.tokenizer, r, history, opts.signal, ctx)) {
         text += t.text;

@@ -29,7 +29,12 @@ import {
   stateLayout,
 } from "./state.ts";
 import { exists, loadWeights, type ModelWeights, readBytes, type WeightsDtype } from "./weights.ts";
-import { Sampler, type SamplingOptions, validateSamplingOptions } from "./sampling.ts";
+import {
+  Sampler,
+  type SamplingOptions,
+  TokenHistory,
+  validateSamplingOptions,
+} from "./sampling.ts";
 
 /** Options of {@link MambaLM.load}. */
 export interface LoadOptions {
@@ -404,11 +409,11 @@ export class MambaLM {
     }
     const sampler = new Sampler(sampling);
     const V = this.config.paddedVocabSize;
-    const history = tokens.map((t, b) => [...(options.history?.[b] ?? []), t]);
+    const history = tokens.map((t, b) => new TokenHistory([...(options.history?.[b] ?? []), t]));
     let cur = [...tokens];
     for (let i = 0; i < n; i++) {
       const logits = await this.step(state, cur);
-      cur = cur.map((_, b) => sampler.sample(logits.subarray(b * V, (b + 1) * V), history[b]));
+      cur = cur.map((_, b) => sampler.sample(logits.subarray(b * V, (b + 1) * V), history[b].ids));
       cur.forEach((t, b) => history[b].push(t));
       yield cur.map((t) => [t]);
     }

@@ -270,6 +270,53 @@ export function applyRepetitionPenalty(
 }
 
 /**
+ * The token ids a sequence has seen, for the repetition penalty: each distinct id once, in the
+ * order first seen. The CTRL penalty depends only on which ids occurred, not how often, so this
+ * holds everything {@link applyRepetitionPenalty} needs while its size stays bounded by the
+ * vocabulary however long the stream runs (a plain array of every id grew by a slot per token,
+ * and made each penalised sample cost O(tokens so far)).
+ *
+ * @example
+ * ```ts
+ * import { Sampler, TokenHistory } from "./sampling.ts";
+ * const h = new TokenHistory([3, 1, 3]);
+ * h.push(1);
+ * h.push(2);
+ * console.log(h.ids); // [3, 1, 2]
+ * const id = new Sampler({ topK: 1, repetitionPenalty: 1.3 }).sample(new Float32Array(4), h.ids);
+ * ```
+ */
+export class TokenHistory {
+  /** The distinct ids seen, in the order first seen. */
+  readonly ids: number[] = [];
+  #seen = new Uint8Array(0);
+
+  /** Starts from `ids` (e.g. the prompt). */
+  constructor(ids: Iterable<number> = []) {
+    for (const id of ids) this.push(id);
+  }
+
+  /** Records `id` (ignored when it is not a non-negative integer). */
+  push(id: number): void {
+    if (!Number.isSafeInteger(id) || id < 0) return;
+    if (id >= this.#seen.length) {
+      const grown = new Uint8Array(Math.max(id + 1, 2 * this.#seen.length, 256));
+      grown.set(this.#seen);
+      this.#seen = grown;
+    }
+    if (this.#seen[id] === 0) {
+      this.#seen[id] = 1;
+      this.ids.push(id);
+    }
+  }
+
+  /** Whether `id` was seen. */
+  has(id: number): boolean {
+    return this.#seen[id] === 1;
+  }
+}
+
+/**
  * Stateful next-token sampler. It owns a seeded PRNG (so a fixed seed gives a
  * reproducible sequence) and reuses its scratch buffers between calls.
  *
