@@ -171,6 +171,10 @@ class Timed<S extends InferenceStateLike> implements StepModel<S> {
     return this.#inner.createState(batch);
   }
 
+  get prefillChunkTokens(): number | undefined {
+    return this.#inner.prefillChunkTokens;
+  }
+
   async prefill(state: S, ids: number[][]): Promise<Float32Array> {
     const t0 = performance.now();
     const r = await this.#inner.prefill(state, ids);

@@ -95,8 +95,15 @@ export interface StepModel<S extends InferenceStateLike = InferenceStateLike> {
     state: S,
     tokens: readonly number[],
     n: number,
-    options: SamplingOptions & { history?: readonly (readonly number[])[] },
+    options: SamplingOptions & { history?: readonly (readonly number[])[]; blockSize?: number },
   ): AsyncGenerator<number[][]>;
+  /**
+   * Most prompt tokens per `prefill` call (about 50 ms of work): longer prompts are fed in chunks
+   * of this size, and `signal` is checked between them. Without it a prompt is fed at once.
+   */
+  readonly prefillChunkTokens?: number;
+  /** Most tokens per block of fused decoding (about 50 ms of work); the backend's default without. */
+  readonly decodeBlockTokens?: number;
 }
 
 /**
@@ -123,7 +130,12 @@ export interface GenerateOptions<S extends InferenceStateLike = InferenceStateLi
    * until it is known not to be one. Needs a tokenizer.
    */
   stop?: string[];
-  /** Aborting ends generation after the current step; the text so far is kept. */
+  /**
+   * Aborting ends generation after the current step, prefill chunk or decoding block (each about
+   * 50 ms of work, see `StepModel.prefillChunkTokens`); the text so far is kept. An abort during
+   * the prompt's prefill yields nothing, and leaves `state` (when given) consistently advanced
+   * over the prompt's first chunks: a prefix of the prompt, cut at a chunk boundary.
+   */
   signal?: AbortSignal;
   /**
    * Existing state to continue from (its batch must match). It is advanced in place over
@@ -332,6 +344,31 @@ class AbortPoller {
   }
 }
 
+/**
+ * Feeds equally long rows `ids` into `state` in chunks of `model.prefillChunkTokens`, watching
+ * the signal between chunks (a long prompt is otherwise one uninterruptible call: 149 s for 20k
+ * tokens on `ref`). Returns the last token's logits, or undefined when aborted; then `state`
+ * holds the chunks fed so far. Feeding a recurrent model in pieces computes the same thing as at
+ * once (up to float rounding in chunked scans).
+ */
+async function prefillChunked<S extends InferenceStateLike>(
+  model: StepModel<S>,
+  state: S,
+  ids: number[][],
+  poll: AbortPoller,
+): Promise<Float32Array | undefined> {
+  const len = ids[0].length;
+  const c = model.prefillChunkTokens;
+  const chunk = c !== undefined && Number.isSafeInteger(c) && c > 0 ? c : len;
+  if (chunk >= len) return await model.prefill(state, ids);
+  let logits: Float32Array | undefined;
+  for (let t = 0; t < len; t += chunk) {
+    if (await poll.aborted()) return undefined;
+    logits = await model.prefill(state, ids.map((row) => row.slice(t, t + chunk)));
+  }
+  return logits;
+}
+
 function rowOf(logits: Float32Array, batch: number, b: number): Float32Array {
   const n = logits.length / batch;
   if (!Number.isInteger(n)) {
@@ -371,6 +408,7 @@ async function* hostIds<S extends InferenceStateLike>(
  */
 async function* fusedIds<S extends InferenceStateLike>(
   generateTokens: NonNullable<StepModel<S>["generateTokens"]>,
+  blockSize: number | undefined,
   state: S,
   logits: Float32Array,
   r: Resolved,
@@ -389,6 +427,7 @@ async function* fusedIds<S extends InferenceStateLike>(
     // A different stream than the first token's, still fixed by the seed.
     seed: (o.seed + 0x9e3779b9) >>> 0,
     history: [history.ids.slice()],
+    ...(blockSize === undefined ? {} : { blockSize }),
   });
   for await (const block of blocks) yield* block[0];
 }
@@ -403,11 +442,10 @@ async function* run(
   tokenizer: TextTokenizer | undefined,
   r: Resolved,
   history: TokenHistory,
-  signal: AbortSignal | undefined,
+  poll: AbortPoller,
   ctx: RunContext,
 ): AsyncGenerator<GeneratedToken, void, undefined> {
   const sink = new TextSink(tokenizer, r.stop);
-  const poll = new AbortPoller(signal);
   let prev: GeneratedToken | undefined;
   let produced = 0;
   try {
@@ -484,7 +522,9 @@ export async function* generate<S extends InferenceStateLike>(
   }
   const ids = promptIds(model, prompt, opts.state === undefined, r.start);
   if (opts.signal?.aborted) return;
-  const logits = await model.prefill(state, [ids]);
+  const poll = new AbortPoller(opts.signal);
+  const logits = await prefillChunked(model, state, [ids], poll);
+  if (logits === undefined) return;
   const keep = opts.state !== undefined && opts.feedGenerated !== false;
   const genState = opts.state !== undefined && !keep ? cloneState(state) : state;
   const ctx: RunContext = { pending: undefined };
@@ -495,9 +535,9 @@ export async function* generate<S extends InferenceStateLike>(
       ? model.generateTokens
       : undefined;
     const source = fused
-      ? fusedIds(fused.bind(model), genState, logits, r, history)
+      ? fusedIds(fused.bind(model), model.decodeBlockTokens, genState, logits, r, history)
       : hostIds(model, genState, logits, r, history, ctx);
-    yield* run(source, model.tokenizer, r, history, opts.signal, ctx);
+    yield* run(source, model.tokenizer, r, history, poll, ctx);
   } catch (e) {
     failed = true;
     throw e;
@@ -593,10 +633,17 @@ export async function generateBatch<S extends InferenceStateLike>(
   const tokens: number[] = new Array(B).fill(pad);
   // Prefill the common length; longer prompts finish token by token below (teacher forcing)
   // while the other rows already generate. Every row's result is the same as alone.
-  let logits = await model.prefill(state, ids.map((row) => row.slice(0, common)));
+  const poll = new AbortPoller(opts.signal);
+  const prefilled = await prefillChunked(
+    model,
+    state,
+    ids.map((row) => row.slice(0, common)),
+    poll,
+  );
+  if (prefilled === undefined) return texts;
+  let logits = prefilled;
   const gen = onClone ? cloneState(state) : state;
   let unfed = false;
-  const poll = new AbortPoller(opts.signal);
   for (;;) {
     if (await poll.aborted()) break;
     unfed = false;
@@ -686,12 +733,17 @@ export function textStream<S extends InferenceStateLike>(
         controller.enqueue("");
         return;
       }
-      const logits = await model.prefill(state, [ids]);
+      const poll = new AbortPoller(opts.signal);
+      const logits = await prefillChunked(model, state, [ids], poll);
+      if (logits === undefined) {
+        controller.enqueue("");
+        return;
+      }
       const gen = keep ? state : cloneState(state);
       let text = "";
       const history = new TokenHistory(ids);
       const source = hostIds(model, gen, logits, r, history, ctx);
-      for await (const t of run(source, model.tokenizer, r, history, opts.signal, ctx)) {
+      for await (const t of run(source, model.tokenizer, r, history, poll, ctx)) {
         text += t.text;
       }
       if (!keep) ctx.pending = undefined;

@@ -28,6 +28,7 @@ import {
   stateByteLength,
   stateLayout,
 } from "./state.ts";
+import { decodeBlockTokens, prefillChunkTokens } from "./work_budget.ts";
 import { exists, loadWeights, type ModelWeights, readBytes, type WeightsDtype } from "./weights.ts";
 import {
   Sampler,
@@ -242,6 +243,19 @@ export class MambaLM {
   /** Whether the backend decodes many tokens per submit on the device (see {@link generateTokens}). */
   get fusedDecoding(): boolean {
     return this.backend.decodeTokens !== undefined;
+  }
+
+  /**
+   * Most prompt tokens per `prefill` call in the generation helpers: about 50 ms of work on the
+   * current backend (see src/work_budget.ts), so that an `AbortSignal` is honoured between chunks.
+   */
+  get prefillChunkTokens(): number {
+    return prefillChunkTokens(this.config, this.backend.name);
+  }
+
+  /** Most tokens per block of fused decoding in the generation helpers (about 50 ms of work). */
+  get decodeBlockTokens(): number {
+    return decodeBlockTokens(this.config, this.backend.name);
   }
 
   /** Name of the backend in use. */
