@@ -175,6 +175,32 @@ function tokenContent(v: unknown): string | undefined {
   return undefined;
 }
 
+/**
+ * Token ids must be non-negative integers, and not far beyond the number of tokens: tokenizers.js
+ * sizes tables by the largest id, so one id of 1e9 in a 5 KB file hangs the load (found by
+ * tests/fuzz_input_test.ts). Real vocabularies number their tokens 0, 1, 2, …
+ */
+function checkIds(file: string, json: Record<string, unknown>): void {
+  const model = json.model as Record<string, unknown>;
+  const added = json.added_tokens ?? [];
+  if (!Array.isArray(added)) throw new TokenizerError(file, "added_tokens must be an array");
+  const vocab = model.vocab;
+  const entries: [string, unknown][] = isRecord(vocab) ? Object.entries(vocab) : [];
+  const count = entries.length + added.length;
+  const limit = 2 * count + 1024;
+  const check = (where: string, id: unknown) => {
+    if (!Number.isSafeInteger(id) || (id as number) < 0 || (id as number) >= limit) {
+      throw new TokenizerError(
+        file,
+        `${where}: the id must be an integer in [0, ${limit}) for ${count} tokens, got ` +
+          JSON.stringify(id),
+      );
+    }
+  };
+  for (const [token, id] of entries) check(`model.vocab[${JSON.stringify(token)}]`, id);
+  added.forEach((t, i) => check(`added_tokens[${i}].id`, isRecord(t) ? t.id : undefined));
+}
+
 const SCHEME = /^[a-z][a-z0-9+.-]*:\/\//i;
 
 /** Default most bytes of a `tokenizer.json` (the largest published ones are tens of MB). */
@@ -394,6 +420,7 @@ export class Tokenizer implements TextTokenizer {
     if (!isRecord(tokenizerJson) || !isRecord(tokenizerJson.model)) {
       throw new TokenizerError(file, "not a tokenizer: expected an object with a `model` object");
     }
+    checkIds(file, tokenizerJson);
     const json = { added_tokens: [], ...tokenizerJson };
     try {
       return new Tokenizer(json, config ?? {});

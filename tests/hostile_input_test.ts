@@ -168,7 +168,20 @@ Deno.test("tokenizer files: empty, garbage, wrong shape and oversized files are 
   const dir = await Deno.makeTempDir({ prefix: "mamba-tok-" });
   const file = `${dir}/tokenizer.json`;
   try {
-    for (const text of ["", "{not json", "null", "[]", '{"model": 3}', '{"model": {}}']) {
+    const bigId = '{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1e9}, "merges": []}}';
+    const badAdded = '{"added_tokens": [{"id": -1, "content": "x"}], "model": {"vocab": {}}}';
+    for (
+      const text of [
+        "",
+        "{not json",
+        "null",
+        "[]",
+        '{"model": 3}',
+        '{"model": {}}',
+        bigId,
+        badAdded,
+      ]
+    ) {
       await Deno.writeTextFile(file, text);
       await assert.rejects(() => Tokenizer.load(dir), (e: unknown) => {
         assert.ok(e instanceof MambaError, `${JSON.stringify(text)}: got ${e}`);
