@@ -446,15 +446,28 @@ export class MambaLM {
     state: unknown,
     lastOnly: boolean,
   ): Promise<Float32Array> {
-    let hidden = be.embed(ids);
-    let residual: unknown = null;
-    for (let i = 0; i < this.config.nLayer; i++) {
-      const r = be.addNorm(hidden, residual, i);
-      residual = r.residual;
-      hidden = be.mixer(i, r.normed, batch, seqLen, state);
+    try {
+      let hidden = be.embed(ids);
+      let residual: unknown = null;
+      for (let i = 0; i < this.config.nLayer; i++) {
+        const r = be.addNorm(hidden, residual, i);
+        residual = r.residual;
+        hidden = be.mixer(i, r.normed, batch, seqLen, state);
+      }
+      const { normed } = be.addNorm(hidden, residual, "final");
+      return await be.read(be.lmHead(normed, batch, seqLen, lastOnly));
+    } catch (e) {
+      // "Array buffer allocation failed" / "Invalid typed array length": too many tokens at once.
+      if (!(e instanceof RangeError)) throw e;
+      const c = this.config;
+      const rows = batch * seqLen;
+      const bytes = 4 * rows * (c.dModel * 2 + c.dInner * 4 + (lastOnly ? 0 : c.paddedVocabSize));
+      throw new InputError(
+        `cannot allocate the activations of ${batch} × ${seqLen} tokens (about ` +
+          `${formatBytes(bytes)}; feed fewer tokens per call): ${e.message}`,
+        { cause: e },
+      );
     }
-    const { normed } = be.addNorm(hidden, residual, "final");
-    return await be.read(be.lmHead(normed, batch, seqLen, lastOnly));
   }
 
   #checkIds(ids: readonly (readonly number[])[]): [number, number, Int32Array] {

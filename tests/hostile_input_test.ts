@@ -214,3 +214,22 @@ Deno.test("tokenizer files: empty, garbage, wrong shape and oversized files are 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("prefill: an allocation failure in the backend is an InputError saying how many bytes", async () => {
+  const lm = await MambaLM.load(DEMO, { backend: "ref" });
+  // A backend that runs out of memory for its activations, as a huge prompt would.
+  const starved = Object.create(lm.backend, {
+    embed: {
+      value: () => {
+        throw new RangeError("Array buffer allocation failed");
+      },
+    },
+  });
+  const m = new MambaLM(lm.config, starved);
+  await assert.rejects(() => m.prefill(m.createState(1), [[1, 2, 3]]), (e: unknown) => {
+    assert.ok(e instanceof InputError, `got ${e}`);
+    assert.match((e as Error).message, /1 × 3 tokens \(about \d+ bytes/);
+    return true;
+  });
+  lm.dispose();
+});
