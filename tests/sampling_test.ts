@@ -31,7 +31,7 @@ Deno.test("xoshiro128**: seeds are reproducible, distinct, and floats are unifor
   const a = new Xoshiro128(3);
   const b = a.clone();
   assert.equal(a.nextFloat(), b.nextFloat());
-  assert.throws(() => new Xoshiro128(1.5), RangeError);
+  assert.throws(() => new Xoshiro128(1.5), MambaError);
   const r = new Xoshiro128(123);
   const bins = new Array(10).fill(0);
   const N = 100_000;
