@@ -250,12 +250,12 @@ export class MambaLM {
    * current backend (see src/work_budget.ts), so that an `AbortSignal` is honoured between chunks.
    */
   get prefillChunkTokens(): number {
-    return prefillChunkTokens(this.config, this.backend.name);
+    return prefillChunkTokens(this.config, this.backend);
   }
 
   /** Most tokens per block of fused decoding in the generation helpers (about 50 ms of work). */
   get decodeBlockTokens(): number {
-    return decodeBlockTokens(this.config, this.backend.name);
+    return decodeBlockTokens(this.config, this.backend);
   }
 
   /** Name of the backend in use. */

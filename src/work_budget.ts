@@ -12,7 +12,7 @@
  * @module
  */
 
-import type { BackendName } from "./backend.ts";
+import type { Backend, BackendName } from "./backend.ts";
 import type { MambaConfig } from "./config.ts";
 
 /** Target duration of one slice of work, in milliseconds (an abort waits at most about this). */
@@ -34,6 +34,19 @@ const DECODE_MACS_PER_S: Record<BackendName, number> = { ref: 0.5e9, wasm: 4e9, 
 const MIN_PREFILL_CHUNK: Record<BackendName, number> = { ref: 1, wasm: 32, webgpu: 256 };
 
 /**
+ * WebGPU backends running on a software adapter (`isFallbackAdapter`: Mesa's lavapipe, say),
+ * which compute slower than the CPU backends: their slices are sized like `ref`'s. Filled in by
+ * the backend registry when it builds a `webgpu` backend.
+ */
+export const softwareBackends: WeakSet<Backend> = new WeakSet();
+
+/** The budget key of `backend`: its name, or `"ref"` for WebGPU on a software adapter. */
+function kind(backend: Backend | BackendName): BackendName {
+  if (typeof backend === "string") return backend;
+  return softwareBackends.has(backend) ? "ref" : backend.name;
+}
+
+/**
  * Multiply-adds of one token through all blocks (projections, convolution and scan; the LM
  * head runs once per slice and is left out).
  */
@@ -53,7 +66,8 @@ export function macsPerToken(c: MambaConfig): number {
  * at least 1; above `config.chunkSize` a multiple of it, so the chunked scans cut the sequence
  * where they would anyway.
  */
-export function prefillChunkTokens(config: MambaConfig, backend: BackendName): number {
+export function prefillChunkTokens(config: MambaConfig, on: Backend | BackendName): number {
+  const backend = kind(on);
   const estimate = (PREFILL_MACS_PER_S[backend] * SLICE_MS) / 1000 / macsPerToken(config);
   const n = Math.max(MIN_PREFILL_CHUNK[backend], Math.floor(estimate));
   const chunk = config.chunkSize > 0 ? config.chunkSize : 64;
@@ -71,7 +85,8 @@ const MIN_DECODE_BLOCK: Record<BackendName, number> = { ref: 1, wasm: 1, webgpu:
  * Most tokens per fused decoding block so that one block takes about {@link SLICE_MS} ms
  * (between the floor above and 64, the backends' own default).
  */
-export function decodeBlockTokens(config: MambaConfig, backend: BackendName): number {
+export function decodeBlockTokens(config: MambaConfig, on: Backend | BackendName): number {
+  const backend = kind(on);
   const n = Math.floor((DECODE_MACS_PER_S[backend] * SLICE_MS) / 1000 / macsPerToken(config));
   return Math.max(MIN_DECODE_BLOCK[backend], Math.min(64, n));
 }

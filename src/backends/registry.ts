@@ -10,6 +10,7 @@ import { BackendError } from "../errors.ts";
 import { RefBackend } from "./ref/backend.ts";
 import type { WasmOptions } from "./wasm/options.ts";
 import { quietly, requestAdapter } from "./quiet_adapter.ts";
+import { softwareBackends } from "../work_budget.ts";
 
 /** A backend name, or `"auto"`: the fastest one that works here. */
 export type BackendChoice = BackendName | "auto";
@@ -42,7 +43,13 @@ export function createBackend(
       return import("./wasm/backend.ts").then((m) => m.WasmBackend.create(init, options.wasm));
     case "webgpu":
       // Creating the device probes Vulkan again: keep libwayland's noise off stderr there too.
-      return quietly(() => import("./webgpu/backend.ts").then((m) => m.WebGpuBackend.create(init)));
+      return quietly(async () => {
+        const { WebGpuBackend } = await import("./webgpu/backend.ts");
+        const backend = await WebGpuBackend.create(init);
+        // A software adapter computes slower than the CPU: abortable slices must be smaller.
+        if ((await requestAdapter())?.info.isFallbackAdapter) softwareBackends.add(backend);
+        return backend;
+      });
     case "auto":
       return createBackendChain("auto", init, options).then((c) => c.backend);
     default:
