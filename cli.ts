@@ -1,5 +1,6 @@
 /**
- * Command-line text generation with a Mamba model.
+ * Command-line text generation with a Mamba model, or a GPT-NeoX (Pythia) one: `loadModel`
+ * picks the class from `config.json`.
  *
  * ```sh
  * deno task generate --model models/demo --prompt "Once upon a time" --temperature 0.8
@@ -24,8 +25,10 @@ import type { GenerateOptions, InferenceStateLike, StepModel } from "./src/gener
 import { generate } from "./src/generate.ts";
 import { SamplingOptionsError, validateSamplingOptions } from "./src/sampling.ts";
 import { type TextTokenizer, Tokenizer } from "./src/tokenizer.ts";
+import { isHubModel } from "./src/hub.ts";
+import { downloadReporter } from "./src/progress_bar.ts";
 
-const HELP = `Generate text with a Mamba model.
+const HELP = `Generate text with a Mamba model (or a GPT-NeoX / Pythia one, for comparison).
 
 Usage:
   deno task generate --model DIR --prompt "TEXT" [options]
@@ -41,7 +44,15 @@ Input (exactly one):
                            holds only the input (see --feed-generated)
 
 Model:
-  --model DIR              model directory (config.json, model.safetensors[, tokenizer.json])
+  --model DIR|ORG/NAME     model directory (config.json, model.safetensors[, tokenizer.json]),
+                           or a Hugging Face Hub id such as state-spaces/mamba-130m or
+                           EleutherAI/pythia-160m (a GPT-NeoX model: its state is a KV cache
+                           that grows with the text, up to max_position_embeddings): files come
+                           from the Hugging Face cache ($HF_HUB_CACHE, else $HF_HOME/hub, else
+                           ~/.cache/huggingface/hub), downloaded first when missing ($HF_ENDPOINT,
+                           $HF_TOKEN); a progress bar on stderr when it is a terminal
+  --revision REV           Hub id: branch, tag or commit (default main)
+  --offline                Hub id: use the cache only, never the network (or HF_HUB_OFFLINE=1)
   --tokenizer PATH         tokenizer.json or its directory (default: the model's)
   --backend NAME           ref | wasm | webgpu | auto (default auto)
 
@@ -226,6 +237,7 @@ export async function main(args: string[]): Promise<number> {
 /** Options that take a value (every other flag is a boolean). */
 const VALUE_OPTIONS = new Set([
   "model",
+  "revision",
   "tokenizer",
   "backend",
   "prompt",
@@ -285,40 +297,50 @@ async function checkWritable(flag: string, path: string): Promise<void> {
   }
 }
 
+/** The command line, parsed (strict: unknown flags throw). */
+function parseCli(args: string[]) {
+  return parseArgs({
+    args,
+    strict: true,
+    allowPositionals: false,
+    options: {
+      model: { type: "string" },
+      revision: { type: "string" },
+      offline: { type: "boolean" },
+      tokenizer: { type: "string" },
+      backend: { type: "string" },
+      prompt: { type: "string" },
+      "prompt-ids": { type: "string" },
+      stdin: { type: "boolean" },
+      follow: { type: "boolean" },
+      "load-state": { type: "string" },
+      "save-state": { type: "string" },
+      "feed-generated": { type: "boolean" },
+      "max-new-tokens": { type: "string" },
+      temperature: { type: "string" },
+      "top-k": { type: "string" },
+      "top-p": { type: "string" },
+      "min-p": { type: "string" },
+      "repetition-penalty": { type: "string" },
+      seed: { type: "string" },
+      greedy: { type: "boolean" },
+      stop: { type: "string", multiple: true },
+      "no-eos": { type: "boolean" },
+      json: { type: "boolean" },
+      quiet: { type: "boolean" },
+      verbose: { type: "boolean" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+}
+
+/** The parsed flags. */
+type ParsedValues = ReturnType<typeof parseCli>["values"];
+
 async function run(args: string[]): Promise<number> {
   let parsed;
   try {
-    parsed = parseArgs({
-      args: joinNegativeValues(args),
-      strict: true,
-      allowPositionals: false,
-      options: {
-        model: { type: "string" },
-        tokenizer: { type: "string" },
-        backend: { type: "string" },
-        prompt: { type: "string" },
-        "prompt-ids": { type: "string" },
-        stdin: { type: "boolean" },
-        follow: { type: "boolean" },
-        "load-state": { type: "string" },
-        "save-state": { type: "string" },
-        "feed-generated": { type: "boolean" },
-        "max-new-tokens": { type: "string" },
-        temperature: { type: "string" },
-        "top-k": { type: "string" },
-        "top-p": { type: "string" },
-        "min-p": { type: "string" },
-        "repetition-penalty": { type: "string" },
-        seed: { type: "string" },
-        greedy: { type: "boolean" },
-        stop: { type: "string", multiple: true },
-        "no-eos": { type: "boolean" },
-        json: { type: "boolean" },
-        quiet: { type: "boolean" },
-        verbose: { type: "boolean" },
-        help: { type: "boolean", short: "h" },
-      },
-    });
+    parsed = parseCli(joinNegativeValues(args));
   } catch (e) {
     throw new UsageError(e instanceof Error ? e.message : String(e));
   }
@@ -370,11 +392,19 @@ async function run(args: string[]): Promise<number> {
     throw e;
   }
   const promptIds = v["prompt-ids"] !== undefined ? parseIds(v["prompt-ids"]) : undefined;
-  if (!(await isDir(v.model))) throw new UsageError(`model directory not found: ${v.model}`);
-  try {
-    await Deno.stat(`${v.model}/config.json`);
-  } catch {
-    throw new UsageError(`not a model directory (no config.json): ${v.model}`);
+  const hubId = await isHubModel(v.model);
+  if (!hubId) {
+    if (!(await isDir(v.model))) {
+      throw new UsageError(`model directory not found (nor a Hub id org/name): ${v.model}`);
+    }
+    try {
+      await Deno.stat(`${v.model}/config.json`);
+    } catch {
+      throw new UsageError(`not a model directory (no config.json): ${v.model}`);
+    }
+  }
+  if (!hubId && (v.revision !== undefined || v.offline)) {
+    throw new UsageError("--revision and --offline go with a Hub id (--model org/name)");
   }
   if (v["load-state"] !== undefined) {
     try {
@@ -386,15 +416,20 @@ async function run(args: string[]): Promise<number> {
   if (v["save-state"] !== undefined) await checkWritable("--save-state", v["save-state"]);
 
   // ---- load ----
-  const { MambaLM, InferenceState } = await import("./mod.ts");
+  const { GptNeoXLM, InferenceState, KvCacheState, loadModel, MambaLM } = await import("./mod.ts");
   let tokenizer: TextTokenizer | undefined;
   if (v.tokenizer !== undefined) {
     tokenizer = await Tokenizer.load(v.tokenizer);
   }
   const t0 = performance.now();
-  const lm = await MambaLM.load(v.model, { backend: backend as BackendChoice });
+  const lm = await loadModel(v.model, {
+    backend: backend as BackendChoice,
+    revision: v.revision,
+    offline: v.offline || undefined,
+    onDownload: v.quiet ? undefined : downloadReporter(),
+  });
   tokenizer ??= (lm as { tokenizer?: TextTokenizer }).tokenizer;
-  if (tokenizer === undefined) {
+  if (tokenizer === undefined && !hubId) {
     try {
       tokenizer = await Tokenizer.load(v.model);
     } catch (e) {
@@ -402,10 +437,47 @@ async function run(args: string[]): Promise<number> {
     }
   }
   if (tokenizer === undefined && (promptIds === undefined || v.stop !== undefined || !v.json)) {
-    throw new UsageError(
-      `${v.model} has no tokenizer.json: pass --tokenizer, or use --prompt-ids with --json`,
-    );
+    const why = hubId
+      ? (lm instanceof MambaLM ? lm.tokenizerError?.message : `${v.model} has no tokenizer.json`)
+      : `${v.model} has no tokenizer.json`;
+    throw new UsageError(`${why}: pass --tokenizer, or use --prompt-ids with --json`);
   }
+  const ctx: Session = { v, tokenizer, t0, seed, sampling, maxNewTokens, promptIds };
+  // The rest is the same for every architecture; only the state type differs.
+  if (lm instanceof GptNeoXLM) return await session(lm, (b) => KvCacheState.fromBytes(b), ctx);
+  return await session(lm, (b) => InferenceState.fromBytes(b), ctx);
+}
+
+/** What {@link session} needs from {@link run}. */
+interface Session {
+  v: ParsedValues;
+  tokenizer: TextTokenizer | undefined;
+  t0: number;
+  seed: number;
+  sampling: Parameters<typeof validateSamplingOptions>[0];
+  maxNewTokens: number;
+  promptIds: number[] | undefined;
+}
+
+/** A model the CLI can drive: the generation interface plus a name and a state factory. */
+interface CliModel<S extends InferenceStateLike> extends StepModel<S> {
+  readonly config: {
+    readonly arch: string;
+    readonly vocabSize: number;
+    readonly paddedVocabSize: number;
+  };
+  readonly backendName: string;
+  createState(batch?: number): S;
+}
+
+/** Generation with a loaded model whose states are `S` (saved with `toBytes`). */
+async function session<
+  S extends { readonly batch: number; clone(): S; toBytes(): Promise<Uint8Array> },
+>(
+  lm: CliModel<S>,
+  fromBytes: (bytes: Uint8Array) => S,
+  { v, tokenizer, t0, seed, sampling, maxNewTokens, promptIds }: Session,
+): Promise<number> {
   const model = new Timed(lm, tokenizer);
   const loadMs = performance.now() - t0;
   if (v.verbose) {
@@ -415,9 +487,9 @@ async function run(args: string[]): Promise<number> {
     );
   }
 
-  let state: InstanceType<typeof InferenceState> | undefined;
+  let state: S | undefined;
   if (v["load-state"] !== undefined) {
-    state = InferenceState.fromBytes(await Deno.readFile(v["load-state"]));
+    state = fromBytes(await Deno.readFile(v["load-state"]));
     if (state.batch !== 1) throw new Error(`the saved state has batch ${state.batch}, need 1`);
   }
 
@@ -433,7 +505,7 @@ async function run(args: string[]): Promise<number> {
     // signals unsupported here
   }
 
-  const opts: GenerateOptions<InstanceType<typeof InferenceState>> = {
+  const opts: GenerateOptions<S> = {
     ...sampling,
     seed,
     maxNewTokens,
@@ -463,7 +535,7 @@ async function run(args: string[]): Promise<number> {
    */
   const stream = async (
     prompt: string | number[],
-    o: GenerateOptions<InstanceType<typeof InferenceState>>,
+    o: GenerateOptions<S>,
     seq?: number,
   ): Promise<string> => {
     let last = "";

@@ -13,3 +13,4 @@
  */
 
 export { PUBLIC_CONFIGS, randomWeights } from "./src/random_weights.ts";
+export { PUBLIC_NEOX_CONFIGS, randomNeoxWeights } from "./src/random_neox_weights.ts";

@@ -7,6 +7,7 @@
  * deno task bench                                   # mamba-130m + mamba2-130m: auto vs ref
  * deno task bench --model mamba-130m --backend wasm --backend ref --decode 64 --prefill 512
  * deno task bench --model models/demo --json
+ * deno task bench --compare --help                  # Mamba against a Transformer (bench/compare.ts)
  * ```
  *
  * @module
@@ -68,7 +69,10 @@ async function prefillRate(lm: MambaLM, len: number): Promise<number> {
   return len / ((performance.now() - t0) / 1000);
 }
 
-if (import.meta.main) {
+if (import.meta.main && Deno.args.includes("--compare")) {
+  const { compareMain } = await import("./compare.ts");
+  await compareMain(Deno.args);
+} else if (import.meta.main) {
   const { values: v } = parseArgs({
     args: Deno.args,
     options: {

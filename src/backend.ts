@@ -14,6 +14,8 @@
  */
 
 import type { MambaConfig } from "./config.ts";
+import type { GptNeoXConfig } from "./neox_config.ts";
+import type { TransformerWeights } from "./neox_weights.ts";
 import type { ResolvedSamplingOptions } from "./sampling.ts";
 import type { ModelWeights } from "./weights.ts";
 
@@ -51,8 +53,14 @@ export interface Backend<A = unknown, S = unknown> {
   /**
    * `residual = hidden + residual` (or `hidden` when `residual` is null), then
    * `normed = norm(residual)` with block `layer`'s pre-norm, or the final norm for `"final"`.
+   * `which` picks the block's norm where it has two (Transformer blocks; default `"mixer"`).
    */
-  addNorm(hidden: A, residual: A | null, layer: number | "final"): { normed: A; residual: A };
+  addNorm(
+    hidden: A,
+    residual: A | null,
+    layer: number | "final",
+    which?: BlockNorm,
+  ): { normed: A; residual: A };
   /**
    * Runs block `layer`'s mixer over `seqLen` tokens of each of `batch` sequences, starting from
    * and updating `state` (a zero state gives mamba_ssm's `forward`; `seqLen` 1 its `step`).
@@ -87,6 +95,12 @@ export interface Backend<A = unknown, S = unknown> {
     n: number,
     options: DecodeOptions,
   ): AsyncGenerator<number[][]>;
+  /**
+   * Copies host values into a new activation of `rows × cols` (`cols` = `dModel`), rows ordered
+   * as everywhere (row `b·seqLen + t` is token `t` of sequence `b`): for callers that feed a
+   * {@link Backend.mixer} their own inputs, as the `Mamba` / `Mamba2` blocks do.
+   */
+  upload?(data: Float32Array, rows: number, cols: number): A;
 }
 
 /** Options of {@link Backend.decodeTokens}. */
@@ -105,4 +119,99 @@ export interface BackendInit {
   readonly config: MambaConfig;
   /** The weights in host memory, checked against the config. */
   readonly weights: ModelWeights;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transformer operations (GPT-NeoX; shaped so that mamba_ssm's attention layers and GatedMLP
+// can use them too). A backend built over {@link TransformerBackendInit} implements
+// {@link TransformerBackend}: the shared operations above (embedding, add + norm, LM head,
+// read) and these.
+
+/** Which of a block's two norms: before the mixer (attention), or before the MLP. */
+export type BlockNorm = "mixer" | "mlp";
+
+/**
+ * Keys and values of every attention layer in host memory: per layer `k` and `v`
+ * `[batch, nKvHeads, length, headDim]` float32, keys after the rotary embedding.
+ */
+export interface KvTensors {
+  /** Tokens held per sequence. */
+  readonly length: number;
+  /** Per layer keys. */
+  readonly k: Float32Array[];
+  /** Per layer values. */
+  readonly v: Float32Array[];
+}
+
+/**
+ * What a backend adds for Transformer blocks. `K` is its KV-cache handle, which holds a capacity
+ * of token slots per sequence; the model says how many are in use (`pos`, `length`), so that
+ * every sequence of a batch has the same length.
+ */
+export interface TransformerOps<A = unknown, K = unknown> {
+  /** Block `layer`'s `which` norm of every row of `x`. Does NOT consume `x`. */
+  norm(x: A, layer: number, which: BlockNorm): A;
+  /**
+   * Block `layer`'s attention over `seqLen` new tokens of each of `batch` sequences that hold
+   * `pos` tokens already: the qkv projection, the rotary embedding at positions
+   * `pos … pos + seqLen − 1`, keys and values written into `kv` at those slots, causal softmax
+   * attention over slots `0 … position`, and the output projection. Returns `[batch·seqLen,
+   * dModel]`. `kv` must hold at least `pos + seqLen` slots ({@link TransformerOps.reserveKv}).
+   */
+  attention(layer: number, x: A, batch: number, seqLen: number, kv: K, pos: number): A;
+  /** Block `layer`'s MLP (`fc2(act(fc1(x)))`). */
+  mlp(layer: number, x: A): A;
+  /** `a + b`. */
+  add(a: A, b: A): A;
+  /** An empty KV cache for `batch` sequences. */
+  createKv(batch: number): K;
+  /**
+   * Makes `kv` hold at least `length` slots per sequence, keeping what it holds. Capacity grows
+   * by doubling, so a token-by-token stream copies the cache O(log n) times, not per token,
+   * but never beyond `limit` slots (the model's context limit) unless `length` needs it.
+   */
+  reserveKv(kv: K, length: number, limit?: number): void;
+  /** Overwrites the first `host.length` slots of `kv` (reserved already). */
+  uploadKv(kv: K, host: KvTensors): void;
+  /** Copies the first `length` slots out to the host. */
+  downloadKv(kv: K, length: number): Promise<KvTensors>;
+  /** A new cache holding the first `length` slots of `kv`. */
+  cloneKv(kv: K, length: number): K;
+  /** Frees the cache's memory. */
+  freeKv(kv: K): void;
+  /**
+   * Optional fused decoding, as {@link Backend.decodeTokens}, from a cache holding `pos` tokens
+   * and reserved for `pos + n`. Each step, the backend embeds the token picked on the device,
+   * calls `blocks` (the model's layers and final norm, recorded with these same operations, at
+   * position `pos + step`), applies the LM head and picks the next token. `progress.steps`
+   * counts the tokens written into the cache so far, also when the consumer stops early (the
+   * device may be up to two blocks ahead of what was yielded), so the caller knows its length.
+   */
+  decodeTokens?(
+    kv: K,
+    pos: number,
+    tokens: Int32Array,
+    n: number,
+    options: DecodeOptions,
+    blocks: (hidden: A, position: number) => A,
+    progress: { steps: number },
+  ): AsyncGenerator<number[][]>;
+}
+
+/** The operations of {@link Backend} that every model uses, whatever its blocks. */
+export type SharedBackendOps<A = unknown> = Pick<
+  Backend<A>,
+  "name" | "lostReason" | "embed" | "addNorm" | "lmHead" | "read" | "dispose"
+>;
+
+/** A backend built for a Transformer model. */
+export interface TransformerBackend<A = unknown, K = unknown>
+  extends SharedBackendOps<A>, TransformerOps<A, K> {}
+
+/** What a backend factory receives for a Transformer model. */
+export interface TransformerBackendInit {
+  /** The parsed config. */
+  readonly config: GptNeoXConfig;
+  /** The weights in host memory, checked against the config. */
+  readonly weights: TransformerWeights;
 }

@@ -67,6 +67,46 @@ export class ConfigError extends MambaError {
 export class WeightsError extends MambaError {}
 
 /**
+ * A model that cannot be had from the Hugging Face Hub or its cache: a repository, revision or
+ * file the Hub does not have, a network failure, a download whose checksum does not match, or
+ * (offline) files that are not in the cache. `repo` and `file` name what was asked for; when a
+ * cached copy exists the message says how to use it (`offline: true`, `HF_HUB_OFFLINE=1`).
+ *
+ * @example
+ * ```ts
+ * import { HubError } from "@mamba/mamba";
+ * const e = new HubError("state-spaces/mamba-130m: not found", "state-spaces/mamba-130m");
+ * console.log(e.name, e.repo); // "HubError" "state-spaces/mamba-130m"
+ * ```
+ */
+export class HubError extends MambaError {
+  /** The repository, `org/name`. */
+  readonly repo: string | undefined;
+  /** The file of the repository, when one is at fault. */
+  readonly file: string | undefined;
+  /** Creates the error for `repo` (and `file`). */
+  constructor(message: string, repo?: string, file?: string, options?: ErrorOptions) {
+    super(message, options);
+    this.repo = repo;
+    this.file = file;
+  }
+}
+
+/**
+ * A text prompt or stop strings given to a model that has no tokenizer. The message says why
+ * it has none (no `tokenizer.json` in the model, none could be downloaded, …); token ids still
+ * work.
+ *
+ * @example
+ * ```ts
+ * import { NoTokenizerError } from "@mamba/mamba";
+ * const e = new NoTokenizerError("offline, and no tokenizer.json is cached");
+ * console.log(e instanceof Error, e.name); // true "NoTokenizerError"
+ * ```
+ */
+export class NoTokenizerError extends MambaError {}
+
+/**
  * Bad input at run time: a token id that is not an integer or is out of the vocabulary, a
  * batch of the wrong size, a state from another model.
  *

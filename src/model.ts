@@ -18,7 +18,14 @@ import {
   textStream,
 } from "./generate.ts";
 import { Tokenizer } from "./tokenizer.ts";
-import { ConfigError, DeviceLostError, InputError, MambaError } from "./errors.ts";
+import {
+  ConfigError,
+  DeviceLostError,
+  InputError,
+  MambaError,
+  NoTokenizerError,
+} from "./errors.ts";
+import { type HubOptions, hubSnapshot, isHubModel } from "./hub.ts";
 import {
   bindState,
   defaultMaxStateBytes,
@@ -36,9 +43,21 @@ import {
   TokenHistory,
   validateSamplingOptions,
 } from "./sampling.ts";
+import {
+  DEFAULT_MIXER_INIT,
+  DEFAULT_MODEL_INIT,
+  initModelWeights,
+  type MixerInit,
+  mixerInitFromJson,
+  type ModelInit,
+} from "./init.ts";
+import { saveModel, type SaveOptions } from "./save.ts";
 
-/** Options of {@link MambaLM.load}. */
-export interface LoadOptions {
+/**
+ * Options of {@link MambaLM.load}. The {@link HubOptions} (`revision`, `offline`, `cacheDir`,
+ * `endpoint`, `token`, `onDownload`) apply to models named by a Hub id.
+ */
+export interface LoadOptions extends HubOptions {
   /**
    * Which backend computes: `"auto"` (default: a hardware WebGPU adapter, else `"wasm"`, else
    * `"ref"`), `"webgpu"`, `"wasm"`, `"ref"`, or a list to try in order. With `"auto"` or a
@@ -55,7 +74,9 @@ export interface LoadOptions {
   onProgress?: (loaded: number, total: number) => void;
   /**
    * The tokenizer: a {@link Tokenizer}, a path or URL of a `tokenizer.json` (or its directory),
-   * or `false` for none. By default the model directory's `tokenizer.json`, when it has one.
+   * or `false` for none. By default the model directory's `tokenizer.json`, when it has one; for
+   * a Hub id, the repository's, else `EleutherAI/gpt-neox-20b`'s (a model loads without one:
+   * token ids work, text says why it cannot, see {@link MambaLM.tokenizerError}).
    */
   tokenizer?: Tokenizer | string | URL | false;
   /**
@@ -76,6 +97,31 @@ export interface CreateStateOptions {
   maxBytes?: number;
 }
 
+/**
+ * Options of {@link MambaLM.fromConfig}.
+ *
+ * @example
+ * ```ts
+ * import { type FromConfigOptions, MambaLM } from "@mamba/mamba";
+ * const options: FromConfigOptions = { seed: 0, backend: "auto", weightsDtype: "f16" };
+ * const lm = await MambaLM.fromConfig({ d_model: 768, n_layer: 24, vocab_size: 50277 }, options);
+ * ```
+ */
+export interface FromConfigOptions {
+  /** Seed of the initialisation; a fresh random seed by default. */
+  seed?: number;
+  /** Which backend computes (default `"ref"`; see {@link LoadOptions.backend}). */
+  backend?: BackendPreference;
+  /** Keep the weights in `"f32"` (default) or `"f16"` (drawn in float32, then narrowed). */
+  weightsDtype?: WeightsDtype;
+  /** The model-level init settings (`initializer_cfg` of mamba_ssm). */
+  init?: Partial<ModelInit>;
+  /** A tokenizer for text prompts. */
+  tokenizer?: Tokenizer;
+  /** Options of the `wasm` backend (see {@link LoadOptions.wasm}). */
+  wasm?: LoadOptions["wasm"];
+}
+
 /** Logits of a full-sequence forward. */
 export interface Logits {
   /** Row-major values. */
@@ -92,8 +138,14 @@ export interface GenerateTokensOptions extends SamplingOptions {
   blockSize?: number;
 }
 
+/** A token stream that fails at its first read (as generate() fails on a bad prompt). */
+// deno-lint-ignore require-yield
+async function* failing(e: Error): AsyncGenerator<GeneratedToken, void, undefined> {
+  throw e;
+}
+
 /** Resolves a directory path or URL to a URL that ends in `/`. */
-function dirUrl(dir: string | URL): URL {
+export function dirUrl(dir: string | URL): URL {
   if (dir instanceof URL) return new URL(dir.href.endsWith("/") ? dir.href : dir.href + "/");
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(dir)) return dirUrl(new URL(dir));
   const abs = dir.startsWith("/") ? dir : `${Deno.cwd()}/${dir}`;
@@ -122,8 +174,12 @@ export class MambaLM {
   /** Where to go when the backend's device is lost: the next backends, and the weights again. */
   #fallback?: { rest: BackendName[]; init: () => Promise<BackendInit>; options: LoadOptions };
   #moving: Promise<Backend> | null = null;
+  /** The host weights, for {@link MambaLM.save}: kept, or read again from the model's files. */
+  #hostWeights?: () => Promise<ModelWeights>;
   /** The tokenizer, when the model came with one: needed for text prompts. */
   readonly tokenizer: Tokenizer | undefined;
+  /** Why there is no tokenizer (set by {@link MambaLM.load}). */
+  #noTokenizer: string | undefined;
 
   /** Wraps a config and a ready backend; most users want {@link MambaLM.load}. */
   constructor(config: MambaConfig, backend: Backend, tokenizer?: Tokenizer) {
@@ -134,11 +190,32 @@ export class MambaLM {
 
   /**
    * Loads a model directory (local path or URL): `config.json` (mamba_ssm or transformers format)
-   * and `model.safetensors` (or the shards of `model.safetensors.index.json`).
+   * and `model.safetensors` (or the shards of `model.safetensors.index.json`). A string of the
+   * form `org/name` that is not a local path is a Hugging Face Hub id: the files come from the
+   * Hugging Face cache, downloaded first when missing (see {@link HubOptions}).
    *
-   * @throws {ConfigError} for a bad or unsupported config, {@link WeightsError} for bad weights.
+   * @example
+   * ```ts ignore
+   * import { MambaLM } from "@mamba/mamba";
+   * const lm = await MambaLM.load("state-spaces/mamba-130m", {
+   *   revision: "main",
+   *   onDownload: ({ file, loaded, total }) => console.error(file, loaded, total),
+   * });
+   * console.log(await lm.complete("Mamba is", { maxNewTokens: 20 }));
+   * ```
+   *
+   * @throws {ConfigError} for a bad or unsupported config, {@link WeightsError} for bad weights,
+   *   {@link HubError} when a Hub id's files cannot be had.
    */
   static async load(dir: string | URL, options: LoadOptions = {}): Promise<MambaLM> {
+    let noTokenizer: string | undefined;
+    let hubTokenizer: string | undefined;
+    if (typeof dir === "string" && await isHubModel(dir)) {
+      const snap = await hubSnapshot(dir, options);
+      dir = snap.dir;
+      hubTokenizer = snap.tokenizerDir;
+      noTokenizer = snap.tokenizerProblem;
+    }
     const base = dirUrl(dir);
     const configUrl = new URL("config.json", base);
     if (!(await exists(configUrl))) {
@@ -161,12 +238,21 @@ export class MambaLM {
     const tok = options.tokenizer;
     if (tok instanceof Tokenizer) tokenizer = tok;
     else if (tok !== undefined && tok !== false) tokenizer = await Tokenizer.load(tok);
-    else if (tok === undefined && (await exists(new URL("tokenizer.json", base)))) {
+    else if (tok === false) noTokenizer = "loaded with tokenizer: false";
+    else if (hubTokenizer !== undefined) {
+      try {
+        tokenizer = await Tokenizer.load(hubTokenizer);
+      } catch (e) {
+        noTokenizer = `${hubTokenizer}/tokenizer.json does not load: ${(e as Error).message}`;
+      }
+    } else if (noTokenizer === undefined && (await exists(new URL("tokenizer.json", base)))) {
       tokenizer = await Tokenizer.load(base);
-    }
+    } else noTokenizer ??= `${base.href} has no tokenizer.json`;
     const init = { config, weights };
     const { backend, rest } = await createBackendChain(options.backend ?? "auto", init, options);
     const lm = new MambaLM(config, backend, tokenizer);
+    if (!tokenizer) lm.#noTokenizer = noTokenizer;
+    lm.#hostWeights = () => loadWeights(config, base, options.weightsDtype ?? "f32");
     if (rest.length) {
       // The weights are read again if the device is lost, rather than kept twice meanwhile.
       const dtype = options.weightsDtype ?? "f32";
@@ -181,9 +267,9 @@ export class MambaLM {
 
   /**
    * Builds a model from a parsed config and weights already in memory (random weights for a
-   * benchmark, say, or weights converted by other code). The backend defaults to `"ref"`; with
-   * `"auto"` or a list that leaves backends to move to, the model keeps a reference to `weights`
-   * for that move (see {@link DeviceLostError}).
+   * benchmark, say, or weights converted by other code). The backend defaults to `"ref"`. The
+   * model keeps a reference to `weights`, for {@link MambaLM.save} and, with `"auto"` or a list
+   * that leaves backends to move to, for that move (see {@link DeviceLostError}).
    *
    * @example
    * ```ts
@@ -206,7 +292,76 @@ export class MambaLM {
     const { backend, rest } = await createBackendChain(options.backend ?? "ref", init, options);
     const lm = new MambaLM(config, backend, options.tokenizer);
     if (rest.length) lm.#fallback = { rest, init: () => Promise.resolve(init), options };
+    lm.#hostWeights = () => Promise.resolve(weights);
     return lm;
+  }
+
+  /**
+   * Builds a model with fresh weights from the reference's initialisation, as
+   * `MambaLMHeadModel(MambaConfig(...))` does: the mixers' own init (`A_log`, `D = 1`, the dt bias
+   * from `dt_min` / `dt_max` / `dt_init_floor`, …, taken from the config's `ssm_cfg` or
+   * transformers' `time_step_*` fields), then mamba_ssm's `_init_weights` (embedding
+   * N(0, 0.02²), linear biases 0, `out_proj.weight` divided by √(n_layer)). `config` is a
+   * `config.json` object (mamba_ssm's `MambaConfig` form or transformers') or a parsed
+   * {@link MambaConfig} (then the `ssm_cfg` init settings take their defaults). Seeded: the same
+   * seed gives the same weights. The backend defaults to `"ref"`; the model keeps the weights
+   * (for {@link MambaLM.save} and a move off a lost device).
+   *
+   * @throws {ConfigError} for a bad or unsupported config.
+   * @example
+   * ```ts
+   * import { MambaLM } from "@mamba/mamba";
+   * const lm = await MambaLM.fromConfig({
+   *   d_model: 256, n_layer: 4, vocab_size: 256,
+   *   ssm_cfg: { layer: "Mamba2", d_state: 64, headdim: 32 },
+   * }, { seed: 0, backend: "auto" });
+   * for await (const t of lm.generate([1, 2, 3], { maxNewTokens: 8, temperature: 0.7, topP: 0.9 })) {
+   *   console.log(t.id);
+   * }
+   * await lm.save("./my-model"); // config.json + model.safetensors
+   * ```
+   */
+  static async fromConfig(
+    config: MambaConfig | Record<string, unknown>,
+    options: FromConfigOptions = {},
+  ): Promise<MambaLM> {
+    const isParsed = typeof config === "object" && config !== null && "arch" in config &&
+      "dInner" in config;
+    const parsed = isParsed ? config as MambaConfig : parseConfig(config);
+    const mixer: MixerInit = isParsed
+      ? DEFAULT_MIXER_INIT
+      : mixerInitFromJson(config as Record<string, unknown>);
+    const model: ModelInit = { ...DEFAULT_MODEL_INIT, ...options.init };
+    const dtype = options.weightsDtype === "f16" ? "f16" : "f32";
+    const weights = initModelWeights(parsed, options.seed, mixer, model, dtype);
+    return await MambaLM.fromWeights(parsed, weights, options);
+  }
+
+  /**
+   * Writes the model into directory `dir` as mamba_ssm and Hugging Face tools read it:
+   * `config.json` (mamba_ssm's `MambaConfig`, its 12 fields) and `model.safetensors` under
+   * mamba_ssm's tensor names (`lm_head.weight` included, as `state_dict()` has it), split into
+   * shards with `model.safetensors.index.json` when larger than `maxShardBytes`. `MambaLM.load`
+   * reads it back bit-exactly (in the dtype written).
+   *
+   * @returns the names of the files written.
+   * @throws {MambaError} when the model has no host weights to save (it was built with
+   *   `new MambaLM(...)` around a ready backend) or the directory cannot be written.
+   * @example
+   * ```ts
+   * import { MambaLM } from "@mamba/mamba";
+   * const lm = await MambaLM.fromConfig({ d_model: 64, n_layer: 2, vocab_size: 256 }, { seed: 1 });
+   * await lm.save("./tiny", { dtype: "f16" });
+   * const again = await MambaLM.load("./tiny", { weightsDtype: "as-stored" });
+   * ```
+   */
+  async save(dir: string | URL, options: SaveOptions = {}): Promise<string[]> {
+    if (!this.#hostWeights) {
+      throw new MambaError(
+        "save: this model has no host weights (build it with load, fromWeights or fromConfig)",
+      );
+    }
+    return await saveModel(dir, this.config, await this.#hostWeights(), options);
   }
 
   /** The backend computing this model (it changes when a lost device is left behind). */
@@ -344,6 +499,8 @@ export class MambaLM {
     prompt: string | readonly number[],
     options?: GenerateOptions<InferenceState>,
   ): AsyncGenerator<GeneratedToken, void, undefined> {
+    const no = this.#textWithoutTokenizer([prompt], options);
+    if (no) return failing(no);
     return generate(this, prompt, options);
   }
 
@@ -352,6 +509,8 @@ export class MambaLM {
     prompt: string | readonly number[],
     options?: GenerateOptions<InferenceState>,
   ): Promise<string> {
+    const no = this.#textWithoutTokenizer([prompt], options);
+    if (no) return Promise.reject(no);
     return complete(this, prompt, options);
   }
 
@@ -360,6 +519,8 @@ export class MambaLM {
     prompts: readonly (string | readonly number[])[],
     options?: GenerateOptions<InferenceState>,
   ): Promise<string[]> {
+    const no = this.#textWithoutTokenizer(prompts, options);
+    if (no) return Promise.reject(no);
     return generateBatch(this, prompts, options);
   }
 
@@ -369,7 +530,31 @@ export class MambaLM {
    * long the stream runs.
    */
   textStream(options?: GenerateOptions<InferenceState>): TransformStream<string, string> {
+    const no = this.#textWithoutTokenizer([""], options);
+    if (no) throw no;
     return textStream(this, options);
+  }
+
+  /**
+   * Why text cannot be used with this model (`undefined` when it has a tokenizer): the error
+   * that text prompts and stop strings throw.
+   */
+  get tokenizerError(): NoTokenizerError | undefined {
+    if (this.tokenizer) return undefined;
+    return new NoTokenizerError(
+      `this model has no tokenizer (${this.#noTokenizer ?? "none was given"}): pass the ` +
+        `prompt as token ids, or load with the tokenizer option`,
+    );
+  }
+
+  /** The error for text (a text prompt, or stop strings) without a tokenizer. */
+  #textWithoutTokenizer(
+    prompts: readonly (string | readonly number[])[],
+    options: GenerateOptions<InferenceState> | undefined,
+  ): NoTokenizerError | undefined {
+    if (this.tokenizer) return undefined;
+    const text = prompts.some((p) => typeof p === "string") || (options?.stop?.length ?? 0) > 0;
+    return text ? this.tokenizerError : undefined;
   }
 
   /**

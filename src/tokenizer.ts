@@ -15,7 +15,10 @@
  * @module
  */
 
-import { Tokenizer as HFTokenizer } from "@huggingface/tokenizers";
+// The full npm: specifier (not a bare name mapped in deno.json) so that mod.ts also imports from
+// projects without this repository's deno.json (tests/import_test.ts).
+// deno-lint-ignore no-import-prefix
+import { Tokenizer as HFTokenizer } from "npm:@huggingface/tokenizers@0.2.0";
 import { TokenizerError } from "./errors.ts";
 
 /**

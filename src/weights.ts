@@ -1,20 +1,20 @@
 /**
- * Loading a model's weights: one `model.safetensors` or a sharded set listed in
- * `model.safetensors.index.json`, with mamba_ssm or transformers key names. Every expected tensor is
- * checked by name and shape, and unexpected ones are refused, so a mismatched file fails loudly.
+ * Loading a model's weights: `model.safetensors`, `pytorch_model.bin` (a `torch.save` file), or
+ * sharded sets of either listed in an `*.index.json`, with mamba_ssm or transformers key names.
+ * Every expected tensor is checked by name and shape before any data is read, and unexpected ones
+ * are refused, so a mismatched file fails loudly and fast; then the tensors are read one at a
+ * time, so loading never holds a whole file in memory.
  *
  * @module
  */
 
 import type { MambaConfig } from "./config.ts";
 import { WeightsError } from "./errors.ts";
-import { f32ArrayToF16 } from "./half.ts";
-import {
-  parseSafetensors,
-  type SafetensorsTensor,
-  tensorBits16,
-  tensorToF32,
-} from "./safetensors.ts";
+import { openSource } from "./byte_source.ts";
+import { bf16ArrayToF32, f16ArrayToF32, f32ArrayToF16 } from "./half.ts";
+import { openSafetensors } from "./safetensors.ts";
+import { DTYPE_SIZE, type TensorEntry } from "./tensor_entry.ts";
+import { openTorchCheckpoint } from "./torch_checkpoint.ts";
 
 /**
  * A tensor in host memory: float32 values, or float16 bit patterns kept as stored so that backends
@@ -119,73 +119,136 @@ function canonicalName(name: string): string {
   return name.replace(/^backbone\.embeddings\./, "backbone.embedding.");
 }
 
-function toHost(t: SafetensorsTensor, dtype: WeightsDtype, shape: number[]): HostTensor {
+/**
+ * Reads one tensor and converts it to the host dtype. Where no conversion is needed the bytes
+ * are read straight into the result; otherwise only this one tensor is held twice, briefly.
+ */
+export async function readHost(
+  t: TensorEntry,
+  dtype: WeightsDtype,
+  shape: number[],
+): Promise<HostTensor> {
+  const n = t.byteLength / DTYPE_SIZE[t.dtype];
   if (t.dtype === "F16" && dtype !== "f32") {
-    return { dtype: "f16", shape, data: tensorBits16(t) };
+    const data = new Uint16Array(n);
+    await t.readInto(new Uint8Array(data.buffer));
+    return { dtype: "f16", shape, data };
   }
-  const data = tensorToF32(t);
-  if (dtype === "f16") {
-    return { dtype: "f16", shape, data: f32ArrayToF16(data) };
+  let f32: Float32Array;
+  if (t.dtype === "F32") {
+    f32 = new Float32Array(n);
+    await t.readInto(new Uint8Array(f32.buffer));
+  } else {
+    const bits = new Uint16Array(n);
+    await t.readInto(new Uint8Array(bits.buffer));
+    f32 = t.dtype === "F16" ? f16ArrayToF32(bits) : bf16ArrayToF32(bits);
   }
-  return { dtype: "f32", shape, data };
+  if (dtype === "f16") return { dtype: "f16", shape, data: f32ArrayToF16(f32) };
+  return { dtype: "f32", shape, data: f32 };
 }
 
 /**
- * Builds {@link ModelWeights} from parsed safetensors files, checking every tensor's name and
- * shape against the config.
+ * Checks the config's layer count against the layers the files hold, before anything is sized by
+ * the config: a `config.json` that says `n_layer: 1e9` beside an 8-layer file fails here, in
+ * microseconds, rather than after building a billion layers' worth of expectations.
+ */
+function checkLayerCount(cfg: MambaConfig, names: Iterable<string>): void {
+  let layers = 0;
+  for (const name of names) {
+    const m = /^backbone\.layers\.(\d+)\./.exec(name);
+    if (m) layers = Math.max(layers, Number(m[1]) + 1);
+  }
+  if (layers !== cfg.nLayer) {
+    throw new WeightsError(
+      `config.json says n_layer ${cfg.nLayer}, but the weights hold ${layers} layer${
+        layers === 1 ? "" : "s"
+      } (backbone.layers.*): the config and the weights belong to different models`,
+    );
+  }
+}
+
+/**
+ * Builds {@link ModelWeights} from the tensors of one or more checkpoint files (the shards),
+ * checking every name and shape against the config before reading any data, then reading the
+ * tensors one at a time (two entries viewing the same data, a tied LM head say, are read once).
  *
- * @param files the parsed shards (one for a single file)
+ * @param files each file's tensors (one map for a single file)
  * @param dtype `"f32"` widens everything to float32 (what the `ref` backend needs); `"as-stored"`
  *   keeps F16 as F16 (BF16 is always widened); `"f16"` narrows everything to F16.
- * @throws {WeightsError} naming the tensor on a missing, duplicate, unexpected or misshaped tensor.
+ * @param onFile called after each file's tensors are read, with (files done, files)
+ * @throws {WeightsError} naming the tensor on a missing, duplicate, unexpected or misshaped
+ *   tensor, or a config whose `n_layer` is not the files' layer count.
  */
-export function buildWeights(
+export async function buildWeights(
   cfg: MambaConfig,
-  files: ReadonlyArray<ReadonlyMap<string, SafetensorsTensor>>,
+  files: ReadonlyArray<ReadonlyMap<string, TensorEntry>>,
   dtype: WeightsDtype = "f32",
-): ModelWeights {
-  const want = expectedTensors(cfg);
-  const found = new Map<string, SafetensorsTensor>();
-  for (const tensors of files) {
+  onFile?: (done: number, total: number) => void,
+): Promise<ModelWeights> {
+  const found = new Map<string, { t: TensorEntry; file: number }>();
+  files.forEach((tensors, file) => {
     for (const [rawName, t] of tensors) {
       const name = canonicalName(rawName);
       if (found.has(name)) throw new WeightsError(`tensor "${name}" appears twice`);
-      found.set(name, t);
+      found.set(name, { t, file });
     }
-  }
-  const lmHeadT = found.get("lm_head.weight");
+  });
+  checkLayerCount(cfg, found.keys());
+  const want = expectedTensors(cfg);
+  const lmHead = found.get("lm_head.weight");
   found.delete("lm_head.weight");
   for (const name of found.keys()) {
     if (!want.has(name)) throw new WeightsError(`unexpected tensor "${name}" for this config`);
   }
-  const get = (name: string): HostTensor => {
-    const shape = want.get(name)!;
-    const t = found.get(name);
-    if (!t) throw new WeightsError(`missing tensor "${name}" (expected shape [${shape}])`);
-    if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+  const sameShape = (got: readonly number[], shape: readonly number[]) =>
+    got.length === shape.length && got.every((d, i) => d === shape[i]);
+  for (const [name, shape] of want) {
+    const t = found.get(name)?.t;
+    if (!t) {
+      throw new WeightsError(`missing tensor "${name}" (expected shape [${shape}])`);
+    }
+    if (!sameShape(t.shape, shape)) {
       throw new WeightsError(
         `tensor "${name}" has shape [${t.shape}] but the config needs [${shape}]`,
       );
     }
-    return toHost(t, dtype, name.endsWith("conv1d.weight") ? [shape[0], shape[2]] : shape);
-  };
-  const weights = assembleWeights(cfg, (name) => (want.has(name) ? get(name) : undefined));
-  if (lmHeadT && !cfg.tieEmbeddings) {
-    const shape = [cfg.paddedVocabSize, cfg.dModel];
-    if (
-      lmHeadT.shape.length !== 2 || lmHeadT.shape[0] !== shape[0] || lmHeadT.shape[1] !== shape[1]
-    ) {
+  }
+  const headShape = [cfg.paddedVocabSize, cfg.dModel];
+  if (lmHead && !cfg.tieEmbeddings) {
+    if (!sameShape(lmHead.t.shape, headShape)) {
       throw new WeightsError(
-        `tensor "lm_head.weight" has shape [${lmHeadT.shape}] but the config needs [${shape}]`,
+        `tensor "lm_head.weight" has shape [${lmHead.t.shape}] but the config needs [${headShape}]`,
       );
     }
-    return { ...weights, lmHead: toHost(lmHeadT, dtype, shape) };
-  } else if (!lmHeadT && !cfg.tieEmbeddings) {
+    found.set("lm_head.weight", lmHead);
+    want.set("lm_head.weight", headShape);
+  } else if (!lmHead && !cfg.tieEmbeddings) {
     throw new WeightsError(
-      `missing tensor "lm_head.weight" (expected shape [${cfg.paddedVocabSize},${cfg.dModel}]; tie_embeddings is false)`,
+      `missing tensor "lm_head.weight" (expected shape [${headShape}]; tie_embeddings is false)`,
     );
   }
-  return weights;
+  // Every name and shape is right: now read, file by file.
+  const host = new Map<string, HostTensor>();
+  const byKey = new Map<string, HostTensor>();
+  for (let file = 0; file < files.length; file++) {
+    for (const [name, { t, file: f }] of found) {
+      if (f !== file) continue;
+      const shape = want.get(name)!;
+      const hostShape = name.endsWith("conv1d.weight") ? [shape[0], shape[2]] : shape;
+      let h = byKey.get(t.key);
+      if (h && sameShape(h.shape, hostShape)) {
+        host.set(name, h);
+        continue;
+      }
+      h = await readHost(t, dtype, hostShape);
+      byKey.set(t.key, h);
+      host.set(name, h);
+    }
+    onFile?.(file + 1, files.length);
+  }
+  const weights = assembleWeights(cfg, (name) => host.get(name));
+  const head = host.get("lm_head.weight");
+  return head ? { ...weights, lmHead: head } : weights;
 }
 
 /**
@@ -257,9 +320,103 @@ export async function exists(url: URL): Promise<boolean> {
   }
 }
 
+/** A weights file opened for reading tensor by tensor. */
+export interface OpenCheckpoint {
+  /** Its tensors, not yet read. */
+  readonly tensors: Map<string, TensorEntry>;
+  /** Closes the file. */
+  close(): void;
+}
+
 /**
- * Loads and checks the weights of the model in directory `dir` (a URL ending in `/`):
- * `model.safetensors`, or the shards of `model.safetensors.index.json`.
+ * Opens one weights file: safetensors when its name ends in `.safetensors`, else a `torch.save`
+ * file (`pytorch_model.bin`: zip or legacy). Only the header or the pickle is read here.
+ * Tensors whose names `ignore` accepts are left out, whatever their type.
+ */
+export async function openCheckpoint(
+  url: URL,
+  ignore?: (name: string) => boolean,
+): Promise<OpenCheckpoint> {
+  const src = await openSource(url);
+  try {
+    const tensors = url.pathname.endsWith(".safetensors")
+      ? await openSafetensors(src, ignore)
+      : await openTorchCheckpoint(src, ignore);
+    return { tensors, close: () => src.close() };
+  } catch (e) {
+    src.close();
+    throw e;
+  }
+}
+
+/** The shard file names of an index (`*.index.json`), refusing names outside the directory. */
+async function shardNames(indexUrl: URL): Promise<string[]> {
+  let index: unknown;
+  try {
+    index = JSON.parse(new TextDecoder().decode(await readBytes(indexUrl)));
+  } catch (e) {
+    if (e instanceof WeightsError) throw e;
+    throw new WeightsError(`${indexUrl.href}: not readable JSON: ${(e as Error).message}`);
+  }
+  const map = (index as { weight_map?: unknown } | null)?.weight_map;
+  if (typeof map !== "object" || map === null || Array.isArray(map)) {
+    throw new WeightsError(`${indexUrl.href}: no "weight_map" object`);
+  }
+  const names = [...new Set(Object.values(map as Record<string, unknown>))];
+  for (const n of names) {
+    if (typeof n !== "string" || !/^[^/\\]+$/.test(n) || n === "." || n === "..") {
+      throw new WeightsError(`${indexUrl.href}: shard ${JSON.stringify(n)} is not a file name`);
+    }
+  }
+  return (names as string[]).sort();
+}
+
+/**
+ * Opens the weights files of the model in directory `dir` (a URL ending in `/`), taking the first
+ * of: `model.safetensors`; `model.safetensors.index.json` and its shards; `pytorch_model.bin`;
+ * `pytorch_model.bin.index.json` and its shards. Only headers (or pickles) are read; the caller
+ * reads the tensors and closes the files. Tensors whose names `ignore` accepts are left out.
+ *
+ * @throws {WeightsError} when no weights file is there, or a file is bad.
+ */
+export async function openWeightFiles(
+  dir: URL,
+  ignore?: (name: string) => boolean,
+): Promise<OpenCheckpoint[]> {
+  let files: string[] | undefined;
+  for (const [single, index] of WEIGHT_FILES) {
+    if (await exists(new URL(single, dir))) {
+      files = [single];
+      break;
+    }
+    const indexUrl = new URL(index, dir);
+    if (await exists(indexUrl)) {
+      files = await shardNames(indexUrl);
+      break;
+    }
+  }
+  if (!files) {
+    throw new WeightsError(
+      `no weights in ${dir.href}: looked for ${WEIGHT_FILES.flat().join(", ")}`,
+    );
+  }
+  const open: OpenCheckpoint[] = [];
+  try {
+    for (const f of files) open.push(await openCheckpoint(new URL(f, dir), ignore));
+    return open;
+  } catch (e) {
+    for (const o of open) o.close();
+    throw e;
+  }
+}
+
+/**
+ * Loads and checks the weights of the model in directory `dir` (a URL ending in `/`), from the
+ * files {@link openWeightFiles} picks. Each file is read tensor by tensor (file handle or HTTP
+ * `Range`), so the loaded weights plus one tensor is all the memory it takes.
+ *
+ * @param onProgress called after each file (shard) is read, with (files read, files)
+ * @throws {WeightsError} when no weights file is there, or a file is bad.
  */
 export async function loadWeights(
   cfg: MambaConfig,
@@ -267,30 +424,16 @@ export async function loadWeights(
   dtype: WeightsDtype = "f32",
   onProgress?: (loaded: number, total: number) => void,
 ): Promise<ModelWeights> {
-  const indexUrl = new URL("model.safetensors.index.json", dir);
-  let shardNames: string[];
-  if (await exists(indexUrl)) {
-    const index = JSON.parse(new TextDecoder().decode(await readBytes(indexUrl)));
-    const map = index?.weight_map;
-    if (typeof map !== "object" || map === null) {
-      throw new WeightsError(`${indexUrl.href}: no "weight_map" object`);
-    }
-    shardNames = [...new Set(Object.values(map as Record<string, string>))].sort();
-  } else {
-    shardNames = ["model.safetensors"];
+  const open = await openWeightFiles(dir);
+  try {
+    return await buildWeights(cfg, open.map((o) => o.tensors), dtype, onProgress);
+  } finally {
+    for (const o of open) o.close();
   }
-  const files: Map<string, SafetensorsTensor>[] = [];
-  for (let i = 0; i < shardNames.length; i++) {
-    const url = new URL(shardNames[i], dir);
-    let bytes: Uint8Array;
-    try {
-      bytes = await readBytes(url);
-    } catch (e) {
-      if (e instanceof WeightsError) throw e;
-      throw new WeightsError(`cannot read ${url.href}: ${(e as Error).message}`);
-    }
-    files.push(parseSafetensors(bytes, shardNames[i]).tensors);
-    onProgress?.(i + 1, shardNames.length);
-  }
-  return buildWeights(cfg, files, dtype);
 }
+
+/** The weights files a model directory may hold, in order of preference: (file, index). */
+const WEIGHT_FILES: ReadonlyArray<readonly [string, string]> = [
+  ["model.safetensors", "model.safetensors.index.json"],
+  ["pytorch_model.bin", "pytorch_model.bin.index.json"],
+];

@@ -58,7 +58,9 @@ async function pickTextModel(): Promise<{ dir: string; needsTokenizer: boolean }
     `${ORACLE}/m1_d64_l7`,
   ];
   for (const dir of candidates) {
-    if (await exists(`${dir}/config.json`) && await exists(`${dir}/model.safetensors`)) {
+    const weights = await exists(`${dir}/model.safetensors`) ||
+      await exists(`${dir}/model.safetensors.index.json`);
+    if (await exists(`${dir}/config.json`) && weights) {
       return { dir, needsTokenizer: !(await exists(`${dir}/tokenizer.json`)) };
     }
   }
@@ -174,6 +176,60 @@ for (
     },
   });
 }
+
+// ---- a GPT-NeoX model through the same command ----
+
+const NEOX = `${sharedDir()}/fixtures/gpt_neox/neox_d64_h2_l3_seqres_f16`;
+const neoxOk = await exists(`${NEOX}/expected.json`);
+
+Deno.test({
+  name: "cli: a GPT-NeoX model: greedy ids as transformers', and its KV cache saved and loaded",
+  ignore: !neoxOk,
+  async fn() {
+    const exp = JSON.parse(await Deno.readTextFile(`${NEOX}/expected.json`));
+    const run = exp.runs[0];
+    const want: number[] = run.generated[0];
+    const args = ["--model", NEOX, "--backend", "ref", "--greedy", "--json", "--no-eos"];
+    const r = await cli([
+      ...args,
+      "--prompt-ids",
+      run.input_ids[0].join(","),
+      "--max-new-tokens",
+      String(want.length),
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(jsonLines(r.stdout).map((t) => t.id), want);
+    // Prompt in two halves through a saved cache = the whole prompt at once.
+    const dir = await Deno.makeTempDir({ prefix: "mamba_cli_neox_" });
+    try {
+      const ids: number[] = run.input_ids[0];
+      const half = Math.floor(ids.length / 2);
+      const first = await cli([
+        ...args,
+        "--prompt-ids",
+        ids.slice(0, half).join(","),
+        "--max-new-tokens",
+        "0",
+        "--save-state",
+        `${dir}/kv.bin`,
+      ]);
+      assert.equal(first.code, 0, first.stderr);
+      const second = await cli([
+        ...args,
+        "--prompt-ids",
+        ids.slice(half).join(","),
+        "--max-new-tokens",
+        "4",
+        "--load-state",
+        `${dir}/kv.bin`,
+      ]);
+      assert.equal(second.code, 0, second.stderr);
+      assert.deepEqual(jsonLines(second.stdout).map((t) => t.id), want.slice(0, 4));
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
 
 Deno.test({
   name: "cli: missing tokenizer is a usage error",

@@ -10,6 +10,7 @@ const DIR = new URL("../models/demo/", import.meta.url);
 
 interface TrainingInfo {
   config: Record<string, unknown>;
+  safetensors_bytes: number;
   padded_vocab_size: number;
   n_params: number;
   final: { val_bits_per_byte: number };
@@ -32,24 +33,46 @@ async function sha256Hex(bytes: Uint8Array<ArrayBuffer>): Promise<string> {
   return Array.from(new Uint8Array(d), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-Deno.test("demo model: files match training.json (config, f16 tensors, size)", async () => {
+/** JSR refuses published files over 4 MB. */
+const JSR_FILE_LIMIT = 4_000_000;
+
+Deno.test("demo model: files match training.json (config, f16 tensors, size, shards)", async () => {
   const info = await readInfo();
   const config = JSON.parse(await Deno.readTextFile(new URL("config.json", DIR)));
   assert.deepEqual(config, info.config);
   assert.equal(config.vocab_size, 257);
   assert.equal(config.tie_embeddings, true);
-  const bytes = await Deno.readFile(new URL("model.safetensors", DIR));
-  assert.ok(bytes.length <= 8_000_000, `model.safetensors is ${bytes.length} bytes`);
-  const st = parseSafetensors(bytes);
-  const names = [...st.tensors.keys()];
+  // The weights ship as shards under JSR's limit, listed in a transformers-style index whose
+  // total_size is the sum of the tensors' bytes (training.json's file size less the header).
+  const index = JSON.parse(
+    await Deno.readTextFile(new URL("model.safetensors.index.json", DIR)),
+  );
+  const shardNames = [...new Set(Object.values(index.weight_map as Record<string, string>))];
+  assert.ok(shardNames.length >= 2, `${shardNames.length} shards`);
+  const tensors = new Map<string, { dtype: string; shape: readonly number[]; bytes: Uint8Array }>();
+  let dataBytes = 0;
+  for (const shard of shardNames.sort()) {
+    const bytes = await Deno.readFile(new URL(shard, DIR));
+    assert.ok(bytes.length <= JSR_FILE_LIMIT, `${shard} is ${bytes.length} bytes`);
+    for (const [name, t] of parseSafetensors(bytes, shard).tensors) {
+      assert.equal(index.weight_map[name], shard, `${name} is in ${shard}`);
+      assert.ok(!tensors.has(name), `${name} appears twice`);
+      tensors.set(name, t);
+      dataBytes += t.bytes.length;
+    }
+  }
+  assert.equal(tensors.size, Object.keys(index.weight_map).length);
+  assert.equal(index.metadata.total_size, dataBytes);
+  assert.ok(dataBytes < info.safetensors_bytes && dataBytes > info.safetensors_bytes - 10_000);
+  const names = [...tensors.keys()];
   assert.ok(names.includes("lm_head.weight") && names.includes("backbone.norm_f.weight"));
   let params = 0;
-  for (const [name, t] of st.tensors) {
+  for (const [name, t] of tensors) {
     assert.equal(t.dtype, "F16", name);
     if (name !== "lm_head.weight") params += t.shape.reduce((a, b) => a * b, 1);
   }
   assert.equal(params, info.n_params);
-  const emb = st.tensors.get("backbone.embedding.weight")!;
+  const emb = tensors.get("backbone.embedding.weight")!;
   assert.deepEqual(emb.shape, [info.padded_vocab_size, config.d_model]);
   assert.ok(info.final.val_bits_per_byte <= 1.5, `val ${info.final.val_bits_per_byte} bits/byte`);
 });

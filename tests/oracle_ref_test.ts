@@ -1,3 +1,4 @@
-import { oracleModelSuite } from "./oracle_util.ts";
+import { oracleCheckpointSuite, oracleModelSuite } from "./oracle_util.ts";
 
 oracleModelSuite("ref");
+oracleCheckpointSuite("ref");

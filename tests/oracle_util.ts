@@ -12,6 +12,7 @@ import {
   parseSafetensors,
   tensorToF32,
 } from "../mod.ts";
+import { type TensorSpec, writeSafetensors } from "./safetensors_util.ts";
 
 /** The shared folder: `$MAMBA_SHARED`, or `../shared` beside the repo root. */
 export function sharedDir(): string {
@@ -242,6 +243,81 @@ export function oracleModelSuite(backend: BackendChoice, options: SuiteOptions =
         }
       } finally {
         lm.dispose();
+      }
+    });
+  }
+}
+
+/** The `pytorch_model.bin` twins of the oracle README: (case, file). */
+export const BIN_FIXTURES: [string, string][] = [
+  ["m1_d64_l7", "pytorch_model.bin"],
+  ["m1_d64_l7", "pytorch_model.zip64.bin"],
+  ["m1_d64_l7", "pytorch_model.legacy.bin"],
+  ["m1_f16_l64", "pytorch_model.bin"],
+  ["m1_f16_l64", "pytorch_model.mixed.bin"],
+  ["m2_hd32_ds64_l7", "pytorch_model.bin"],
+];
+
+/** Cases whose safetensors are also loaded under transformers' names. */
+export const HF_NAMED_CASES = ["m1_d64_l7", "m2_hd32_ds64_l7"];
+
+/**
+ * A temporary model directory for a case: its config.json and either one of its `.bin` twins as
+ * `pytorch_model.bin`, or (`file` = "hf") its model.safetensors rewritten with transformers'
+ * names (`backbone.embeddings.weight`, `lm_head.weight` kept).
+ */
+export async function checkpointDir(c: string, file: string): Promise<string> {
+  const src = `${oracleDir()}/${c}`;
+  const dir = await Deno.makeTempDir({ prefix: "mamba_ckpt_" });
+  await Deno.copyFile(`${src}/config.json`, `${dir}/config.json`);
+  if (file !== "hf") {
+    await Deno.copyFile(`${src}/${file}`, `${dir}/pytorch_model.bin`);
+    return dir;
+  }
+  const st = parseSafetensors(await Deno.readFile(`${src}/model.safetensors`));
+  const renamed: Record<string, TensorSpec> = {};
+  for (const [k, t] of st.tensors) {
+    const name = k.replace(/^backbone\.embedding\./, "backbone.embeddings.");
+    renamed[name] = { dtype: t.dtype, shape: [...t.shape], bytes: t.bytes };
+  }
+  assert.ok(renamed["lm_head.weight"] && renamed["backbone.embeddings.weight"]);
+  await Deno.writeFile(`${dir}/model.safetensors`, writeSafetensors(renamed));
+  return dir;
+}
+
+/**
+ * Registers one Deno.test per checkpoint variant (each `.bin` twin, and the transformers-named
+ * safetensors) for `backend`: the model loads from a directory holding only config.json and
+ * that file, and its full-sequence logits match the case's oracle for every run.
+ */
+export function oracleCheckpointSuite(backend: BackendChoice, options: SuiteOptions = {}): void {
+  const s = options.tolScale ?? 1;
+  const tol = options.tol?.logits ?? { atol: TOL.logits.atol * s, rtol: TOL.logits.rtol * s };
+  const name = options.label ? `${backend} (${options.label})` : backend;
+  const variants = [...BIN_FIXTURES, ...HF_NAMED_CASES.map((c) => [c, "hf"] as [string, string])];
+  for (const [c, file] of variants) {
+    const what = file === "hf" ? "model.safetensors with transformers names" : file;
+    Deno.test(`oracle ${name} checkpoint: ${c}/${what}`, async () => {
+      const exp = loadExpected(c);
+      const dir = await checkpointDir(c, file);
+      try {
+        const lm = await MambaLM.load(dir, {
+          backend,
+          weightsDtype: options.weightsDtype,
+          wasm: options.wasm,
+        });
+        try {
+          for (const run of exp.json.runs) {
+            const full = await lm.forward(run.input_ids);
+            const want = exp.arrays.get(`${run.name}.logits`);
+            assert.ok(want, `missing ${run.name}.logits`);
+            assertClose(full.data, want.data, tol, `${run.name} logits`);
+          }
+        } finally {
+          lm.dispose();
+        }
+      } finally {
+        await Deno.remove(dir, { recursive: true });
       }
     });
   }

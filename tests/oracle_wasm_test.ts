@@ -12,7 +12,7 @@
  *   2e-3 + 6e-2·|x|, without the exact greedy match.
  */
 
-import { oracleModelSuite } from "./oracle_util.ts";
+import { oracleCheckpointSuite, oracleModelSuite } from "./oracle_util.ts";
 
 oracleModelSuite("wasm", { wasm: { threads: 1 }, label: "1 thread" });
 oracleModelSuite("wasm", { wasm: { threads: 2 }, label: "2 threads" });
@@ -33,3 +33,4 @@ oracleModelSuite("wasm", {
   skipGreedy: true,
   label: "q8, 2 threads",
 });
+oracleCheckpointSuite("wasm", { wasm: { threads: 2 }, label: "2 threads" });

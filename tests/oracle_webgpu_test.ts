@@ -4,17 +4,17 @@
  * 3e-2, the README's expectation for f16), without the exact greedy comparison.
  */
 
-import { oracleModelSuite } from "./oracle_util.ts";
+import { oracleCheckpointSuite, oracleModelSuite } from "./oracle_util.ts";
+import { webgpuTestAdapter } from "./webgpu_util.ts";
 
-const adapter = await navigator.gpu?.requestAdapter().catch(() => null);
-if (adapter) {
+if (await webgpuTestAdapter("oracle webgpu")) {
   oracleModelSuite("webgpu");
   oracleModelSuite("webgpu", { weightsDtype: "f16", tolScale: 300, skipGreedy: true });
+  oracleCheckpointSuite("webgpu");
 } else {
   Deno.test({
-    name: "oracle webgpu: skipped (no WebGPU adapter in this runtime)",
+    name: "oracle webgpu: skipped (no hardware WebGPU adapter here; see the line above)",
     ignore: true,
     fn() {},
   });
-  console.error("oracle webgpu: no WebGPU adapter, the suite is skipped");
 }

@@ -10,11 +10,13 @@ import {
   Tokenizer,
 } from "../mod.ts";
 import { loadExpected, oracleCases, oracleDir } from "./oracle_util.ts";
+import { webgpuTestAdapter } from "./webgpu_util.ts";
 
 /** The backends that can run here. */
 export async function backendsPresent(): Promise<BackendChoice[]> {
   const out: BackendChoice[] = ["ref"];
   for (const b of ["wasm", "webgpu"] as const) {
+    if (b === "webgpu" && !(await webgpuTestAdapter("streaming tests on webgpu"))) continue;
     try {
       const lm = await MambaLM.load(`${oracleDir()}/m1_d32_l1_dtrank8`, { backend: b });
       lm.dispose();

@@ -11,10 +11,9 @@ import assert from "node:assert/strict";
 import { DeviceLostError, MambaLM } from "../mod.ts";
 import type { WebGpuBackend } from "../src/backends/webgpu/backend.ts";
 import { assertClose, oracleDir } from "./oracle_util.ts";
+import { webgpuTestAdapter } from "./webgpu_util.ts";
 
-const adapter = await navigator.gpu?.requestAdapter().catch(() => null);
-const ignore = !adapter;
-if (ignore) console.error("webgpu device-loss tests: no WebGPU adapter, skipped");
+const ignore = !(await webgpuTestAdapter("webgpu device-loss tests"));
 
 const dir = () => `${oracleDir()}/m1_d64_l7`;
 const TOL = { atol: 2e-4, rtol: 2e-4 };

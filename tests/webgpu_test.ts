@@ -13,10 +13,9 @@ import { Sampler, type SamplingOptions, validateSamplingOptions } from "../src/s
 import { loadWeights, type WeightsDtype } from "../src/weights.ts";
 import { randomWeights } from "../testing.ts";
 import { assertClose, loadExpected, oracleDir, TOL } from "./oracle_util.ts";
+import { webgpuTestAdapter } from "./webgpu_util.ts";
 
-const adapter = await navigator.gpu?.requestAdapter().catch(() => null);
-const ignore = !adapter;
-if (ignore) console.error("webgpu tests: no WebGPU adapter, skipped");
+const ignore = !(await webgpuTestAdapter("webgpu tests"));
 
 Deno.test("webgpu: shader preprocessor", () => {
   const src = "a\n#if X\nb ${N}\n#elif !Y\nc\n#else\nd\n#endif\n#if !X\ne\n#endif";

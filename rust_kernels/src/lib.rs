@@ -8,6 +8,7 @@
 
 #![no_std]
 
+pub mod attention;
 pub mod heap;
 pub mod linear;
 pub mod misc;

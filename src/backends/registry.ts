@@ -5,7 +5,13 @@
  * @module
  */
 
-import type { Backend, BackendInit, BackendName } from "../backend.ts";
+import type {
+  Backend,
+  BackendInit,
+  BackendName,
+  TransformerBackend,
+  TransformerBackendInit,
+} from "../backend.ts";
 import { BackendError } from "../errors.ts";
 import { RefBackend } from "./ref/backend.ts";
 import type { WasmOptions } from "./wasm/options.ts";
@@ -64,13 +70,57 @@ export function createBackend(
  * (where to go when its device is lost). A single name fails as that backend fails; `"auto"` and
  * lists skip a backend that fails (noting why on stderr when they end on `ref`).
  */
-export async function createBackendChain(
+export function createBackendChain(
   preference: BackendPreference,
   init: BackendInit,
   options: BackendOptions = {},
 ): Promise<{ backend: Backend; rest: BackendName[] }> {
+  return chain(preference, (name) => createBackend(name, init, options));
+}
+
+/** Builds backend `name` over a Transformer's weights. */
+export function createTransformerBackend(
+  name: BackendName,
+  init: TransformerBackendInit,
+  options: BackendOptions = {},
+): Promise<TransformerBackend> {
+  switch (name) {
+    case "ref":
+      return Promise.resolve(new RefBackend(init));
+    case "wasm":
+      return import("./wasm/transformer.ts").then((m) =>
+        m.WasmTransformerBackend.create(init, options.wasm)
+      );
+    case "webgpu":
+      return import("./webgpu/transformer.ts").then((m) => m.WebGpuTransformerBackend.create(init));
+    default:
+      return Promise.reject(
+        new BackendError(`backend "${name}" is not available (choose ref, wasm, webgpu or auto)`),
+      );
+  }
+}
+
+/** As {@link createBackendChain}, for a Transformer model. */
+export function createTransformerBackendChain(
+  preference: BackendPreference,
+  init: TransformerBackendInit,
+  options: BackendOptions = {},
+): Promise<{ backend: TransformerBackend; rest: BackendName[] }> {
+  return chain(preference, (name) => createTransformerBackend(name, init, options));
+}
+
+/** The first backend of `preference` that `build` starts, and the names after it. */
+async function chain<B>(
+  preference: BackendPreference,
+  build: (name: BackendName) => Promise<B>,
+): Promise<{ backend: B; rest: BackendName[] }> {
   if (typeof preference === "string" && preference !== "auto") {
-    return { backend: await createBackend(preference, init, options), rest: [] };
+    if (!NAMES.includes(preference)) {
+      throw new BackendError(
+        `backend "${preference}" is not available (choose ref, wasm, webgpu or auto)`,
+      );
+    }
+    return { backend: await build(preference), rest: [] };
   }
   const why: string[] = [];
   const order = preference === "auto" ? await autoOrder(why) : [...preference];
@@ -82,7 +132,7 @@ export async function createBackendChain(
   }
   for (let i = 0; i < order.length; i++) {
     try {
-      const backend = await createBackend(order[i], init, options);
+      const backend = await build(order[i]);
       if (why.length && order[i] === "ref") {
         console.error(`mamba: falling back to the "ref" backend (${why.join("; ")})`);
       }

@@ -5,13 +5,30 @@
  * @module
  */
 
-import type { Backend, BackendInit, StateTensors } from "../../backend.ts";
+import type {
+  Backend,
+  BackendInit,
+  BlockNorm,
+  KvTensors,
+  StateTensors,
+  TransformerBackendInit,
+  TransformerOps,
+} from "../../backend.ts";
 import type { MambaConfig } from "../../config.ts";
+import { BackendError } from "../../errors.ts";
+import type { GptNeoXConfig } from "../../neox_config.ts";
 import { stateLayout, zeroStateTensors } from "../../state.ts";
+import { attention, type RefKvLayer } from "./attention.ts";
 import { mamba1Mixer } from "./mamba1.ts";
 import { mamba2Mixer } from "./mamba2.ts";
-import { layerNorm, linear, rmsNorm } from "./ops.ts";
-import { type RefLayer, type RefNorm, refWeights } from "./weights.ts";
+import { gelu, layerNorm, linear, rmsNorm } from "./ops.ts";
+import {
+  type RefLayer,
+  type RefNorm,
+  type RefTransformerLayer,
+  refTransformerWeights,
+  refWeights,
+} from "./weights.ts";
 
 /** An activation of the reference backend: a `[rows, cols]` float32 matrix. */
 export interface RefActivation {
@@ -23,19 +40,63 @@ export interface RefActivation {
   data: Float32Array;
 }
 
-/** The reference backend. */
-export class RefBackend implements Backend<RefActivation, StateTensors> {
+/** A KV cache of the reference backend: per layer `[batch, nKvHeads, capacity, headDim]`. */
+export interface RefKv {
+  /** Sequences. */
+  readonly batch: number;
+  /** Slots per sequence. */
+  capacity: number;
+  /** Per layer keys and values. */
+  layers: RefKvLayer[];
+}
+
+/**
+ * The reference backend, for Mamba models ({@link BackendInit}) and Transformer models
+ * ({@link TransformerBackendInit}) alike: the embedding, norms and LM head are shared, the
+ * mixer is Mamba's, attention and MLP the Transformer's.
+ */
+export class RefBackend
+  implements Backend<RefActivation, StateTensors>, TransformerOps<RefActivation, RefKv> {
   /** Always `"ref"`. */
   readonly name = "ref" as const;
   /** The state is computed in place in host memory. */
   readonly hostState = true;
-  readonly #cfg: MambaConfig;
-  readonly #w: ReturnType<typeof refWeights>;
+  readonly #cfg: MambaConfig | GptNeoXConfig;
+  readonly #w: {
+    embedding: Float32Array;
+    layers: (RefLayer | RefTransformerLayer)[];
+    normF: RefNorm;
+    lmHead: Float32Array;
+  };
 
   /** Widens the weights to float32. */
-  constructor({ config, weights }: BackendInit) {
-    this.#cfg = config;
-    this.#w = refWeights(weights);
+  constructor(init: BackendInit | TransformerBackendInit) {
+    this.#cfg = init.config;
+    this.#w = init.config.arch === "gpt_neox"
+      ? refTransformerWeights((init as TransformerBackendInit).weights)
+      : refWeights((init as BackendInit).weights);
+  }
+
+  /** The Mamba config; Mamba operations on a Transformer model are a bug of the caller. */
+  get #mamba(): MambaConfig {
+    const cfg = this.#cfg;
+    if (cfg.arch === "gpt_neox") {
+      throw new BackendError("ref: a Mamba operation on a GPT-NeoX model");
+    }
+    return cfg;
+  }
+
+  get #neox(): GptNeoXConfig {
+    const cfg = this.#cfg;
+    if (cfg.arch !== "gpt_neox") {
+      throw new BackendError("ref: a Transformer operation on a Mamba model");
+    }
+    return cfg;
+  }
+
+  #tLayer(layer: number): RefTransformerLayer {
+    if (this.#cfg.arch !== "gpt_neox") throw new BackendError("ref: not a Transformer model");
+    return this.#w.layers[layer] as RefTransformerLayer;
   }
 
   embed(ids: Int32Array): RefActivation {
@@ -49,11 +110,20 @@ export class RefBackend implements Backend<RefActivation, StateTensors> {
     hidden: RefActivation,
     residual: RefActivation | null,
     layer: number | "final",
+    which: BlockNorm = "mixer",
   ): { normed: RefActivation; residual: RefActivation } {
     const res = residual
       ? { ...hidden, data: hidden.data.map((v, i) => v + residual.data[i]) }
       : { ...hidden, data: hidden.data.slice() };
-    const norm: RefNorm = layer === "final" ? this.#w.normF : this.#w.layers[layer].norm;
+    return { normed: this.#normRows(res, layer, which), residual: res };
+  }
+
+  #normRows(res: RefActivation, layer: number | "final", which: BlockNorm): RefActivation {
+    const norm: RefNorm = layer === "final"
+      ? this.#w.normF
+      : which === "mlp"
+      ? this.#tLayer(layer).norm2
+      : this.#w.layers[layer].norm;
     const out = new Float32Array(res.data.length);
     for (let r = 0; r < res.rows; r++) {
       if (this.#cfg.rmsNorm) {
@@ -70,7 +140,7 @@ export class RefBackend implements Backend<RefActivation, StateTensors> {
         );
       }
     }
-    return { normed: { ...res, data: out }, residual: res };
+    return { ...res, data: out };
   }
 
   mixer(
@@ -80,8 +150,8 @@ export class RefBackend implements Backend<RefActivation, StateTensors> {
     seqLen: number,
     state: StateTensors,
   ): RefActivation {
-    const cfg = this.#cfg;
-    const w: RefLayer = this.#w.layers[layer];
+    const cfg = this.#mamba;
+    const w = this.#w.layers[layer] as RefLayer;
     const layout = stateLayout(cfg, batch);
     const convSize = layout.convShape.slice(1).reduce((a, b) => a * b, 1);
     const ssmSize = layout.ssmShape.slice(1).reduce((a, b) => a * b, 1);
@@ -110,12 +180,16 @@ export class RefBackend implements Backend<RefActivation, StateTensors> {
     return { rows: n, cols: V, data: linear(rows, this.#w.lmHead, n, d, V) };
   }
 
+  upload(data: Float32Array, rows: number, cols: number): RefActivation {
+    return { rows, cols, data: data.slice(0, rows * cols) };
+  }
+
   read(a: RefActivation): Promise<Float32Array> {
     return Promise.resolve(a.data);
   }
 
   createState(batch: number): StateTensors {
-    return zeroStateTensors(stateLayout(this.#cfg, batch));
+    return zeroStateTensors(stateLayout(this.#mamba, batch));
   }
 
   uploadState(s: StateTensors, host: StateTensors): void {
@@ -132,6 +206,120 @@ export class RefBackend implements Backend<RefActivation, StateTensors> {
   }
 
   freeState(): void {}
+
+  // -------------------------------------------------------------------------------------------
+  // Transformer operations
+
+  norm(x: RefActivation, layer: number, which: BlockNorm): RefActivation {
+    return this.#normRows(x, layer, which);
+  }
+
+  attention(
+    layer: number,
+    x: RefActivation,
+    batch: number,
+    seqLen: number,
+    kv: RefKv,
+    pos: number,
+  ): RefActivation {
+    const cfg = this.#neox;
+    const w = this.#tLayer(layer);
+    const qkvDim = (cfg.nHeads + 2 * cfg.nKvHeads) * cfg.headDim;
+    const qkv = linear(x.data, w.qkv, x.rows, cfg.dModel, qkvDim, w.qkvBias);
+    const att = attention(cfg, qkv, batch, seqLen, pos, kv.layers[layer], kv.capacity);
+    const qDim = cfg.nHeads * cfg.headDim;
+    return {
+      rows: x.rows,
+      cols: cfg.dModel,
+      data: linear(att, w.out, x.rows, qDim, cfg.dModel, w.outBias),
+    };
+  }
+
+  mlp(layer: number, x: RefActivation): RefActivation {
+    const cfg = this.#neox;
+    const w = this.#tLayer(layer);
+    const h = linear(x.data, w.fc1, x.rows, cfg.dModel, cfg.intermediateSize, w.fc1Bias);
+    for (let i = 0; i < h.length; i++) h[i] = gelu(h[i]);
+    return {
+      rows: x.rows,
+      cols: cfg.dModel,
+      data: linear(h, w.fc2, x.rows, cfg.intermediateSize, cfg.dModel, w.fc2Bias),
+    };
+  }
+
+  add(a: RefActivation, b: RefActivation): RefActivation {
+    return { ...a, data: a.data.map((v, i) => v + b.data[i]) };
+  }
+
+  createKv(batch: number): RefKv {
+    const cfg = this.#neox;
+    const layers = [];
+    for (let i = 0; i < cfg.nLayer; i++) {
+      layers.push({ k: new Float32Array(0), v: new Float32Array(0) });
+    }
+    return { batch, capacity: 0, layers };
+  }
+
+  reserveKv(kv: RefKv, length: number, limit = Infinity): void {
+    if (length <= kv.capacity) return;
+    const { nKvHeads, headDim } = this.#neox;
+    const cap = Math.max(length, Math.min(Math.max(2 * kv.capacity, 16), limit));
+    // Copy each (sequence, head) run of slots to its place in the larger cache.
+    const grow = (old: Float32Array) => {
+      const a = new Float32Array(kv.batch * nKvHeads * cap * headDim);
+      for (let bg = 0; bg < kv.batch * nKvHeads; bg++) {
+        a.set(
+          old.subarray(bg * kv.capacity * headDim, (bg + 1) * kv.capacity * headDim),
+          bg * cap * headDim,
+        );
+      }
+      return a;
+    };
+    kv.layers = kv.layers.map((l) => ({ k: grow(l.k), v: grow(l.v) }));
+    kv.capacity = cap;
+  }
+
+  uploadKv(kv: RefKv, host: KvTensors): void {
+    this.reserveKv(kv, host.length);
+    const { nKvHeads, headDim } = this.#neox;
+    const n = host.length * headDim;
+    kv.layers.forEach((l, i) => {
+      for (let bg = 0; bg < kv.batch * nKvHeads; bg++) {
+        l.k.set(host.k[i].subarray(bg * n, (bg + 1) * n), bg * kv.capacity * headDim);
+        l.v.set(host.v[i].subarray(bg * n, (bg + 1) * n), bg * kv.capacity * headDim);
+      }
+    });
+  }
+
+  downloadKv(kv: RefKv, length: number): Promise<KvTensors> {
+    const { nKvHeads, headDim } = this.#neox;
+    const n = length * headDim;
+    const take = (a: Float32Array) => {
+      const out = new Float32Array(kv.batch * nKvHeads * n);
+      for (let bg = 0; bg < kv.batch * nKvHeads; bg++) {
+        out.set(a.subarray(bg * kv.capacity * headDim, bg * kv.capacity * headDim + n), bg * n);
+      }
+      return out;
+    };
+    return Promise.resolve({
+      length,
+      k: kv.layers.map((l) => take(l.k)),
+      v: kv.layers.map((l) => take(l.v)),
+    });
+  }
+
+  cloneKv(kv: RefKv): RefKv {
+    return {
+      batch: kv.batch,
+      capacity: kv.capacity,
+      layers: kv.layers.map((l) => ({ k: l.k.slice(), v: l.v.slice() })),
+    };
+  }
+
+  freeKv(kv: RefKv): void {
+    kv.layers = [];
+    kv.capacity = 0;
+  }
 
   dispose(): void {}
 }

@@ -84,3 +84,22 @@ export function columns(
   }
   return out;
 }
+
+/**
+ * The error function, from its complement in Chebyshev form (Numerical Recipes' `erfcc`):
+ * relative error below 1.2e-7 everywhere, so float32-exact for GELU.
+ */
+export function erf(x: number): number {
+  const z = Math.abs(x);
+  const t = 1 / (1 + 0.5 * z);
+  const poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 +
+                t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 +
+                                t * (-0.82215223 + t * 0.17087277))))))));
+  const erfc = t * Math.exp(-z * z + poly);
+  return x >= 0 ? 1 - erfc : erfc - 1;
+}
+
+/** Exact GELU: `x · Φ(x) = x/2 · (1 + erf(x/√2))` (PyTorch's `gelu`, not the tanh form). */
+export function gelu(x: number): number {
+  return 0.5 * x * (1 + erf(x / Math.SQRT2));
+}

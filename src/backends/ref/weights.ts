@@ -7,6 +7,7 @@
 
 import { f16ArrayToF32 } from "../../half.ts";
 import type { HostTensor, LayerWeights, ModelWeights, NormWeights } from "../../weights.ts";
+import type { TransformerWeights } from "../../neox_weights.ts";
 
 /** A host tensor as float32 values. */
 export function f32(t: HostTensor): Float32Array;
@@ -86,6 +87,57 @@ export function refWeights(w: ModelWeights): {
   return {
     embedding,
     layers: w.layers.map(refLayer),
+    normF: norm(w.normF),
+    lmHead: w.lmHead === w.embedding ? embedding : f32(w.lmHead),
+  };
+}
+
+/** One Transformer block's weights in float32. */
+export interface RefTransformerLayer {
+  /** Pre-attention norm. */
+  norm: RefNorm;
+  /** Pre-MLP norm. */
+  norm2: RefNorm;
+  /** `[q | k | v]` projection and bias. */
+  qkv: Float32Array;
+  /** Its bias. */
+  qkvBias?: Float32Array;
+  /** Attention output projection. */
+  out: Float32Array;
+  /** Its bias. */
+  outBias?: Float32Array;
+  /** MLP up projection. */
+  fc1: Float32Array;
+  /** Its bias. */
+  fc1Bias?: Float32Array;
+  /** MLP down projection. */
+  fc2: Float32Array;
+  /** Its bias. */
+  fc2Bias?: Float32Array;
+}
+
+/** Converts a Transformer model. */
+export function refTransformerWeights(w: TransformerWeights): {
+  embedding: Float32Array;
+  layers: RefTransformerLayer[];
+  normF: RefNorm;
+  lmHead: Float32Array;
+} {
+  const embedding = f32(w.embedding);
+  return {
+    embedding,
+    layers: w.layers.map((l) => ({
+      norm: norm(l.norm),
+      norm2: norm(l.norm2),
+      qkv: f32(l.qkv),
+      qkvBias: f32(l.qkvBias),
+      out: f32(l.out),
+      outBias: f32(l.outBias),
+      fc1: f32(l.fc1),
+      fc1Bias: f32(l.fc1Bias),
+      fc2: f32(l.fc2),
+      fc2Bias: f32(l.fc2Bias),
+    })),
     normF: norm(w.normF),
     lmHead: w.lmHead === w.embedding ? embedding : f32(w.lmHead),
   };

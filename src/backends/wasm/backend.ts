@@ -328,6 +328,24 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
     return out;
   }
 
+  /**
+   * Stages host rows `[rows, dModel]` (see {@link Backend.upload}); every rank copies its chunk
+   * of them into a register when the program runs.
+   */
+  upload(data: Float32Array, rows: number, cols: number): WasmActivation {
+    this.#check();
+    if (cols !== this.#cfg.dModel || data.length !== rows * cols) {
+      throw new BackendError(
+        `wasm backend: upload takes [rows, ${this.#cfg.dModel}] values, got ${data.length} as [${rows}, ${cols}]`,
+      );
+    }
+    if (!this.#shape) this.#rows = rows;
+    const out = this.#act(rows, cols);
+    const op = this.#op(OP.UPLOAD, out.reg, 0);
+    this.#stage.push({ op, bytes: data.length * 4, data: data.slice() });
+    return out;
+  }
+
   read(a: WasmActivation): Promise<Float32Array> {
     try {
       this.#check();

@@ -85,7 +85,7 @@ interface RankState {
  * A first-fit free list over the kernel's bump allocator, so that states and scratch buffers can
  * be freed and reused.
  */
-class Heap {
+export class Heap {
   readonly #k: WasmKernels;
   readonly #sizes = new Map<number, number>();
   #free: { ptr: number; bytes: number }[] = [];
@@ -680,6 +680,19 @@ export class RankEngine {
         }
         this.#release(p);
         return;
+      }
+      case OP.UPLOAD: {
+        // Rows of the global [B·L, dModel] activation staged by the host; this chunk's slice.
+        const dst = this.#regAlloc(op[1]) >>> 2;
+        const d = this.#cfg.dModel;
+        const src = (op[2] * 64) >>> 2;
+        const mem = this.#f32;
+        const shared = this.#shF32;
+        for (let b = 0; b < B; b++) {
+          const from = src + (b * L + t0) * d;
+          mem.set(shared.subarray(from, from + lc * d), dst + b * lc * d);
+        }
+        return this.#lap(PROF.embed);
       }
       default:
         throw new Error(`wasm backend: unknown op ${op[0]}`);

@@ -336,6 +336,48 @@ export interface KernelExports {
     h1: number,
     flags: number,
   ): void;
+  /** Causal attention rows over a KV cache, tiled (see rust_kernels/src/attention.rs). */
+  attn_rows(
+    q: number,
+    ldq: number,
+    out: number,
+    ldo: number,
+    nq: number,
+    pos0: number,
+    k: number,
+    v: number,
+    cap: number,
+    nHeads: number,
+    nKv: number,
+    hd: number,
+    scale: number,
+    j0: number,
+    j1: number,
+    ml: number,
+  ): void;
+  /** Combines split partials of `attn_rows` (flash-decoding's reduction). */
+  attn_merge(
+    acc: number,
+    ml: number,
+    splits: number,
+    rows: number,
+    hd: number,
+    out: number,
+    ldo: number,
+  ): void;
+  /** Rotate-half rotary embedding with host-computed cos / sin per row. */
+  rotary(
+    x: number,
+    ldx: number,
+    rows: number,
+    heads: number,
+    hd: number,
+    rot: number,
+    cos: number,
+    sin: number,
+  ): void;
+  /** Exact (erf) GELU. */
+  gelu(x: number, out: number, n: number): void;
 }
 
 /** Typed-array constructors a {@link WasmArray} can view memory with. */

@@ -139,6 +139,8 @@ export const OP = {
   LMHEAD: 13,
   /** `(reg)`: rank 0 copies a register to the host. */
   READ: 14,
+  /** `(out, stage/64)`: every rank copies host rows `[B·L, dModel]` from the staging area. */
+  UPLOAD: 15,
 } as const;
 
 /** Rounds up to a multiple of 64 bytes. */

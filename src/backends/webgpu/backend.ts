@@ -136,6 +136,43 @@ function rowsPerTeam(M: number, max: number): number {
   return Math.min(max, Math.max(1, 2 ** Math.floor(Math.log2(32 / M))));
 }
 
+/**
+ * The default split of a matrix-vector product (tuned on an H200 with
+ * `bench/webgpu_matvec_sweep.ts`; see bench/RESULTS.md). Large matrices: 8 rows per team
+ * (each load of x serves 8 rows), 2 loads in flight per row, and teams of 32 lanes for f16 rows
+ * up to 4k columns, 128 beyond; f32 rows read x straight from memory and prefer 256 lanes
+ * (128 beyond 4k columns), or 32 when x is staged in workgroup memory (RMSNorm prologue).
+ * Small matrices keep one row per team, and widen the team (split K) until there are enough
+ * workgroups to fill the GPU. The scan epilogue has `scanStates` states per channel.
+ */
+export function defaultMatvecShape(
+  W: GpuMatrix,
+  M: number,
+  scanStates = 0,
+  rms = false,
+): MatvecShape {
+  const vec = W.f16 ? 8 : 4;
+  // The scan epilogue: 32 lanes cover 32 / scanStates sequences a pass (wider teams measured
+  // slower at batch 16: 1536 single-channel workgroups).
+  if (scanStates) return { team: 32, rpt: 1, unr: 4 };
+  if (W.N < 1024) {
+    let team = 32;
+    while (team < 256 && Math.ceil(W.N * team / 256) < 512 && W.K / (team * vec) >= 4) {
+      team *= 2;
+    }
+    return { team, rpt: 1, unr: 4 };
+  }
+  if (rms && W.K >= 2048) {
+    // Long rows: each workgroup only sums x² up front and reads (x + resIn)·normW from the
+    // cache, rather than staging K floats in workgroup memory (2.8b in_proj 38.8 → 22.6 µs,
+    // out_proj 33.4 → 20.1 µs f16, 96 → 27 µs f32 on the H200).
+    return { team: W.K >= 4096 ? 256 : 64, rpt: rowsPerTeam(M, 8), unr: 2, stage: false };
+  }
+  let team = W.f16 ? (W.K >= 4096 ? 128 : 32) : rms ? 32 : W.K >= 4096 ? 128 : 256;
+  while (team > 32 && team * vec > W.K) team /= 2;
+  return { team, rpt: rowsPerTeam(M, W.K < 1024 ? 4 : 8), unr: 2 };
+}
+
 /** Size classes of the buffer pool: within 1/8 of a power of two, at least 4 KiB. */
 function sizeClass(bytes: number): number {
   if (bytes <= 4096) return 4096;
@@ -389,36 +426,9 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     return M * K * 4 <= this.ctx.maxWorkgroupStorage - 15 * 1024;
   }
 
-  /**
-   * The default split of a matrix-vector product (tuned on an H200 with
-   * `bench/webgpu_matvec_sweep.ts`; see bench/RESULTS.md). Large matrices: 8 rows per team
-   * (each load of x serves 8 rows), 2 loads in flight per row, and teams of 32 lanes for f16 rows
-   * up to 4k columns, 128 beyond; f32 rows read x straight from memory and prefer 256 lanes
-   * (128 beyond 4k columns), or 32 when x is staged in workgroup memory (RMSNorm prologue).
-   * Small matrices keep one row per team, and widen the team (split K) until there are enough
-   * workgroups to fill the GPU. The scan epilogue has `scanStates` states per channel.
-   */
+  /** The default split of a matrix-vector product: see {@link defaultMatvecShape}. */
   matvecShape(W: GpuMatrix, M: number, scanStates = 0, rms = false): MatvecShape {
-    const vec = W.f16 ? 8 : 4;
-    // The scan epilogue: 32 lanes cover 32 / scanStates sequences a pass (wider teams measured
-    // slower at batch 16: 1536 single-channel workgroups).
-    if (scanStates) return { team: 32, rpt: 1, unr: 4 };
-    if (W.N < 1024) {
-      let team = 32;
-      while (team < 256 && Math.ceil(W.N * team / 256) < 512 && W.K / (team * vec) >= 4) {
-        team *= 2;
-      }
-      return { team, rpt: 1, unr: 4 };
-    }
-    if (rms && W.K >= 2048) {
-      // Long rows: each workgroup only sums x² up front and reads (x + resIn)·normW from the
-      // cache, rather than staging K floats in workgroup memory (2.8b in_proj 38.8 → 22.6 µs,
-      // out_proj 33.4 → 20.1 µs f16, 96 → 27 µs f32 on the H200).
-      return { team: W.K >= 4096 ? 256 : 64, rpt: rowsPerTeam(M, 8), unr: 2, stage: false };
-    }
-    let team = W.f16 ? (W.K >= 4096 ? 128 : 32) : rms ? 32 : W.K >= 4096 ? 128 : 256;
-    while (team > 32 && team * vec > W.K) team /= 2;
-    return { team, rpt: rowsPerTeam(M, W.K < 1024 ? 4 : 8), unr: 2 };
+    return defaultMatvecShape(W, M, scanStates, rms);
   }
 
   /**
@@ -839,6 +849,13 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     const xOff = lastOnly ? (seqLen - 1) * d : 0;
     this.linear(this.weights.lmHead, undefined, xb, xOff, xStride, rows, out.buf!, 0, V);
     this.#consume(x);
+    return out;
+  }
+
+  upload(data: Float32Array, rows: number, cols: number): GpuActivation {
+    this.#alive();
+    const out = this.#act(rows, cols);
+    this.rec.write(out.buf!, 0, data.subarray(0, rows * cols));
     return out;
   }
 

@@ -10,32 +10,14 @@
 
 import type { DecodeOptions } from "../../backend.ts";
 import type { MambaConfig } from "../../config.ts";
-import { BackendError } from "../../errors.ts";
 import type { ResolvedSamplingOptions } from "../../sampling.ts";
 import type { GpuState, WebGpuBackend } from "./backend.ts";
 import type { Buf, Command } from "./recorder.ts";
+import { GpuSampler } from "./sampler.ts";
+
+export { xoshiroSeedState } from "./sampler.ts";
 
 const F32 = 4;
-const ARGMAX_CHUNKS = 64;
-const SAMPLE_SIG = "uuuuuuuufffffu";
-
-/** Seeds xoshiro128** exactly as `new Xoshiro128(seed)` of src/rng.ts does. */
-export function xoshiroSeedState(seed: number): Uint32Array {
-  const mag = Math.abs(seed) % (Number.MAX_SAFE_INTEGER + 1);
-  const lo = mag >>> 0;
-  const hi = Math.floor(mag / 0x100000000) >>> 0;
-  const st = { s: (lo ^ Math.imul(hi, 0x632be5ab) ^ (seed < 0 ? 0x5bd1e995 : 0)) | 0 };
-  const next = () => {
-    st.s = (st.s + 0x9e3779b9) | 0;
-    let z = st.s;
-    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
-    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
-    return (z ^ (z >>> 16)) >>> 0;
-  };
-  const s = Uint32Array.from([next(), next(), next(), next()]);
-  if ((s[0] | s[1] | s[2] | s[3]) === 0) s[0] = 1;
-  return s;
-}
 
 /** The buffers of fused decoding for one batch size, allocated once and reused. */
 export class DecodePlan {
@@ -43,6 +25,8 @@ export class DecodePlan {
   readonly batch: number;
   readonly #be: WebGpuBackend;
   readonly #cfg: MambaConfig;
+  /** Picks the next tokens on the GPU and runs the block loop (shared with every model). */
+  readonly sampler: GpuSampler;
   /** Current token of each sequence (u32), fed by the next step. */
   readonly tok: Buf;
   readonly #hidden: Buf;
@@ -54,27 +38,25 @@ export class DecodePlan {
   readonly #d: Buf;
   /** `[batch, paddedVocab]` logits of the last step. */
   readonly logits: Buf;
-  readonly #partial: Buf;
-  readonly #rng: Buf;
-  readonly #uni: Buf;
-  readonly #seen: Buf;
-  readonly #work: Buf;
-  readonly #words: number;
-  #out: Buf | null = null;
-  #staging: GPUBuffer[] = [];
-  #maxBlock = 0;
-  #busy = false;
-  /**
-   * Steps per submission inside a block: encoding costs the host about as much as the GPU
-   * spends on a small model's step, so the GPU must not wait for a whole block to be encoded.
-   */
-  submitSteps = 4;
-  /**
-   * Blocks in flight: the next is encoded while the host waits for the oldest. More would keep
-   * the GPU fed through longer host stalls, but a consumer that stops early wastes them.
-   */
-  inFlight = 2;
   #captured = new WeakMap<GpuState, Map<string, { body: Command[]; tails: Command[][] }>>();
+  /** The sampler's output generation the captured tails write into. */
+  #generation = -1;
+
+  /** Steps per submission inside a block (see {@link GpuSampler.submitSteps}). */
+  get submitSteps(): number {
+    return this.sampler.submitSteps;
+  }
+  set submitSteps(n: number) {
+    this.sampler.submitSteps = n;
+  }
+
+  /** Blocks in flight (see {@link GpuSampler.inFlight}). */
+  get inFlight(): number {
+    return this.sampler.inFlight;
+  }
+  set inFlight(n: number) {
+    this.sampler.inFlight = n;
+  }
 
   /** Allocates the buffers for `batch` sequences. */
   constructor(be: WebGpuBackend, batch: number) {
@@ -84,7 +66,9 @@ export class DecodePlan {
     const c = this.#cfg;
     const B = batch;
     const buf = (bytes: number, label: string) => be.rec.buffer(bytes, label);
-    this.tok = buf(B * 4, "decode.tok");
+    this.sampler = new GpuSampler(be, batch, c.paddedVocabSize);
+    this.tok = this.sampler.tok;
+    this.logits = this.sampler.logits;
     this.#hidden = buf(B * c.dModel * F32, "decode.hidden");
     this.#res = [buf(B * c.dModel * F32, "decode.res0"), buf(B * c.dModel * F32, "decode.res1")];
     this.#normed = buf(B * c.dModel * F32, "decode.normed");
@@ -99,14 +83,6 @@ export class DecodePlan {
       this.#c = buf(B * c.dInner * F32, "decode.y");
       this.#d = buf(B * c.dInner * F32, "decode.g");
     }
-    const V = c.paddedVocabSize;
-    this.logits = buf(B * V * F32, "decode.logits");
-    this.#partial = buf(B * ARGMAX_CHUNKS * 8, "decode.partial");
-    this.#rng = buf(16, "decode.rng");
-    this.#uni = buf(B * F32, "decode.uniform");
-    this.#words = Math.ceil(V / 32);
-    this.#seen = buf(B * this.#words * 4, "decode.seen");
-    this.#work = buf(B * V * F32, "decode.work");
   }
 
   /**
@@ -115,6 +91,11 @@ export class DecodePlan {
    */
   encodeStep(state: GpuState, slot: number, s: ResolvedSamplingOptions, vocab: number): void {
     const rec = this.#be.rec;
+    if (this.#generation !== this.sampler.generation) {
+      // The captured sampling tails write into an output buffer that was replaced.
+      this.#captured = new WeakMap();
+      this.#generation = this.sampler.generation;
+    }
     const key = JSON.stringify([
       s.greedy,
       s.temperature,
@@ -132,7 +113,7 @@ export class DecodePlan {
       byKey.set(key, step = { body: rec.capture(() => this.#encodeModel(state)), tails: [] });
     }
     rec.replay(step.body);
-    step.tails[slot] ??= rec.capture(() => this.#sample(slot, s, vocab));
+    step.tails[slot] ??= rec.capture(() => this.sampler.encodeSample(slot, s, vocab));
     rec.replay(step.tails[slot]);
   }
 
@@ -330,203 +311,38 @@ export class DecodePlan {
     be.matvec(w.outProj, out);
   }
 
-  #sample(slot: number, s: ResolvedSamplingOptions, vocab: number): void {
-    const be = this.#be;
-    const B = this.batch;
-    const V = this.#cfg.paddedVocabSize;
-    const penalty = s.repetitionPenalty !== 1;
-    const chunk = Math.ceil(vocab / ARGMAX_CHUNKS);
-    const flags = (s.greedy ? 1 : 0) | (penalty ? 2 : 0) | (s.topP < 1 ? 4 : 0) |
-      (s.minP > 0 ? 8 : 0);
-    const params = [
-      V,
-      vocab,
-      B,
-      slot,
-      chunk,
-      ARGMAX_CHUNKS,
-      s.topK,
-      flags,
-      s.temperature > 0 ? 1 / s.temperature : 1,
-      s.temperature,
-      s.topP,
-      s.minP > 0 ? Math.log(s.minP) : 0,
-      s.repetitionPenalty,
-      this.#words,
-    ];
-    const out = this.#out!;
-    if (s.greedy && !penalty) {
-      be.rec.dispatch(
-        be.pipeline("sample", "argmax_partial"),
-        SAMPLE_SIG,
-        params,
-        [this.logits, null, null, this.#partial],
-        ARGMAX_CHUNKS,
-        B,
-      );
-      be.rec.dispatch(
-        be.pipeline("sample", "argmax_final"),
-        SAMPLE_SIG,
-        params,
-        [null, this.tok, out, this.#partial],
-        1,
-      );
-      return;
-    }
-    if (!s.greedy) {
-      be.rec.dispatch(
-        be.pipeline("sample", "rng_draw"),
-        SAMPLE_SIG,
-        params,
-        [null, null, null, null, this.#rng, this.#uni],
-        1,
-      );
-    }
-    be.rec.dispatch(
-      be.pipeline("sample", "sample_rows"),
-      SAMPLE_SIG,
-      params,
-      [
-        this.logits,
-        this.tok,
-        out,
-        null,
-        null,
-        this.#uni,
-        this.#seen,
-        this.#work,
-      ],
-      B,
-    );
-  }
-
-  #ensureBlock(maxBlock: number): void {
-    if (maxBlock <= this.#maxBlock) return;
-    const be = this.#be;
-    if (this.#out) be.rec.destroy(this.#out);
-    for (const s of this.#staging) s.destroy();
-    const bytes = Math.max(16, maxBlock * this.batch * 4);
-    this.#out = be.rec.buffer(bytes, "decode.out");
-    this.#staging = [0, 1, 2].map(() =>
-      be.rec.device.createBuffer({
-        size: bytes,
-        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-      })
-    );
-    this.#maxBlock = maxBlock;
-    // The captured sampling tails write into the old output buffer: record them again.
-    this.#captured = new WeakMap();
-  }
-
   /**
    * Feeds `tokens`, then samples and feeds back `n` tokens, yielding them in blocks
    * (`[batch][block length]`).
    */
-  async *run(
+  run(
     state: GpuState,
     tokens: Int32Array,
     n: number,
     options: DecodeOptions,
   ): AsyncGenerator<number[][]> {
-    if (this.#busy) throw new BackendError("decodeTokens: this batch size is already decoding");
-    this.#busy = true;
-    const be = this.#be;
-    const B = this.batch;
-    const s = options.sampling;
-    const vocab = Math.min(s.vocabSize ?? this.#cfg.paddedVocabSize, this.#cfg.paddedVocabSize);
-    const maxBlock = Math.max(1, Math.min(options.blockSize ?? 64, 1024));
-    this.#ensureBlock(maxBlock);
-    be.rec.write(this.tok, 0, Uint32Array.from(tokens));
-    if (!s.greedy) be.rec.write(this.#rng, 0, xoshiroSeedState(s.seed));
-    if (s.repetitionPenalty !== 1) {
-      const h = Array.from({ length: B }, (_, b) => [...(options.history?.[b] ?? []), tokens[b]]);
-      this.#writeSeen(h, vocab);
-    }
-    const inflight: { staging: GPUBuffer; len: number; done: Promise<void> }[] = [];
-    let submitted = 0;
-    let block = Math.min(8, maxBlock);
-    let ring = 0;
-    const submit = () => {
-      const len = Math.min(block, n - submitted);
-      for (let i = 0; i < len; i++) {
-        this.encodeStep(state, i, s, vocab);
-        // Submitting a few steps at a time lets the GPU start while the host encodes the rest.
-        if ((i + 1) % this.submitSteps === 0) be.rec.flush();
-      }
-      const staging = this.#staging[ring];
-      ring = (ring + 1) % this.#staging.length;
-      be.rec.encoder().copyBufferToBuffer(this.#out!.buffer, 0, staging, 0, len * B * 4);
-      be.rec.flush();
-      inflight.push({ staging, len, done: staging.mapAsync(GPUMapMode.READ, 0, len * B * 4) });
-      submitted += len;
-      block = Math.min(block * 2, maxBlock);
-    };
-    try {
-      while (submitted < n && inflight.length < this.inFlight) submit();
-      while (inflight.length) {
-        const head = inflight[0];
-        await head.done;
-        inflight.shift();
-        be.rec.checkErrors();
-        const ids = new Uint32Array(head.staging.getMappedRange(0, head.len * B * 4).slice(0));
-        head.staging.unmap();
-        while (submitted < n && inflight.length < this.inFlight) submit();
-        const rows: number[][] = [];
-        for (let b = 0; b < B; b++) {
-          const row: number[] = [];
-          for (let i = 0; i < head.len; i++) row.push(ids[i * B + b]);
-          rows.push(row);
-        }
-        yield rows;
-      }
-    } catch (e) {
-      // A lost device surfaces as whichever call noticed first (a map, a submit, a new buffer).
-      throw await be.rec.failure(e);
-    } finally {
-      for (const f of inflight) {
-        await f.done.catch(() => {});
-        if (!be.rec.lostReason) f.staging.unmap();
-      }
-      this.#busy = false;
-    }
+    return this.sampler.run(
+      tokens,
+      n,
+      options,
+      (slot, s, vocab) => this.encodeStep(state, slot, s, vocab),
+    );
   }
 
   /**
    * Picks one token per row from given logits (`[batch, paddedVocab]`) with the GPU sampler, as
-   * one decode step would (for tests). The RNG continues from the previous call unless `seed`
-   * is given; `history` (re)sets the repetition-penalty bitmap.
+   * one decode step would (for tests). See {@link GpuSampler.sampleLogits}.
    */
-  async sampleLogits(
+  sampleLogits(
     logits: Float32Array,
     s: ResolvedSamplingOptions,
     options: { seed?: number; history?: readonly (readonly number[])[] } = {},
   ): Promise<number[]> {
-    const be = this.#be;
-    const vocab = Math.min(s.vocabSize ?? this.#cfg.paddedVocabSize, this.#cfg.paddedVocabSize);
-    this.#ensureBlock(1);
-    be.rec.write(this.logits, 0, logits);
-    if (options.seed !== undefined) be.rec.write(this.#rng, 0, xoshiroSeedState(options.seed));
-    if (options.history) this.#writeSeen(options.history, vocab);
-    this.#sample(0, s, vocab);
-    const out = new Uint32Array(await be.rec.read(this.#out!, 0, this.batch * 4));
-    return [...out];
-  }
-
-  #writeSeen(history: readonly (readonly number[])[], vocab: number): void {
-    const bits = new Uint32Array(this.batch * this.#words);
-    for (let b = 0; b < this.batch; b++) {
-      for (const id of history[b] ?? []) {
-        if (Number.isInteger(id) && id >= 0 && id < vocab) {
-          bits[b * this.#words + (id >>> 5)] |= 1 << (id & 31);
-        }
-      }
-    }
-    this.#be.rec.write(this.#seen, 0, bits);
+    return this.sampler.sampleLogits(logits, s, options);
   }
 
   /** Frees the plan's buffers. */
   dispose(): void {
-    for (const s of this.#staging) s.destroy();
-    this.#staging = [];
+    this.sampler.dispose();
   }
 }

@@ -28,6 +28,12 @@ export const SHADER_FILES = [
   "gated_norm",
   "sample",
   "util",
+  // Transformer layers
+  "rotary_kv",
+  "attn_prefill",
+  "attn_decode",
+  "gelu",
+  "add",
 ] as const;
 
 /** Name of one WGSL file. */

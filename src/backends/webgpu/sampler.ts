@@ -1,0 +1,299 @@
+/**
+ * The sampling half of fused decoding on the GPU, shared by every model: picking the next token
+ * of each sequence from `[batch, paddedVocab]` logits on the GPU (greedy, or sampled with
+ * temperature, top-k, top-p, min-p and the repetition penalty, per `wgsl/sample.wgsl`), feeding
+ * it back through the `tok` buffer, and the block loop that reads the picked ids back a block at
+ * a time with blocks in flight. The model half (tok → logits) is a callback: Mamba's
+ * {@link DecodePlan}, the Transformer backend's decoding step.
+ *
+ * @module
+ */
+
+import type { DecodeOptions } from "../../backend.ts";
+import { BackendError } from "../../errors.ts";
+import type { ResolvedSamplingOptions } from "../../sampling.ts";
+import type { Buf, Recorder } from "./recorder.ts";
+import type { Kernel, ShaderDefs, ShaderFile } from "./shaders.ts";
+
+const F32 = 4;
+const ARGMAX_CHUNKS = 64;
+const SAMPLE_SIG = "uuuuuuuufffffu";
+
+/** Seeds xoshiro128** exactly as `new Xoshiro128(seed)` of src/rng.ts does. */
+export function xoshiroSeedState(seed: number): Uint32Array {
+  const mag = Math.abs(seed) % (Number.MAX_SAFE_INTEGER + 1);
+  const lo = mag >>> 0;
+  const hi = Math.floor(mag / 0x100000000) >>> 0;
+  const st = { s: (lo ^ Math.imul(hi, 0x632be5ab) ^ (seed < 0 ? 0x5bd1e995 : 0)) | 0 };
+  const next = () => {
+    st.s = (st.s + 0x9e3779b9) | 0;
+    let z = st.s;
+    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
+    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
+    return (z ^ (z >>> 16)) >>> 0;
+  };
+  const s = Uint32Array.from([next(), next(), next(), next()]);
+  if ((s[0] | s[1] | s[2] | s[3]) === 0) s[0] = 1;
+  return s;
+}
+
+/** What the sampler needs of its backend. */
+export interface SamplerHost {
+  /** The command recorder. */
+  readonly rec: Recorder;
+  /** The compiled pipeline of `entry` in `wgsl/<file>.wgsl`. */
+  pipeline(file: ShaderFile, entry: string, defs?: ShaderDefs): Kernel;
+}
+
+/** Records one decoding step whose picked ids go to output slot `slot`. */
+export type EncodeStep = (slot: number, s: ResolvedSamplingOptions, vocab: number) => void;
+
+/** The sampling buffers of fused decoding for one batch size, allocated once and reused. */
+export class GpuSampler {
+  /** Sequences. */
+  readonly batch: number;
+  /** Current token of each sequence (u32), fed by the next step. */
+  readonly tok: Buf;
+  /** `[batch, paddedVocab]` logits of the last step. */
+  readonly logits: Buf;
+  /**
+   * Bumped whenever the output buffer is replaced: recorded sampling commands of an older
+   * generation write into a buffer that is gone.
+   */
+  generation = 0;
+  /**
+   * Steps per submission inside a block: encoding costs the host about as much as the GPU
+   * spends on a small model's step, so the GPU must not wait for a whole block to be encoded.
+   */
+  submitSteps = 4;
+  /**
+   * Blocks in flight: the next is encoded while the host waits for the oldest. More would keep
+   * the GPU fed through longer host stalls, but a consumer that stops early wastes them.
+   */
+  inFlight = 2;
+  readonly #host: SamplerHost;
+  readonly #V: number;
+  readonly #partial: Buf;
+  readonly #rng: Buf;
+  readonly #uni: Buf;
+  readonly #seen: Buf;
+  readonly #work: Buf;
+  readonly #words: number;
+  #out: Buf | null = null;
+  #staging: GPUBuffer[] = [];
+  #maxBlock = 0;
+  #busy = false;
+
+  /** Allocates the buffers for `batch` sequences over a padded vocabulary of `V`. */
+  constructor(host: SamplerHost, batch: number, V: number) {
+    this.#host = host;
+    this.batch = batch;
+    this.#V = V;
+    const B = batch;
+    const buf = (bytes: number, label: string) => host.rec.buffer(bytes, label);
+    this.tok = buf(B * 4, "decode.tok");
+    this.logits = buf(B * V * F32, "decode.logits");
+    this.#partial = buf(B * ARGMAX_CHUNKS * 8, "decode.partial");
+    this.#rng = buf(16, "decode.rng");
+    this.#uni = buf(B * F32, "decode.uniform");
+    this.#words = Math.ceil(V / 32);
+    this.#seen = buf(B * this.#words * 4, "decode.seen");
+    this.#work = buf(B * V * F32, "decode.work");
+  }
+
+  /** Records the pick of every sequence's next token from {@link logits} into output `slot`. */
+  encodeSample(slot: number, s: ResolvedSamplingOptions, vocab: number): void {
+    const { rec } = this.#host;
+    const B = this.batch;
+    const V = this.#V;
+    const penalty = s.repetitionPenalty !== 1;
+    const chunk = Math.ceil(vocab / ARGMAX_CHUNKS);
+    const flags = (s.greedy ? 1 : 0) | (penalty ? 2 : 0) | (s.topP < 1 ? 4 : 0) |
+      (s.minP > 0 ? 8 : 0);
+    const params = [
+      V,
+      vocab,
+      B,
+      slot,
+      chunk,
+      ARGMAX_CHUNKS,
+      s.topK,
+      flags,
+      s.temperature > 0 ? 1 / s.temperature : 1,
+      s.temperature,
+      s.topP,
+      s.minP > 0 ? Math.log(s.minP) : 0,
+      s.repetitionPenalty,
+      this.#words,
+    ];
+    const out = this.#out!;
+    const pipeline = (entry: string) => this.#host.pipeline("sample", entry);
+    if (s.greedy && !penalty) {
+      rec.dispatch(
+        pipeline("argmax_partial"),
+        SAMPLE_SIG,
+        params,
+        [this.logits, null, null, this.#partial],
+        ARGMAX_CHUNKS,
+        B,
+      );
+      rec.dispatch(
+        pipeline("argmax_final"),
+        SAMPLE_SIG,
+        params,
+        [null, this.tok, out, this.#partial],
+        1,
+      );
+      return;
+    }
+    if (!s.greedy) {
+      rec.dispatch(
+        pipeline("rng_draw"),
+        SAMPLE_SIG,
+        params,
+        [null, null, null, null, this.#rng, this.#uni],
+        1,
+      );
+    }
+    rec.dispatch(
+      pipeline("sample_rows"),
+      SAMPLE_SIG,
+      params,
+      [this.logits, this.tok, out, null, null, this.#uni, this.#seen, this.#work],
+      B,
+    );
+  }
+
+  #ensureBlock(maxBlock: number): void {
+    if (maxBlock <= this.#maxBlock) return;
+    const { rec } = this.#host;
+    if (this.#out) rec.destroy(this.#out);
+    for (const s of this.#staging) s.destroy();
+    const bytes = Math.max(16, maxBlock * this.batch * 4);
+    this.#out = rec.buffer(bytes, "decode.out");
+    this.#staging = [0, 1, 2].map(() =>
+      rec.device.createBuffer({
+        size: bytes,
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      })
+    );
+    this.#maxBlock = maxBlock;
+    this.generation++;
+  }
+
+  /**
+   * Feeds `tokens`, then `n` times records a step with `encodeStep` (which must record the model
+   * from {@link tok} to {@link logits} and then {@link encodeSample} into its slot), yielding the
+   * picked ids in blocks (`[batch][block length]`). `progress.steps` counts the steps submitted
+   * so far (the tokens the state has consumed), also when the consumer stops early.
+   */
+  async *run(
+    tokens: Int32Array,
+    n: number,
+    options: DecodeOptions,
+    encodeStep: EncodeStep,
+    progress: { steps: number } = { steps: 0 },
+  ): AsyncGenerator<number[][]> {
+    if (this.#busy) throw new BackendError("decodeTokens: this batch size is already decoding");
+    this.#busy = true;
+    const { rec } = this.#host;
+    const B = this.batch;
+    const s = options.sampling;
+    const vocab = Math.min(s.vocabSize ?? this.#V, this.#V);
+    const maxBlock = Math.max(1, Math.min(options.blockSize ?? 64, 1024));
+    const inflight: { staging: GPUBuffer; len: number; done: Promise<void> }[] = [];
+    try {
+      this.#ensureBlock(maxBlock);
+      rec.write(this.tok, 0, Uint32Array.from(tokens));
+      if (!s.greedy) rec.write(this.#rng, 0, xoshiroSeedState(s.seed));
+      if (s.repetitionPenalty !== 1) {
+        const h = Array.from({ length: B }, (_, b) => [...(options.history?.[b] ?? []), tokens[b]]);
+        this.#writeSeen(h, vocab);
+      }
+      let submitted = 0;
+      let block = Math.min(8, maxBlock);
+      let ring = 0;
+      const submit = () => {
+        const len = Math.min(block, n - submitted);
+        for (let i = 0; i < len; i++) {
+          encodeStep(i, s, vocab);
+          progress.steps++;
+          // Submitting a few steps at a time lets the GPU start while the host encodes the rest.
+          if ((i + 1) % this.submitSteps === 0) rec.flush();
+        }
+        const staging = this.#staging[ring];
+        ring = (ring + 1) % this.#staging.length;
+        rec.encoder().copyBufferToBuffer(this.#out!.buffer, 0, staging, 0, len * B * 4);
+        rec.flush();
+        inflight.push({ staging, len, done: staging.mapAsync(GPUMapMode.READ, 0, len * B * 4) });
+        submitted += len;
+        block = Math.min(block * 2, maxBlock);
+      };
+      while (submitted < n && inflight.length < this.inFlight) submit();
+      while (inflight.length) {
+        const head = inflight[0];
+        await head.done;
+        inflight.shift();
+        rec.checkErrors();
+        const ids = new Uint32Array(head.staging.getMappedRange(0, head.len * B * 4).slice(0));
+        head.staging.unmap();
+        while (submitted < n && inflight.length < this.inFlight) submit();
+        const rows: number[][] = [];
+        for (let b = 0; b < B; b++) {
+          const row: number[] = [];
+          for (let i = 0; i < head.len; i++) row.push(ids[i * B + b]);
+          rows.push(row);
+        }
+        yield rows;
+      }
+    } catch (e) {
+      // A lost device surfaces as whichever call noticed first (a map, a submit, a new buffer).
+      throw await rec.failure(e);
+    } finally {
+      for (const f of inflight) {
+        await f.done.catch(() => {});
+        if (!rec.lostReason) f.staging.unmap();
+      }
+      this.#busy = false;
+    }
+  }
+
+  /**
+   * Picks one token per row from given logits (`[batch, paddedVocab]`) with the GPU sampler, as
+   * one decode step would (for tests). The RNG continues from the previous call unless `seed`
+   * is given; `history` (re)sets the repetition-penalty bitmap.
+   */
+  async sampleLogits(
+    logits: Float32Array,
+    s: ResolvedSamplingOptions,
+    options: { seed?: number; history?: readonly (readonly number[])[] } = {},
+  ): Promise<number[]> {
+    const { rec } = this.#host;
+    const vocab = Math.min(s.vocabSize ?? this.#V, this.#V);
+    this.#ensureBlock(1);
+    rec.write(this.logits, 0, logits);
+    if (options.seed !== undefined) rec.write(this.#rng, 0, xoshiroSeedState(options.seed));
+    if (options.history) this.#writeSeen(options.history, vocab);
+    this.encodeSample(0, s, vocab);
+    const out = new Uint32Array(await rec.read(this.#out!, 0, this.batch * 4));
+    return [...out];
+  }
+
+  #writeSeen(history: readonly (readonly number[])[], vocab: number): void {
+    const bits = new Uint32Array(this.batch * this.#words);
+    for (let b = 0; b < this.batch; b++) {
+      for (const id of history[b] ?? []) {
+        if (Number.isInteger(id) && id >= 0 && id < vocab) {
+          bits[b * this.#words + (id >>> 5)] |= 1 << (id & 31);
+        }
+      }
+    }
+    this.#host.rec.write(this.#seen, 0, bits);
+  }
+
+  /** Frees the staging buffers (the others go with the recorder). */
+  dispose(): void {
+    for (const s of this.#staging) s.destroy();
+    this.#staging = [];
+  }
+}

@@ -1,0 +1,3 @@
+import { neoxSuite } from "./neox_util.ts";
+
+neoxSuite("ref");
