@@ -6,8 +6,17 @@
  * deno run -A bench/webgpu_bench.ts                          # the full set (for an H200)
  * deno run -A bench/webgpu_bench.ts --model mamba-130m --dtype f16 --decode 256 --batch 1
  * deno run -A bench/webgpu_bench.ts --check                  # webgpu vs ref on small models
+ *                                                            # (and fused batches of 16 and 64)
  * deno run -A bench/webgpu_bench.ts --json                   # results as JSON on stdout
+ * # batched decode, one run per combination of the backend's batch options:
+ * deno run -A bench/webgpu_bench.ts --model mamba-130m --dtype f16 --batch 16 --batch 64 \
+ *   --skinny-min 8 --skinny-min 33 --scan-epi-max 0 --scan-epi-max 32 --tile tn=4,tm=4,nt=8
  * ```
+ *
+ * `--skinny-min N` (WebGpuOptions.skinnyMinRows: decode products of N+ rows use the skinny tiled
+ * kernel), `--scan-epi-max N` (scanEpilogueMaxRows: the Mamba-1 scan step in dt_proj's epilogue
+ * up to N sequences) and `--tile tn=…,tm=…,nt=…,mt=…,ks=…,bk=…` (skinnyShape, for every
+ * product) may each be given several times; every combination gets a model of its own.
  *
  * Decode: an 8-token prompt (7 prefilled, the 8th fed by the fused decoder), then `--decode`
  * greedy tokens; rate = batch × tokens / wall time from the call to the last block (plus the
@@ -26,7 +35,11 @@ import { printUsage } from "./usage.ts";
 import { parseArgs } from "node:util";
 import { MambaLM, parseConfig } from "../mod.ts";
 import { PUBLIC_CONFIGS, randomWeights } from "../testing.ts";
-import { WebGpuBackend } from "../src/backends/webgpu/backend.ts";
+import {
+  type SkinnyShape,
+  WebGpuBackend,
+  type WebGpuOptions,
+} from "../src/backends/webgpu/backend.ts";
 import { gpuContext } from "../src/backends/webgpu/device.ts";
 
 /** One measured figure. */
@@ -55,6 +68,8 @@ export interface WebGpuBenchResult {
   gbPerS?: number;
   /** Free-form note. */
   note?: string;
+  /** Backend options of the run (the batch options swept). */
+  options?: WebGpuOptions;
 }
 
 const log = (msg: string) => console.error(`[${(performance.now() / 1000).toFixed(1)}s] ${msg}`);
@@ -62,6 +77,7 @@ const log = (msg: string) => console.error(`[${(performance.now() / 1000).toFixe
 async function buildModel(
   name: string,
   dtype: "f32" | "f16",
+  options: WebGpuOptions = {},
   extra: Record<string, unknown> = {},
 ): Promise<MambaLM> {
   const raw = PUBLIC_CONFIGS[name];
@@ -71,7 +87,7 @@ async function buildModel(
   const small = config.dModel * config.dModel * config.nLayer < 1e8;
   const weights = randomWeights(config, { dtype, fast: !small });
   const t1 = performance.now();
-  const lm = new MambaLM(config, await WebGpuBackend.create({ config, weights }));
+  const lm = new MambaLM(config, await WebGpuBackend.create({ config, weights }, options));
   log(
     `${name} ${dtype}: weights ${((t1 - t0) / 1000).toFixed(1)} s, upload ${
       ((performance.now() - t1) / 1000).toFixed(1)
@@ -186,6 +202,43 @@ async function bandwidth(lm: MambaLM): Promise<{ matrix: string; gbPerS: number 
   return out;
 }
 
+/**
+ * Fused greedy decoding of `batch` different prompts at once on webgpu (the skinny kernel, the
+ * separate scan step past 32 sequences) against ref's steps, row by row.
+ */
+export async function checkBatch(ref: MambaLM, wg: MambaLM, batch: number): Promise<string> {
+  const V = ref.config.vocabSize;
+  const n = 16;
+  const prompts = Array.from(
+    { length: batch },
+    (_, b) => Array.from({ length: 9 }, (_, i) => (b * 131 + i * 37 + 5) % V),
+  );
+  const sr = ref.createState(batch);
+  await ref.prefill(sr, prompts.map((r) => r.slice(0, -1)));
+  let logits = await ref.step(sr, prompts.map((r) => r.at(-1)!));
+  const want: number[][] = prompts.map(() => []);
+  const P = ref.config.paddedVocabSize;
+  for (let i = 0; i < n; i++) {
+    const next = want.map((row, b) => {
+      let best = 0;
+      for (let v = 1; v < V; v++) if (logits[b * P + v] > logits[b * P + best]) best = v;
+      row.push(best);
+      return best;
+    });
+    if (i < n - 1) logits = await ref.step(sr, next);
+  }
+  const sw = wg.createState(batch);
+  await wg.prefill(sw, prompts.map((r) => r.slice(0, -1)));
+  const got: number[][] = prompts.map(() => []);
+  const opts = { topK: 1, vocabSize: V };
+  for await (const blk of wg.generateTokens(sw, prompts.map((r) => r.at(-1)!), n, opts)) {
+    blk.forEach((r, b) => got[b].push(...r));
+  }
+  const same = got.filter((r, b) => r.join() === want[b].join()).length;
+  return `${same === batch ? "PASS" : "FAIL"} fused greedy tokens (${n} a row) equal to ref's ` +
+    `in ${same}/${batch} rows`;
+}
+
 /** webgpu against ref on small random models (both mixers, f32 and f16 weights). */
 async function check(): Promise<WebGpuBenchResult[]> {
   const out: WebGpuBenchResult[] = [];
@@ -248,12 +301,38 @@ async function check(): Promise<WebGpuBenchResult[]> {
           (f16Native ? " (shader-f16)" : "");
         log(`check ${layer} d_model ${dModel} ${dtype}: ${note}`);
         out.push({ model: `random-${layer}-${dModel}`, weights: dtype, kind: "check", note });
+        if (dModel === 256 && !f16Native) {
+          for (const batch of [16, 64]) {
+            const bnote = await checkBatch(ref, wg, batch);
+            log(`check ${layer} d_model ${dModel} ${dtype} batch ${batch}: ${bnote}`);
+            out.push({
+              model: `random-${layer}-${dModel}`,
+              weights: dtype,
+              kind: "check",
+              batch,
+              note: bnote,
+            });
+          }
+        }
         ref.dispose();
         wg.dispose();
       }
     }
   }
   return out;
+}
+
+/** `tn=4,tm=4,…` (bench option `--tile`) → a partial skinny tile. */
+function parseTile(text: string): Partial<SkinnyShape> {
+  const t: Record<string, number> = {};
+  for (const kv of text.split(",")) {
+    const [k, val] = kv.split("=");
+    if (!["tn", "tm", "nt", "mt", "ks", "bk", "pf"].includes(k) || !(Number(val) >= 0)) {
+      throw new Error(`--tile: bad field "${kv}" (tn, tm, nt, mt, ks, bk, pf = integers)`);
+    }
+    t[k] = Number(val);
+  }
+  return t;
 }
 
 if (import.meta.main) {
@@ -273,6 +352,9 @@ if (import.meta.main) {
       profile: { type: "boolean" },
       json: { type: "boolean" },
       out: { type: "string" },
+      "skinny-min": { type: "string", multiple: true },
+      "scan-epi-max": { type: "string", multiple: true },
+      tile: { type: "string", multiple: true },
     },
   });
   if (v.help) {
@@ -284,9 +366,10 @@ if (import.meta.main) {
     results.push(r);
     if (v.out) Deno.writeTextFileSync(v.out, JSON.stringify(r) + "\n", { append: true });
     const f = (x?: number, d = 0) => x === undefined ? "-" : x.toFixed(d);
+    const opts = r.options && Object.keys(r.options).length ? ` ${JSON.stringify(r.options)}` : "";
     if (r.kind === "decode" || r.kind === "prefill") {
       log(
-        `${r.model} ${r.weights} ${r.kind} b${r.batch} ×${r.tokens}: ${f(r.tokPerS)} tok/s` +
+        `${r.model} ${r.weights}${opts} ${r.kind} b${r.batch} ×${r.tokens}: ${f(r.tokPerS)} tok/s` +
           (r.steadyTokPerS ? ` (steady ${f(r.steadyTokPerS)})` : "") +
           (r.gpuTokPerS ? `, GPU-only ${f(r.gpuTokPerS)} tok/s` : "") +
           (r.gpuSeconds ? ` (${f(r.gpuSeconds * 1e3, 3)} ms)` : ""),
@@ -310,7 +393,13 @@ if (import.meta.main) {
   log(`adapter: ${JSON.stringify(info)}`);
   if (v.check) { for (const r of await check()) emit(r); }
 
-  type Task = { model: string; dtype: "f32" | "f16"; batches: number[]; prefill: number[] };
+  type Task = {
+    model: string;
+    dtype: "f32" | "f16";
+    batches: number[];
+    prefill: number[];
+    options?: WebGpuOptions;
+  };
   let tasks: Task[];
   const dtypes = (v.dtype ?? ["f32", "f16"]) as ("f32" | "f16")[];
   if (v.model) {
@@ -344,13 +433,31 @@ if (import.meta.main) {
     ];
   }
   const n = Number(v.decode);
+  // Every combination of the batch options given (one model each).
+  let variants: WebGpuOptions[] = [{}];
+  const cross = <T>(vals: T[] | undefined, set: (o: WebGpuOptions, x: T) => WebGpuOptions) => {
+    if (vals) variants = variants.flatMap((o) => vals.map((x) => set(o, x)));
+  };
+  cross(v["skinny-min"]?.map(Number), (o, x) => ({ ...o, skinnyMinRows: x }));
+  cross(v["scan-epi-max"]?.map(Number), (o, x) => ({ ...o, scanEpilogueMaxRows: x }));
+  cross(v.tile?.map(parseTile), (o, x) => ({ ...o, skinnyShape: x }));
+  tasks = tasks.flatMap((t) => variants.map((options) => ({ ...t, options })));
   for (const t of tasks) {
-    const lm = await buildModel(t.model, t.dtype);
+    const options = t.options ?? {};
+    const lm = await buildModel(t.model, t.dtype, options);
     try {
       for (const batch of t.batches) {
         if (n > 0) {
           const r = await decode(lm, batch, n);
-          emit({ model: t.model, weights: t.dtype, kind: "decode", batch, tokens: n, ...r });
+          emit({
+            model: t.model,
+            weights: t.dtype,
+            kind: "decode",
+            batch,
+            tokens: n,
+            ...r,
+            options,
+          });
           if (v.profile) {
             await profile(lm, `${t.model} ${t.dtype} decode b${batch}`, 4, async () => {
               const state = lm.createState(batch);

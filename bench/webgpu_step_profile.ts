@@ -7,7 +7,11 @@
  *
  * ```sh
  * deno run -A bench/webgpu_step_profile.ts --model mamba-130m --dtype f16 [--reps 50] [--json f]
+ * deno run -A bench/webgpu_step_profile.ts --batch 64 [--skinny-min 16] [--scan-epi-max 0]
  * ```
+ *
+ * `--skinny-min` and `--scan-epi-max` set the backend's `skinnyMinRows` and
+ * `scanEpilogueMaxRows` (see `webgpu_bench.ts`).
  *
  * @module
  */
@@ -27,8 +31,14 @@ const { values: opt } = parseArgs({
     reps: { type: "string", default: "50" },
     "no-labels": { type: "boolean" },
     json: { type: "string" },
+    "skinny-min": { type: "string" },
+    "scan-epi-max": { type: "string" },
   },
 });
+const backendOptions = {
+  ...(opt["skinny-min"] ? { skinnyMinRows: Number(opt["skinny-min"]) } : {}),
+  ...(opt["scan-epi-max"] ? { scanEpilogueMaxRows: Number(opt["scan-epi-max"]) } : {}),
+};
 const reps = Number(opt.reps);
 const batch = Number(opt.batch);
 const rows: Record<string, unknown>[] = [];
@@ -85,7 +95,7 @@ const short = (label: string) => label.replace(/[A-Z0-9_]+=(false|0)(,|$)/g, "")
 
 for (const name of opt.model) {
   for (const dtype of opt.dtype as ("f32" | "f16")[]) {
-    const { config, be } = await randomGpuBackend(name, dtype);
+    const { config, be } = await randomGpuBackend(name, dtype, backendOptions);
     const state = be.createState(batch);
     const plan = be.decodePlan(batch);
     const sampling = validateSamplingOptions({ topK: 1 });

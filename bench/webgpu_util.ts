@@ -5,7 +5,7 @@
  */
 
 import { type MambaConfig, parseConfig } from "../src/config.ts";
-import { WebGpuBackend } from "../src/backends/webgpu/backend.ts";
+import { WebGpuBackend, type WebGpuOptions } from "../src/backends/webgpu/backend.ts";
 import { PUBLIC_CONFIGS, randomWeights } from "../testing.ts";
 
 /**
@@ -16,11 +16,12 @@ import { PUBLIC_CONFIGS, randomWeights } from "../testing.ts";
 export async function randomGpuBackend(
   name: string,
   dtype: "f32" | "f16",
+  options: WebGpuOptions = {},
 ): Promise<{ config: MambaConfig; be: WebGpuBackend }> {
   const raw = PUBLIC_CONFIGS[name];
   if (!raw) throw new Error(`unknown model ${name} (one of ${Object.keys(PUBLIC_CONFIGS)})`);
   const config = parseConfig(raw);
   const small = config.dModel * config.dModel * config.nLayer < 1e8;
   const weights = randomWeights(config, { dtype, fast: !small });
-  return { config, be: await WebGpuBackend.create({ config, weights }) };
+  return { config, be: await WebGpuBackend.create({ config, weights }, options) };
 }

@@ -16,7 +16,7 @@
 import type { MambaConfig } from "./config.ts";
 import type { GptNeoXConfig } from "./neox_config.ts";
 import type { TransformerWeights } from "./neox_weights.ts";
-import type { ResolvedSamplingOptions } from "./sampling.ts";
+import type { ResolvedSamplingOptions, Sampler } from "./sampling.ts";
 import type { ModelWeights } from "./weights.ts";
 
 /** Names of the backends. */
@@ -101,6 +101,21 @@ export interface Backend<A = unknown, S = unknown> {
    * {@link Backend.mixer} their own inputs, as the `Mamba` / `Mamba2` blocks do.
    */
   upload?(data: Float32Array, rows: number, cols: number): A;
+
+  // -- Rows of a batch state and per-row sampling (continuous batching, src/server/) --------
+  /**
+   * Optional: copies sequences `[srcRow, srcRow + count)` of `src` into rows
+   * `[dstRow, dstRow + count)` of `dst` (two states of this backend, of any batch sizes; `src`
+   * and `dst` may be the same state if the ranges do not overlap). Ordered with the backend's
+   * other work, like {@link Backend.cloneState}. Rows are checked by the caller.
+   */
+  copyStateRows?(src: S, srcRow: number, dst: S, dstRow: number, count: number): void;
+  /**
+   * True when {@link Backend.decodeTokens} honours {@link DecodeOptions.samplers}: each
+   * sequence picks with its own {@link Sampler} (on the host, or on the device continuing the
+   * sampler's random stream, which is advanced past the draws made there).
+   */
+  readonly rowSamplers?: boolean;
 }
 
 /** Options of {@link Backend.decodeTokens}. */
@@ -111,6 +126,19 @@ export interface DecodeOptions {
   readonly history?: readonly (readonly number[])[];
   /** Most tokens per block read back (the first blocks are smaller). Default 64. */
   readonly blockSize?: number;
+  /**
+   * Per sequence, the sampler that picks its tokens (its own options and random stream, which
+   * carry on from call to call); only on backends with {@link Backend.rowSamplers}. `sampling`
+   * then only gives `vocabSize`.
+   */
+  readonly samplers?: readonly Sampler[];
+  /**
+   * Once aborted, no further block is started: the blocks already under way are still yielded,
+   * then the generator ends, and the state is as after a full run of the blocks yielded (it has
+   * consumed `tokens` and every picked id but the last; nothing, if no block was started). The
+   * server drains a call this way to let a new request in sooner.
+   */
+  readonly drain?: AbortSignal;
 }
 
 /** What a backend factory receives. */

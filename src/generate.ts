@@ -287,8 +287,8 @@ class StopMatcher {
   }
 }
 
-/** Text pipeline of one sequence: detokenizer, then stop-string matcher. */
-class TextSink {
+/** Text pipeline of one sequence: detokenizer, then stop-string matcher (the server uses it too). */
+export class TextSink {
   #dec: StreamDecoder | undefined;
   #stop: StopMatcher | undefined;
 

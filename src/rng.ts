@@ -110,6 +110,22 @@ export class Xoshiro128 {
   }
 
   /**
+   * The current 128-bit state as four 32-bit words, as {@link Xoshiro128.fromState} takes it
+   * (to continue the stream elsewhere, e.g. in the GPU sampler).
+   *
+   * @example
+   * ```ts
+   * import { Xoshiro128 } from "./rng.ts";
+   * const rng = new Xoshiro128(3);
+   * const copy = Xoshiro128.fromState(rng.state());
+   * console.log(rng.nextUint32() === copy.nextUint32()); // true
+   * ```
+   */
+  state(): Uint32Array {
+    return Uint32Array.of(this.#s0, this.#s1, this.#s2, this.#s3);
+  }
+
+  /**
    * Next uniformly distributed unsigned 32-bit integer.
    *
    * @example

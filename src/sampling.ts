@@ -356,6 +356,21 @@ export class Sampler {
   }
 
   /**
+   * The sampler's random stream: one {@link Xoshiro128.nextFloat} per stochastic pick (none for
+   * greedy ones). A backend that picks on the device continues it there and advances it here.
+   *
+   * @example
+   * ```ts
+   * import { Sampler } from "./sampling.ts";
+   * const s = new Sampler({ seed: 5 });
+   * const state = s.rng.state(); // where the next draw starts
+   * ```
+   */
+  get rng(): Xoshiro128 {
+    return this.#rng;
+  }
+
+  /**
    * Picks the next token id from one row of logits.
    *
    * @param logits Logits of one sequence (length ≥ `vocabSize`; extra padded entries

@@ -246,6 +246,17 @@ export class InferenceState {
     return new InferenceState(this.layout, copyHost());
   }
 
+  /**
+   * Frees the backend's copy of the state now (GPU memory on `webgpu`, the ranks' memory on
+   * `wasm`) instead of leaving it until the model is disposed. The state falls back to its host
+   * copy as of the last {@link sync} (or {@link toBytes}): call it on states you are done with.
+   */
+  release(): void {
+    const b = this.#binding;
+    this.#binding = null;
+    if (b && !b.backend.hostState && !b.backend.lostReason) b.backend.freeState(b.handle);
+  }
+
   /** Resets every sequence to the empty state. */
   reset(): void {
     for (const a of this.#host.conv) a.fill(0);

@@ -9,6 +9,10 @@
 //                   argmax (greedy) or temperature, top-k, top-p, min-p and a draw from the
 //                   renormalised distribution; marks the token in `seen`
 //
+// With ROWS every row has its own sampling options and its own xoshiro128** stream, in `rng`:
+// ROW_WORDS words per row, the 4 words of state, then flags, topK, invT, T, topP, logMinP and
+// penalty (the floats bitcast), so one batch decodes requests with different settings and seeds.
+//
 // Logit rows have `V` entries (the padded vocabulary); only ids < `vocab` are considered.
 
 struct P {
@@ -39,6 +43,7 @@ struct P {
 @group(0) @binding(8) var<storage, read_write> work: array<f32>;         // [B, V] scratch
 
 const WG = 256u;
+const ROW_WORDS = 12u;
 const NEG_INF = -3.402823466e38;
 
 // Order-preserving map of an f32 to u32 (NaN below everything, like −∞ minus one).
@@ -127,27 +132,33 @@ fn rotl(x: u32, k: u32) -> u32 {
   return (x << k) | (x >> (32u - k));
 }
 
-fn next_u32() -> u32 {
-  let s0 = rng[0];
-  let s1 = rng[1];
-  let s2 = rng[2];
-  let s3 = rng[3];
+// Next word of the stream whose state is rng[o .. o + 4].
+fn next_u32(o: u32) -> u32 {
+  let s0 = rng[o];
+  let s1 = rng[o + 1u];
+  let s2 = rng[o + 2u];
+  let s3 = rng[o + 3u];
   let r = rotl(s1 * 5u, 7u) * 9u;
   let t = s1 << 9u;
   let n2 = s2 ^ s0;
   let n3 = s3 ^ s1;
-  rng[1] = s1 ^ n2;
-  rng[0] = s0 ^ n3;
-  rng[2] = n2 ^ t;
-  rng[3] = rotl(n3, 11u);
+  rng[o + 1u] = s1 ^ n2;
+  rng[o] = s0 ^ n3;
+  rng[o + 2u] = n2 ^ t;
+  rng[o + 3u] = rotl(n3, 11u);
   return r;
 }
 
 @compute @workgroup_size(1)
 fn rng_draw() {
   for (var b = 0u; b < p.B; b++) {
-    let a = next_u32() >> 5u;
-    let c = next_u32() >> 6u;
+#if ROWS
+    let o = b * ROW_WORDS;
+#else
+    let o = 0u;
+#endif
+    let a = next_u32(o) >> 5u;
+    let c = next_u32(o) >> 6u;
     // (a·2^26 + c) / 2^53, rounded to f32.
     uni[b] = f32(a) * (1.0 / 134217728.0) + f32(c) * (1.0 / 9007199254740992.0);
   }
@@ -160,6 +171,19 @@ var<workgroup> hist: array<atomic<u32>, 256>;
 var<workgroup> pickD: u32;
 var<workgroup> pickK: u32;
 var<workgroup> bcast: f32;
+
+// One row's sampling options (from `p`, or per row with ROWS).
+struct Opts {
+  flags: u32,
+  topK: u32,
+  invT: f32,
+  T: f32,
+  topP: f32,
+  logMinP: f32,
+  penalty: f32,
+}
+
+var<workgroup> rowOpts: Opts;
 
 fn sum_f(lid: u32, v: f32) -> f32 {
   rf[lid] = v;
@@ -180,8 +204,8 @@ fn is_seen(b: u32, i: u32) -> bool {
   return (seen[b * p.words + (i >> 5u)] & (1u << (i & 31u))) != 0u;
 }
 
-fn weight(v: f32, lmax: f32) -> f32 {
-  return select(exp((v - lmax) * p.invT), 1.0, v == lmax);
+fn weight(v: f32, lmax: f32, invT: f32) -> f32 {
+  return select(exp((v - lmax) * invT), 1.0, v == lmax);
 }
 
 @compute @workgroup_size(WG)
@@ -189,13 +213,30 @@ fn sample_rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
   let b = wid.x;
   let row = b * p.V;
   let n = p.vocab;
+#if ROWS
+  if (lid == 0u) {
+    let o = b * ROW_WORDS + 4u;
+    rowOpts = Opts(
+      rng[o],
+      rng[o + 1u],
+      bitcast<f32>(rng[o + 2u]),
+      bitcast<f32>(rng[o + 3u]),
+      bitcast<f32>(rng[o + 4u]),
+      bitcast<f32>(rng[o + 5u]),
+      bitcast<f32>(rng[o + 6u]),
+    );
+  }
+  let q = workgroupUniformLoad(&rowOpts);
+#else
+  let q = Opts(p.flags, p.topK, p.invT, p.T, p.topP, p.logMinP, p.penalty);
+#endif
   // 1. Penalised logits into `work` (NaN → −∞), max and first argmax.
   var bk = 0u;
   var bi = 0xffffffffu;
   for (var i = lid; i < n; i += WG) {
     var v = logits[row + i];
-    if ((p.flags & 2u) != 0u && is_seen(b, i)) {
-      v = select(v / p.penalty, v * p.penalty, v < 0.0);
+    if ((q.flags & 2u) != 0u && is_seen(b, i)) {
+      v = select(v / q.penalty, v * q.penalty, v < 0.0);
     }
     if (v != v) {
       v = NEG_INF;
@@ -209,14 +250,14 @@ fn sample_rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
   }
   let best = reduce_best(lid, bk, bi);
   var chosen = best.y;
-  if ((p.flags & 1u) == 0u) {
+  if ((q.flags & 1u) == 0u) {
     let lmax = unkey(best.x);
     // 2. Top-k: the k-th largest key, by radix selection (duplicates count).
     var thrKey = 0u;
-    if (p.topK > 0u && p.topK < n) {
+    if (q.topK > 0u && q.topK < n) {
       var prefix = 0u;
       var mask = 0u;
-      var kk = p.topK;
+      var kk = q.topK;
       for (var shift = 24i; shift >= 0i; shift -= 8i) {
         atomicStore(&hist[lid], 0u);
         workgroupBarrier();
@@ -248,15 +289,15 @@ fn sample_rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
       thrKey = prefix;
     }
     // 3. Top-p: the smallest key c with mass(keys > c) < topP · mass(keys ≥ thr).
-    if ((p.flags & 4u) != 0u) {
+    if ((q.flags & 4u) != 0u) {
       var tot = 0.0;
       for (var i = lid; i < n; i += WG) {
         let v = work[row + i];
         if (key(v) >= thrKey) {
-          tot += weight(v, lmax);
+          tot += weight(v, lmax, q.invT);
         }
       }
-      let goal = p.topP * sum_f(lid, tot);
+      let goal = q.topP * sum_f(lid, tot);
       var lo = max(thrKey, 1u);
       var hi = 0xffffffffu;
       while (lo < hi) {
@@ -266,7 +307,7 @@ fn sample_rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
           let v = work[row + i];
           let k = key(v);
           if (k > mid && k >= thrKey) {
-            above += weight(v, lmax);
+            above += weight(v, lmax, q.invT);
           }
         }
         if (sum_f(lid, above) < goal) {
@@ -278,8 +319,8 @@ fn sample_rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
       thrKey = max(thrKey, lo);
     }
     // 4. Min-p, relative to the top probability.
-    if ((p.flags & 8u) != 0u) {
-      thrKey = max(thrKey, key(lmax + p.T * p.logMinP));
+    if ((q.flags & 8u) != 0u) {
+      thrKey = max(thrKey, key(lmax + q.T * q.logMinP));
     }
     thrKey = min(thrKey, best.x);
     // 5. Draw: the first id whose running weight exceeds u · total, ids in order. Each thread
@@ -293,7 +334,7 @@ fn sample_rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
     for (var i = s0; i < s1; i++) {
       let v = work[row + i];
       if (key(v) >= thrKey) {
-        mine += weight(v, lmax);
+        mine += weight(v, lmax, q.invT);
         lastId = i;
         hasAny = true;
       }
@@ -326,7 +367,7 @@ fn sample_rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
       for (var i = s0; i < s1; i++) {
         let v = work[row + i];
         if (key(v) >= thrKey) {
-          acc += weight(v, lmax);
+          acc += weight(v, lmax, q.invT);
           if (u < acc) {
             atomicMin(&hist[0], i);
             break;

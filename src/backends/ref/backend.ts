@@ -322,4 +322,19 @@ export class RefBackend
   }
 
   dispose(): void {}
+
+  copyStateRows(
+    src: StateTensors,
+    srcRow: number,
+    dst: StateTensors,
+    dstRow: number,
+    count: number,
+  ): void {
+    const one = stateLayout(this.#mamba, 1);
+    const rowOf = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
+    const copy = (from: Float32Array, to: Float32Array, row: number) =>
+      to.set(from.subarray(srcRow * row, (srcRow + count) * row), dstRow * row);
+    src.conv.forEach((a, i) => copy(a, dst.conv[i], rowOf(one.convShape)));
+    src.ssm.forEach((a, i) => copy(a, dst.ssm[i], rowOf(one.ssmShape)));
+  }
 }

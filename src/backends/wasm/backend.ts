@@ -430,6 +430,16 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
     this.#op(OP.STATE_FREE, s.id);
   }
 
+  /** Copies rows of one state into another (see {@link Backend.copyStateRows}). */
+  copyStateRows(src: WasmState, srcRow: number, dst: WasmState, dstRow: number, count: number) {
+    this.#check();
+    if (src.freed || dst.freed) throw new BackendError("wasm backend: the state was freed");
+    this.#op(OP.STATE_COPY_ROWS, dst.id, dstRow, src.id, srcRow, count);
+  }
+
+  /** {@link decodeTokens} picks with {@link DecodeOptions.samplers} when given. */
+  readonly rowSamplers = true;
+
   /**
    * Fused decoding (see {@link Backend.decodeTokens}): each block of tokens is one program in
    * which the ranks feed a token, pick the next and feed it again without returning to the
@@ -456,8 +466,14 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
     const s = options.sampling;
     const V = this.#cfg.paddedVocabSize;
     const vocab = Math.min(s.vocabSize ?? V, V);
-    const sampled = !s.greedy || s.repetitionPenalty !== 1;
-    const sampler = sampled ? new Sampler(s) : null;
+    const rowSamplers = options.samplers;
+    if (rowSamplers && rowSamplers.length !== B) {
+      throw new BackendError(`wasm backend: ${rowSamplers.length} samplers for ${B} sequences`);
+    }
+    const sampled = rowSamplers
+      ? rowSamplers.some((r) => !r.options.greedy || r.options.repetitionPenalty !== 1)
+      : !s.greedy || s.repetitionPenalty !== 1;
+    const sampler = sampled && !rowSamplers ? new Sampler(s) : null;
     const history = Array.from(
       tokens,
       (t, b) => new TokenHistory([...(options.history?.[b] ?? []), t]),
@@ -465,7 +481,7 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
     const maxBlock = Math.max(1, Math.floor(options.blockSize ?? 64));
     let cur = Int32Array.from(tokens);
     let block = 1;
-    for (let done = 0; done < n;) {
+    for (let done = 0; done < n && !options.drain?.aborted;) {
       this.#check();
       if (state.freed) throw new BackendError("wasm backend: the state was freed");
       const steps = Math.min(block, maxBlock, n - done);
@@ -474,10 +490,11 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
       this.#rows = B;
       this.#decode = { steps, sampled };
       this.#op(OP.DECODE, state.id, steps, vocab, sampled ? 1 : 0);
-      this.#engine.sampleHook = sampler
+      this.#engine.sampleHook = sampled
         ? (logits, out) => {
           for (let b = 0; b < B; b++) {
-            const id = sampler.sample(logits.subarray(b * V, (b + 1) * V), history[b].ids);
+            const pick = rowSamplers?.[b] ?? sampler!;
+            const id = pick.sample(logits.subarray(b * V, (b + 1) * V), history[b].ids);
             out[b] = id;
             history[b].push(id);
           }

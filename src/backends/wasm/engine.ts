@@ -523,6 +523,21 @@ export class RankEngine {
     this.#states.set(dst, { ptr, bytes: s.bytes, batch: s.batch });
   }
 
+  /** Copies `count` sequences of this rank's slice of `src` into `dst` (both layouts alike). */
+  #stateCopyRows(dst: number, dstRow: number, src: number, srcRow: number, count: number): void {
+    const s = this.#state(src);
+    const d = this.#state(dst);
+    const mem = new Uint8Array(this.#k.memory.buffer);
+    const conv = this.#convCh * this.#cfg.dConv * 4;
+    const ssm = this.#ssmSz * 4;
+    for (let l = 0; l < this.#cfg.nLayer; l++) {
+      const [sc, ss] = this.#stPtr(s, l, srcRow);
+      const [dc, ds] = this.#stPtr(d, l, dstRow);
+      mem.copyWithin(dc, sc, sc + count * conv);
+      mem.copyWithin(ds, ss, ss + count * ssm);
+    }
+  }
+
   /**
    * Copies a state between this rank's memory and the staging area (public layout: per layer
    * conv `[B, convDim, dConv]` then SSM `[B, …]`), `up` = staging → rank.
@@ -621,6 +636,8 @@ export class RankEngine {
         return this.#stateTransfer(op[1], op[2] * 64, false);
       case OP.DECODE:
         return this.#decode(op[1], op[2], op[3], op[4] !== 0);
+      case OP.STATE_COPY_ROWS:
+        return this.#stateCopyRows(op[1], op[2], op[3], op[4], op[5]);
       default:
         throw new Error(`wasm backend: unknown op ${op[0]}`);
     }

@@ -129,6 +129,8 @@ export const OP = {
    * write the picks to the output area.
    */
   DECODE: 6,
+  /** `(dst, dstRow, src, srcRow, count)`: copy sequences of one state into another. */
+  STATE_COPY_ROWS: 7,
   /** `(out)`: look up the token ids. */
   EMBED: 10,
   /** `(hidden, residual | -1, layer | -1, normedOut, residualOut)`. */

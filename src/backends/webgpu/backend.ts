@@ -67,6 +67,20 @@ export interface WebGpuOptions {
   matmul128?: boolean;
   /** Overrides of the matrix-vector kernel's split, for every product (tests, sweeps). */
   matvecShape?: Partial<MatvecShape>;
+  /**
+   * Decode products of at least this many rows of x use the skinny tiled kernel
+   * (`wgsl/skinny.wgsl`) instead of the matrix-vector kernel. Default 16. Above 32 rows the
+   * skinny kernel is the only choice.
+   */
+  skinnyMinRows?: number;
+  /** Overrides of the skinny kernel's tile, for every product (tests, sweeps). */
+  skinnyShape?: Partial<SkinnyShape>;
+  /**
+   * Fused Mamba-1 decoding folds the selective-scan step into dt_proj's matrix-vector epilogue
+   * for batches up to this size (at most 32), and runs the separate `scan_step` kernel (dt_proj
+   * inside) above. Default 32.
+   */
+  scanEpilogueMaxRows?: number;
 }
 
 /**
@@ -84,6 +98,68 @@ export interface MatvecShape {
   stage?: boolean;
 }
 
+/**
+ * The tile of the skinny product (`wgsl/skinny.wgsl`): a workgroup computes `nt·tn` rows of W
+ * by `mt·tm` rows of x, each thread `tn × tm` outputs, with `ks` slices of `nt·mt` threads
+ * splitting K in chunks of `bk` columns staged through workgroup memory.
+ */
+export interface SkinnyShape {
+  /** Rows of W per thread. */
+  tn: number;
+  /** Rows of x per thread. */
+  tm: number;
+  /** Threads along W's rows. */
+  nt: number;
+  /** Threads along x's rows. */
+  mt: number;
+  /** K slices per workgroup (nt·mt·ks ≤ 256 threads). */
+  ks: number;
+  /** Columns per staged chunk (a multiple of 8). */
+  bk: number;
+  /** 1: the next chunk is loaded into registers while this one is summed; 0: after. */
+  pf: number;
+}
+
+/**
+ * The default tile of the skinny product for `M` rows of x (a first guess from the kernel's
+ * arithmetic, to be tuned on the H200 with `bench/webgpu_matvec_sweep.ts --kernel skinny`):
+ * 4 rows of W per thread; 4 rows of x per thread up to 16 rows, 8 beyond; W tiles of 16 to 64
+ * rows, the widest that still leaves 128 workgroups; the rest of the 256 threads split K; and
+ * the longest chunk (8 to 32 columns) whose staging fits in `smemBytes` of workgroup memory;
+ * the next chunk loaded while one is summed. Fields given in `over` are kept and the others
+ * derived from them.
+ */
+export function defaultSkinnyShape(
+  W: GpuMatrix,
+  M: number,
+  smemBytes: number,
+  over: Partial<SkinnyShape> = {},
+): SkinnyShape {
+  const tn = over.tn ?? 4;
+  const tm = over.tm ?? (M <= 16 ? 4 : 8);
+  const mt = over.mt ?? Math.max(1, Math.min(Math.ceil(M / tm), Math.floor(64 / tm)));
+  let nt = over.nt ?? 0;
+  if (!nt) {
+    nt = 4;
+    while (nt < 16 && nt * 2 * mt <= 256 && Math.ceil(W.N / (nt * 2 * tn)) >= 128) nt *= 2;
+    while (nt > 1 && nt * mt > 256) nt /= 2;
+  }
+  let ks = over.ks ?? Math.max(1, Math.floor(256 / (nt * mt)));
+  let bk = over.bk ?? 0;
+  if (!bk) {
+    bk = 32;
+    while (bk > 8 && skinnyStageBytes({ tn, tm, nt, mt, ks, bk }) > smemBytes) bk /= 2;
+  }
+  // Fewer slices when even the shortest chunk does not fit.
+  while (!over.ks && ks > 1 && skinnyStageBytes({ tn, tm, nt, mt, ks, bk }) > smemBytes) ks--;
+  return { tn, tm, nt, mt, ks, bk, pf: over.pf ?? 1 };
+}
+
+/** Workgroup memory for the skinny kernel's staging (one padded chunk of W and x per slice). */
+function skinnyStageBytes(s: Omit<SkinnyShape, "pf">): number {
+  return s.ks * (s.nt * s.tn + s.mt * s.tm) * (s.bk / 4 + 1) * 16;
+}
+
 /** Options of {@link WebGpuBackend.matvec}; strides and offsets in f32 elements. */
 export interface MatvecOptions {
   /** Bias added to each output. */
@@ -94,7 +170,7 @@ export interface MatvecOptions {
   xOff: number;
   /** Distance between x rows. */
   xStride: number;
-  /** Rows (at most 16). */
+  /** Rows of x (the matrix-vector kernel takes at most 32; more go to the skinny kernel). */
   M: number;
   /** Output. */
   y: Buf;
@@ -129,6 +205,10 @@ export interface MatvecOptions {
   };
   /** Overrides of the kernel's shape (benchmarks sweep them; see {@link MatvecShape}). */
   shape?: Partial<MatvecShape>;
+  /** Overrides of the skinny kernel's tile (see {@link SkinnyShape}). */
+  tile?: Partial<SkinnyShape>;
+  /** Force the skinny kernel (true) or the matrix-vector kernel (false); default by `M`. */
+  skinny?: boolean;
 }
 
 /** Rows per team for `M` rows of x: a power of two, at most `max`, with M · rows ≤ 32 values. */
@@ -222,6 +302,9 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       fuseNorm: opt.fuseNorm ?? true,
       matmul128: opt.matmul128 ?? true,
       matvecShape: opt.matvecShape ?? {},
+      skinnyMinRows: opt.skinnyMinRows ?? 16,
+      skinnyShape: opt.skinnyShape ?? {},
+      scanEpilogueMaxRows: opt.scanEpilogueMaxRows ?? 32,
     };
   }
 
@@ -418,7 +501,22 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
    */
   canFuseRms(K: number, M: number): boolean {
     // Unstaged, every row of x is read again per weight load: fine for a few rows, not 16.
-    return this.#opt.fuseNorm && K % 8 === 0 && (M <= 4 || this.#rmsFits(K, M));
+    // The skinny kernel stages x a chunk at a time and gathers Σx² on the way: any M.
+    return this.#opt.fuseNorm && K % 8 === 0 &&
+      (this.usesSkinny(M) || M <= 4 || this.#rmsFits(K, M));
+  }
+
+  /** Whether {@link matvec} runs `M` rows of x through the skinny kernel. */
+  usesSkinny(M: number): boolean {
+    return M > 32 || M >= this.#opt.skinnyMinRows;
+  }
+
+  /**
+   * Whether fused Mamba-1 decoding of `M` sequences folds the scan step (state size `NS`) into
+   * dt_proj's matrix-vector epilogue, rather than running the `scan_step` kernel.
+   */
+  scanEpilogue(M: number, NS: number): boolean {
+    return NS <= 32 && M <= Math.min(32, this.#opt.scanEpilogueMaxRows);
   }
 
   /** Whether the RMSNorm prologue can stage x in workgroup memory. */
@@ -431,11 +529,24 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     return defaultMatvecShape(W, M, scanStates, rms);
   }
 
+  /** The skinny kernel's tile for `M` rows of x (see {@link defaultSkinnyShape}). */
+  skinnyShape(W: GpuMatrix, M: number, over: Partial<SkinnyShape> = {}): SkinnyShape {
+    return defaultSkinnyShape(W, M, this.ctx.maxWorkgroupStorage - 1024, {
+      ...this.#opt.skinnyShape,
+      ...over,
+    });
+  }
+
   /**
-   * Records the matrix-vector kernel (at most 16 rows), with its fused prologue and epilogue
-   * options (see wgsl/matvec.wgsl).
+   * Records `y = pro(x) · Wᵀ` with epilogues for a few rows of x (decode): the matrix-vector
+   * kernel (see wgsl/matvec.wgsl) for up to {@link WebGpuOptions.skinnyMinRows} rows, the
+   * skinny tiled kernel (wgsl/skinny.wgsl) for more. The scan epilogue needs the former.
    */
   matvec(W: GpuMatrix, o: MatvecOptions): void {
+    if (!o.scan && (o.skinny ?? this.usesSkinny(o.M))) {
+      this.#skinny(W, o);
+      return;
+    }
     const K = W.K;
     const vec = W.f16 ? 8 : 4;
     const xvec = K % vec === 0 && o.xOff % 4 === 0 && o.xStride % 4 === 0;
@@ -525,6 +636,106 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
         ],
         gx,
         Math.ceil(groups / gx),
+      );
+    }
+  }
+
+  /** The skinny tiled product (see wgsl/skinny.wgsl and {@link SkinnyShape}). */
+  #skinny(W: GpuMatrix, o: MatvecOptions): void {
+    const K = W.K;
+    const xvec = K % 4 === 0 && o.xOff % 4 === 0 && o.xStride % 4 === 0;
+    if ((o.rms || o.resIn || o.resOut) && !xvec) {
+      throw new BackendError("matvec: the RMSNorm prologue and residual need K % 4 == 0");
+    }
+    if (o.scan) throw new BackendError("matvec: the skinny kernel has no scan epilogue");
+    const sh = this.skinnyShape(W, o.M, o.tile);
+    const { tn, tm, nt, mt, ks, bk, pf } = sh;
+    const T = nt * mt;
+    const name = `skinny tile ${JSON.stringify(sh)} (WebGpuOptions.skinnyShape)`;
+    if (![tn, tm, nt, mt, ks, bk].every((v) => Number.isInteger(v) && v >= 1)) {
+      throw new BackendError(`${name}: every field must be a positive integer`);
+    }
+    if (T * ks > 256) throw new BackendError(`${name}: more than 256 threads`);
+    if (bk % 8 !== 0) throw new BackendError(`${name}: bk must be a multiple of 8`);
+    if (pf !== 0 && pf !== 1) throw new BackendError(`${name}: pf must be 0 or 1`);
+    const NV = tn * tm;
+    const BM = mt * tm;
+    const vec = W.f16 ? 8 : 4;
+    const WR = Math.ceil(nt * tn * bk / vec / T);
+    const XR = Math.ceil(BM * bk / 4 / T);
+    const limit = this.ctx.maxWorkgroupStorage - BM * 4;
+    const stage = skinnyStageBytes(sh) / 16;
+    const rmsSum = o.rms ? Math.ceil(ks * XR * T / 4) : 0;
+    // Partial sums per thread per round of the final reduction: as many as fit in what the
+    // staging takes anyway (or 16 KiB).
+    let RV = NV;
+    while (RV > 1 && (NV % RV !== 0 || ks * T * (RV + 1) * 4 > Math.max(stage * 16, 16384))) RV--;
+    const SM = Math.max(stage, rmsSum, Math.ceil(ks * T * (RV + 1) / 4));
+    if (SM * 16 > limit) {
+      throw new BackendError(
+        `${name}: needs ${SM * 16} bytes of workgroup memory, the device has ${limit + BM * 4}`,
+      );
+    }
+    const k = this.pipeline("skinny", "skinny", {
+      TN: tn,
+      TM: tm,
+      NT: nt,
+      MT: mt,
+      KS: ks,
+      BK: bk,
+      NV,
+      RV,
+      NRR: NV / RV,
+      WR,
+      XR,
+      SM,
+      PREFETCH: pf === 1,
+      F16: W.f16,
+      XVEC: xvec,
+      PRO_RMS: !!o.rms,
+      PRO_ADD: !!o.resIn,
+      RES_OUT: !!o.resOut,
+      BIAS: !!o.bias,
+      SOFTPLUS: !!o.softplus,
+      CONV_EPI: !!o.conv,
+      CONV_BIAS: !!o.conv?.bias,
+    });
+    const c = o.conv;
+    for (const part of W.parts) {
+      this.rec.dispatch(
+        k,
+        "uuuuuuuuufuuuu",
+        [
+          o.M,
+          part.n,
+          K,
+          W.stride,
+          o.xStride,
+          o.xOff,
+          o.yStride,
+          o.yOff,
+          part.n0,
+          o.rms?.eps ?? 0,
+          K,
+          c?.lo ?? 0,
+          c?.C ?? 0,
+          c ? this.config.dConv : 0,
+        ],
+        [
+          part.buf,
+          o.x,
+          o.y,
+          o.bias ?? null,
+          o.resIn ?? null,
+          o.rms?.weight ?? null,
+          o.resOut ?? null,
+          c?.state ?? null,
+          c?.weight ?? null,
+          c?.bias ?? null,
+          c?.out ?? null,
+        ],
+        Math.ceil(part.n / (nt * tn)),
+        Math.ceil(o.M / BM),
       );
     }
   }
@@ -886,6 +1097,12 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     return this.decodePlan(state.batch).run(state, tokens, n, options);
   }
 
+  /**
+   * {@link decodeTokens} picks with {@link DecodeOptions.samplers} when given: every row with
+   * its own options and random stream, on the GPU.
+   */
+  readonly rowSamplers = true;
+
   /** The fused-decoding buffers for `batch` sequences (made once per batch size). */
   decodePlan(batch: number): DecodePlan {
     let plan = this.#plans.get(batch);
@@ -1009,6 +1226,19 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     if (s.freed) return;
     s.freed = true;
     for (const b of [...s.conv, ...s.ssm]) this.rec.destroy(b);
+  }
+
+  /** Copies rows of one state into another on the GPU (see {@link Backend.copyStateRows}). */
+  copyStateRows(src: GpuState, srcRow: number, dst: GpuState, dstRow: number, count: number) {
+    this.#alive();
+    if (src.freed || dst.freed) throw new BackendError("copyStateRows: a state was freed");
+    const [c, n] = this.#stateSizes(1);
+    for (let i = 0; i < this.config.nLayer; i++) {
+      const rc = c * F32;
+      const rn = n * F32;
+      this.rec.copy(src.conv[i], srcRow * rc, dst.conv[i], dstRow * rc, count * rc);
+      this.rec.copy(src.ssm[i], srcRow * rn, dst.ssm[i], dstRow * rn, count * rn);
+    }
   }
 
   dispose(): void {

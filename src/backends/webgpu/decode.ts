@@ -5,6 +5,10 @@
  * submission and the host only reads the sampled ids back, a block at a time, with two blocks in
  * flight.
  *
+ * Batches of `WebGpuOptions.skinnyMinRows` sequences and more run their products through
+ * the skinny tiled kernel (`wgsl/skinny.wgsl`, with the same prologues and epilogues), and past
+ * `scanEpilogueMaxRows` Mamba-1's scan step is a kernel of its own.
+ *
  * @module
  */
 
@@ -13,7 +17,7 @@ import type { MambaConfig } from "../../config.ts";
 import type { ResolvedSamplingOptions } from "../../sampling.ts";
 import type { GpuState, WebGpuBackend } from "./backend.ts";
 import type { Buf, Command } from "./recorder.ts";
-import { GpuSampler } from "./sampler.ts";
+import { GpuSampler, samplingKey, type StepSampling } from "./sampler.ts";
 
 export { xoshiroSeedState } from "./sampler.ts";
 
@@ -89,22 +93,14 @@ export class DecodePlan {
    * Records one step for every sequence: tok → model → logits → next tok (slot `slot`), by
    * replaying the step captured for this state and sampling setup.
    */
-  encodeStep(state: GpuState, slot: number, s: ResolvedSamplingOptions, vocab: number): void {
+  encodeStep(state: GpuState, slot: number, s: StepSampling, vocab: number): void {
     const rec = this.#be.rec;
     if (this.#generation !== this.sampler.generation) {
       // The captured sampling tails write into an output buffer that was replaced.
       this.#captured = new WeakMap();
       this.#generation = this.sampler.generation;
     }
-    const key = JSON.stringify([
-      s.greedy,
-      s.temperature,
-      s.topK,
-      s.topP,
-      s.minP,
-      s.repetitionPenalty,
-      vocab,
-    ]);
+    const key = samplingKey(s, vocab);
     let byKey = this.#captured.get(state);
     if (!byKey) this.#captured.set(state, byKey = new Map());
     let step = byKey.get(key);
@@ -214,8 +210,9 @@ export class DecodePlan {
     const xdw = c.dtRank + 2 * c.dState;
     const [xz, u, xdbl, y] = [this.#a, this.#b, this.#c, this.#d];
     be.matvec(w.xProj!, { x: u, xOff: 0, xStride: D, M: B, y: xdbl, yOff: 0, yStride: xdw });
-    if (c.dState <= 32) {
-      // dt_proj + softplus, with the selective-scan step in its epilogue.
+    if (be.scanEpilogue(B, c.dState)) {
+      // dt_proj + softplus, with the selective-scan step in its epilogue (the matrix-vector
+      // kernel: at most 32 sequences).
       be.matvec(w.dtProj!, {
         bias: w.dtBias,
         x: xdbl,
@@ -241,6 +238,7 @@ export class DecodePlan {
         },
       });
     } else {
+      // The scan step with dt_proj inside, one thread per (channel, sequence).
       be.rec.dispatch(
         be.pipeline("selective_scan", "scan_step", { NS: c.dState }),
         "uuuuuuuuuuu",
@@ -313,7 +311,7 @@ export class DecodePlan {
 
   /**
    * Feeds `tokens`, then samples and feeds back `n` tokens, yielding them in blocks
-   * (`[batch][block length]`).
+   * (`[batch][block length]`); per-row samplers and drains as {@link GpuSampler.run}.
    */
   run(
     state: GpuState,

@@ -1,23 +1,26 @@
 /**
  * The sampling half of fused decoding on the GPU, shared by every model: picking the next token
  * of each sequence from `[batch, paddedVocab]` logits on the GPU (greedy, or sampled with
- * temperature, top-k, top-p, min-p and the repetition penalty, per `wgsl/sample.wgsl`), feeding
- * it back through the `tok` buffer, and the block loop that reads the picked ids back a block at
- * a time with blocks in flight. The model half (tok → logits) is a callback: Mamba's
- * {@link DecodePlan}, the Transformer backend's decoding step.
+ * temperature, top-k, top-p, min-p and the repetition penalty, per `wgsl/sample.wgsl`; one setup
+ * for the whole batch, or each row its own options and random stream, continuing its host
+ * {@link Sampler}'s), feeding it back through the `tok` buffer, and the block loop that reads
+ * the picked ids back a block at a time with blocks in flight. The model half (tok → logits) is
+ * a callback: Mamba's {@link DecodePlan}, the Transformer backend's decoding step.
  *
  * @module
  */
 
 import type { DecodeOptions } from "../../backend.ts";
 import { BackendError } from "../../errors.ts";
-import type { ResolvedSamplingOptions } from "../../sampling.ts";
+import type { ResolvedSamplingOptions, Sampler } from "../../sampling.ts";
 import type { Buf, Recorder } from "./recorder.ts";
 import type { Kernel, ShaderDefs, ShaderFile } from "./shaders.ts";
 
 const F32 = 4;
 const ARGMAX_CHUNKS = 64;
 const SAMPLE_SIG = "uuuuuuuufffffu";
+/** u32 words per row of the per-row sampling buffer (`ROW_WORDS` in sample.wgsl). */
+const ROW_WORDS = 12;
 
 /** Seeds xoshiro128** exactly as `new Xoshiro128(seed)` of src/rng.ts does. */
 export function xoshiroSeedState(seed: number): Uint32Array {
@@ -45,8 +48,33 @@ export interface SamplerHost {
   pipeline(file: ShaderFile, entry: string, defs?: ShaderDefs): Kernel;
 }
 
+/**
+ * A run whose rows each pick with their own {@link Sampler}: options and stream are in the
+ * sampler's per-row buffer (sample.wgsl, ROWS), written once per run.
+ */
+export interface RowsSampling {
+  readonly rows: true;
+  /** Whether some row has a repetition penalty (the `seen` bitmap is kept). */
+  readonly penalty: boolean;
+}
+
+/** How a step picks: one setup for every row, or each row its own. */
+export type StepSampling = ResolvedSamplingOptions | RowsSampling;
+
+/**
+ * The key of a step's sampling setup, for callers that capture recorded steps: steps with the
+ * same key record the same commands.
+ */
+export function samplingKey(s: StepSampling, vocab: number): string {
+  return JSON.stringify(
+    "rows" in s
+      ? ["rows", s.penalty, vocab]
+      : [s.greedy, s.temperature, s.topK, s.topP, s.minP, s.repetitionPenalty, vocab],
+  );
+}
+
 /** Records one decoding step whose picked ids go to output slot `slot`. */
-export type EncodeStep = (slot: number, s: ResolvedSamplingOptions, vocab: number) => void;
+export type EncodeStep = (slot: number, s: StepSampling, vocab: number) => void;
 
 /** The sampling buffers of fused decoding for one batch size, allocated once and reused. */
 export class GpuSampler {
@@ -75,6 +103,8 @@ export class GpuSampler {
   readonly #V: number;
   readonly #partial: Buf;
   readonly #rng: Buf;
+  /** Per row: a xoshiro128** state and the sampling options (see sample.wgsl, ROWS). */
+  readonly #rowRng: Buf;
   readonly #uni: Buf;
   readonly #seen: Buf;
   readonly #work: Buf;
@@ -95,6 +125,7 @@ export class GpuSampler {
     this.logits = buf(B * V * F32, "decode.logits");
     this.#partial = buf(B * ARGMAX_CHUNKS * 8, "decode.partial");
     this.#rng = buf(16, "decode.rng");
+    this.#rowRng = buf(B * ROW_WORDS * 4, "decode.rowRng");
     this.#uni = buf(B * F32, "decode.uniform");
     this.#words = Math.ceil(V / 32);
     this.#seen = buf(B * this.#words * 4, "decode.seen");
@@ -102,10 +133,32 @@ export class GpuSampler {
   }
 
   /** Records the pick of every sequence's next token from {@link logits} into output `slot`. */
-  encodeSample(slot: number, s: ResolvedSamplingOptions, vocab: number): void {
+  encodeSample(slot: number, s: StepSampling, vocab: number): void {
     const { rec } = this.#host;
     const B = this.batch;
     const V = this.#V;
+    const out = this.#out!;
+    const pipeline = (entry: string, defs?: ShaderDefs) =>
+      this.#host.pipeline("sample", entry, defs);
+    if ("rows" in s) {
+      // Every row's options and stream are in #rowRng; the uniform block only shapes the work.
+      const params = [V, vocab, B, slot, 0, ARGMAX_CHUNKS, 0, 0, 1, 1, 1, 0, 1, this.#words];
+      rec.dispatch(
+        pipeline("rng_draw", { ROWS: true }),
+        SAMPLE_SIG,
+        params,
+        [null, null, null, null, this.#rowRng, this.#uni],
+        1,
+      );
+      rec.dispatch(
+        pipeline("sample_rows", { ROWS: true }),
+        SAMPLE_SIG,
+        params,
+        [this.logits, this.tok, out, null, this.#rowRng, this.#uni, this.#seen, this.#work],
+        B,
+      );
+      return;
+    }
     const penalty = s.repetitionPenalty !== 1;
     const chunk = Math.ceil(vocab / ARGMAX_CHUNKS);
     const flags = (s.greedy ? 1 : 0) | (penalty ? 2 : 0) | (s.topP < 1 ? 4 : 0) |
@@ -126,8 +179,6 @@ export class GpuSampler {
       s.repetitionPenalty,
       this.#words,
     ];
-    const out = this.#out!;
-    const pipeline = (entry: string) => this.#host.pipeline("sample", entry);
     if (s.greedy && !penalty) {
       rec.dispatch(
         pipeline("argmax_partial"),
@@ -186,6 +237,11 @@ export class GpuSampler {
    * from {@link tok} to {@link logits} and then {@link encodeSample} into its slot), yielding the
    * picked ids in blocks (`[batch][block length]`). `progress.steps` counts the steps submitted
    * so far (the tokens the state has consumed), also when the consumer stops early.
+   *
+   * With `options.samplers` every row picks with its own sampler: its options and stream go to
+   * the GPU, and when the run ends each sampler is advanced past the draws made there, so the
+   * stream carries on from call to call as host stepping would. With `options.drain` aborted, no
+   * further block is started; those under way are still yielded.
    */
   async *run(
     tokens: Int32Array,
@@ -195,22 +251,34 @@ export class GpuSampler {
     progress: { steps: number } = { steps: 0 },
   ): AsyncGenerator<number[][]> {
     if (this.#busy) throw new BackendError("decodeTokens: this batch size is already decoding");
+    const B = this.batch;
+    const samplers = options.samplers;
+    if (samplers && samplers.length !== B) {
+      throw new BackendError(`decodeTokens: ${samplers.length} samplers for ${B} sequences`);
+    }
     this.#busy = true;
     const { rec } = this.#host;
-    const B = this.batch;
-    const s = options.sampling;
-    const vocab = Math.min(s.vocabSize ?? this.#V, this.#V);
+    const vocab = Math.min(options.sampling.vocabSize ?? this.#V, this.#V);
     const maxBlock = Math.max(1, Math.min(options.blockSize ?? 64, 1024));
     const inflight: { staging: GPUBuffer; len: number; done: Promise<void> }[] = [];
+    // Per-row samplers, unless they all reduce to plain argmax (the fast greedy kernels).
+    const perRow = samplers?.some((r) => !r.options.greedy || r.options.repetitionPenalty !== 1)
+      ? samplers
+      : undefined;
+    let submitted = 0;
     try {
+      const s: StepSampling = perRow
+        ? this.#writeRows(perRow)
+        : samplers
+        ? { ...options.sampling, greedy: true, repetitionPenalty: 1 }
+        : options.sampling;
       this.#ensureBlock(maxBlock);
       rec.write(this.tok, 0, Uint32Array.from(tokens));
-      if (!s.greedy) rec.write(this.#rng, 0, xoshiroSeedState(s.seed));
-      if (s.repetitionPenalty !== 1) {
+      if (!("rows" in s) && !s.greedy) rec.write(this.#rng, 0, xoshiroSeedState(s.seed));
+      if ("rows" in s ? s.penalty : s.repetitionPenalty !== 1) {
         const h = Array.from({ length: B }, (_, b) => [...(options.history?.[b] ?? []), tokens[b]]);
         this.#writeSeen(h, vocab);
       }
-      let submitted = 0;
       let block = Math.min(8, maxBlock);
       let ring = 0;
       const submit = () => {
@@ -229,7 +297,10 @@ export class GpuSampler {
         submitted += len;
         block = Math.min(block * 2, maxBlock);
       };
-      while (submitted < n && inflight.length < this.inFlight) submit();
+      // Blocks are started while there is room in flight, until `n` or a drain.
+      const more = () =>
+        submitted < n && inflight.length < this.inFlight && !options.drain?.aborted;
+      while (more()) submit();
       while (inflight.length) {
         const head = inflight[0];
         await head.done;
@@ -237,7 +308,7 @@ export class GpuSampler {
         rec.checkErrors();
         const ids = new Uint32Array(head.staging.getMappedRange(0, head.len * B * 4).slice(0));
         head.staging.unmap();
-        while (submitted < n && inflight.length < this.inFlight) submit();
+        while (more()) submit();
         const rows: number[][] = [];
         for (let b = 0; b < B; b++) {
           const row: number[] = [];
@@ -254,6 +325,9 @@ export class GpuSampler {
         await f.done.catch(() => {});
         if (!rec.lostReason) f.staging.unmap();
       }
+      // Each step drew one uniform per row from the row's stream on the device: the samplers
+      // continue after those draws.
+      if (perRow) { for (const r of perRow) for (let i = 0; i < submitted; i++) r.rng.nextFloat(); }
       this.#busy = false;
     }
   }
@@ -277,6 +351,27 @@ export class GpuSampler {
     this.encodeSample(0, s, vocab);
     const out = new Uint32Array(await rec.read(this.#out!, 0, this.batch * 4));
     return [...out];
+  }
+
+  /** Writes each row's stream and options for a per-row run (sample.wgsl, ROWS). */
+  #writeRows(samplers: readonly Sampler[]): RowsSampling {
+    const words = new Uint32Array(this.batch * ROW_WORDS);
+    const f = new Float32Array(words.buffer);
+    samplers.forEach((r, b) => {
+      const o = r.options;
+      const at = b * ROW_WORDS;
+      words.set(r.rng.state(), at);
+      words[at + 4] = (o.greedy ? 1 : 0) | (o.repetitionPenalty !== 1 ? 2 : 0) |
+        (o.topP < 1 ? 4 : 0) | (o.minP > 0 ? 8 : 0);
+      words[at + 5] = o.topK;
+      f[at + 6] = o.temperature > 0 ? 1 / o.temperature : 1;
+      f[at + 7] = o.temperature;
+      f[at + 8] = o.topP;
+      f[at + 9] = o.minP > 0 ? Math.log(o.minP) : 0;
+      f[at + 10] = o.repetitionPenalty;
+    });
+    this.#host.rec.write(this.#rowRng, 0, words);
+    return { rows: true, penalty: samplers.some((r) => r.options.repetitionPenalty !== 1) };
   }
 
   #writeSeen(history: readonly (readonly number[])[], vocab: number): void {

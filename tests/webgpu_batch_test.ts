@@ -1,0 +1,130 @@
+/**
+ * Batched fused decoding on the `webgpu` backend: batches of 8 to 64 sequences (the skinny
+ * tiled product, `wgsl/skinny.wgsl`, and the separate scan step past 32 sequences) reproduce
+ * the oracle's greedy tokens row by row, and leave the state a prefill of everything gives; the
+ * skinny kernel's tiles and thresholds are swept on small oracle models.
+ */
+
+import assert from "node:assert/strict";
+import { MambaLM, parseConfig } from "../mod.ts";
+import { WebGpuBackend, type WebGpuOptions } from "../src/backends/webgpu/backend.ts";
+import { loadWeights, type WeightsDtype } from "../src/weights.ts";
+import { assertClose, loadExpected, oracleDir } from "./oracle_util.ts";
+import { webgpuTestAdapter } from "./webgpu_util.ts";
+
+const ignore = !(await webgpuTestAdapter("webgpu batch tests"));
+
+/** A model of an oracle case on a webgpu backend made with `options`. */
+async function oracleModel(
+  name: string,
+  options: WebGpuOptions,
+  dtype: WeightsDtype,
+): Promise<MambaLM> {
+  const dir = `${oracleDir()}/${name}`;
+  const config = parseConfig(JSON.parse(Deno.readTextFileSync(`${dir}/config.json`)));
+  const weights = await loadWeights(config, new URL(`file://${dir}/`), dtype);
+  return new MambaLM(config, await WebGpuBackend.create({ config, weights }, options));
+}
+
+/**
+ * Decodes `batch` sequences at once, sequence b being the oracle's run row `b % rows` (so every
+ * row's expected tokens are known), `n` greedy tokens by fused decoding; asserts the tokens,
+ * then one more (unfused) step against a prefill of the prompt and everything decoded.
+ */
+async function checkBatch(
+  name: string,
+  batch: number,
+  dtype: WeightsDtype,
+  options: WebGpuOptions,
+  n = 12,
+): Promise<void> {
+  const exp = loadExpected(name);
+  const run = exp.json.runs.reduce((a, r) => r.batch > a.batch ? r : a);
+  const rows = Array.from({ length: batch }, (_, b) => b % run.batch);
+  const ids = rows.map((r) => run.input_ids[r]);
+  const lm = await oracleModel(name, options, dtype);
+  const what = `${name} ${dtype} batch ${batch} ${JSON.stringify(options)}`;
+  try {
+    const state = lm.createState(batch);
+    await lm.prefill(state, ids.map((r) => r.slice(0, -1)));
+    const got: number[][] = ids.map(() => []);
+    const opts = { topK: 1, vocabSize: exp.json.padded_vocab_size, blockSize: 5 };
+    for await (const block of lm.generateTokens(state, ids.map((r) => r.at(-1)!), n, opts)) {
+      block.forEach((r, b) => got[b].push(...r));
+    }
+    assert.deepEqual(got, rows.map((r) => run.generated[r].slice(0, n)), what);
+    const next = await lm.step(state, got.map((g) => g.at(-1)!));
+    const ref = lm.createState(batch);
+    const want = await lm.prefill(ref, ids.map((r, b) => [...r, ...got[b]]));
+    const tol = dtype === "f32" ? 2e-4 : 2e-3;
+    assertClose(next, want, { atol: tol, rtol: tol }, `${what}: state after decoding`);
+  } finally {
+    lm.dispose();
+  }
+}
+
+const CASES = ["m1_d64_l7", "m2_hd16_ds16_l64"];
+
+Deno.test({
+  name: "webgpu: fused decoding of 8, 16, 33 and 64 sequences reproduces the oracle (f32, f16)",
+  ignore,
+  async fn() {
+    for (const name of CASES) {
+      for (const dtype of ["f32", "f16"] as const) {
+        for (const batch of [8, 16, 33, 64]) await checkBatch(name, batch, dtype, {});
+      }
+    }
+  },
+});
+
+Deno.test({
+  name: "webgpu: the skinny kernel below its default threshold, and the scan step kernel at 16",
+  ignore,
+  async fn() {
+    for (const name of CASES) {
+      await checkBatch(name, 8, "f32", { skinnyMinRows: 8 });
+      await checkBatch(name, 16, "f16", { skinnyMinRows: 33, scanEpilogueMaxRows: 0 });
+    }
+    // One sequence, every product (prefill's short rows too) through the skinny kernel; the
+    // vocabulary of 500 is not a multiple of any tile and dt_proj's K of 6 not of 4.
+    await checkBatch("m1_d96_l64_vocab500", 3, "f16", { skinnyMinRows: 1 });
+  },
+});
+
+Deno.test({
+  name: "webgpu: every skinny tile (rows per thread, threads, K slices, chunk) decodes the oracle",
+  ignore,
+  async fn() {
+    const tiles = [
+      { tn: 1, tm: 1, nt: 8, mt: 4, ks: 1, bk: 8 },
+      { tn: 2, tm: 8, nt: 16, mt: 1, ks: 3, bk: 16, pf: 0 },
+      { tn: 4, tm: 4, nt: 4, mt: 2, ks: 7, bk: 8, pf: 0 },
+      { tn: 8, tm: 2, nt: 2, mt: 3, ks: 5, bk: 32 },
+      { tn: 4, tm: 4, nt: 32, mt: 2, ks: 1, bk: 8 },
+      { tn: 3, tm: 5, nt: 5, mt: 2 },
+    ];
+    // Each tile on one of the two mixers, alternately (the tests are slow on lavapipe).
+    for (const [i, skinnyShape] of tiles.entries()) {
+      if (i % 2) await checkBatch("m1_d64_l7", 13, "f16", { skinnyMinRows: 1, skinnyShape }, 8);
+      else await checkBatch("m2_hd16_ds16_l64", 7, "f32", { skinnyMinRows: 1, skinnyShape }, 8);
+    }
+  },
+});
+
+Deno.test({
+  name: "webgpu: a skinny tile that cannot run is a BackendError naming the tile",
+  ignore,
+  async fn() {
+    for (const skinnyShape of [{ nt: 64, mt: 8 }, { bk: 12 }, { tn: 0 }, { pf: 2 }]) {
+      const lm = await oracleModel("m1_d64_l7", { skinnyMinRows: 1, skinnyShape }, "f32");
+      try {
+        await assert.rejects(
+          async () => await lm.forward([[1, 2, 3]]),
+          (e: Error) => e.name === "BackendError" && e.message.includes("skinny tile"),
+        );
+      } finally {
+        lm.dispose();
+      }
+    }
+  },
+});

@@ -1,0 +1,357 @@
+// Skinny matrix product for decode batches (a few dozen rows of x): for m < M, n < N,
+//   y[m, nBase + n] = epilogue( pro(x[m, :]) · W[n, :] + bias[nBase + n] ).
+// The matrix-vector kernel (matvec.wgsl) re-reads every row of x for each weight load, which
+// caps it at a few TFLOP/s past 8 rows; here both operands go through workgroup memory and each
+// thread computes a TN × TM block of outputs from registers.
+//
+// A workgroup computes a BN × BM tile (BN = NT·TN rows of W from n0, BM = MT·TM rows of x from
+// m0; grid x over n tiles, grid y over m tiles). Its KS slices of T = NT·MT threads split K:
+// slice s takes the chunks of BK columns s, s + KS, s + 2·KS, … For each chunk a slice stages
+// its BN weight rows (16-byte loads: every weight is read from memory once per m tile, f16
+// widened to f32) and BM rows of x in workgroup memory, then thread (nt, mt) of the slice
+// accumulates outputs n = nt + NT·j (j < TN), m = mt + MT·i (i < TM) from vec4 reads: TN + TM
+// reads serve 4·TN·TM FMAs, and neighbouring lanes share mt, so their x reads are broadcasts.
+// Rows are padded by one vec4 (BKP = BK/4 + 1) so that lanes reading neighbouring rows hit
+// different banks. At the end the slices' partial sums meet in workgroup memory (RV values per
+// thread a round, the rows padded by one float), and each thread finishes a few outputs with
+// the epilogue (consecutive threads, consecutive n: coalesced stores).
+//
+// Defines:
+//   TN, TM, NT, MT, KS, BK   the tile (see above); BK a multiple of 8
+//   F16        W holds f16 pairs packed in u32 (unpack2x16float), 8 per load; else f32, 4
+//   XVEC       x (and resIn, normW, resOut) read as vec4: K % 4 == 0 and 4-aligned offsets
+//   PRO_RMS    x ← RMSNorm(x)·normW: x·normW is staged, Σx² of each row is gathered on the way
+//              and the sums are scaled by 1/rms at the end (needs XVEC)
+//   PRO_ADD    x ← x + resIn first (the residual add)
+//   RES_OUT    the workgroups of n tile 0 also write x (after PRO_ADD) to resOut
+//   BIAS, SOFTPLUS, CONV_EPI, CONV_BIAS   epilogues as in matvec.wgsl
+//   PREFETCH   load the next chunk into registers while the sums of this one run
+//   SM         vec4s of workgroup memory (staging, or the partial sums, or Σx²)
+//   NV = TN·TM; WR, XR: staging loads per thread and chunk (W, x); RV: partial sums per thread
+//   and round of the final reduction (divides NV), NRR = NV / RV rounds
+
+struct P {
+  M: u32,        // rows of x
+  N: u32,        // output rows of W handled here (one part of a split matrix)
+  K: u32,        // reduction length
+  wStride: u32,  // elements per W row (a multiple of 8 for f16, 4 for f32; zero padded)
+  xStride: u32,  // elements between x rows
+  xOff: u32,     // element offset of x[0, 0]
+  yStride: u32,
+  yOff: u32,
+  nBase: u32,    // output column (and bias index) of this part's row 0
+  eps: f32,
+  rStride: u32,  // elements between rows of resIn / resOut
+  convLo: u32,   // CONV_EPI: first output column that is a conv channel
+  convC: u32,    //           conv channels (row stride of convOut and of the state)
+  convK: u32,    //           taps
+}
+
+@group(0) @binding(0) var<uniform> p: P;
+#if F16
+@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
+#else
+@group(0) @binding(1) var<storage, read> w: array<vec4<f32>>;
+#endif
+#if XVEC
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
+#else
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+#endif
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+#if BIAS
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+#endif
+#if PRO_ADD
+@group(0) @binding(5) var<storage, read> resIn: array<vec4<f32>>;
+#endif
+#if PRO_RMS
+@group(0) @binding(6) var<storage, read> normW: array<vec4<f32>>;
+#endif
+#if RES_OUT
+@group(0) @binding(7) var<storage, read_write> resOut: array<vec4<f32>>;
+#endif
+#if CONV_EPI
+@group(0) @binding(8) var<storage, read_write> convState: array<f32>;
+@group(0) @binding(9) var<storage, read> convW: array<f32>;
+#if CONV_BIAS
+@group(0) @binding(10) var<storage, read> convB: array<f32>;
+#endif
+@group(0) @binding(11) var<storage, read_write> convOut: array<f32>;
+#endif
+
+#include util
+
+const TN = ${TN}u;
+const TM = ${TM}u;
+const NT = ${NT}u;
+const MT = ${MT}u;
+const KS = ${KS}u;
+const BK = ${BK}u;
+const T = NT * MT;         // threads per slice
+const WG = T * KS;
+const BN = NT * TN;
+const BM = MT * TM;
+const NV = ${NV}u;         // outputs per thread, TN · TM
+const RV = ${RV}u;
+const BK4 = BK / 4u;
+const BKP = BK4 + 1u;      // vec4s per staged row
+const SL = (BN + BM) * BKP; // vec4s per slice: W rows, then x rows
+#if F16
+const VEC = 8u;
+alias WV = vec4<u32>;
+#else
+const VEC = 4u;
+alias WV = vec4<f32>;
+#endif
+const WL = BN * BK / VEC;  // weight loads per slice and chunk
+const WR = ${WR}u;         // ceil(WL / T)
+const XL = BM * BK4;       // x vec4s per slice and chunk
+const XR = ${XR}u;         // ceil(XL / T)
+
+var<workgroup> sm: array<vec4<f32>, ${SM}>;
+#if PRO_RMS
+var<workgroup> rs: array<f32, BM>;
+#endif
+
+// One float of workgroup memory seen as an f32 array.
+fn smSet(i: u32, v: f32) {
+  sm[i / 4u][i % 4u] = v;
+}
+fn smGet(i: u32) -> f32 {
+  return sm[i / 4u][i % 4u];
+}
+
+// x[m, k…k+3] (+ resIn), zero past K.
+fn xraw(m: u32, k: u32) -> vec4<f32> {
+#if XVEC
+  var v = x[(p.xOff + m * p.xStride + k) >> 2u];
+#if PRO_ADD
+  v += resIn[(m * p.rStride + k) >> 2u];
+#endif
+  return v;
+#else
+  var v = vec4<f32>(0.0);
+  let b = p.xOff + m * p.xStride + k;
+  for (var j = 0u; j < 4u; j++) {
+    if (k + j < p.K) {
+      v[j] = x[b + j];
+    }
+  }
+  return v;
+#endif
+}
+
+// The weights of chunk k0 this thread stages (zero past N and K).
+fn load_w(wr: ptr<function, array<WV, WR>>, t: u32, n0: u32, k0: u32) {
+#unroll R WR
+  {
+    let e = t + ${R}u * T;
+    let n = n0 + e / (BK / VEC);
+    let k = k0 + (e % (BK / VEC)) * VEC;
+    var q = WV(0);
+    if (e < WL && n < p.N && k < p.K) {
+      q = w[(n * p.wStride + k) / VEC];
+    }
+    (*wr)[${R}] = q;
+  }
+#endunroll
+}
+
+// The x values (+ resIn) of chunk k0 this thread stages (zero past M and K).
+fn load_x(xr: ptr<function, array<vec4<f32>, XR>>, t: u32, m0: u32, k0: u32) {
+#unroll R XR
+  {
+    let e = t + ${R}u * T;
+    let m = m0 + e / BK4;
+    let k = k0 + (e % BK4) * 4u;
+    var v = vec4<f32>(0.0);
+    if (e < XL && m < p.M && k < p.K) {
+      v = xraw(m, k);
+    }
+    (*xr)[${R}] = v;
+  }
+#endunroll
+}
+
+@compute @workgroup_size(WG)
+fn skinny(
+  @builtin(local_invocation_index) lid: u32,
+  @builtin(workgroup_id) wid: vec3u,
+) {
+  let s = lid / T;   // slice
+  let t = lid % T;   // thread within the slice
+  let nt = t % NT;
+  let mt = t / NT;
+  let n0 = wid.x * BN;
+  let m0 = wid.y * BM;
+  let wb = s * SL;        // this slice's W rows
+  let xb = wb + BN * BKP; // and x rows
+#if RES_OUT
+  let writer = wid.x == 0u;
+#endif
+  var acc: array<f32, NV>;
+#unroll V NV
+  acc[${V}] = 0.0;
+#endunroll
+#if PRO_RMS
+  var ss: array<f32, XR>;
+#unroll R XR
+  ss[${R}] = 0.0;
+#endunroll
+#endif
+  let chunks = (p.K + BK - 1u) / BK;
+  let rounds = (chunks + KS - 1u) / KS;
+  // Each round: this slice's chunk goes registers → workgroup memory, then into the sums. With
+  // PREFETCH the next chunk's loads are issued before the sums, so that they overlap.
+  var wr: array<WV, WR>;
+  var xr: array<vec4<f32>, XR>;
+#if PREFETCH
+  load_w(&wr, t, n0, s * BK);
+  load_x(&xr, t, m0, s * BK);
+#endif
+  for (var it = 0u; it < rounds; it++) {
+    let k0 = (it * KS + s) * BK;
+#if !PREFETCH
+    load_w(&wr, t, n0, k0);
+    load_x(&xr, t, m0, k0);
+#endif
+    // Weights: lanes hold consecutive 16-byte pieces of a row.
+#unroll R WR
+    {
+      let e = t + ${R}u * T;
+      if (e < WL) {
+        let row = e / (BK / VEC);
+        let g = e % (BK / VEC);
+#if F16
+        let q = wr[${R}];
+        sm[wb + row * BKP + g * 2u] = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+        sm[wb + row * BKP + g * 2u + 1u] = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+#else
+        sm[wb + row * BKP + g] = wr[${R}];
+#endif
+      }
+    }
+#endunroll
+    // x (normalised with PRO_RMS, up to the 1/rms applied at the end).
+#unroll R XR
+    {
+      let e = t + ${R}u * T;
+      if (e < XL) {
+        let ml = e / BK4;
+        let k4 = e % BK4;
+        let m = m0 + ml;
+        let k = k0 + k4 * 4u;
+        var v = xr[${R}];
+        if (m < p.M && k < p.K) {
+#if RES_OUT
+          if (writer) {
+            resOut[(m * p.rStride + k) >> 2u] = v;
+          }
+#endif
+#if PRO_RMS
+          ss[${R}] += dot(v, v);
+          v *= normW[k >> 2u];
+#endif
+        }
+        sm[xb + ml * BKP + k4] = v;
+      }
+    }
+#endunroll
+    workgroupBarrier();
+#if PREFETCH
+    if (it + 1u < rounds) {
+      load_w(&wr, t, n0, k0 + KS * BK);
+      load_x(&xr, t, m0, k0 + KS * BK);
+    }
+#endif
+    for (var q = 0u; q < BK4; q++) {
+#unroll J TN
+      let w${J} = sm[wb + (nt + NT * ${J}u) * BKP + q];
+#endunroll
+#unroll I TM
+      let x${I} = sm[xb + (mt + MT * ${I}u) * BKP + q];
+#endunroll
+#unroll J TN
+#unroll I TM
+      acc[${J} * TM + ${I}] = fma(w${J}.w, x${I}.w, fma(w${J}.z, x${I}.z,
+        fma(w${J}.y, x${I}.y, fma(w${J}.x, x${I}.x, acc[${J} * TM + ${I}]))));
+#endunroll
+#endunroll
+    }
+    workgroupBarrier();
+  }
+#if PRO_RMS
+  // Σx² of each row: the staging threads' partial sums, [slice][e], then one thread per row.
+#unroll R XR
+  smSet(s * XR * T + ${R}u * T + t, ss[${R}]);
+#endunroll
+  workgroupBarrier();
+  for (var ml = lid; ml < BM; ml += WG) {
+    var tot = 0.0;
+    for (var q = 0u; q < KS; q++) {
+      for (var k4 = 0u; k4 < BK4; k4++) {
+        tot += smGet(q * XR * T + ml * BK4 + k4);
+      }
+    }
+    rs[ml] = 1.0 / sqrt(tot / f32(p.K) + p.eps);
+  }
+  workgroupBarrier();
+#endif
+  // The slices' sums, RV values a thread per round: [slice][thread][RV + 1].
+#unroll Q NRR
+  {
+#unroll U RV
+    smSet((s * T + t) * (RV + 1u) + ${U}u, acc[${Q} * RV + ${U}]);
+#endunroll
+    workgroupBarrier();
+    // Output o of the round is value v = Q·RV + o / T of thread o % T.
+    for (var o = lid; o < T * RV; o += WG) {
+      let tt = o % T;
+      let u = o / T;
+      var r = 0.0;
+      for (var q = 0u; q < KS; q++) {
+        r += smGet((q * T + tt) * (RV + 1u) + u);
+      }
+      let v = ${Q}u * RV + u;
+      let nl = tt % NT + NT * (v / TM);
+      let ml = tt / NT + MT * (v % TM);
+      let n = n0 + nl;
+      let m = m0 + ml;
+      if (n < p.N && m < p.M) {
+#if PRO_RMS
+        r *= rs[ml];
+#endif
+        let col = p.nBase + n;
+#if BIAS
+        r += bias[col];
+#endif
+#if SOFTPLUS
+        r = softplus(r);
+#endif
+        y[p.yOff + m * p.yStride + col] = r;
+#if CONV_EPI
+        if (col >= p.convLo && col < p.convLo + p.convC) {
+          let c = col - p.convLo;
+          let cs = (m * p.convC + c) * p.convK;
+#if CONV_BIAS
+          var cacc = convB[c];
+#else
+          var cacc = 0.0;
+#endif
+          for (var k = 0u; k + 1u < p.convK; k++) {
+            let sv = convState[cs + k + 1u];
+            cacc += convW[c * p.convK + k] * sv;
+            convState[cs + k] = sv;
+          }
+          cacc += convW[c * p.convK + p.convK - 1u] * r;
+          convState[cs + p.convK - 1u] = r;
+          convOut[m * p.convC + c] = silu(cacc);
+        }
+#endif
+      }
+    }
+    workgroupBarrier();
+  }
+#endunroll
+}
