@@ -236,3 +236,45 @@ Deno.test("prefill: an allocation failure in the backend is an InputError saying
   });
   lm.dispose();
 });
+
+Deno.test("tokenizer over http: the size is checked from Content-Length, then while reading", async () => {
+  const body = await Deno.readFile(`${DEMO}/tokenizer.json`);
+  const ac = new AbortController();
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, signal: ac.signal, onListen() {} },
+    (req) => {
+      const path = new URL(req.url).pathname;
+      if (path === "/sized/tokenizer.json") return new Response(body);
+      if (path === "/streamed/tokenizer.json") {
+        // No Content-Length: the limit must hold while the body arrives.
+        return new Response(ReadableStream.from([body.subarray(0, 2000), body.subarray(2000)]));
+      }
+      if (path === "/empty/tokenizer.json") return new Response("");
+      return new Response("not found", { status: 404 });
+    },
+  );
+  const base = `http://127.0.0.1:${server.addr.port}`;
+  try {
+    for (const dir of ["sized", "streamed"]) {
+      await assert.rejects(
+        () => Tokenizer.load(`${base}/${dir}/`, { maxBytes: 1000 }),
+        (e: unknown) => {
+          assert.ok(e instanceof MambaError, `${dir}: got ${e}`);
+          assert.match(
+            (e as Error).message,
+            /tokenizer\.json: the file has \d+ bytes, more than maxBytes 1000/,
+          );
+          return true;
+        },
+      );
+      assert.ok((await Tokenizer.load(`${base}/${dir}/`)).vocabSize > 0);
+    }
+    await assert.rejects(
+      () => Tokenizer.load(`${base}/empty/`),
+      /tokenizer\.json: the file is empty/,
+    );
+  } finally {
+    ac.abort();
+    await server.finished;
+  }
+});
