@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { type InferenceState, MambaLM, type StepModel } from "../mod.ts";
 import { REPO_ROOT } from "./text_util.ts";
-import { requestAdapter } from "../src/backends/quiet_adapter.ts";
+import { webgpuTestAdapter } from "./webgpu_util.ts";
 
 const DEMO = `${REPO_ROOT}models/demo`;
 
@@ -32,11 +32,12 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   return m;
 }
 
-const adapter = await requestAdapter().catch(() => null);
+// The GPU suites' rule: a software adapter only with MAMBA_TEST_WEBGPU=1 (see webgpu_util.ts).
+const adapter = await webgpuTestAdapter("abort_test (webgpu)");
 
 for (const backend of ["ref", "wasm", "webgpu"] as const) {
-  // WebGPU tests are slow where the adapter is software, and a real GPU may prefill the whole
-  // prompt within 50 ms: there only the tests that abort from inside the model run.
+  // A real GPU may prefill the whole prompt within 50 ms: on webgpu only the tests that abort from
+  // inside the model run.
   const ignore = backend === "webgpu" && !adapter;
   Deno.test({
     name:
