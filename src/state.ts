@@ -316,7 +316,7 @@ export class InferenceState {
     const layout = checkLayout(raw, bad);
     // Every size is checked against the bytes actually present before anything is allocated:
     // the data can take no more memory than the input already does.
-    const dataStart = (12 + n + 3) & ~3;
+    const dataStart = Math.ceil((12 + n) / 4) * 4; // (not & ~3: n may pass 2^31)
     const need = dataStart + stateByteLength(layout);
     if (bytes.length !== need) {
       throw bad(
