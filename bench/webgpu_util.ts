@@ -7,6 +7,7 @@
 import { type MambaConfig, parseConfig } from "../src/config.ts";
 import { WebGpuBackend, type WebGpuOptions } from "../src/backends/webgpu/backend.ts";
 import { PUBLIC_CONFIGS, randomWeights } from "../testing.ts";
+import type { Command } from "../src/backends/webgpu/recorder.ts";
 
 /**
  * A `webgpu` backend over random weights in the shapes of public model `name`. Large models get
@@ -24,4 +25,58 @@ export async function randomGpuBackend(
   const small = config.dModel * config.dModel * config.nLayer < 1e8;
   const weights = randomWeights(config, { dtype, fast: !small });
   return { config, be: await WebGpuBackend.create({ config, weights }, options) };
+}
+
+/**
+ * GPU µs per replay of `cmds`, `reps` times in one compute pass (or a pass every `passEvery`
+ * dispatches), timed by the timestamps around them: best of 3 after a warm-up round.
+ */
+export async function timeReplay(
+  dev: GPUDevice,
+  cmds: readonly Command[],
+  reps: number,
+  passEvery = 0,
+): Promise<number> {
+  const query = dev.createQuerySet({ type: "timestamp", count: 2 });
+  const resolve = dev.createBuffer({ size: 16, usage: 0x200 | 0x4 });
+  const staging = dev.createBuffer({ size: 16, usage: 0x1 | 0x8 });
+  let best = Infinity;
+  for (let round = 0; round < 4; round++) {
+    const enc = dev.createCommandEncoder();
+    const total = cmds.length * reps;
+    let pass: GPUComputePassEncoder | null = null;
+    let i = 0;
+    for (let r = 0; r < reps; r++) {
+      for (const c of cmds) {
+        if (!pass) {
+          const tw: GPUComputePassTimestampWrites = {
+            querySet: query,
+            ...(i === 0 ? { beginningOfPassWriteIndex: 0 } : {}),
+          };
+          pass = enc.beginComputePass(i === 0 ? { timestampWrites: tw } : {});
+        }
+        pass.setPipeline(c.pipeline);
+        pass.setBindGroup(0, c.group);
+        pass.dispatchWorkgroups(c.x, c.y, c.z);
+        i++;
+        if ((passEvery && i % passEvery === 0) || i === total) {
+          pass.end();
+          pass = null;
+        }
+      }
+    }
+    // A last empty pass carries the end timestamp.
+    enc.beginComputePass({ timestampWrites: { querySet: query, endOfPassWriteIndex: 1 } }).end();
+    enc.resolveQuerySet(query, 0, 2, resolve, 0);
+    enc.copyBufferToBuffer(resolve, 0, staging, 0, 16);
+    dev.queue.submit([enc.finish()]);
+    await staging.mapAsync(GPUMapMode.READ);
+    const t = new BigUint64Array(staging.getMappedRange().slice(0));
+    staging.unmap();
+    if (round > 0) best = Math.min(best, Number(t[1] - t[0]) / 1e3 / reps);
+  }
+  query.destroy();
+  resolve.destroy();
+  staging.destroy();
+  return best;
 }

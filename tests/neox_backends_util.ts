@@ -35,7 +35,7 @@ export function neoxLongContextSuite(backend: BackendChoice, wasm?: { threads: n
       const sRef = ref.createState(2);
       const s = lm.createState(2);
       assertClose(await lm.prefill(s, ids), await ref.prefill(sRef, ids), tol, "prefill 300");
-      // Decode to 560 slots: 3 splits of 256, the last ragged.
+      // Decode to 560 slots: split over several slot ranges, the last ragged.
       let fork: KvCacheState | undefined;
       for (let i = 0; i < 260; i++) {
         const t = [(i * 5) % 64, (i * 3 + 1) % 64];

@@ -1,6 +1,9 @@
 // Residual add + norm, one workgroup per row:
 //   res = hidden (+ resIn);  normed = RMSNorm(res)·w   or   LayerNorm(res)·w + b.
-// Defines: HAS_RES (add resIn), LAYER_NORM.
+// Defines: HAS_RES (add resIn), LAYER_NORM, HAS_RES2 (add hidden2 too: the two branches of a
+// parallel residual, summed here rather than by a kernel of their own), NORM2 (LAYER_NORM only:
+// also normed2 = LayerNorm(res)·w2 + b2, the second norm of a parallel-residual block, which
+// reads the same residual).
 
 struct P {
   rows: u32,
@@ -19,6 +22,14 @@ struct P {
 #endif
 @group(0) @binding(5) var<storage, read_write> resOut: array<f32>;
 @group(0) @binding(6) var<storage, read_write> normed: array<f32>;
+#if HAS_RES2
+@group(0) @binding(7) var<storage, read> hidden2: array<f32>;
+#endif
+#if NORM2
+@group(0) @binding(8) var<storage, read> w2: array<f32>;
+@group(0) @binding(9) var<storage, read> b2: array<f32>;
+@group(0) @binding(10) var<storage, read_write> normed2: array<f32>;
+#endif
 
 const WG = 256u;
 var<workgroup> red: array<f32, WG>;
@@ -48,10 +59,15 @@ fn add_norm(
     var s1 = 0.0;
     var s2 = 0.0;
     for (var i = lid; i < p.d; i += WG) {
-#if HAS_RES
-      let x = hidden[base + i] + resIn[base + i];
+#if HAS_RES2
+      let h = hidden[base + i] + hidden2[base + i];
 #else
-      let x = hidden[base + i];
+      let h = hidden[base + i];
+#endif
+#if HAS_RES
+      let x = h + resIn[base + i];
+#else
+      let x = h;
 #endif
       resOut[base + i] = x;
       s1 += x;
@@ -66,7 +82,11 @@ fn add_norm(
     }
     let rs = 1.0 / sqrt(sum(lid, v) / f32(p.d) + p.eps);
     for (var i = lid; i < p.d; i += WG) {
-      normed[base + i] = (resOut[base + i] - mean) * rs * w[i] + b[i];
+      let c = (resOut[base + i] - mean) * rs;
+      normed[base + i] = c * w[i] + b[i];
+#if NORM2
+      normed2[base + i] = c * w2[i] + b2[i];
+#endif
     }
 #else
     let rs = 1.0 / sqrt(sum(lid, s2) / f32(p.d) + p.eps);

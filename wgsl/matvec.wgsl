@@ -22,6 +22,7 @@
 //   PRO_ADD   x ← x + resIn first (the residual add)
 //   RES_OUT   workgroup 0 also writes x (after PRO_ADD) to resOut
 //   BIAS, SOFTPLUS  epilogue
+//   GELU      epilogue: exact GELU after the bias (a GPT-NeoX MLP's first product)
 //   CONV_EPI  epilogue: outputs nBase + n in [convLo, convLo + convC) also feed the causal
 //             conv step of channel c = nBase + n − convLo (state, taps, bias, SiLU → convOut)
 //   SCAN_EPI  epilogue (Mamba-1 dt_proj): y = softplus(· + bias) is δ of channel n, and the
@@ -318,6 +319,9 @@ fn matvec(
 #endif
 #if SOFTPLUS
     r = softplus(r);
+#endif
+#if GELU
+    r = gelu_erf(r);
 #endif
     y[p.yOff + m * p.yStride + col] = r;
 #if CONV_EPI

@@ -8,6 +8,9 @@
 // reference, since WGSL's cos/sin are only accurate near zero). Queries are rotated in place;
 // keys are rotated on their way into the cache (qkv's keys are not read again), so no thread
 // reads what another writes. Cache layout: [batch, NKV, cap, HD].
+//
+// Defines: POS_BUF (the position of the first row is pos[0], kept on the GPU by fused decoding,
+// instead of p.pos; `advance_pos` moves it on by one at the end of each decoding step).
 
 struct P {
   rows: u32,
@@ -26,8 +29,12 @@ struct P {
 @group(0) @binding(2) var<storage, read_write> kc: array<f32>;
 @group(0) @binding(3) var<storage, read_write> vc: array<f32>;
 @group(0) @binding(4) var<storage, read> rope: array<f32>;
+#if POS_BUF
+@group(0) @binding(5) var<storage, read_write> pos: array<u32>;
+#endif
 
-const WG = 64u;
+// A decoded token is one workgroup: wide, so that it takes a few rounds, not dozens.
+const WG = 256u;
 
 @compute @workgroup_size(WG)
 fn rotary_kv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3u) {
@@ -37,7 +44,11 @@ fn rotary_kv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
   }
   let b = row / p.seqLen;
   let t = row % p.seqLen;
+#if POS_BUF
+  let position = pos[0] + t;
+#else
   let position = p.pos + t;
+#endif
   let half = p.rot / 2u;
   let rowLen = (p.nh + 2u * p.nkv) * p.hd;
   let base = row * rowLen;
@@ -76,3 +87,10 @@ fn rotary_kv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
     vc[slot] = qkv[src + p.nkv * p.hd];
   }
 }
+
+#if POS_BUF
+@compute @workgroup_size(1)
+fn advance_pos() {
+  pos[0] += 1u;
+}
+#endif

@@ -78,7 +78,9 @@ export interface WebGpuOptions {
   /**
    * Fused Mamba-1 decoding folds the selective-scan step into dt_proj's matrix-vector epilogue
    * for batches up to this size (at most 32), and runs the separate `scan_step` kernel (dt_proj
-   * inside) above. Default 32.
+   * inside) above. Default 8: on the H200 the epilogue wins at batch 1 (1,432–1,576 against
+   * 1,382–1,392 tok/s, mamba-130m f16) and the kernel at batch 16 (10,258–10,383 against
+   * 9,192–9,222).
    */
   scanEpilogueMaxRows?: number;
 }
@@ -135,24 +137,43 @@ export function defaultSkinnyShape(
   smemBytes: number,
   over: Partial<SkinnyShape> = {},
 ): SkinnyShape {
-  const tn = over.tn ?? 4;
-  const tm = over.tm ?? (M <= 16 ? 4 : 8);
-  const mt = over.mt ?? Math.max(1, Math.min(Math.ceil(M / tm), Math.floor(64 / tm)));
-  let nt = over.nt ?? 0;
-  if (!nt) {
-    nt = 4;
-    while (nt < 16 && nt * 2 * mt <= 256 && Math.ceil(W.N / (nt * 2 * tn)) >= 128) nt *= 2;
-    while (nt > 1 && nt * mt > 256) nt /= 2;
+  const t = { ...measuredSkinnyTile(W, M), ...over };
+  const shape = { tn: t.tn!, tm: t.tm!, nt: t.nt!, mt: t.mt!, ks: t.ks!, bk: t.bk!, pf: t.pf ?? 1 };
+  // Shorter chunks, then fewer slices, until the staging fits (sizes not forced by `over`).
+  while (skinnyStageBytes(shape) > smemBytes) {
+    if (!over.bk && shape.bk > 8) shape.bk /= 2;
+    else if (!over.ks && shape.ks > 1) shape.ks--;
+    else break;
   }
-  let ks = over.ks ?? Math.max(1, Math.floor(256 / (nt * mt)));
-  let bk = over.bk ?? 0;
-  if (!bk) {
-    bk = 32;
-    while (bk > 8 && skinnyStageBytes({ tn, tm, nt, mt, ks, bk }) > smemBytes) bk /= 2;
+  return shape;
+}
+
+/**
+ * The tile that measured fastest for each kind of product on the H200
+ * (`bench/webgpu_matvec_sweep.ts --kernel skinny`, mamba-130m f16, batches 16 and 64; see
+ * bench/RESULTS.md): the LM head (many rows of W), tiny products (x_proj), products that shrink
+ * K to N (out_proj), and those that widen it (in_proj); up to 16 rows of x, and more.
+ */
+function measuredSkinnyTile(W: GpuMatrix, M: number): Omit<SkinnyShape, "pf"> {
+  const many = M > 16;
+  if (W.N >= 8192) {
+    return many
+      ? { tn: 4, tm: 8, nt: 16, mt: 8, ks: 2, bk: 16 }
+      : { tn: 8, tm: 4, nt: 16, mt: 4, ks: 2, bk: 8 };
   }
-  // Fewer slices when even the shortest chunk does not fit.
-  while (!over.ks && ks > 1 && skinnyStageBytes({ tn, tm, nt, mt, ks, bk }) > smemBytes) ks--;
-  return { tn, tm, nt, mt, ks, bk, pf: over.pf ?? 1 };
+  if (W.N < 256) {
+    return many
+      ? { tn: 2, tm: 4, nt: 4, mt: 8, ks: 8, bk: 16 }
+      : { tn: 2, tm: 4, nt: 4, mt: 2, ks: 32, bk: 16 };
+  }
+  if (W.K > W.N) {
+    return many
+      ? { tn: 4, tm: 8, nt: 4, mt: 4, ks: 8, bk: 16 }
+      : { tn: 2, tm: 4, nt: 8, mt: 2, ks: 8, bk: 32 };
+  }
+  return many
+    ? { tn: 2, tm: 4, nt: 8, mt: 16, ks: 2, bk: 32 }
+    : { tn: 4, tm: 4, nt: 4, mt: 4, ks: 8, bk: 16 };
 }
 
 /** Workgroup memory for the skinny kernel's staging (one padded chunk of W and x per slice). */
@@ -304,7 +325,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       matvecShape: opt.matvecShape ?? {},
       skinnyMinRows: opt.skinnyMinRows ?? 16,
       skinnyShape: opt.skinnyShape ?? {},
-      scanEpilogueMaxRows: opt.scanEpilogueMaxRows ?? 32,
+      scanEpilogueMaxRows: opt.scanEpilogueMaxRows ?? 8,
     };
   }
 

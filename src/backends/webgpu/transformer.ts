@@ -7,10 +7,15 @@
  * the Mamba path; the KV cache lives in GPU buffers (`[batch, nKvHeads, capacity, headDim]` per
  * layer) and doubles its capacity when it fills.
  *
- * Fused decoding ({@link WebGpuTransformerBackend.decodeTokens}) records many steps — embedding
- * of the token picked on the GPU, the layers, the LM head, the pick — into few submissions and
- * reads back only the picked ids, a block at a time, through the sampler shared with the Mamba
- * path (`sampler.ts`).
+ * Fused decoding ({@link WebGpuTransformerBackend.decodeTokens}) runs like the Mamba path's
+ * `DecodePlan`: one step — embedding of the token picked on the GPU, the layers, the LM head —
+ * is recorded once (its position lives in a GPU buffer that the step advances, and its attention
+ * grid covers the cache's capacity) and replayed for every token, followed by the pick, through
+ * the sampler shared with the Mamba path (`sampler.ts`); only the picked ids are read back, a
+ * block at a time. A decoded layer is seven dispatches: add + LayerNorm (both norms of a
+ * parallel block, and its pending residual sum, in one pass), qkv, attention split (with the
+ * new token's rotary embedding and cache write, when every query head has its own KV head) and
+ * merge, the output product, fc1 with GELU in its epilogue, fc2.
  *
  * @module
  */
@@ -24,10 +29,11 @@ import type {
 } from "../../backend.ts";
 import { BackendError } from "../../errors.ts";
 import type { GptNeoXConfig } from "../../neox_config.ts";
+import type { ResolvedSamplingOptions } from "../../sampling.ts";
 import type { HostTensor } from "../../weights.ts";
 import { f32 } from "../ref/weights.ts";
 import { type GpuContext, gpuContext } from "./device.ts";
-import { type Buf, Recorder } from "./recorder.ts";
+import { type Buf, type Command, Recorder } from "./recorder.ts";
 import {
   type Kernel,
   kernel,
@@ -36,7 +42,7 @@ import {
   type ShaderFile,
 } from "./shaders.ts";
 import { defaultMatvecShape } from "./backend.ts";
-import { GpuSampler } from "./sampler.ts";
+import { GpuSampler, samplingKey } from "./sampler.ts";
 import { type GpuMatrix, type GpuNorm, uploadF32, uploadMatrix } from "./weights.ts";
 
 /** An activation: `rows × cols` f32 in a pooled GPU buffer (`null` once consumed). */
@@ -47,6 +53,11 @@ export interface GpuTActivation {
   readonly cols: number;
   /** The buffer. */
   buf: Buf | null;
+  /**
+   * A second addend not added yet ({@link WebGpuTransformerBackend.add} leaves the sum to the
+   * next kernel that reads it: the next add + norm folds it in, anything else forms it first).
+   */
+  plus?: Buf | null;
 }
 
 /** A KV cache on the GPU. */
@@ -77,8 +88,24 @@ interface Layer {
 }
 
 const F32 = 4;
-/** Slots per split of a decoding step. */
-const SPLIT = 256;
+/** Fewest slots a split of decoding attention takes (a lane each). */
+const MIN_CHUNK = 64;
+/** Most slots a split of decoding attention takes (its scores stay in workgroup memory). */
+const MAX_CHUNK = 2048;
+/** Workgroups decoding attention aims for (an H200 holds about 16 of 64 lanes per SM). */
+const SPLIT_GROUPS = 2048;
+
+/** The fused decoding buffers of one batch size. */
+interface DecodeRun {
+  /** Picks the next tokens and runs the block loop. */
+  readonly sampler: GpuSampler;
+  /** The position of the step being run (u32), advanced on the GPU at the end of each step. */
+  readonly pos: Buf;
+  /** The step recorded once and replayed, and what it was recorded for. */
+  step?: { key: string; body: Command[] };
+  /** The picks recorded per output slot, and the sampling setup they were recorded for. */
+  tails?: { key: string; slots: Command[][] };
+}
 
 /** Size classes of the buffer pool: within 1/8 of a power of two, at least 4 KiB. */
 function sizeClass(bytes: number): number {
@@ -103,10 +130,22 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
   readonly #lmHead: GpuMatrix;
   readonly #normF: GpuNorm;
   readonly #free = new Map<number, Buf[]>();
-  readonly #samplers = new Map<number, GpuSampler>();
+  readonly #decode = new Map<number, DecodeRun>();
+  /**
+   * The MLP norm of a parallel-residual block, computed with its attention norm (both read the
+   * same residual) and handed out by the {@link norm} call that asks for it next.
+   */
+  #norm2: { of: GpuTActivation; buf: Buf; layer: number; normed: GpuTActivation } | null = null;
+  /** While a fused decoding step is recorded: the GPU buffer that holds its position. */
+  #stepPos: Buf | null = null;
   /** cos / sin of every position below `cap`, `[cap, rot/2]` each. */
   #rope: { buf: Buf; cap: number };
   #disposed = false;
+  /**
+   * Workgroups decoding attention aims for (its splits per head are this over the heads of the
+   * batch, within the split length bounds). Tests lower it to cover long splits.
+   */
+  splitGroups: number = SPLIT_GROUPS;
 
   private constructor(
     config: GptNeoXConfig,
@@ -189,15 +228,32 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
     this.rec.throwIfLost();
   }
 
-  #use(a: GpuTActivation, what: string): Buf {
+  /** The buffer of `a`, its pending addend added first unless `settle` is false. */
+  #use(a: GpuTActivation, what: string, settle = true): Buf {
     this.#alive();
     if (!a.buf) throw new BackendError(`${what}: this activation was already consumed`);
+    if (settle && a.plus) {
+      const n = a.rows * a.cols;
+      const groups = Math.ceil(n / 256);
+      this.rec.dispatch(
+        this.#pipeline("add", "add"),
+        "u",
+        [n],
+        [a.buf, a.plus],
+        Math.min(groups, 65535),
+        Math.ceil(groups / 65535),
+      );
+      this.#release(a.plus);
+      a.plus = null;
+    }
     return a.buf;
   }
 
   #consume(a: GpuTActivation): void {
     if (a.buf) this.#release(a.buf);
+    if (a.plus) this.#release(a.plus);
     a.buf = null;
+    a.plus = null;
   }
 
   /** The compiled pipeline of `entry` in `wgsl/<file>.wgsl` specialised with `defs`. */
@@ -223,6 +279,7 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
     xStride: number,
     M: number,
     y: Buf,
+    gelu = false,
   ): void {
     const K = W.K;
     if (M <= 16) {
@@ -248,6 +305,7 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
         XS4: 1,
         BIAS: !!bias,
         SOFTPLUS: false,
+        GELU: gelu,
         CONV_EPI: false,
         CONV_BIAS: false,
         SCAN_EPI: false,
@@ -289,17 +347,65 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
         Math.ceil(M / BM),
       );
     }
+    if (gelu) {
+      const n = M * W.N;
+      const groups = Math.ceil(n / 256);
+      this.rec.dispatch(
+        this.#pipeline("gelu", "gelu"),
+        "u",
+        [n],
+        [y],
+        Math.min(groups, 65535),
+        Math.ceil(groups / 65535),
+      );
+    }
   }
 
-  #norm(x: Buf, rows: number, cols: number, res: Buf | null, n: GpuNorm, resOut: Buf, normed: Buf) {
-    const k = this.#pipeline("add_norm", "add_norm", { HAS_RES: !!res, LAYER_NORM: true });
+  /**
+   * `resOut = x (+ x2) (+ res)`, `normed = LayerNorm(resOut)` with `n`, and with `second` also
+   * its LayerNorm with a second norm's weights.
+   */
+  #norm(
+    x: Buf,
+    rows: number,
+    cols: number,
+    res: Buf | null,
+    n: GpuNorm,
+    resOut: Buf,
+    normed: Buf,
+    x2: Buf | null = null,
+    second: { n: GpuNorm; normed: Buf } | null = null,
+  ) {
+    const k = this.#pipeline("add_norm", "add_norm", {
+      HAS_RES: !!res,
+      LAYER_NORM: true,
+      HAS_RES2: !!x2,
+      NORM2: !!second,
+    });
     this.rec.dispatch(
       k,
       "uuf",
       [rows, cols, this.config.normEps],
-      [x, res, n.weight, n.bias!, resOut, normed],
+      [
+        x,
+        res,
+        n.weight,
+        n.bias!,
+        resOut,
+        normed,
+        x2,
+        second?.n.weight ?? null,
+        second?.n.bias ?? null,
+        second?.normed ?? null,
+      ],
       Math.min(rows, 65535),
     );
+  }
+
+  /** Drops an MLP norm computed ahead that nobody asked for. */
+  #dropNorm2(): void {
+    if (this.#norm2) this.#consume(this.#norm2.normed);
+    this.#norm2 = null;
   }
 
   #normOf(layer: number | "final", which: BlockNorm): GpuNorm {
@@ -340,10 +446,15 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
     layer: number | "final",
     which: BlockNorm = "mixer",
   ): { normed: GpuTActivation; residual: GpuTActivation } {
-    const h = this.#use(hidden, "addNorm");
+    // A pending second addend of `hidden` is summed here.
+    const h = this.#use(hidden, "addNorm", false);
     const r = residual ? this.#use(residual, "addNorm") : null;
+    this.#dropNorm2();
     const resOut = this.#act(hidden.rows, hidden.cols);
     const normed = this.#act(hidden.rows, hidden.cols);
+    // A parallel-residual block's MLP norm reads the same residual: computed in the same pass.
+    const both = this.config.parallelResidual && which === "mixer" && layer !== "final";
+    const normed2 = both ? this.#act(hidden.rows, hidden.cols) : null;
     this.#norm(
       h,
       hidden.rows,
@@ -352,13 +463,25 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
       this.#normOf(layer, which),
       resOut.buf!,
       normed.buf!,
+      hidden.plus ?? null,
+      normed2 ? { n: this.#normOf(layer, "mlp"), normed: normed2.buf! } : null,
     );
+    if (normed2) {
+      this.#norm2 = { of: resOut, buf: resOut.buf!, layer: layer as number, normed: normed2 };
+    }
     this.#consume(hidden);
     if (residual) this.#consume(residual);
     return { normed, residual: resOut };
   }
 
   norm(x: GpuTActivation, layer: number, which: BlockNorm): GpuTActivation {
+    const ahead = this.#norm2;
+    if (
+      ahead && ahead.of === x && ahead.buf === x.buf && ahead.layer === layer && which === "mlp"
+    ) {
+      this.#norm2 = null;
+      return ahead.normed;
+    }
     const xb = this.#use(x, "norm");
     const copy = this.#temp(x.rows * x.cols * F32);
     const normed = this.#act(x.rows, x.cols);
@@ -408,34 +531,72 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
     this.#linear(L.qkv, L.qkvBias, xb, 0, cfg.dModel, rows, qkv);
     this.#consume(x);
     const rope = this.#ropeFor(pos + seqLen);
-    this.rec.dispatch(
-      this.#pipeline("rotary_kv", "rotary_kv"),
-      "uuuuuuuuu",
-      [rows, seqLen, pos, nHeads, nKvHeads, hd, cfg.rotaryDim, kv.capacity, this.#rope.cap],
-      [qkv, kv.k[layer], kv.v[layer], rope],
-      Math.min(rows, 65535),
-      Math.ceil(rows / 65535),
-    );
+    // Inside a recorded decoding step the position comes from the GPU (the step is replayed).
+    const stepPos = seqLen === 1 ? this.#stepPos : null;
+    // Decoding with a KV head per query head: the split that holds the new slot writes it.
+    const fuseRope = seqLen === 1 && nKvHeads === nHeads;
+    if (!fuseRope) {
+      this.rec.dispatch(
+        this.#pipeline("rotary_kv", "rotary_kv", { POS_BUF: !!stepPos }),
+        "uuuuuuuuu",
+        [
+          rows,
+          seqLen,
+          stepPos ? 0 : pos,
+          nHeads,
+          nKvHeads,
+          hd,
+          cfg.rotaryDim,
+          kv.capacity,
+          this.#rope.cap,
+        ],
+        [qkv, kv.k[layer], kv.v[layer], rope, stepPos],
+        Math.min(rows, 65535),
+        Math.ceil(rows / 65535),
+      );
+    }
     const att = this.#temp(rows * nHeads * hd * F32);
     const scale = 1 / Math.sqrt(hd);
     if (seqLen === 1) {
       const len = pos + 1;
-      const nsplit = Math.ceil(len / SPLIT);
+      // A replayed step covers every length up to the capacity: its split count follows that.
+      const nsplit = this.#splits(batch, stepPos ? kv.capacity : len);
       const part = this.#temp(batch * nHeads * nsplit * (hd + 2) * F32);
-      const defs = { HD: hd, SPLIT };
-      const values = [len, nHeads, nKvHeads, kv.capacity, nsplit, scale];
+      const v4 = hd % 4 === 0;
+      const lanes = v4 ? hd / 4 : hd;
+      if (lanes > 256) throw new BackendError(`attention: head width ${hd} is too wide`);
+      const wg = Math.max(64, 2 ** Math.ceil(Math.log2(lanes)));
+      const defs = {
+        HD: hd,
+        V4: v4,
+        WG: wg,
+        MINCHUNK: MIN_CHUNK,
+        MAXCHUNK: MAX_CHUNK,
+        POS_BUF: !!stepPos,
+        ROPE: fuseRope,
+      };
+      const values = [
+        stepPos ? 0 : len,
+        nHeads,
+        nKvHeads,
+        kv.capacity,
+        nsplit,
+        scale,
+        cfg.rotaryDim,
+        this.#rope.cap,
+      ];
       this.rec.dispatch(
         this.#pipeline("attn_decode", "attn_split", defs),
-        "uuuuuf",
+        "uuuuufuu",
         values,
-        [qkv, kv.k[layer], kv.v[layer], part, null],
+        [qkv, kv.k[layer], kv.v[layer], part, null, stepPos, fuseRope ? rope : null],
         nsplit,
         nHeads,
         batch,
       );
       this.rec.dispatch(
-        this.#pipeline("attn_decode", "attn_merge", defs),
-        "uuuuuf",
+        this.#pipeline("attn_decode", "attn_merge", { ...defs, POS_BUF: false, ROPE: false }),
+        "uuuuufuu",
         values,
         [null, null, null, part, att],
         nHeads,
@@ -461,43 +622,35 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
     return out;
   }
 
+  /**
+   * Splits per head of decoding attention over up to `cap` slots: enough workgroups to fill
+   * the GPU, a lane per slot at least, and at most {@link MAX_CHUNK} slots each.
+   */
+  #splits(batch: number, cap: number): number {
+    const fill = Math.ceil(this.splitGroups / (batch * this.config.nHeads));
+    const s = Math.min(fill, Math.ceil(cap / MIN_CHUNK));
+    return Math.max(s, Math.ceil(cap / MAX_CHUNK), 1);
+  }
+
   mlp(layer: number, x: GpuTActivation): GpuTActivation {
     const cfg = this.config;
     const xb = this.#use(x, "mlp");
     const L = this.#layers[layer];
     const h = this.#temp(x.rows * cfg.intermediateSize * F32);
-    this.#linear(L.fc1, L.fc1Bias, xb, 0, cfg.dModel, x.rows, h);
+    this.#linear(L.fc1, L.fc1Bias, xb, 0, cfg.dModel, x.rows, h, true);
     this.#consume(x);
-    const n = x.rows * cfg.intermediateSize;
-    const groups = Math.ceil(n / 256);
-    this.rec.dispatch(
-      this.#pipeline("gelu", "gelu"),
-      "u",
-      [n],
-      [h],
-      Math.min(groups, 65535),
-      Math.ceil(groups / 65535),
-    );
     const out = this.#act(x.rows, cfg.dModel);
     this.#linear(L.fc2, L.fc2Bias, h, 0, cfg.intermediateSize, x.rows, out.buf!);
     this.#release(h);
     return out;
   }
 
+  /** `a + b`, left pending in `a` (see {@link GpuTActivation.plus}); consumes `b`. */
   add(a: GpuTActivation, b: GpuTActivation): GpuTActivation {
-    const ab = this.#use(a, "add");
+    this.#use(a, "add");
     const bb = this.#use(b, "add");
-    const n = a.rows * a.cols;
-    const groups = Math.ceil(n / 256);
-    this.rec.dispatch(
-      this.#pipeline("add", "add"),
-      "u",
-      [n],
-      [ab, bb],
-      Math.min(groups, 65535),
-      Math.ceil(groups / 65535),
-    );
-    this.#consume(b);
+    a.plus = bb;
+    b.buf = null;
     return a;
   }
 
@@ -548,22 +701,79 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
     }
     if (kv.capacity < pos + n) throw new BackendError("decodeTokens: KV cache not reserved");
     // The rotary table for every position of the run, before any step is recorded.
-    this.#ropeFor(pos + n);
-    let smp = this.#samplers.get(B);
-    if (!smp) {
-      smp = new GpuSampler(this, B, this.config.paddedVocabSize);
-      this.#samplers.set(B, smp);
+    const rope = this.#ropeFor(pos + n);
+    let run = this.#decode.get(B);
+    if (!run) {
+      run = {
+        sampler: new GpuSampler(this, B, this.config.paddedVocabSize),
+        pos: this.rec.buffer(16, "decode.pos"),
+      };
+      this.#decode.set(B, run);
     }
-    const sampler = smp;
-    const d = this.config.dModel;
-    let step = 0;
-    return sampler.run(tokens, n, options, (slot, s, vocab) => {
-      const normed = blocks(this.#embedFrom(sampler.tok, B), pos + step++);
-      const x = this.#use(normed, "decodeTokens");
-      this.#linear(this.#lmHead, undefined, x, 0, d, B, sampler.logits);
-      this.#consume(normed);
-      sampler.encodeSample(slot, s, vocab);
+    const r = run;
+    // The recorded step holds the cache's and the rotary table's buffers.
+    const key = `${kv.k[0]?.id}:${kv.v[0]?.id}:${kv.capacity}:${rope.id}`;
+    let first = true;
+    return r.sampler.run(tokens, n, options, (slot, s, vocab) => {
+      if (first) {
+        first = false;
+        this.rec.write(r.pos, 0, Uint32Array.of(pos));
+      }
+      if (r.step?.key !== key) {
+        r.step = { key, body: this.rec.capture(() => this.#encodeStep(r, B, pos, blocks)) };
+      }
+      this.rec.replay(r.step.body);
+      // The picks write into the sampler's output buffer, replaced when a larger block needs it.
+      const tailKey = `${samplingKey(s, vocab)}:${r.sampler.generation}`;
+      if (r.tails?.key !== tailKey) r.tails = { key: tailKey, slots: [] };
+      r.tails.slots[slot] ??= this.rec.capture(() => r.sampler.encodeSample(slot, s, vocab));
+      this.rec.replay(r.tails.slots[slot]);
     }, progress);
+  }
+
+  /**
+   * The dispatches of the fused decoding step of `batch` sequences as last recorded (the model
+   * up to the logits, without the advance of the position, so that replaying them keeps timing
+   * the same context), then the pick of the next token with sampling `s` (for profiles:
+   * `bench/webgpu_neox_step_profile.ts`). Undefined before a fused decoding run of that batch.
+   */
+  decodeStepCommands(
+    batch: number,
+    s: ResolvedSamplingOptions,
+    vocab: number,
+  ): Command[] | undefined {
+    const run = this.#decode.get(batch);
+    if (!run?.step) return undefined;
+    const body = run.step.body.filter((c) => !c.label.includes(":advance_pos:"));
+    return [...body, ...this.rec.capture(() => run.sampler.encodeSample(0, s, vocab))];
+  }
+
+  /**
+   * Records one decoding step (tok → logits, then the position advanced) whose attention reads
+   * its position from `run.pos`, so that it can be replayed at every position.
+   */
+  #encodeStep(
+    run: DecodeRun,
+    B: number,
+    pos: number,
+    blocks: (hidden: GpuTActivation, position: number) => GpuTActivation,
+  ): void {
+    this.#stepPos = run.pos;
+    try {
+      const normed = blocks(this.#embedFrom(run.sampler.tok, B), pos);
+      const x = this.#use(normed, "decodeTokens");
+      this.#linear(this.#lmHead, undefined, x, 0, this.config.dModel, B, run.sampler.logits);
+      this.#consume(normed);
+      this.rec.dispatch(
+        this.#pipeline("rotary_kv", "advance_pos", { POS_BUF: true }),
+        "",
+        [],
+        [null, null, null, null, run.pos],
+        1,
+      );
+    } finally {
+      this.#stepPos = null;
+    }
   }
 
   // ---------------------------------------------------------------- KV cache
@@ -686,8 +896,8 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
-    for (const smp of this.#samplers.values()) smp.dispose();
-    this.#samplers.clear();
+    for (const run of this.#decode.values()) run.sampler.dispose();
+    this.#decode.clear();
     this.rec.dispose();
     this.#free.clear();
   }
