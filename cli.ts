@@ -8,7 +8,7 @@
  * ```
  *
  * Run with `--help` for every option. Exit codes: 0 success, 1 runtime error, 2 usage
- * error (bad flag, missing model directory), 130 interrupted twice.
+ * error (bad flag, missing model directory, unwritable output path), 130 interrupted (Ctrl-C).
  *
  * @example
  * ```ts ignore
@@ -23,7 +23,7 @@ import { parseArgs } from "node:util";
 import type { BackendChoice } from "./mod.ts";
 import type { GenerateOptions, InferenceStateLike, StepModel } from "./src/generate.ts";
 import { generate } from "./src/generate.ts";
-import { validateSamplingOptions } from "./src/sampling.ts";
+import { SamplingOptionsError, validateSamplingOptions } from "./src/sampling.ts";
 import { type TextTokenizer, Tokenizer } from "./src/tokenizer.ts";
 import { isHubModel } from "./src/hub.ts";
 import { downloadReporter } from "./src/progress_bar.ts";
@@ -75,14 +75,16 @@ Sampling (mamba_ssm semantics):
 
 Output:
   --json                   one JSON object per token: {"id":..,"text":..}; with --stdin and
-                           --follow also "seq": the input line's index (from 0)
+                           --follow also "seq": the input line's index (from 0), and after
+                           each input line (an empty one too) {"seq":..,"done":true,"tokens":N}
   --quiet                  no statistics on stderr
   --verbose                also print the model, backend and seed on stderr
   -h, --help               this help
 
-Statistics (prompt and generation speed in tokens/s) go to stderr. Ctrl-C stops the
-generation (the state is still saved); a second Ctrl-C exits at once.
-Exit codes: 0 ok, 1 runtime error, 2 usage error.
+Numbers may be negative as separate words (--seed -5). Statistics (prompt and generation
+speed in tokens/s) go to stderr. Ctrl-C stops the generation (the state is still saved) and
+exits with 130; a second Ctrl-C exits at once. Output paths are checked before any work.
+Exit codes: 0 ok, 1 runtime error, 2 usage error, 130 interrupted.
 `;
 
 /** A usage error: message printed with a hint, exit code 2. */
@@ -114,6 +116,24 @@ async function* readLines(
     }
   }
   if (buf.length > 0) yield { line: buf, newline: false };
+}
+
+/**
+ * The items of `it` until `signal` aborts: a Ctrl-C while the CLI waits for the next input line
+ * ends the loop at once (the read left pending is dropped when the process exits).
+ */
+async function* untilAborted<T>(it: AsyncGenerator<T>, signal: AbortSignal): AsyncGenerator<T> {
+  const aborted = new Promise<IteratorResult<T>>((resolve) => {
+    if (signal.aborted) resolve({ done: true, value: undefined });
+    signal.addEventListener("abort", () => resolve({ done: true, value: undefined }), {
+      once: true,
+    });
+  });
+  for (;;) {
+    const r = await Promise.race([it.next(), aborted]);
+    if (r.done) return;
+    yield r.value;
+  }
 }
 
 function parseNumber(name: string, v: string | undefined): number | undefined {
@@ -160,6 +180,10 @@ class Timed<S extends InferenceStateLike> implements StepModel<S> {
 
   createState(batch?: number): S {
     return this.#inner.createState(batch);
+  }
+
+  get prefillChunkTokens(): number | undefined {
+    return this.#inner.prefillChunkTokens;
   }
 
   async prefill(state: S, ids: number[][]): Promise<Float32Array> {
@@ -210,6 +234,69 @@ export async function main(args: string[]): Promise<number> {
   }
 }
 
+/** Options that take a value (every other flag is a boolean). */
+const VALUE_OPTIONS = new Set([
+  "model",
+  "revision",
+  "tokenizer",
+  "backend",
+  "prompt",
+  "prompt-ids",
+  "load-state",
+  "save-state",
+  "max-new-tokens",
+  "temperature",
+  "top-k",
+  "top-p",
+  "min-p",
+  "repetition-penalty",
+  "seed",
+  "stop",
+]);
+
+/**
+ * `--seed -5` → `--seed=-5`: node's parseArgs refuses a value that starts with "-" as
+ * ambiguous, so a negative number given as its own word would never reach the range checks.
+ * Only words that read as numbers are joined, so `--prompt --json` stays an error.
+ */
+function joinNegativeValues(args: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    const next = args[i + 1];
+    if (a === "--") {
+      out.push(...args.slice(i)); // the end of the options: left as given
+      break;
+    }
+    const negativeValue = a.startsWith("--") && !a.includes("=") && next !== undefined &&
+      VALUE_OPTIONS.has(a.slice(2)) && /^-(\d|\.\d|Infinity$|NaN$)/.test(next);
+    if (negativeValue) {
+      out.push(`${a}=${next}`);
+      i++;
+    } else {
+      out.push(a);
+    }
+  }
+  return out;
+}
+
+/**
+ * Fails before any work when `path` cannot be written: its directory must exist and take a new
+ * file, and the path itself must not be a directory.
+ */
+async function checkWritable(flag: string, path: string): Promise<void> {
+  const slash = path.lastIndexOf("/");
+  const dir = slash < 0 ? "." : slash === 0 ? "/" : path.slice(0, slash);
+  if (!(await isDir(dir))) throw new UsageError(`${flag}: directory not found: ${dir}`);
+  if (await isDir(path)) throw new UsageError(`${flag}: ${path} is a directory`);
+  try {
+    const probe = await Deno.makeTempFile({ dir, prefix: ".mamba-write-check-" });
+    await Deno.remove(probe);
+  } catch (e) {
+    throw new UsageError(`${flag}: cannot write in ${dir}: ${(e as Error).message}`);
+  }
+}
+
 /** The command line, parsed (strict: unknown flags throw). */
 function parseCli(args: string[]) {
   return parseArgs({
@@ -253,7 +340,7 @@ type ParsedValues = ReturnType<typeof parseCli>["values"];
 async function run(args: string[]): Promise<number> {
   let parsed;
   try {
-    parsed = parseCli(args);
+    parsed = parseCli(joinNegativeValues(args));
   } catch (e) {
     throw new UsageError(e instanceof Error ? e.message : String(e));
   }
@@ -298,9 +385,8 @@ async function run(args: string[]): Promise<number> {
   try {
     seed = validateSamplingOptions(sampling).seed;
   } catch (e) {
-    if (e instanceof RangeError) {
-      const flag = "--" + ("option" in e ? String(e.option) : "")
-        .replace(/[A-Z]/g, (c) => "-" + c.toLowerCase());
+    if (e instanceof SamplingOptionsError) {
+      const flag = "--" + e.option.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase());
       throw new UsageError(`${flag}: ${e.message}`);
     }
     throw e;
@@ -327,6 +413,7 @@ async function run(args: string[]): Promise<number> {
       throw new UsageError(`state file not found: ${v["load-state"]}`);
     }
   }
+  if (v["save-state"] !== undefined) await checkWritable("--save-state", v["save-state"]);
 
   // ---- load ----
   const { GptNeoXLM, InferenceState, KvCacheState, loadModel, MambaLM } = await import("./mod.ts");
@@ -438,18 +525,27 @@ async function session<
   let generated = 0;
   let genMs = 0; // time in generation, without prefill and without waiting for stdin
 
-  /** Streams one generation to stdout; returns the text printed. */
+  /** With --json and line input: the record that closes input line `seq` (one per line). */
+  const endOfLine = (seq: number, tokens: number) =>
+    out(JSON.stringify({ seq, done: true, tokens }) + "\n");
+
+  /**
+   * Streams one generation to stdout; returns the last character printed ("" for none). Only
+   * that is kept: an endless stream must not hold its whole text.
+   */
   const stream = async (
     prompt: string | number[],
     o: GenerateOptions<S>,
     seq?: number,
   ): Promise<string> => {
-    let text = "";
+    let last = "";
+    let tokens = 0;
     const t0 = performance.now();
     const p0 = model.prefillMs;
     for await (const t of generate(model, prompt, o)) {
       generated++;
-      text += t.text;
+      tokens++;
+      if (t.text.length > 0) last = t.text.slice(-1);
       if (v.json) {
         const rec = seq === undefined
           ? { id: t.id, text: t.text }
@@ -460,7 +556,8 @@ async function session<
       }
     }
     genMs += performance.now() - t0 - (model.prefillMs - p0);
-    return text;
+    if (v.json && seq !== undefined) await endOfLine(seq, tokens);
+    return last;
   };
 
   if (v.prompt !== undefined || promptIds !== undefined) {
@@ -474,13 +571,14 @@ async function session<
     if (!v.json) await out("\n");
   } else if (v.stdin) {
     let seq = 0;
-    for await (const { line } of readLines(Deno.stdin.readable)) {
+    for await (const { line } of untilAborted(readLines(Deno.stdin.readable), controller.signal)) {
       if (await interrupted()) break;
       const p = line.endsWith("\r") ? line.slice(0, -1) : line;
       if (p.length === 0) {
-        // Empty line: empty completion.
+        // Empty line: empty completion (still one record, so it can be told from a lost line).
+        if (v.json) await endOfLine(seq, 0);
+        else await out("\n");
         seq++;
-        if (!v.json) await out("\n");
         continue;
       }
       await stream(p, { ...opts, state: state?.clone() }, seq++);
@@ -490,18 +588,19 @@ async function session<
     let first = state === undefined;
     state ??= lm.createState(1);
     let seq = 0;
-    for await (const { line, newline } of readLines(Deno.stdin.readable)) {
+    const lines = untilAborted(readLines(Deno.stdin.readable), controller.signal);
+    for await (const { line, newline } of lines) {
       if (await interrupted()) break;
       const chunk = newline ? line + "\n" : line;
       if (chunk.length === 0) continue;
       const prompt = first ? freshPrompt(tokenizer, chunk) : chunk;
       first = false;
-      const text = await stream(prompt, {
+      const last = await stream(prompt, {
         ...opts,
         state,
         feedGenerated: v["feed-generated"] === true,
       }, seq++);
-      if (!v.json && text.length > 0 && !text.endsWith("\n")) await out("\n");
+      if (!v.json && last !== "" && last !== "\n") await out("\n");
     }
   }
 
@@ -513,15 +612,17 @@ async function session<
   if (v["save-state"] !== undefined && state !== undefined) {
     await Deno.writeFile(v["save-state"], await state.toBytes());
   }
+  const interruptedBySignal = controller.signal.aborted;
   if (!v.quiet) {
     await err(
       `[prompt ${model.prefillTokens} tok in ${(model.prefillMs / 1000).toFixed(2)} s, ` +
         `${rate(model.prefillTokens, model.prefillMs)}; generated ${generated} tok in ` +
         `${(genMs / 1000).toFixed(2)} s, ${rate(generated, genMs)}]` +
-        (controller.signal.aborted ? " (interrupted)" : "") + "\n",
+        (interruptedBySignal ? " (interrupted)" : "") + "\n",
     );
   }
-  return 0;
+  // 128 + SIGINT, the shell's convention, so scripts can tell a cut-short run from a full one.
+  return interruptedBySignal ? 130 : 0;
 }
 
 /**

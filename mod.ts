@@ -14,7 +14,12 @@
  */
 
 export { MambaLM } from "./src/model.ts";
-export type { GenerateTokensOptions, LoadOptions, Logits } from "./src/model.ts";
+export type {
+  CreateStateOptions,
+  GenerateTokensOptions,
+  LoadOptions,
+  Logits,
+} from "./src/model.ts";
 export type { FromConfigOptions } from "./src/model.ts";
 export { Mamba, Mamba2, MixerBlock } from "./src/blocks.ts";
 export type {
@@ -50,6 +55,8 @@ export {
   InputError,
   MambaError,
   NoTokenizerError,
+  OptionError,
+  TokenizerError,
   WeightsError,
 } from "./src/errors.ts";
 export type { DownloadProgress, HubOptions } from "./src/hub.ts";
@@ -66,12 +73,18 @@ export type { WeightsDtype } from "./src/weights.ts";
 export type { HostTensor, LayerWeights, ModelWeights, NormWeights } from "./src/weights.ts";
 export { Tokenizer } from "./src/tokenizer.ts";
 export { byteLevelTokenizerJSON } from "./src/tokenizer.ts";
-export type { EncodeOptions, StreamDecoder, TextTokenizer } from "./src/tokenizer.ts";
+export type {
+  EncodeOptions,
+  StreamDecoder,
+  TextTokenizer,
+  TokenizerLoadOptions,
+} from "./src/tokenizer.ts";
 export {
   applyRepetitionPenalty,
   argmax,
   Sampler,
   SamplingOptionsError,
+  TokenHistory,
   validateSamplingOptions,
 } from "./src/sampling.ts";
 export type { ResolvedSamplingOptions, SamplingOptions } from "./src/sampling.ts";

@@ -120,6 +120,51 @@ export class NoTokenizerError extends MambaError {}
 export class InputError extends MambaError {}
 
 /**
+ * An option with a bad value (`maxNewTokens: -1`, `temperature: NaN`, …). `option` names it.
+ *
+ * @example
+ * ```ts
+ * import { MambaLM, OptionError } from "@mamba/mamba";
+ * const lm = await MambaLM.load("./models/demo", { backend: "ref" });
+ * try {
+ *   await lm.complete("x", { maxNewTokens: -1 });
+ * } catch (e) {
+ *   if (e instanceof OptionError) console.log(e.option); // "maxNewTokens"
+ * }
+ * ```
+ */
+export class OptionError extends InputError {
+  /** Name of the option at fault, e.g. `"maxNewTokens"`. */
+  readonly option: string;
+  /** Creates the error for `option`; the message should name it. */
+  constructor(option: string, message: string) {
+    super(message);
+    this.option = option;
+  }
+}
+
+/**
+ * A tokenizer file (`tokenizer.json`, `tokenizer_config.json`) that is empty, too large, not
+ * JSON, or not a tokenizer. `file` names it.
+ *
+ * @example
+ * ```ts
+ * import { TokenizerError } from "@mamba/mamba";
+ * const e = new TokenizerError("models/x/tokenizer.json", "the file is empty");
+ * console.log(e.file, e instanceof Error); // "models/x/tokenizer.json" true
+ * ```
+ */
+export class TokenizerError extends MambaError {
+  /** The file (path or URL) at fault. */
+  readonly file: string;
+  /** Creates the error for `file`; the message is prefixed with it. */
+  constructor(file: string, message: string, options?: ErrorOptions) {
+    super(`${file}: ${message}`, options);
+    this.file = file;
+  }
+}
+
+/**
  * A backend that cannot run here (no WebGPU adapter, a limit too small, a lost device).
  *
  * @example

@@ -15,7 +15,8 @@
  * @module
  */
 
-import { Sampler, type SamplingOptions } from "./sampling.ts";
+import { InputError, OptionError } from "./errors.ts";
+import { Sampler, type SamplingOptions, TokenHistory } from "./sampling.ts";
 import type { StreamDecoder, TextTokenizer } from "./tokenizer.ts";
 
 /**
@@ -94,8 +95,15 @@ export interface StepModel<S extends InferenceStateLike = InferenceStateLike> {
     state: S,
     tokens: readonly number[],
     n: number,
-    options: SamplingOptions & { history?: readonly (readonly number[])[] },
+    options: SamplingOptions & { history?: readonly (readonly number[])[]; blockSize?: number },
   ): AsyncGenerator<number[][]>;
+  /**
+   * Most prompt tokens per `prefill` call (about 50 ms of work): longer prompts are fed in chunks
+   * of this size, and `signal` is checked between them. Without it a prompt is fed at once.
+   */
+  readonly prefillChunkTokens?: number;
+  /** Most tokens per block of fused decoding (about 50 ms of work); the backend's default without. */
+  readonly decodeBlockTokens?: number;
 }
 
 /**
@@ -122,7 +130,12 @@ export interface GenerateOptions<S extends InferenceStateLike = InferenceStateLi
    * until it is known not to be one. Needs a tokenizer.
    */
   stop?: string[];
-  /** Aborting ends generation after the current step; the text so far is kept. */
+  /**
+   * Aborting ends generation after the current step, prefill chunk or decoding block (each about
+   * 50 ms of work, see `StepModel.prefillChunkTokens`); the text so far is kept. An abort during
+   * the prompt's prefill yields nothing, and leaves `state` (when given) consistently advanced
+   * over the prompt's first chunks: a prefix of the prompt, cut at a chunk boundary.
+   */
   signal?: AbortSignal;
   /**
    * Existing state to continue from (its batch must match). It is advanced in place over
@@ -176,19 +189,22 @@ function resolve<S extends InferenceStateLike>(
 ): Resolved {
   const maxNewTokens = opts.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS;
   if (!Number.isInteger(maxNewTokens) || maxNewTokens < 0) {
-    throw new RangeError(`maxNewTokens must be an integer ≥ 0, got ${opts.maxNewTokens}`);
+    throw new OptionError(
+      "maxNewTokens",
+      `maxNewTokens must be an integer ≥ 0, got ${opts.maxNewTokens}`,
+    );
   }
   const tokEos = model.tokenizer?.eosTokenId;
   const eos = opts.eosTokenId === null ? undefined : opts.eosTokenId ?? tokEos;
   if (eos !== undefined && (!Number.isInteger(eos) || eos < 0)) {
-    throw new RangeError(`eosTokenId must be an integer ≥ 0, got ${eos}`);
+    throw new OptionError("eosTokenId", `eosTokenId must be an integer ≥ 0 or null, got ${eos}`);
   }
   const stop = opts.stop ?? [];
   if (!Array.isArray(stop) || stop.some((s) => typeof s !== "string" || s.length === 0)) {
-    throw new RangeError("stop must be an array of non-empty strings");
+    throw new OptionError("stop", "stop must be an array of non-empty strings");
   }
   if (stop.length > 0 && model.tokenizer === undefined) {
-    throw new TypeError("stop strings need a model with a tokenizer");
+    throw new OptionError("stop", "stop strings need a model with a tokenizer");
   }
   const sampler = new Sampler({ ...opts, vocabSize: opts.vocabSize ?? model.config.vocabSize });
   return { maxNewTokens, eos, stop, sampler, start: eos ?? tokEos };
@@ -204,7 +220,7 @@ function promptIds<S extends InferenceStateLike>(
   if (typeof prompt === "string") {
     const tok = model.tokenizer;
     if (tok === undefined) {
-      throw new TypeError("this model has no tokenizer: pass the prompt as token ids");
+      throw new InputError("this model has no tokenizer: pass the prompt as token ids");
     }
     ids = tok.encode(prompt, { addSpecialTokens: fresh });
   } else {
@@ -212,14 +228,14 @@ function promptIds<S extends InferenceStateLike>(
   }
   for (const id of ids) {
     if (!Number.isInteger(id) || id < 0 || id >= model.config.paddedVocabSize) {
-      throw new RangeError(
+      throw new InputError(
         `prompt token id ${id} is outside the model's vocabulary [0, ${model.config.paddedVocabSize})`,
       );
     }
   }
   if (ids.length === 0) {
     if (fresh && start !== undefined && start < model.config.paddedVocabSize) return [start];
-    throw new RangeError(
+    throw new InputError(
       fresh
         ? "empty prompt and no end-of-text token to start from"
         : "the prompt must not be empty when continuing a state",
@@ -328,10 +344,35 @@ class AbortPoller {
   }
 }
 
+/**
+ * Feeds equally long rows `ids` into `state` in chunks of `model.prefillChunkTokens`, watching
+ * the signal between chunks (a long prompt is otherwise one uninterruptible call: 149 s for 20k
+ * tokens on `ref`). Returns the last token's logits, or undefined when aborted; then `state`
+ * holds the chunks fed so far. Feeding a recurrent model in pieces computes the same thing as at
+ * once (up to float rounding in chunked scans).
+ */
+async function prefillChunked<S extends InferenceStateLike>(
+  model: StepModel<S>,
+  state: S,
+  ids: number[][],
+  poll: AbortPoller,
+): Promise<Float32Array | undefined> {
+  const len = ids[0].length;
+  const c = model.prefillChunkTokens;
+  const chunk = c !== undefined && Number.isSafeInteger(c) && c > 0 ? c : len;
+  if (chunk >= len) return await model.prefill(state, ids);
+  let logits: Float32Array | undefined;
+  for (let t = 0; t < len; t += chunk) {
+    if (await poll.aborted()) return undefined;
+    logits = await model.prefill(state, ids.map((row) => row.slice(t, t + chunk)));
+  }
+  return logits;
+}
+
 function rowOf(logits: Float32Array, batch: number, b: number): Float32Array {
   const n = logits.length / batch;
   if (!Number.isInteger(n)) {
-    throw new RangeError(`logits length ${logits.length} is not a multiple of batch ${batch}`);
+    throw new InputError(`logits length ${logits.length} is not a multiple of batch ${batch}`);
   }
   return batch === 1 ? logits : logits.subarray(b * n, (b + 1) * n);
 }
@@ -350,11 +391,11 @@ async function* hostIds<S extends InferenceStateLike>(
   state: S,
   logits: Float32Array,
   r: Resolved,
-  history: number[],
+  history: TokenHistory,
   ctx: RunContext,
 ): AsyncGenerator<number, void, undefined> {
   for (;;) {
-    yield r.sampler.sample(rowOf(logits, 1, 0), history);
+    yield r.sampler.sample(rowOf(logits, 1, 0), history.ids);
     logits = await model.step(state, [ctx.pending!]);
     ctx.pending = undefined;
   }
@@ -367,12 +408,13 @@ async function* hostIds<S extends InferenceStateLike>(
  */
 async function* fusedIds<S extends InferenceStateLike>(
   generateTokens: NonNullable<StepModel<S>["generateTokens"]>,
+  blockSize: number | undefined,
   state: S,
   logits: Float32Array,
   r: Resolved,
-  history: number[],
+  history: TokenHistory,
 ): AsyncGenerator<number, void, undefined> {
-  const first = r.sampler.sample(rowOf(logits, 1, 0), history);
+  const first = r.sampler.sample(rowOf(logits, 1, 0), history.ids);
   yield first;
   const o = r.sampler.options;
   const blocks = generateTokens(state, [first], r.maxNewTokens - 1, {
@@ -384,7 +426,8 @@ async function* fusedIds<S extends InferenceStateLike>(
     vocabSize: o.vocabSize,
     // A different stream than the first token's, still fixed by the seed.
     seed: (o.seed + 0x9e3779b9) >>> 0,
-    history: [history.slice()],
+    history: [history.ids.slice()],
+    ...(blockSize === undefined ? {} : { blockSize }),
   });
   for await (const block of blocks) yield* block[0];
 }
@@ -398,12 +441,11 @@ async function* run(
   ids: AsyncGenerator<number, void, undefined>,
   tokenizer: TextTokenizer | undefined,
   r: Resolved,
-  history: number[],
-  signal: AbortSignal | undefined,
+  history: TokenHistory,
+  poll: AbortPoller,
   ctx: RunContext,
 ): AsyncGenerator<GeneratedToken, void, undefined> {
   const sink = new TextSink(tokenizer, r.stop);
-  const poll = new AbortPoller(signal);
   let prev: GeneratedToken | undefined;
   let produced = 0;
   try {
@@ -456,8 +498,9 @@ async function* run(
  * @param prompt Text (needs `model.tokenizer`) or token ids. An empty prompt on a fresh
  *   state starts from the end-of-text token.
  * @param opts Sampling and stopping options.
- * @throws {RangeError} for invalid options or an empty prompt that cannot be started.
- * @throws {TypeError} for a text prompt or stop strings without a tokenizer.
+ * @throws {OptionError} (an {@link InputError}) for an invalid option, naming it.
+ * @throws {InputError} for an empty prompt that cannot be started, or a text prompt without a
+ *   tokenizer.
  *
  * @example
  * ```ts ignore
@@ -475,24 +518,26 @@ export async function* generate<S extends InferenceStateLike>(
   const r = resolve(model, opts);
   const state = opts.state ?? model.createState(1);
   if (state.batch !== 1) {
-    throw new RangeError(`generate needs a state of batch 1, got ${state.batch}`);
+    throw new OptionError("state", `generate needs a state of batch 1, got ${state.batch}`);
   }
   const ids = promptIds(model, prompt, opts.state === undefined, r.start);
   if (opts.signal?.aborted) return;
-  const logits = await model.prefill(state, [ids]);
+  const poll = new AbortPoller(opts.signal);
+  const logits = await prefillChunked(model, state, [ids], poll);
+  if (logits === undefined) return;
   const keep = opts.state !== undefined && opts.feedGenerated !== false;
   const genState = opts.state !== undefined && !keep ? cloneState(state) : state;
   const ctx: RunContext = { pending: undefined };
   let failed = false;
   try {
-    const history = ids.slice();
+    const history = new TokenHistory(ids);
     const fused = opts.state === undefined && model.fusedDecoding
       ? model.generateTokens
       : undefined;
     const source = fused
-      ? fusedIds(fused.bind(model), genState, logits, r, history)
+      ? fusedIds(fused.bind(model), model.decodeBlockTokens, genState, logits, r, history)
       : hostIds(model, genState, logits, r, history, ctx);
-    yield* run(source, model.tokenizer, r, history, opts.signal, ctx);
+    yield* run(source, model.tokenizer, r, history, poll, ctx);
   } catch (e) {
     failed = true;
     throw e;
@@ -564,7 +609,7 @@ export async function generateBatch<S extends InferenceStateLike>(
   const r = resolve(model, opts);
   const state = opts.state ?? model.createState(B);
   if (state.batch !== B) {
-    throw new RangeError(`state has batch ${state.batch} but there are ${B} prompts`);
+    throw new OptionError("state", `state has batch ${state.batch} but there are ${B} prompts`);
   }
   const ids = prompts.map((p) => promptIds(model, p, opts.state === undefined, r.start));
   const texts: string[] = new Array(B).fill("");
@@ -574,9 +619,12 @@ export async function generateBatch<S extends InferenceStateLike>(
   const keep = opts.state !== undefined && opts.feedGenerated !== false;
   const onClone = opts.state !== undefined && !keep;
   if (onClone && lens.some((n) => n !== common)) {
-    throw new RangeError("generateBatch with feedGenerated: false needs prompts of equal length");
+    throw new OptionError(
+      "feedGenerated",
+      "generateBatch with feedGenerated: false needs prompts of equal length",
+    );
   }
-  const histories = ids.map((row) => row.slice());
+  const histories = ids.map((row) => new TokenHistory(row));
   const sinks = ids.map(() => new TextSink(model.tokenizer, r.stop));
   const done: boolean[] = new Array(B).fill(r.maxNewTokens === 0);
   const produced: number[] = new Array(B).fill(0);
@@ -585,10 +633,17 @@ export async function generateBatch<S extends InferenceStateLike>(
   const tokens: number[] = new Array(B).fill(pad);
   // Prefill the common length; longer prompts finish token by token below (teacher forcing)
   // while the other rows already generate. Every row's result is the same as alone.
-  let logits = await model.prefill(state, ids.map((row) => row.slice(0, common)));
+  const poll = new AbortPoller(opts.signal);
+  const prefilled = await prefillChunked(
+    model,
+    state,
+    ids.map((row) => row.slice(0, common)),
+    poll,
+  );
+  if (prefilled === undefined) return texts;
+  let logits = prefilled;
   const gen = onClone ? cloneState(state) : state;
   let unfed = false;
-  const poll = new AbortPoller(opts.signal);
   for (;;) {
     if (await poll.aborted()) break;
     unfed = false;
@@ -602,7 +657,7 @@ export async function generateBatch<S extends InferenceStateLike>(
         tokens[b] = pad;
         continue;
       }
-      const id = r.sampler.sample(rowOf(logits, B, b), histories[b]);
+      const id = r.sampler.sample(rowOf(logits, B, b), histories[b].ids);
       if (id === r.eos) {
         done[b] = true;
         tokens[b] = pad;
@@ -657,11 +712,11 @@ export function textStream<S extends InferenceStateLike>(
   opts: GenerateOptions<S> = {},
 ): TransformStream<string, string> {
   const tok = model.tokenizer;
-  if (tok === undefined) throw new TypeError("textStream needs a model with a tokenizer");
+  if (tok === undefined) throw new InputError("textStream needs a model with a tokenizer");
   const r = resolve(model, opts);
   let state: S | undefined = opts.state;
   if (state !== undefined && state.batch !== 1) {
-    throw new RangeError(`textStream needs a state of batch 1, got ${state.batch}`);
+    throw new OptionError("state", `textStream needs a state of batch 1, got ${state.batch}`);
   }
   let fresh = state === undefined;
   const keep = opts.feedGenerated !== false;
@@ -678,12 +733,17 @@ export function textStream<S extends InferenceStateLike>(
         controller.enqueue("");
         return;
       }
-      const logits = await model.prefill(state, [ids]);
+      const poll = new AbortPoller(opts.signal);
+      const logits = await prefillChunked(model, state, [ids], poll);
+      if (logits === undefined) {
+        controller.enqueue("");
+        return;
+      }
       const gen = keep ? state : cloneState(state);
       let text = "";
-      const history = ids.slice();
+      const history = new TokenHistory(ids);
       const source = hostIds(model, gen, logits, r, history, ctx);
-      for await (const t of run(source, model.tokenizer, r, history, opts.signal, ctx)) {
+      for await (const t of run(source, model.tokenizer, r, history, poll, ctx)) {
         text += t.text;
       }
       if (!keep) ctx.pending = undefined;

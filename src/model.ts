@@ -26,9 +26,23 @@ import {
   NoTokenizerError,
 } from "./errors.ts";
 import { type HubOptions, hubSnapshot, isHubModel } from "./hub.ts";
-import { bindState, InferenceState, markComputed, stateLayout } from "./state.ts";
+import {
+  bindState,
+  defaultMaxStateBytes,
+  formatBytes,
+  InferenceState,
+  markComputed,
+  stateByteLength,
+  stateLayout,
+} from "./state.ts";
+import { decodeBlockTokens, prefillChunkTokens } from "./work_budget.ts";
 import { exists, loadWeights, type ModelWeights, readBytes, type WeightsDtype } from "./weights.ts";
-import { Sampler, type SamplingOptions, validateSamplingOptions } from "./sampling.ts";
+import {
+  Sampler,
+  type SamplingOptions,
+  TokenHistory,
+  validateSamplingOptions,
+} from "./sampling.ts";
 import {
   DEFAULT_MIXER_INIT,
   DEFAULT_MODEL_INIT,
@@ -74,6 +88,15 @@ export interface LoadOptions extends HubOptions {
    * has it; the environment variable `MAMBA_WASM_SIMD=plain` forces plain).
    */
   wasm?: { threads?: number; weights?: "f32" | "f16" | "q8"; simd?: "auto" | "relaxed" | "plain" };
+}
+
+/** Options of {@link MambaLM.createState}. */
+export interface CreateStateOptions {
+  /**
+   * Most bytes the state may take. Default: half of the machine's memory
+   * (`Deno.systemMemoryInfo()`), or 4 GiB without the permission to read it.
+   */
+  maxBytes?: number;
 }
 
 /**
@@ -379,6 +402,19 @@ export class MambaLM {
     return this.backend.decodeTokens !== undefined;
   }
 
+  /**
+   * Most prompt tokens per `prefill` call in the generation helpers: about 50 ms of work on the
+   * current backend (see src/work_budget.ts), so that an `AbortSignal` is honoured between chunks.
+   */
+  get prefillChunkTokens(): number {
+    return prefillChunkTokens(this.config, this.backend);
+  }
+
+  /** Most tokens per block of fused decoding in the generation helpers (about 50 ms of work). */
+  get decodeBlockTokens(): number {
+    return decodeBlockTokens(this.config, this.backend);
+  }
+
   /** Name of the backend in use. */
   get backendName(): string {
     return this.backend.name;
@@ -386,12 +422,31 @@ export class MambaLM {
 
   /**
    * A zeroed recurrent state for `batch` sequences (see {@link InferenceState} for its layout).
+   * `options.maxBytes` caps its size (default: half of the machine's memory, see
+   * {@link CreateStateOptions}).
+   *
+   * @throws {InputError} for a batch that is not a positive integer, or whose state would need
+   *   more than `maxBytes` (the message says how many bytes).
    */
-  createState(batch = 1): InferenceState {
+  createState(batch = 1, options: CreateStateOptions = {}): InferenceState {
     if (!Number.isSafeInteger(batch) || batch < 1) {
       throw new InputError(`batch must be a positive integer, got ${batch}`);
     }
-    return new InferenceState(stateLayout(this.config, batch));
+    const maxBytes = options.maxBytes ?? defaultMaxStateBytes();
+    if (typeof maxBytes !== "number" || !(maxBytes > 0)) {
+      throw new InputError(`createState: maxBytes must be a number > 0, got ${maxBytes}`);
+    }
+    const layout = stateLayout(this.config, batch);
+    const bytes = stateByteLength(layout);
+    if (bytes > maxBytes) {
+      // Typed arrays take their memory lazily: without this check the state "succeeds" and the
+      // process dies later, when the state is first written.
+      throw new InputError(
+        `createState(${batch}): the state would need ${formatBytes(bytes)}, more than maxBytes ` +
+          `${formatBytes(maxBytes)} (pass { maxBytes } to allow more)`,
+      );
+    }
+    return new InferenceState(layout);
   }
 
   /**
@@ -555,11 +610,11 @@ export class MambaLM {
     }
     const sampler = new Sampler(sampling);
     const V = this.config.paddedVocabSize;
-    const history = tokens.map((t, b) => [...(options.history?.[b] ?? []), t]);
+    const history = tokens.map((t, b) => new TokenHistory([...(options.history?.[b] ?? []), t]));
     let cur = [...tokens];
     for (let i = 0; i < n; i++) {
       const logits = await this.step(state, cur);
-      cur = cur.map((_, b) => sampler.sample(logits.subarray(b * V, (b + 1) * V), history[b]));
+      cur = cur.map((_, b) => sampler.sample(logits.subarray(b * V, (b + 1) * V), history[b].ids));
       cur.forEach((t, b) => history[b].push(t));
       yield cur.map((t) => [t]);
     }
@@ -578,15 +633,28 @@ export class MambaLM {
     state: unknown,
     lastOnly: boolean,
   ): Promise<Float32Array> {
-    let hidden = be.embed(ids);
-    let residual: unknown = null;
-    for (let i = 0; i < this.config.nLayer; i++) {
-      const r = be.addNorm(hidden, residual, i);
-      residual = r.residual;
-      hidden = be.mixer(i, r.normed, batch, seqLen, state);
+    try {
+      let hidden = be.embed(ids);
+      let residual: unknown = null;
+      for (let i = 0; i < this.config.nLayer; i++) {
+        const r = be.addNorm(hidden, residual, i);
+        residual = r.residual;
+        hidden = be.mixer(i, r.normed, batch, seqLen, state);
+      }
+      const { normed } = be.addNorm(hidden, residual, "final");
+      return await be.read(be.lmHead(normed, batch, seqLen, lastOnly));
+    } catch (e) {
+      // "Array buffer allocation failed" / "Invalid typed array length": too many tokens at once.
+      if (!(e instanceof RangeError)) throw e;
+      const c = this.config;
+      const rows = batch * seqLen;
+      const bytes = 4 * rows * (c.dModel * 2 + c.dInner * 4 + (lastOnly ? 0 : c.paddedVocabSize));
+      throw new InputError(
+        `cannot allocate the activations of ${batch} × ${seqLen} tokens (about ` +
+          `${formatBytes(bytes)}; feed fewer tokens per call): ${e.message}`,
+        { cause: e },
+      );
     }
-    const { normed } = be.addNorm(hidden, residual, "final");
-    return await be.read(be.lmHead(normed, batch, seqLen, lastOnly));
   }
 
   #checkIds(ids: readonly (readonly number[])[]): [number, number, Int32Array] {

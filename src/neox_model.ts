@@ -8,7 +8,7 @@
  */
 
 import type { BackendName, TransformerBackend, TransformerBackendInit } from "./backend.ts";
-import { Sampler, validateSamplingOptions } from "./sampling.ts";
+import { Sampler, TokenHistory, validateSamplingOptions } from "./sampling.ts";
 import {
   type BackendOptions,
   type BackendPreference,
@@ -352,11 +352,11 @@ export class GptNeoXLM {
     }
     const sampler = new Sampler(sampling);
     const V = this.config.paddedVocabSize;
-    const history = tokens.map((t, b) => [...(options.history?.[b] ?? []), t]);
+    const history = tokens.map((t, b) => new TokenHistory([...(options.history?.[b] ?? []), t]));
     let cur = [...tokens];
     for (let i = 0; i < n; i++) {
       const logits = await this.step(state, cur);
-      cur = cur.map((_, b) => sampler.sample(logits.subarray(b * V, (b + 1) * V), history[b]));
+      cur = cur.map((_, b) => sampler.sample(logits.subarray(b * V, (b + 1) * V), history[b].ids));
       cur.forEach((t, b) => history[b].push(t));
       yield cur.map((t) => [t]);
     }

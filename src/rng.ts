@@ -9,6 +9,8 @@
  * @module
  */
 
+import { InputError, OptionError } from "./errors.ts";
+
 /** Largest seed magnitude that is handled exactly (2^53 − 1). */
 const MAX_SAFE = Number.MAX_SAFE_INTEGER;
 
@@ -60,7 +62,7 @@ export class Xoshiro128 {
    * low and the high 32-bit halves influence the state.
    *
    * @param seed A finite integer (negative values are allowed).
-   * @throws {RangeError} if `seed` is not a finite integer.
+   * @throws {OptionError} (a `MambaError`) if `seed` is not a finite integer.
    *
    * @example
    * ```ts
@@ -70,7 +72,7 @@ export class Xoshiro128 {
    */
   constructor(seed: number) {
     if (!Number.isInteger(seed)) {
-      throw new RangeError(`seed must be a finite integer, got ${seed}`);
+      throw new OptionError("seed", `seed must be a finite integer, got ${seed}`);
     }
     const mag = Math.abs(seed) % (MAX_SAFE + 1);
     const lo = mag >>> 0;
@@ -95,14 +97,14 @@ export class Xoshiro128 {
    * ```
    */
   static fromState(state: ArrayLike<number>): Xoshiro128 {
-    if (state.length !== 4) throw new RangeError("xoshiro128 state must have 4 words");
+    if (state.length !== 4) throw new InputError("xoshiro128 state must have 4 words");
     const c = new Xoshiro128(0);
     c.#s0 = state[0] | 0;
     c.#s1 = state[1] | 0;
     c.#s2 = state[2] | 0;
     c.#s3 = state[3] | 0;
     if ((c.#s0 | c.#s1 | c.#s2 | c.#s3) === 0) {
-      throw new RangeError("xoshiro128 state must not be all zero");
+      throw new InputError("xoshiro128 state must not be all zero");
     }
     return c;
   }

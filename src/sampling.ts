@@ -28,6 +28,7 @@
  * @module
  */
 
+import { InputError, OptionError } from "./errors.ts";
 import { randomSeed, Xoshiro128 } from "./rng.ts";
 
 /**
@@ -88,23 +89,21 @@ export interface ResolvedSamplingOptions {
 }
 
 /**
- * Error thrown for an invalid sampling option. It is a `RangeError`, and `option`
- * names the offending field.
+ * Error thrown for an invalid sampling option: an {@link OptionError} (so a `MambaError`),
+ * and `option` names the offending field.
  *
  * @example
  * ```ts
+ * import { MambaError } from "./errors.ts";
  * import { SamplingOptionsError, validateSamplingOptions } from "./sampling.ts";
  * try {
  *   validateSamplingOptions({ topP: 0 });
  * } catch (e) {
- *   console.log(e instanceof SamplingOptionsError, e instanceof RangeError); // true true
+ *   console.log(e instanceof SamplingOptionsError, e instanceof MambaError); // true true
  * }
  * ```
  */
-export class SamplingOptionsError extends RangeError {
-  /** Name of the invalid option, e.g. `"topP"`. */
-  readonly option: string;
-
+export class SamplingOptionsError extends OptionError {
   /**
    * Creates the error.
    *
@@ -118,9 +117,7 @@ export class SamplingOptionsError extends RangeError {
    * ```
    */
   constructor(option: string, message: string) {
-    super(message);
-    this.name = "SamplingOptionsError";
-    this.option = option;
+    super(option, message);
   }
 }
 
@@ -131,7 +128,7 @@ function fmt(v: unknown): string {
 /**
  * Validates sampling options and fills in the defaults.
  *
- * @throws {SamplingOptionsError} (a `RangeError`) when `temperature` is negative, NaN or
+ * @throws {SamplingOptionsError} (a `MambaError`) when `temperature` is negative, NaN or
  * infinite; `topK` is negative or not an integer; `topP` is outside (0, 1]; `minP` is
  * outside [0, 1]; `repetitionPenalty` is ≤ 0 or not finite; `seed` is not an integer;
  * or `vocabSize` is not a positive integer.
@@ -256,7 +253,9 @@ export function applyRepetitionPenalty(
 ): Float32Array {
   const n = Math.min(vocabSize, logits.length);
   const dst = out ?? new Float32Array(n);
-  if (dst.length < n) throw new RangeError("output buffer is smaller than vocabSize");
+  if (dst.length < n) {
+    throw new InputError(`applyRepetitionPenalty: out has ${dst.length} entries, fewer than ${n}`);
+  }
   if (dst !== logits) dst.set(n === logits.length ? logits : logits.subarray(0, n));
   if (penalty === 1) return dst;
   const p = Math.fround(penalty);
@@ -268,6 +267,53 @@ export function applyRepetitionPenalty(
     dst[id] = v < 0 ? v * p : v / p;
   }
   return dst;
+}
+
+/**
+ * The token ids a sequence has seen, for the repetition penalty: each distinct id once, in the
+ * order first seen. The CTRL penalty depends only on which ids occurred, not how often, so this
+ * holds everything {@link applyRepetitionPenalty} needs while its size stays bounded by the
+ * vocabulary however long the stream runs (a plain array of every id grew by a slot per token,
+ * and made each penalised sample cost O(tokens so far)).
+ *
+ * @example
+ * ```ts
+ * import { Sampler, TokenHistory } from "./sampling.ts";
+ * const h = new TokenHistory([3, 1, 3]);
+ * h.push(1);
+ * h.push(2);
+ * console.log(h.ids); // [3, 1, 2]
+ * const id = new Sampler({ topK: 1, repetitionPenalty: 1.3 }).sample(new Float32Array(4), h.ids);
+ * ```
+ */
+export class TokenHistory {
+  /** The distinct ids seen, in the order first seen. */
+  readonly ids: number[] = [];
+  #seen = new Uint8Array(0);
+
+  /** Starts from `ids` (e.g. the prompt). */
+  constructor(ids: Iterable<number> = []) {
+    for (const id of ids) this.push(id);
+  }
+
+  /** Records `id` (ignored when it is not a non-negative integer). */
+  push(id: number): void {
+    if (!Number.isSafeInteger(id) || id < 0) return;
+    if (id >= this.#seen.length) {
+      const grown = new Uint8Array(Math.max(id + 1, 2 * this.#seen.length, 256));
+      grown.set(this.#seen);
+      this.#seen = grown;
+    }
+    if (this.#seen[id] === 0) {
+      this.#seen[id] = 1;
+      this.ids.push(id);
+    }
+  }
+
+  /** Whether `id` was seen. */
+  has(id: number): boolean {
+    return this.#seen[id] === 1;
+  }
 }
 
 /**
@@ -331,8 +377,7 @@ export class Sampler {
    *   are ignored when `vocabSize` is set). Not modified.
    * @param history Ids seen so far (prompt + generated) for the repetition penalty.
    * @returns A token id in `[0, vocabSize)`.
-   * @throws {RangeError} when the row is shorter than `vocabSize`.
-   * @throws {Error} when every logit is NaN or −∞.
+   * @throws {InputError} when the row is shorter than `vocabSize`, or every logit is NaN or −∞.
    *
    * @example
    * ```ts
@@ -345,7 +390,7 @@ export class Sampler {
     const o = this.options;
     const V = o.vocabSize ?? logits.length;
     if (logits.length < V) {
-      throw new RangeError(`logits row has ${logits.length} entries but vocabSize is ${V}`);
+      throw new InputError(`logits row has ${logits.length} entries but vocabSize is ${V}`);
     }
     let src = logits;
     if (o.repetitionPenalty !== 1 && history !== undefined && history.length > 0) {
@@ -354,7 +399,11 @@ export class Sampler {
     }
     if (o.greedy) {
       const id = argmax(src, V);
-      if (id < 0 || src[id] !== src[id]) throw new Error("cannot sample: every logit is NaN");
+      if (id < 0 || src[id] !== src[id]) {
+        throw new InputError(
+          "cannot sample: every logit is NaN (do the weights or the state hold NaN?)",
+        );
+      }
       return id;
     }
     return this.#sampleStochastic(src, V);
@@ -369,7 +418,11 @@ export class Sampler {
       const v = src[i];
       if (v > lmax) lmax = v;
     }
-    if (lmax === -Infinity) throw new Error("cannot sample: every logit is NaN or -Infinity");
+    if (lmax === -Infinity) {
+      throw new InputError(
+        "cannot sample: every logit is NaN or -Infinity (do the weights or the state hold NaN?)",
+      );
+    }
     // Every filter keeps an upper set of the (monotonically scaled) logits, so their
     // composition is a single threshold on the raw logit.
     let thr = -Infinity;

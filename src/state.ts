@@ -38,15 +38,100 @@ export function stateLayout(config: MambaConfig, batch: number): StateLayout {
 
 const size = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
 
-/** Zeroed host tensors for a layout. */
+/**
+ * Bytes of a state of `layout` (all layers, conv + ssm, float32). May exceed 2^53 for absurd
+ * layouts, in which case it is only approximately right (still far too large to allocate).
+ */
+export function stateByteLength(layout: StateLayout): number {
+  return 4 * layout.nLayer * (size(layout.convShape) + size(layout.ssmShape));
+}
+
+/**
+ * The default most bytes {@link MambaLM.createState} allocates for one state: half of the
+ * machine's memory, or 4 GiB where it cannot be read (no `--allow-sys`). Memory for typed arrays
+ * is taken lazily, so without a cap a state far larger than the machine succeeds at once and
+ * fails (or gets the process killed) later, when it is first written.
+ */
+export function defaultMaxStateBytes(): number {
+  try {
+    const total = Deno.systemMemoryInfo().total;
+    if (Number.isFinite(total) && total > 0) return Math.floor(total / 2);
+  } catch {
+    // no permission, or not Deno: the fixed default
+  }
+  return 4 * 1024 ** 3;
+}
+
+/** `n` bytes for messages: the exact count, and GiB / MiB for a reader. */
+export function formatBytes(n: number): string {
+  const unit = n >= 1024 ** 3
+    ? `${(n / 1024 ** 3).toFixed(1)} GiB`
+    : `${(n / 1024 ** 2).toFixed(1)} MiB`;
+  return `${n} bytes (${unit})`;
+}
+
+/**
+ * Zeroed host tensors for a layout.
+ *
+ * @throws {InputError} when the memory cannot be allocated (naming the bytes it needs).
+ */
 export function zeroStateTensors(layout: StateLayout): StateTensors {
   const conv: Float32Array[] = [];
   const ssm: Float32Array[] = [];
-  for (let i = 0; i < layout.nLayer; i++) {
-    conv.push(new Float32Array(size(layout.convShape)));
-    ssm.push(new Float32Array(size(layout.ssmShape)));
+  try {
+    for (let i = 0; i < layout.nLayer; i++) {
+      conv.push(new Float32Array(size(layout.convShape)));
+      ssm.push(new Float32Array(size(layout.ssmShape)));
+    }
+  } catch (e) {
+    if (!(e instanceof RangeError)) throw e;
+    throw new InputError(
+      `cannot allocate a state of ${formatBytes(stateByteLength(layout))}: ${e.message}`,
+      { cause: e },
+    );
   }
   return { conv, ssm };
+}
+
+/**
+ * Checks an untrusted layout (a parsed state header) field by field, naming the first bad one.
+ * Shapes must be positive safe integers whose products stay exact.
+ */
+function checkLayout(raw: unknown, bad: (why: string) => InputError): StateLayout {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+    throw bad(`the header must be a JSON object, got ${raw === null ? "null" : typeof raw}`);
+  }
+  const l = raw as Record<string, unknown>;
+  if (l.arch !== "mamba1" && l.arch !== "mamba2") {
+    throw bad(`header field arch must be "mamba1" or "mamba2", got ${JSON.stringify(l.arch)}`);
+  }
+  const posInt = (v: unknown) => Number.isSafeInteger(v) && (v as number) > 0;
+  if (!posInt(l.nLayer)) {
+    throw bad(`header field nLayer must be a positive integer, got ${l.nLayer}`);
+  }
+  if (!posInt(l.batch)) throw bad(`header field batch must be a positive integer, got ${l.batch}`);
+  const shape = (name: "convShape" | "ssmShape", rank: number): number[] => {
+    const s = l[name];
+    if (!Array.isArray(s) || s.length !== rank || !s.every(posInt)) {
+      throw bad(`header field ${name} must be ${rank} positive integers, got ${JSON.stringify(s)}`);
+    }
+    if (!Number.isSafeInteger(size(s))) {
+      throw bad(`header field ${name} ${JSON.stringify(s)} holds more values than can be counted`);
+    }
+    if (s[0] !== l.batch) {
+      throw bad(`header field ${name} starts with ${s[0]} but batch is ${l.batch}`);
+    }
+    return s;
+  };
+  const convShape = shape("convShape", 3);
+  const ssmShape = shape("ssmShape", l.arch === "mamba1" ? 3 : 4);
+  return {
+    arch: l.arch,
+    nLayer: l.nLayer as number,
+    batch: l.batch as number,
+    convShape,
+    ssmShape,
+  };
 }
 
 const MAGIC = "MAMBAST1";
@@ -105,7 +190,7 @@ export class InferenceState {
 
   /** Total bytes of state (all layers, conv + ssm, float32). */
   get byteLength(): number {
-    return 4 * this.layout.nLayer * (size(this.layout.convShape) + size(this.layout.ssmShape));
+    return stateByteLength(this.layout);
   }
 
   /**
@@ -212,32 +297,35 @@ export class InferenceState {
    */
   static fromBytes(bytes: Uint8Array): InferenceState {
     const bad = (why: string) => new InputError(`not a saved InferenceState: ${why}`);
+    if (!(bytes instanceof Uint8Array)) throw bad("expected a Uint8Array");
     if (bytes.length < 12) throw bad("too short");
     if (new TextDecoder().decode(bytes.subarray(0, 8)) !== MAGIC) throw bad("wrong magic");
     const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     const n = dv.getUint32(8, true);
-    if (12 + n > bytes.length) throw bad("header beyond the end");
-    let layout: StateLayout;
+    if (12 + n > bytes.length) {
+      throw bad(`header of ${n} bytes runs beyond the end of the ${bytes.length} bytes`);
+    }
+    let raw: unknown;
     try {
-      layout = JSON.parse(new TextDecoder().decode(bytes.subarray(12, 12 + n)));
+      raw = JSON.parse(
+        new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(12, 12 + n)),
+      );
     } catch {
       throw bad("header is not JSON");
     }
-    const okShape = (s: unknown) =>
-      Array.isArray(s) && s.every((d) => Number.isSafeInteger(d) && d > 0);
-    if (
-      (layout.arch !== "mamba1" && layout.arch !== "mamba2") ||
-      !Number.isSafeInteger(layout.nLayer) || layout.nLayer <= 0 ||
-      !okShape(layout.convShape) || !okShape(layout.ssmShape) ||
-      layout.convShape[0] !== layout.batch || layout.ssmShape[0] !== layout.batch
-    ) {
-      throw bad("bad layout");
+    const layout = checkLayout(raw, bad);
+    // Every size is checked against the bytes actually present before anything is allocated:
+    // the data can take no more memory than the input already does.
+    const dataStart = Math.ceil((12 + n) / 4) * 4; // (not & ~3: n may pass 2^31)
+    const need = dataStart + stateByteLength(layout);
+    if (bytes.length !== need) {
+      throw bad(
+        `expected ${need} bytes for the header's nLayer ${layout.nLayer}, convShape ` +
+          `${JSON.stringify(layout.convShape)} and ssmShape ${JSON.stringify(layout.ssmShape)}, ` +
+          `got ${bytes.length}`,
+      );
     }
-    const dataStart = (12 + n + 3) & ~3;
     const state = new InferenceState(layout);
-    if (bytes.length !== dataStart + state.byteLength) {
-      throw bad(`expected ${dataStart + state.byteLength} bytes, got ${bytes.length}`);
-    }
     const data = new Uint8Array(bytes.subarray(dataStart)); // aligned copy
     const f = new Float32Array(data.buffer);
     let o = 0;

@@ -19,6 +19,7 @@
 // projects without this repository's deno.json (tests/import_test.ts).
 // deno-lint-ignore no-import-prefix
 import { Tokenizer as HFTokenizer } from "npm:@huggingface/tokenizers@0.2.0";
+import { TokenizerError } from "./errors.ts";
 
 /**
  * Options of {@link Tokenizer.encode}.
@@ -177,9 +178,89 @@ function tokenContent(v: unknown): string | undefined {
   return undefined;
 }
 
+/**
+ * Token ids must be non-negative integers, and not far beyond the number of tokens: tokenizers.js
+ * sizes tables by the largest id, so one id of 1e9 in a 5 KB file hangs the load (found by
+ * tests/fuzz_input_test.ts). Real vocabularies number their tokens 0, 1, 2, …
+ */
+function checkIds(file: string, json: Record<string, unknown>): void {
+  const model = json.model as Record<string, unknown>;
+  const added = json.added_tokens ?? [];
+  if (!Array.isArray(added)) throw new TokenizerError(file, "added_tokens must be an array");
+  const vocab = model.vocab;
+  const entries: [string, unknown][] = isRecord(vocab) ? Object.entries(vocab) : [];
+  const count = entries.length + added.length;
+  const limit = 2 * count + 1024;
+  const check = (where: string, id: unknown) => {
+    if (!Number.isSafeInteger(id) || (id as number) < 0 || (id as number) >= limit) {
+      throw new TokenizerError(
+        file,
+        `${where}: the id must be an integer in [0, ${limit}) for ${count} tokens, got ` +
+          JSON.stringify(id),
+      );
+    }
+  };
+  for (const [token, id] of entries) check(`model.vocab[${JSON.stringify(token)}]`, id);
+  added.forEach((t, i) => check(`added_tokens[${i}].id`, isRecord(t) ? t.id : undefined));
+}
+
 const SCHEME = /^[a-z][a-z0-9+.-]*:\/\//i;
 
-async function fetchText(url: URL, optional: boolean): Promise<string | undefined> {
+/** Default most bytes of a `tokenizer.json` (the largest published ones are tens of MB). */
+const DEFAULT_MAX_TOKENIZER_BYTES = 512 * 1024 * 1024;
+
+/** Options of {@link Tokenizer.load}. */
+export interface TokenizerLoadOptions {
+  /** Most bytes a tokenizer file may have, checked before it is read. Default 512 MiB. */
+  maxBytes?: number;
+}
+
+function tooBig(file: string, size: number, maxBytes: number): TokenizerError {
+  return new TokenizerError(
+    file,
+    `the file has ${size} bytes, more than maxBytes ${maxBytes} (pass { maxBytes } to allow more)`,
+  );
+}
+
+/** Reads a response body, refusing it as soon as it passes `maxBytes`. */
+async function boundedText(res: Response, file: string, maxBytes: number): Promise<string> {
+  const declared = Number(res.headers.get("content-length") ?? NaN);
+  if (declared > maxBytes) {
+    await res.body?.cancel();
+    throw tooBig(file, declared, maxBytes);
+  }
+  if (!res.body) return "";
+  const parts: Uint8Array[] = [];
+  let n = 0;
+  for await (const part of res.body) {
+    n += part.length;
+    if (n > maxBytes) throw tooBig(file, n, maxBytes);
+    parts.push(part);
+  }
+  const all = new Uint8Array(n);
+  let o = 0;
+  for (const p of parts) {
+    all.set(p, o);
+    o += p.length;
+  }
+  return new TextDecoder().decode(all);
+}
+
+/** Parses a tokenizer file's text, naming the file when it is empty or not JSON. */
+function parseJsonFile(file: string, text: string): unknown {
+  if (text.trim().length === 0) throw new TokenizerError(file, "the file is empty");
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new TokenizerError(file, `not JSON: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+async function fetchText(
+  url: URL,
+  optional: boolean,
+  maxBytes = DEFAULT_MAX_TOKENIZER_BYTES,
+): Promise<string | undefined> {
   let res: Response;
   try {
     res = await fetch(url);
@@ -193,12 +274,19 @@ async function fetchText(url: URL, optional: boolean): Promise<string | undefine
     if (optional && res.status === 404) return undefined;
     throw new Error(`cannot fetch ${url.href}: HTTP ${res.status}`);
   }
-  return await res.text();
+  return await boundedText(res, url.href, maxBytes);
 }
 
-async function readOptional(path: string): Promise<string | undefined> {
+/** Reads a local file after checking its size (a stat, so nothing is read when it is too big). */
+async function readChecked(path: string, maxBytes: number): Promise<string> {
+  const st = await Deno.stat(path);
+  if (st.size > maxBytes) throw tooBig(path, st.size, maxBytes);
+  return await Deno.readTextFile(path);
+}
+
+async function readOptional(path: string, maxBytes: number): Promise<string | undefined> {
   try {
-    return await Deno.readTextFile(path);
+    return await readChecked(path, maxBytes);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return undefined;
     throw e;
@@ -261,7 +349,10 @@ export class Tokenizer implements TextTokenizer {
    * the `tokenizer.json` file itself.
    *
    * @param dirOrUrl Model directory (or tokenizer.json path), as a path or URL.
-   * @throws when `tokenizer.json` is missing or invalid.
+   * @param options `maxBytes`: the most bytes a tokenizer file may have (default 512 MiB).
+   * @throws {Deno.errors.NotFound} when `tokenizer.json` is missing.
+   * @throws {TokenizerError} (naming the file) when it or `tokenizer_config.json` is empty, too
+   *   large, not JSON or not a tokenizer.
    *
    * @example
    * ```ts ignore
@@ -272,8 +363,14 @@ export class Tokenizer implements TextTokenizer {
    * );
    * ```
    */
-  static async load(dirOrUrl: string | URL): Promise<Tokenizer> {
+  static async load(
+    dirOrUrl: string | URL,
+    options: TokenizerLoadOptions = {},
+  ): Promise<Tokenizer> {
+    const maxBytes = options.maxBytes ?? DEFAULT_MAX_TOKENIZER_BYTES;
     let tokText: string;
+    let tokFile: string;
+    let cfgFile: string;
     let cfgText: string | undefined;
     if (dirOrUrl instanceof URL || SCHEME.test(dirOrUrl)) {
       let base = new URL(dirOrUrl);
@@ -284,10 +381,13 @@ export class Tokenizer implements TextTokenizer {
         if (!base.pathname.endsWith("/")) base = new URL(base.href.replace(/[?#].*$/, "") + "/");
         file = new URL("tokenizer.json", base);
       }
-      const text = await fetchText(file, false);
+      const text = await fetchText(file, false, maxBytes);
       if (text === undefined) throw new Error(`cannot fetch ${file.href}`);
       tokText = text;
-      cfgText = await fetchText(new URL("tokenizer_config.json", file), true);
+      tokFile = file.href;
+      const cfgUrl = new URL("tokenizer_config.json", file);
+      cfgFile = cfgUrl.href;
+      cfgText = await fetchText(cfgUrl, true, maxBytes);
     } else {
       let dir = dirOrUrl;
       let file = joinPath(dirOrUrl, "tokenizer.json");
@@ -298,26 +398,48 @@ export class Tokenizer implements TextTokenizer {
           dir = dirName(dirOrUrl);
         }
       }
+      tokFile = file;
       try {
-        tokText = await Deno.readTextFile(file);
+        tokText = await readChecked(file, maxBytes);
       } catch (e) {
         if (e instanceof Deno.errors.NotFound) {
           throw new Deno.errors.NotFound(`tokenizer.json not found: ${file}`);
         }
         throw e;
       }
-      cfgText = await readOptional(joinPath(dir, "tokenizer_config.json"));
+      cfgFile = joinPath(dir, "tokenizer_config.json");
+      cfgText = await readOptional(cfgFile, maxBytes);
     }
-    const tokJson: unknown = JSON.parse(tokText);
-    const cfg: unknown = cfgText === undefined ? undefined : JSON.parse(cfgText);
-    return Tokenizer.fromJSON(tokJson as object, cfg as object | undefined);
+    const tokJson = parseJsonFile(tokFile, tokText);
+    const cfg = cfgText === undefined ? undefined : parseJsonFile(cfgFile, cfgText);
+    if (cfg !== undefined && !isRecord(cfg)) {
+      throw new TokenizerError(cfgFile, "tokenizer_config.json must be a JSON object");
+    }
+    return Tokenizer.#build(tokFile, tokJson, cfg);
+  }
+
+  /** Builds a tokenizer from parsed JSON, naming `file` in every error. */
+  static #build(file: string, tokenizerJson: unknown, config?: Record<string, unknown>): Tokenizer {
+    if (!isRecord(tokenizerJson) || !isRecord(tokenizerJson.model)) {
+      throw new TokenizerError(file, "not a tokenizer: expected an object with a `model` object");
+    }
+    checkIds(file, tokenizerJson);
+    const json = { added_tokens: [], ...tokenizerJson };
+    try {
+      return new Tokenizer(json, config ?? {});
+    } catch (e) {
+      // tokenizers.js reports malformed fields as TypeErrors (or worse) without the file.
+      throw new TokenizerError(file, `not a valid tokenizer: ${(e as Error).message}`, {
+        cause: e,
+      });
+    }
   }
 
   /**
    * Builds a tokenizer from parsed `tokenizer.json` (and optional `tokenizer_config.json`)
    * objects.
    *
-   * @throws {TypeError} when the objects do not look like a tokenizer.
+   * @throws {TokenizerError} when the objects do not look like a tokenizer.
    *
    * @example
    * ```ts
@@ -327,14 +449,10 @@ export class Tokenizer implements TextTokenizer {
    * ```
    */
   static fromJSON(tokenizerJson: object, config?: object): Tokenizer {
-    if (!isRecord(tokenizerJson) || !isRecord(tokenizerJson.model)) {
-      throw new TypeError("tokenizer.json must be an object with a `model` field");
-    }
     if (config !== undefined && !isRecord(config)) {
-      throw new TypeError("tokenizer_config.json must be an object");
+      throw new TokenizerError("tokenizer_config.json", "must be a JSON object");
     }
-    const json = { added_tokens: [], ...tokenizerJson };
-    return new Tokenizer(json, config ?? {});
+    return Tokenizer.#build("tokenizer.json", tokenizerJson, config);
   }
 
   /**

@@ -38,8 +38,10 @@ async function cli(args: string[], stdin?: string): Promise<Result> {
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
 }
 
+/** The token records of --json output (the closing `done` record of each input line left out). */
 function jsonLines(s: string): { id: number; text: string; seq?: number }[] {
-  return s.split("\n").filter((l) => l.length > 0).map((l) => JSON.parse(l));
+  return s.split("\n").filter((l) => l.length > 0).map((l) => JSON.parse(l))
+    .filter((r) => r.done !== true);
 }
 
 // ---- which model (if any) the model tests use ----

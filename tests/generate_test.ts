@@ -9,6 +9,7 @@ import {
   textStream,
 } from "../src/generate.ts";
 import { byteLevelTokenizerJSON, type TextTokenizer, Tokenizer } from "../src/tokenizer.ts";
+import { InputError } from "../src/errors.ts";
 
 // A deterministic byte-level "bigram" model: the next-token logits depend only on the last
 // token fed. Greedy decoding walks CYCLE forever ("…\n" → "X…"). The state records every
@@ -172,7 +173,7 @@ Deno.test("generate: stop strings truncate the text and end generation", async (
   assert.equal(r.text, "yz😀 qé\nXyz😀");
   // Stop string at the very start of the output.
   assert.equal((await run(["y"])).text, "");
-  await assert.rejects(() => complete(m, "X", { stop: [""] }), RangeError);
+  await assert.rejects(() => complete(m, "X", { stop: [""] }), InputError);
 });
 
 Deno.test("generate: stop-string hold-back never leaks into increments", async () => {
@@ -214,8 +215,8 @@ Deno.test("generate: maxNewTokens 0 only prefills; vocab padding never sampled",
   const toks = await collect(generate(soft, "X", { maxNewTokens: 300, seed: 1, eosTokenId: null }));
   assert.equal(toks.length, 300);
   assert.ok(toks.every((t) => t.id < V));
-  await assert.rejects(() => complete(m, "X", { maxNewTokens: -1 }), RangeError);
-  await assert.rejects(() => complete(m, "X", { topP: 2 }), RangeError);
+  await assert.rejects(() => complete(m, "X", { maxNewTokens: -1 }), InputError);
+  await assert.rejects(() => complete(m, "X", { topP: 2 }), InputError);
 });
 
 Deno.test("generate: same seed ⇒ same output; different seed ⇒ different", async () => {
@@ -234,10 +235,10 @@ Deno.test("generate: prompts as ids, no tokenizer, empty prompt starts from eos"
   const bare = new FakeModel({ tokenizer: null });
   const toks = await collect(generate(bare, [0x58], { ...greedy, maxNewTokens: 3 }));
   assert.deepEqual(toks, cycleFrom(0x58, 3).map((id) => ({ id, text: "" })));
-  await assert.rejects(() => complete(bare, "X"), TypeError);
-  await assert.rejects(() => complete(bare, [0x58], { stop: ["x"] }), TypeError);
-  await assert.rejects(() => complete(bare, [], {}), RangeError); // no eos to start from
-  await assert.rejects(() => complete(bare, [PADDED]), RangeError);
+  await assert.rejects(() => complete(bare, "X"), InputError);
+  await assert.rejects(() => complete(bare, [0x58], { stop: ["x"] }), InputError);
+  await assert.rejects(() => complete(bare, [], {}), InputError); // no eos to start from
+  await assert.rejects(() => complete(bare, [PADDED]), InputError);
   const m = new FakeModel();
   await complete(m, "", { ...greedy, maxNewTokens: 1 });
   assert.deepEqual(m.prefills[0], [[EOS]]);
@@ -253,7 +254,7 @@ Deno.test("generate with state: the state holds prompt + yielded tokens; continu
   assert.equal(second, "é\n");
   assert.deepEqual(state.fed[0], [0x58, ...ids1, 0x71, ...tok.encode("é\n")]);
   // Continuing a state needs a non-empty prompt.
-  await assert.rejects(() => complete(m, "", { state }), RangeError);
+  await assert.rejects(() => complete(m, "", { state }), InputError);
   // feedGenerated: false → only the prompt goes into the state.
   const s2 = m.createState(1);
   const out = await complete(m, "X", {
@@ -268,7 +269,7 @@ Deno.test("generate with state: the state holds prompt + yielded tokens; continu
   const s3 = m.createState(1);
   for await (const _ of generate(m, "X", { ...greedy, maxNewTokens: 10, state: s3 })) break;
   assert.deepEqual(s3.fed[0], [0x58, ...cycleFrom(0x58, 2)]);
-  await assert.rejects(() => complete(m, "X", { state: m.createState(2) }), RangeError);
+  await assert.rejects(() => complete(m, "X", { state: m.createState(2) }), InputError);
 });
 
 Deno.test("generateBatch: per-row results equal single generation; rows stop on their own", async () => {
@@ -303,7 +304,7 @@ Deno.test("generateBatch: finished rows keep stepping with eos; state option; se
     await generateBatch(soft(), ["a", "b"], o),
     await generateBatch(soft(), ["a", "b"], o),
   );
-  await assert.rejects(() => generateBatch(m, ["a"], { state }), RangeError);
+  await assert.rejects(() => generateBatch(m, ["a"], { state }), InputError);
 });
 
 async function roundTrip(ts: TransformStream<string, string>, chunks: string[]): Promise<string[]> {
@@ -369,5 +370,5 @@ Deno.test("textStream: without a state; abort errors later writes", async () => 
   const next = r.read();
   await assert.rejects(() => w.write("more"));
   await assert.rejects(() => next);
-  assert.throws(() => textStream(new FakeModel({ tokenizer: null })), TypeError);
+  assert.throws(() => textStream(new FakeModel({ tokenizer: null })), InputError);
 });

@@ -8,6 +8,7 @@ import {
   validateSamplingOptions,
 } from "../src/sampling.ts";
 import { Xoshiro128 } from "../src/rng.ts";
+import { InputError, MambaError } from "../src/errors.ts";
 
 // ---- PRNG ----
 
@@ -30,7 +31,7 @@ Deno.test("xoshiro128**: seeds are reproducible, distinct, and floats are unifor
   const a = new Xoshiro128(3);
   const b = a.clone();
   assert.equal(a.nextFloat(), b.nextFloat());
-  assert.throws(() => new Xoshiro128(1.5), RangeError);
+  assert.throws(() => new Xoshiro128(1.5), MambaError);
   const r = new Xoshiro128(123);
   const bins = new Array(10).fill(0);
   const N = 100_000;
@@ -69,7 +70,7 @@ Deno.test("validateSamplingOptions: defaults", () => {
   }
 });
 
-Deno.test("validateSamplingOptions: bad values throw a RangeError naming the option", () => {
+Deno.test("validateSamplingOptions: bad values throw a MambaError naming the option", () => {
   const bad: [SamplingOptions, string][] = [
     [{ temperature: -0.1 }, "temperature"],
     [{ temperature: NaN }, "temperature"],
@@ -95,7 +96,7 @@ Deno.test("validateSamplingOptions: bad values throw a RangeError naming the opt
     for (const f of [() => validateSamplingOptions(opts), () => new Sampler(opts)]) {
       assert.throws(f, (e: unknown) => {
         assert.ok(e instanceof SamplingOptionsError, `${JSON.stringify(opts)}`);
-        assert.ok(e instanceof RangeError);
+        assert.ok(e instanceof MambaError);
         assert.equal(e.option, name);
         assert.match(e.message, new RegExp(`^${name} must`));
         return true;
@@ -126,7 +127,7 @@ Deno.test("vocabSize: padded ids are never produced, greedy or sampled", () => {
   assert.equal(new Sampler({ topK: 1 }).sample(logits), 4);
   const s = new Sampler({ vocabSize: 4, temperature: 5, seed: 2 });
   for (let i = 0; i < 2000; i++) assert.ok(s.sample(logits) < 4);
-  assert.throws(() => new Sampler({ vocabSize: 9 }).sample(logits), RangeError);
+  assert.throws(() => new Sampler({ vocabSize: 9 }).sample(logits), InputError);
 });
 
 Deno.test("sample: never modifies the logits; all -inf/NaN throws", () => {

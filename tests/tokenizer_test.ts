@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { byteLevelTokenizerJSON, Tokenizer } from "../src/tokenizer.ts";
+import { TokenizerError } from "../src/errors.ts";
 import { Xoshiro128 } from "../src/rng.ts";
 import { byteTokenizerDir, neoxTokenizerPath } from "./text_util.ts";
 
@@ -136,7 +137,7 @@ Deno.test("Tokenizer.load: file path, file URL, tokenizer_config eos_token", asy
     await Deno.remove(dir, { recursive: true });
   }
   await assert.rejects(() => Tokenizer.load("/nonexistent-dir"), Deno.errors.NotFound);
-  assert.throws(() => Tokenizer.fromJSON({}), TypeError);
+  assert.throws(() => Tokenizer.fromJSON({}), TokenizerError);
 });
 
 // ---- byte-level tokenizer (the demo model's) ----

@@ -15,6 +15,8 @@ import type {
 import { BackendError } from "../errors.ts";
 import { RefBackend } from "./ref/backend.ts";
 import type { WasmOptions } from "./wasm/options.ts";
+import { quietly, requestAdapter } from "./quiet_adapter.ts";
+import { softwareBackends } from "../work_budget.ts";
 
 /** A backend name, or `"auto"`: the fastest one that works here. */
 export type BackendChoice = BackendName | "auto";
@@ -46,7 +48,14 @@ export function createBackend(
     case "wasm":
       return import("./wasm/backend.ts").then((m) => m.WasmBackend.create(init, options.wasm));
     case "webgpu":
-      return import("./webgpu/backend.ts").then((m) => m.WebGpuBackend.create(init));
+      // Creating the device probes Vulkan again: keep libwayland's noise off stderr there too.
+      return quietly(async () => {
+        const { WebGpuBackend } = await import("./webgpu/backend.ts");
+        const backend = await WebGpuBackend.create(init);
+        // A software adapter computes slower than the CPU: abortable slices must be smaller.
+        if ((await requestAdapter())?.info.isFallbackAdapter) softwareBackends.add(backend);
+        return backend;
+      });
     case "auto":
       return createBackendChain("auto", init, options).then((c) => c.backend);
     default:
@@ -142,7 +151,7 @@ async function chain<B>(
  */
 async function autoOrder(why: string[]): Promise<BackendName[]> {
   try {
-    const adapter = await navigator.gpu?.requestAdapter();
+    const adapter = await requestAdapter();
     if (adapter && !adapter.info.isFallbackAdapter) return ["webgpu", "wasm", "ref"];
     why.push(
       adapter

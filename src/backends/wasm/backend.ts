@@ -19,7 +19,7 @@
 import type { Backend, BackendInit, DecodeOptions, StateTensors } from "../../backend.ts";
 import type { MambaConfig } from "../../config.ts";
 import { BackendError } from "../../errors.ts";
-import { Sampler } from "../../sampling.ts";
+import { Sampler, TokenHistory } from "../../sampling.ts";
 import { RankEngine } from "./engine.ts";
 import { WasmKernels } from "./kernels.ts";
 import type { WasmOptions } from "./options.ts";
@@ -474,7 +474,10 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
       ? rowSamplers.some((r) => !r.options.greedy || r.options.repetitionPenalty !== 1)
       : !s.greedy || s.repetitionPenalty !== 1;
     const sampler = sampled && !rowSamplers ? new Sampler(s) : null;
-    const history = Array.from(tokens, (t, b) => [...(options.history?.[b] ?? []), t]);
+    const history = Array.from(
+      tokens,
+      (t, b) => new TokenHistory([...(options.history?.[b] ?? []), t]),
+    );
     const maxBlock = Math.max(1, Math.floor(options.blockSize ?? 64));
     let cur = Int32Array.from(tokens);
     let block = 1;
@@ -491,7 +494,7 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
         ? (logits, out) => {
           for (let b = 0; b < B; b++) {
             const pick = rowSamplers?.[b] ?? sampler!;
-            const id = pick.sample(logits.subarray(b * V, (b + 1) * V), history[b]);
+            const id = pick.sample(logits.subarray(b * V, (b + 1) * V), history[b].ids);
             out[b] = id;
             history[b].push(id);
           }

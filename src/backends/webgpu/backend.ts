@@ -69,8 +69,10 @@ export interface WebGpuOptions {
   matvecShape?: Partial<MatvecShape>;
   /**
    * Decode products of at least this many rows of x use the skinny tiled kernel
-   * (`wgsl/skinny.wgsl`) instead of the matrix-vector kernel. Default 16. Above 32 rows the
-   * skinny kernel is the only choice.
+   * (`wgsl/skinny.wgsl`) instead of the matrix-vector kernel. Above 32 rows the skinny kernel is
+   * the only choice. Default 16 for models under 2048 wide, 33 from there: at batch 16 on the
+   * H200 the skinny kernel was faster for mamba-130m (12,354 against 10,383 tok/s) and slower
+   * for mamba-1.4b (2,355 against 2,709) and mamba-2.8b (1,113 against 1,442).
    */
   skinnyMinRows?: number;
   /** Overrides of the skinny kernel's tile, for every product (tests, sweeps). */
@@ -139,6 +141,8 @@ export function defaultSkinnyShape(
 ): SkinnyShape {
   const t = { ...measuredSkinnyTile(W, M), ...over };
   const shape = { tn: t.tn!, tm: t.tm!, nt: t.nt!, mt: t.mt!, ks: t.ks!, bk: t.bk!, pf: t.pf ?? 1 };
+  // K slices fill the workgroup's 256 threads, unless given.
+  if (!over.ks) shape.ks = Math.max(1, Math.min(shape.ks, Math.floor(256 / (shape.nt * shape.mt))));
   // Shorter chunks, then fewer slices, until the staging fits (sizes not forced by `over`).
   while (skinnyStageBytes(shape) > smemBytes) {
     if (!over.bk && shape.bk > 8) shape.bk /= 2;
@@ -151,12 +155,14 @@ export function defaultSkinnyShape(
 /**
  * The tile that measured fastest for each kind of product on the H200
  * (`bench/webgpu_matvec_sweep.ts --kernel skinny`, mamba-130m f16, batches 16 and 64; see
- * bench/RESULTS.md): the LM head (many rows of W), tiny products (x_proj), products that shrink
- * K to N (out_proj), and those that widen it (in_proj); up to 16 rows of x, and more.
+ * bench/RESULTS.md): the LM head (a vocabulary of rows), tiny products (x_proj), products that
+ * shrink K to N (out_proj), and those that widen it (in_proj, 8–10k rows on the 1.4–2.8b
+ * models: the LM head's 128-row tiles would leave them too few workgroups); up to 16 rows of x,
+ * and more.
  */
 function measuredSkinnyTile(W: GpuMatrix, M: number): Omit<SkinnyShape, "pf"> {
   const many = M > 16;
-  if (W.N >= 8192) {
+  if (W.N >= 32768) {
     return many
       ? { tn: 4, tm: 8, nt: 16, mt: 8, ks: 2, bk: 16 }
       : { tn: 8, tm: 4, nt: 16, mt: 4, ks: 2, bk: 8 };
@@ -323,7 +329,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       fuseNorm: opt.fuseNorm ?? true,
       matmul128: opt.matmul128 ?? true,
       matvecShape: opt.matvecShape ?? {},
-      skinnyMinRows: opt.skinnyMinRows ?? 16,
+      skinnyMinRows: opt.skinnyMinRows ?? (config.dModel < 2048 ? 16 : 33),
       skinnyShape: opt.skinnyShape ?? {},
       scanEpilogueMaxRows: opt.scanEpilogueMaxRows ?? 8,
     };

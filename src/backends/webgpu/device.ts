@@ -6,6 +6,7 @@
  */
 
 import { BackendError } from "../../errors.ts";
+import { requestAdapter } from "../quiet_adapter.ts";
 
 /** What the backend knows about the device it runs on. */
 export interface GpuContext {
@@ -32,7 +33,7 @@ let shared: Promise<GpuContext> | null = null;
 /** Whether this runtime offers WebGPU and an adapter. */
 export async function hasWebGpu(): Promise<boolean> {
   try {
-    return !!(await navigator.gpu?.requestAdapter());
+    return !!(await requestAdapter());
   } catch {
     return false;
   }
@@ -53,7 +54,7 @@ export function gpuContext(): Promise<GpuContext> {
 
 async function createContext(): Promise<GpuContext> {
   if (!navigator.gpu) throw new BackendError("WebGPU is not available in this runtime");
-  const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
+  const adapter = await requestAdapter({ powerPreference: "high-performance" });
   if (!adapter) throw new BackendError("no WebGPU adapter found");
   const want = ["shader-f16", "timestamp-query", "subgroups"];
   const have = adapter.features as unknown as { has(f: string): boolean };
