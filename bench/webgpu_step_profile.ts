@@ -20,7 +20,7 @@ import { parseArgs } from "node:util";
 import { validateSamplingOptions } from "../src/sampling.ts";
 import type { WebGpuBackend } from "../src/backends/webgpu/backend.ts";
 import type { Command } from "../src/backends/webgpu/recorder.ts";
-import { randomGpuBackend } from "./webgpu_util.ts";
+import { randomGpuBackend, timeReplay } from "./webgpu_util.ts";
 
 const { values: opt } = parseArgs({
   args: Deno.args,
@@ -44,50 +44,8 @@ const batch = Number(opt.batch);
 const rows: Record<string, unknown>[] = [];
 
 /** GPU µs per replay of `cmds`, `reps` times in one pass (best of 3 after a warm-up). */
-async function time(be: WebGpuBackend, cmds: readonly Command[], passEvery = 0): Promise<number> {
-  const dev = be.rec.device;
-  const query = dev.createQuerySet({ type: "timestamp", count: 2 });
-  const resolve = dev.createBuffer({ size: 16, usage: 0x200 | 0x4 });
-  const staging = dev.createBuffer({ size: 16, usage: 0x1 | 0x8 });
-  let best = Infinity;
-  for (let round = 0; round < 4; round++) {
-    const enc = dev.createCommandEncoder();
-    const total = cmds.length * reps;
-    let pass: GPUComputePassEncoder | null = null;
-    let i = 0;
-    for (let r = 0; r < reps; r++) {
-      for (const c of cmds) {
-        if (!pass) {
-          const tw: GPUComputePassTimestampWrites = {
-            querySet: query,
-            ...(i === 0 ? { beginningOfPassWriteIndex: 0 } : {}),
-          };
-          pass = enc.beginComputePass(i === 0 ? { timestampWrites: tw } : {});
-        }
-        pass.setPipeline(c.pipeline);
-        pass.setBindGroup(0, c.group);
-        pass.dispatchWorkgroups(c.x, c.y, c.z);
-        i++;
-        if ((passEvery && i % passEvery === 0) || i === total) {
-          pass.end();
-          pass = null;
-        }
-      }
-    }
-    // A last empty pass carries the end timestamp.
-    enc.beginComputePass({ timestampWrites: { querySet: query, endOfPassWriteIndex: 1 } }).end();
-    enc.resolveQuerySet(query, 0, 2, resolve, 0);
-    enc.copyBufferToBuffer(resolve, 0, staging, 0, 16);
-    dev.queue.submit([enc.finish()]);
-    await staging.mapAsync(GPUMapMode.READ);
-    const t = new BigUint64Array(staging.getMappedRange().slice(0));
-    staging.unmap();
-    if (round > 0) best = Math.min(best, Number(t[1] - t[0]) / 1e3 / reps);
-  }
-  query.destroy();
-  resolve.destroy();
-  staging.destroy();
-  return best;
+function time(be: WebGpuBackend, cmds: readonly Command[], passEvery = 0): Promise<number> {
+  return timeReplay(be.rec.device, cmds, reps, passEvery);
 }
 
 /** A kernel label without its false / zero defines. */

@@ -38,9 +38,9 @@ import {
 import { decodeBlockTokens, prefillChunkTokens } from "./work_budget.ts";
 import { exists, loadWeights, type ModelWeights, readBytes, type WeightsDtype } from "./weights.ts";
 import {
-  Sampler,
+  hostDecode,
+  type Sampler,
   type SamplingOptions,
-  TokenHistory,
   validateSamplingOptions,
 } from "./sampling.ts";
 import {
@@ -608,16 +608,15 @@ export class MambaLM {
       });
       return;
     }
-    const sampler = new Sampler(sampling);
-    const V = this.config.paddedVocabSize;
-    const history = tokens.map((t, b) => new TokenHistory([...(options.history?.[b] ?? []), t]));
-    let cur = [...tokens];
-    for (let i = 0; i < n; i++) {
-      const logits = await this.step(state, cur);
-      cur = cur.map((_, b) => sampler.sample(logits.subarray(b * V, (b + 1) * V), history[b].ids));
-      cur.forEach((t, b) => history[b].push(t));
-      yield cur.map((t) => [t]);
-    }
+    yield* hostDecode(
+      (s, t) => this.step(s, t),
+      state,
+      tokens,
+      n,
+      sampling,
+      this.config.paddedVocabSize,
+      options.history,
+    );
   }
 
   /** Frees the backend's memory. The model cannot be used afterwards. */

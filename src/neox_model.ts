@@ -8,7 +8,7 @@
  */
 
 import type { BackendName, TransformerBackend, TransformerBackendInit } from "./backend.ts";
-import { Sampler, TokenHistory, validateSamplingOptions } from "./sampling.ts";
+import { hostDecode, validateSamplingOptions } from "./sampling.ts";
 import {
   type BackendOptions,
   type BackendPreference,
@@ -350,16 +350,15 @@ export class GptNeoXLM {
       }
       return;
     }
-    const sampler = new Sampler(sampling);
-    const V = this.config.paddedVocabSize;
-    const history = tokens.map((t, b) => new TokenHistory([...(options.history?.[b] ?? []), t]));
-    let cur = [...tokens];
-    for (let i = 0; i < n; i++) {
-      const logits = await this.step(state, cur);
-      cur = cur.map((_, b) => sampler.sample(logits.subarray(b * V, (b + 1) * V), history[b].ids));
-      cur.forEach((t, b) => history[b].push(t));
-      yield cur.map((t) => [t]);
-    }
+    yield* hostDecode(
+      (s, t) => this.step(s, t),
+      state,
+      tokens,
+      n,
+      sampling,
+      this.config.paddedVocabSize,
+      options.history,
+    );
   }
 
   /** Frees the backend's memory. The model cannot be used afterwards. */

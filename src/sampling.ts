@@ -536,3 +536,29 @@ export class Sampler {
     return thr;
   }
 }
+
+/**
+ * Decoding on the host, for backends without fused decoding: feeds `tokens` (one per sequence)
+ * through `step`, picks the next token of each sequence with one {@link Sampler}, feeds it back,
+ * `n` times. Yields the picked ids a step at a time, `[batch][1]`.
+ */
+export async function* hostDecode<S>(
+  step: (state: S, tokens: readonly number[]) => Promise<Float32Array>,
+  state: S,
+  tokens: readonly number[],
+  n: number,
+  sampling: ResolvedSamplingOptions,
+  paddedVocab: number,
+  seen?: readonly (readonly number[])[],
+): AsyncGenerator<number[][]> {
+  const sampler = new Sampler(sampling);
+  const V = paddedVocab;
+  const history = tokens.map((t, b) => new TokenHistory([...(seen?.[b] ?? []), t]));
+  let cur = [...tokens];
+  for (let i = 0; i < n; i++) {
+    const logits = await step(state, cur);
+    cur = cur.map((_, b) => sampler.sample(logits.subarray(b * V, (b + 1) * V), history[b].ids));
+    cur.forEach((t, b) => history[b].push(t));
+    yield cur.map((t) => [t]);
+  }
+}
