@@ -37,12 +37,7 @@ import {
 } from "./state.ts";
 import { decodeBlockTokens, prefillChunkTokens } from "./work_budget.ts";
 import { exists, loadWeights, type ModelWeights, readBytes, type WeightsDtype } from "./weights.ts";
-import {
-  hostDecode,
-  type Sampler,
-  type SamplingOptions,
-  validateSamplingOptions,
-} from "./sampling.ts";
+import { hostDecode, type SamplingOptions, validateSamplingOptions } from "./sampling.ts";
 import {
   DEFAULT_MIXER_INIT,
   DEFAULT_MODEL_INIT,
