@@ -175,7 +175,8 @@ export async function startServer(
     throw new ConfigError(
       "model_type",
       `the server runs Mamba models only (model_type mamba, mamba2 or mamba_ssm; GPT-NeoX ` +
-        `models load as a GptNeoXLM, which it does not serve): ${cfg.model} (${e.message})`,
+        `models load as a GptNeoXLM, which it does not serve): ${cfg.model}: ` +
+        e.message.replace(/^config\.json: model_type: /, ""),
     );
   }
   const modelName = cfg.modelName ??
