@@ -7,6 +7,7 @@
 
 import type { KvTensors, TransformerBackend } from "./backend.ts";
 import { DeviceLostError, InputError } from "./errors.ts";
+import { frameState, stateData, unframeState } from "./state_bytes.ts";
 
 /** The shape of a KV cache, apart from its length. */
 export interface KvLayout {
@@ -132,23 +133,16 @@ export class KvCacheState {
    */
   async toBytes(): Promise<Uint8Array> {
     const t = await this.tensors();
-    const header = new TextEncoder().encode(
-      JSON.stringify({ layout: this.layout, length: this.#length }),
-    );
-    const dataStart = (12 + header.length + 3) & ~3;
-    const out = new Uint8Array(dataStart + this.byteLength);
-    out.set(new TextEncoder().encode(MAGIC), 0);
-    new DataView(out.buffer).setUint32(8, header.length, true);
-    out.set(header, 12);
-    const f = new Float32Array(out.buffer, dataStart);
-    let o = 0;
-    for (let i = 0; i < this.layout.nLayer; i++) {
-      f.set(t.k[i], o);
-      o += t.k[i].length;
-      f.set(t.v[i], o);
-      o += t.v[i].length;
-    }
-    return out;
+    const header = { layout: this.layout, length: this.#length };
+    return frameState(MAGIC, header, this.byteLength, (f) => {
+      let o = 0;
+      for (let i = 0; i < this.layout.nLayer; i++) {
+        f.set(t.k[i], o);
+        o += t.k[i].length;
+        f.set(t.v[i], o);
+        o += t.v[i].length;
+      }
+    });
   }
 
   /**
@@ -157,23 +151,14 @@ export class KvCacheState {
    * @throws {InputError} on bytes that are not a saved KV cache or are truncated.
    */
   static fromBytes(bytes: Uint8Array): KvCacheState {
-    const bad = (why: string) => new InputError(`not a saved KvCacheState: ${why}`);
-    if (bytes.length < 12) throw bad("too short");
-    if (new TextDecoder().decode(bytes.subarray(0, 8)) !== MAGIC) throw bad("wrong magic");
-    const n = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(8, true);
-    if (12 + n > bytes.length) throw bad("header beyond the end");
-    let header: { layout?: KvLayout; length?: number };
-    try {
-      header = JSON.parse(new TextDecoder().decode(bytes.subarray(12, 12 + n)));
-    } catch {
-      throw bad("header is not JSON");
-    }
+    const { header: raw, dataStart, bad } = unframeState(bytes, MAGIC, "KvCacheState");
+    const header = raw as { layout?: KvLayout; length?: number } | null;
     const l = header?.layout;
     const pos = (v: unknown) => Number.isSafeInteger(v) && (v as number) > 0;
     if (
       typeof l !== "object" || l === null || l.kind !== "kv" || !pos(l.nLayer) ||
       !pos(l.batch) || !pos(l.nKvHeads) || !pos(l.headDim) ||
-      !Number.isSafeInteger(header.length) || header.length! < 0
+      !Number.isSafeInteger(header?.length) || header!.length! < 0
     ) {
       throw bad("bad layout");
     }
@@ -184,13 +169,12 @@ export class KvCacheState {
       nKvHeads: l.nKvHeads,
       headDim: l.headDim,
     };
-    const length = header.length!;
-    const dataStart = (12 + n + 3) & ~3;
+    const length = header!.length!;
     const total = KvCacheState.bytesFor(layout, length);
     if (bytes.length !== dataStart + total) {
       throw bad(`expected ${dataStart + total} bytes, got ${bytes.length}`);
     }
-    const f = new Float32Array(new Uint8Array(bytes.subarray(dataStart)).buffer); // aligned copy
+    const f = stateData(bytes, dataStart);
     const per = total / 4 / layout.nLayer / 2;
     const k: Float32Array[] = [];
     const v: Float32Array[] = [];

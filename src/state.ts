@@ -8,6 +8,7 @@
 import type { Backend, StateTensors } from "./backend.ts";
 import type { MambaArch, MambaConfig } from "./config.ts";
 import { DeviceLostError, InputError } from "./errors.ts";
+import { frameState, stateData, unframeState } from "./state_bytes.ts";
 
 /** The shape of a state: enough to check it against a model, and to (de)serialise it. */
 export interface StateLayout {
@@ -272,22 +273,15 @@ export class InferenceState {
    */
   async toBytes(): Promise<Uint8Array> {
     await this.sync();
-    const header = new TextEncoder().encode(JSON.stringify(this.layout));
-    const headerEnd = 12 + header.length;
-    const dataStart = (headerEnd + 3) & ~3;
-    const out = new Uint8Array(dataStart + this.byteLength);
-    out.set(new TextEncoder().encode(MAGIC), 0);
-    new DataView(out.buffer).setUint32(8, header.length, true);
-    out.set(header, 12);
-    const f = new Float32Array(out.buffer, dataStart);
-    let o = 0;
-    for (let i = 0; i < this.layout.nLayer; i++) {
-      f.set(this.#host.conv[i], o);
-      o += this.#host.conv[i].length;
-      f.set(this.#host.ssm[i], o);
-      o += this.#host.ssm[i].length;
-    }
-    return out;
+    return frameState(MAGIC, this.layout, this.byteLength, (f) => {
+      let o = 0;
+      for (let i = 0; i < this.layout.nLayer; i++) {
+        f.set(this.#host.conv[i], o);
+        o += this.#host.conv[i].length;
+        f.set(this.#host.ssm[i], o);
+        o += this.#host.ssm[i].length;
+      }
+    });
   }
 
   /**
@@ -296,27 +290,10 @@ export class InferenceState {
    * @throws {InputError} on bytes that are not a state or are truncated.
    */
   static fromBytes(bytes: Uint8Array): InferenceState {
-    const bad = (why: string) => new InputError(`not a saved InferenceState: ${why}`);
-    if (!(bytes instanceof Uint8Array)) throw bad("expected a Uint8Array");
-    if (bytes.length < 12) throw bad("too short");
-    if (new TextDecoder().decode(bytes.subarray(0, 8)) !== MAGIC) throw bad("wrong magic");
-    const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    const n = dv.getUint32(8, true);
-    if (12 + n > bytes.length) {
-      throw bad(`header of ${n} bytes runs beyond the end of the ${bytes.length} bytes`);
-    }
-    let raw: unknown;
-    try {
-      raw = JSON.parse(
-        new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(12, 12 + n)),
-      );
-    } catch {
-      throw bad("header is not JSON");
-    }
+    const { header: raw, dataStart, bad } = unframeState(bytes, MAGIC, "InferenceState");
     const layout = checkLayout(raw, bad);
     // Every size is checked against the bytes actually present before anything is allocated:
     // the data can take no more memory than the input already does.
-    const dataStart = Math.ceil((12 + n) / 4) * 4; // (not & ~3: n may pass 2^31)
     const need = dataStart + stateByteLength(layout);
     if (bytes.length !== need) {
       throw bad(
@@ -326,8 +303,7 @@ export class InferenceState {
       );
     }
     const state = new InferenceState(layout);
-    const data = new Uint8Array(bytes.subarray(dataStart)); // aligned copy
-    const f = new Float32Array(data.buffer);
+    const f = stateData(bytes, dataStart);
     let o = 0;
     for (let i = 0; i < layout.nLayer; i++) {
       const c = state.#host.conv[i];
