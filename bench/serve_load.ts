@@ -14,6 +14,9 @@
  *   --max-tokens N     max_tokens of each request (default 64)
  *   --temperature X    (default 0.8; 0 = greedy), with top_p 0.95 and a seed per request
  *   --model DIR        start `src/server/main.ts` on a free port with this model, and stop it after
+ *   --random SHAPE     instead of --model: a random model in a published shape (e.g. mamba-130m;
+ *                      `MambaLM.fromConfig`, saved as f16) with the GPT-NeoX tokenizer from
+ *                      ../shared/data (or $MAMBA_SHARED/data), written to a temporary directory
  *   --backend B        its backend (default wasm); --max-batch N its batch (default 16);
  *                      --block N its decode block (default 16); --threads N its wasm threads
  *   --url URL          use a running server instead (must be http://127.0.0.1 or localhost)
@@ -27,6 +30,8 @@
  */
 
 import { parseArgs } from "node:util";
+import { MambaLM } from "../mod.ts";
+import { PUBLIC_CONFIGS } from "../src/random_weights.ts";
 import { printUsage } from "./usage.ts";
 
 const PROMPTS = [
@@ -198,6 +203,21 @@ async function startServer(args: {
   };
 }
 
+/** A random model of a published shape, saved as f16 with the GPT-NeoX tokenizer. */
+async function randomModelDir(shape: string): Promise<string> {
+  const config = PUBLIC_CONFIGS[shape];
+  if (!config) {
+    throw new Error(`--random: unknown shape ${shape} (${Object.keys(PUBLIC_CONFIGS).join(", ")})`);
+  }
+  const shared = Deno.env.get("MAMBA_SHARED") ??
+    new URL("../../shared", import.meta.url).pathname;
+  const dir = await Deno.makeTempDir({ prefix: `mamba-${shape}-` });
+  const lm = await MambaLM.fromConfig(config, { seed: 0, backend: "ref", weightsDtype: "f16" });
+  await lm.save(dir, { dtype: "f16" });
+  await Deno.copyFile(`${shared}/data/gpt-neox-20b/tokenizer.json`, `${dir}/tokenizer.json`);
+  return dir;
+}
+
 async function main(): Promise<void> {
   const { values: v } = parseArgs({
     args: Deno.args,
@@ -209,6 +229,7 @@ async function main(): Promise<void> {
       "max-tokens": { type: "string", default: "64" },
       temperature: { type: "string", default: "0.8" },
       model: { type: "string" },
+      random: { type: "string" },
       backend: { type: "string", default: "wasm" },
       "max-batch": { type: "string", default: "16" },
       block: { type: "string", default: "16" },
@@ -228,7 +249,11 @@ async function main(): Promise<void> {
   for (const [k, x] of Object.entries({ clients, seconds, grace, maxRequests, maxTokens })) {
     if (!(x > 0) || !Number.isFinite(x)) throw new Error(`--${k} must be a positive number`);
   }
-  if (!v.url && !v.model) throw new Error("give --model DIR (start a server) or --url URL");
+  if (!v.url && !v.model && !v.random) {
+    throw new Error("give --model DIR or --random SHAPE (start a server) or --url URL");
+  }
+  let made: string | null = null;
+  if (v.random && !v.url) v.model = made = await randomModelDir(v.random);
   let server: { url: string; stop: () => Promise<void> } | null = null;
   let url: string;
   if (v.url) {
@@ -324,6 +349,7 @@ async function main(): Promise<void> {
     }
   } finally {
     await server?.stop();
+    if (made) await Deno.remove(made, { recursive: true });
   }
 }
 

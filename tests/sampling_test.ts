@@ -363,3 +363,56 @@ Deno.test("sampling a 50k vocabulary with every filter stays fast", () => {
   const ms = (performance.now() - t0) / 100;
   assert.ok(ms < 50, `${ms.toFixed(2)} ms per sample`);
 });
+
+Deno.test("top-p by selection picks exactly what the sorted definition picks (ties, -inf, topK)", () => {
+  // The definition, spelled out with a sort: walk the distinct values from the top; a value
+  // (with its ties) is kept while the mass of strictly greater ones is below topP · total.
+  const reference = (logits: Float32Array, o: SamplingOptions, rng: Xoshiro128): number => {
+    const T = o.temperature ?? 1;
+    const lmax = Math.max(...logits);
+    const weight = (v: number) => (v === lmax ? 1 : Math.exp((v - lmax) / T));
+    const floor = o.topK ? [...logits].sort((a, b) => b - a)[o.topK - 1] : -Infinity;
+    const cand = [...logits].filter((v) => v >= floor).sort((a, b) => b - a);
+    const target = (o.topP ?? 1) * cand.reduce((s, v) => s + weight(v), 0);
+    let thr = lmax;
+    let above = 0;
+    for (let i = 0; i < cand.length && above < target;) {
+      thr = cand[i];
+      while (i < cand.length && cand[i] === thr) above += weight(cand[i++]);
+    }
+    let total = 0;
+    for (const v of logits) if (v >= thr) total += weight(v);
+    const u = rng.nextFloat() * total;
+    let acc = 0;
+    let last = -1;
+    for (let i = 0; i < logits.length; i++) {
+      if (logits[i] < thr) continue;
+      acc += weight(logits[i]);
+      last = i;
+      if (u < acc) return i;
+    }
+    return last;
+  };
+  const gen = new Xoshiro128(11);
+  for (let c = 0; c < 400; c++) {
+    const V = 1 + Math.floor(gen.nextFloat() * 300);
+    const levels = 2 + Math.floor(gen.nextFloat() * 40); // few levels: many ties
+    const logits = Float32Array.from({ length: V }, () => {
+      const r = gen.nextFloat();
+      return r < 0.05 ? -Infinity : Math.floor(r * levels) / 4;
+    });
+    logits[Math.floor(gen.nextFloat() * V)] = 3; // at least one finite value
+    const o: SamplingOptions = {
+      temperature: 0.3 + gen.nextFloat() * 1.5,
+      topP: 0.01 + gen.nextFloat() * 0.98,
+      topK: gen.nextFloat() < 0.3 ? 1 + Math.floor(gen.nextFloat() * V) : 0,
+      seed: c,
+    };
+    if (o.topK === 1) o.topK = 2; // topK 1 is greedy: another path
+    const s = new Sampler(o);
+    const rng = new Xoshiro128(s.options.seed);
+    for (let k = 0; k < 5; k++) {
+      assert.equal(s.sample(logits), reference(logits, o, rng), `case ${c} draw ${k}`);
+    }
+  }
+});

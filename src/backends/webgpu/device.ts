@@ -7,6 +7,7 @@
 
 import { BackendError } from "../../errors.ts";
 import { requestAdapter } from "../quiet_adapter.ts";
+import { canvasReadbackWorks, type ReadbackMode } from "./readback.ts";
 
 /** What the backend knows about the device it runs on. */
 export interface GpuContext {
@@ -26,6 +27,8 @@ export interface GpuContext {
   readonly maxBuffer: number;
   /** Workgroup memory available, in bytes. */
   readonly maxWorkgroupStorage: number;
+  /** How results are read back (`canvas` skips `mapAsync`'s 10 ms timer; see readback.ts). */
+  readonly readback: ReadbackMode;
 }
 
 let shared: Promise<GpuContext> | null = null;
@@ -90,5 +93,6 @@ async function createContext(): Promise<GpuContext> {
     maxBinding: device.limits.maxStorageBufferBindingSize,
     maxBuffer: device.limits.maxBufferSize,
     maxWorkgroupStorage: device.limits.maxComputeWorkgroupStorageSize,
+    readback: (await canvasReadbackWorks(device)) ? "canvas" : "map",
   };
 }

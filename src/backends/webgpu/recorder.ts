@@ -8,6 +8,7 @@
 
 import { BackendError, DeviceLostError } from "../../errors.ts";
 import type { GpuContext } from "./device.ts";
+import { type ReadSlot, readSlot } from "./readback.ts";
 import type { Kernel } from "./shaders.ts";
 
 /** A GPU buffer with a small integer id (for cache keys). */
@@ -68,6 +69,8 @@ export class Recorder {
   #uniforms = new Map<string, Buf>();
   #groups = new Map<string, GPUBindGroup>();
   #owned = new Set<Buf>();
+  /** Idle read-back slots by capacity (a power of two), for {@link read}. */
+  #slots = new Map<number, ReadSlot[]>();
   /** Dispatches recorded since creation (for profiling). */
   dispatches = 0;
   #timing: { set: GPUQuerySet; max: number; used: number; resolve: Buf } | null = null;
@@ -448,23 +451,25 @@ export class Recorder {
   async read(src: Buf, offset: number, size: number): Promise<ArrayBuffer> {
     this.throwIfLost();
     const bytes = Math.ceil(size / 4) * 4;
-    const staging = this.device.createBuffer({
-      size: Math.max(16, bytes),
-      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-    });
-    this.copy(src, offset, { buffer: staging, id: 0, size: bytes }, 0, bytes);
+    const cap = Math.max(256, 2 ** Math.ceil(Math.log2(Math.max(1, bytes))));
+    const idle = this.#slots.get(cap) ?? [];
+    this.#slots.set(cap, idle);
+    const slot = idle.pop() ?? readSlot(this.device, cap, this.ctx.readback);
+    slot.record(this.encoder(), src.buffer, offset, bytes);
     this.flush();
+    slot.submitted();
+    let got: Uint8Array<ArrayBuffer>;
     try {
-      try {
-        await staging.mapAsync(GPUMapMode.READ, 0, bytes);
-      } catch (e) {
-        throw await this.failure(e);
-      }
-      this.checkErrors();
-      return staging.getMappedRange(0, bytes).slice(0, size);
-    } finally {
-      staging.destroy();
+      got = await slot.read();
+    } catch (e) {
+      slot.destroy();
+      throw await this.failure(e);
     }
+    // Keep a few slots of each size for the next reads.
+    if (idle.length < 2) idle.push(slot);
+    else slot.destroy();
+    this.checkErrors();
+    return got.buffer.slice(got.byteOffset, got.byteOffset + size);
   }
 
   /** Frees every buffer this recorder made, and its caches. */
@@ -474,6 +479,8 @@ export class Recorder {
     this.#owned.clear();
     for (const u of this.#uniforms.values()) u.buffer.destroy();
     this.#uniforms.clear();
+    for (const list of this.#slots.values()) for (const s of list) s.destroy();
+    this.#slots.clear();
     this.#groups.clear();
   }
 }

@@ -13,6 +13,7 @@
 import type { DecodeOptions } from "../../backend.ts";
 import { BackendError } from "../../errors.ts";
 import type { ResolvedSamplingOptions, Sampler } from "../../sampling.ts";
+import { type ReadSlot, readSlot } from "./readback.ts";
 import type { Buf, Recorder } from "./recorder.ts";
 import type { Kernel, ShaderDefs, ShaderFile } from "./shaders.ts";
 
@@ -110,7 +111,8 @@ export class GpuSampler {
   readonly #work: Buf;
   readonly #words: number;
   #out: Buf | null = null;
-  #staging: GPUBuffer[] = [];
+  /** Where each block in flight is read back from. */
+  #staging: ReadSlot[] = [];
   #maxBlock = 0;
   #busy = false;
 
@@ -222,12 +224,7 @@ export class GpuSampler {
     for (const s of this.#staging) s.destroy();
     const bytes = Math.max(16, maxBlock * this.batch * 4);
     this.#out = rec.buffer(bytes, "decode.out");
-    this.#staging = [0, 1, 2].map(() =>
-      rec.device.createBuffer({
-        size: bytes,
-        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-      })
-    );
+    this.#staging = [0, 1, 2].map(() => readSlot(rec.device, bytes, rec.ctx.readback));
     this.#maxBlock = maxBlock;
     this.generation++;
   }
@@ -260,7 +257,7 @@ export class GpuSampler {
     const { rec } = this.#host;
     const vocab = Math.min(options.sampling.vocabSize ?? this.#V, this.#V);
     const maxBlock = Math.max(1, Math.min(options.blockSize ?? 64, 1024));
-    const inflight: { staging: GPUBuffer; len: number; done: Promise<void> }[] = [];
+    const inflight: { staging: ReadSlot; len: number }[] = [];
     // Per-row samplers, unless they all reduce to plain argmax (the fast greedy kernels).
     const perRow = samplers?.some((r) => !r.options.greedy || r.options.repetitionPenalty !== 1)
       ? samplers
@@ -291,9 +288,10 @@ export class GpuSampler {
         }
         const staging = this.#staging[ring];
         ring = (ring + 1) % this.#staging.length;
-        rec.encoder().copyBufferToBuffer(this.#out!.buffer, 0, staging, 0, len * B * 4);
+        staging.record(rec.encoder(), this.#out!.buffer, 0, len * B * 4);
         rec.flush();
-        inflight.push({ staging, len, done: staging.mapAsync(GPUMapMode.READ, 0, len * B * 4) });
+        staging.submitted();
+        inflight.push({ staging, len });
         submitted += len;
         block = Math.min(block * 2, maxBlock);
       };
@@ -303,11 +301,10 @@ export class GpuSampler {
       while (more()) submit();
       while (inflight.length) {
         const head = inflight[0];
-        await head.done;
+        const bytes = await head.staging.read();
         inflight.shift();
         rec.checkErrors();
-        const ids = new Uint32Array(head.staging.getMappedRange(0, head.len * B * 4).slice(0));
-        head.staging.unmap();
+        const ids = new Uint32Array(bytes.buffer, bytes.byteOffset, head.len * B);
         while (more()) submit();
         const rows: number[][] = [];
         for (let b = 0; b < B; b++) {
@@ -321,10 +318,7 @@ export class GpuSampler {
       // A lost device surfaces as whichever call noticed first (a map, a submit, a new buffer).
       throw await rec.failure(e);
     } finally {
-      for (const f of inflight) {
-        await f.done.catch(() => {});
-        if (!rec.lostReason) f.staging.unmap();
-      }
+      for (const f of inflight) await f.staging.settle();
       // Each step drew one uniform per row from the row's stream on the device: the samplers
       // continue after those draws.
       if (perRow) { for (const r of perRow) for (let i = 0; i < submitted; i++) r.rng.nextFloat(); }
