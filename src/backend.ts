@@ -54,6 +54,7 @@ export interface Backend<A = unknown, S = unknown> {
    * `residual = hidden + residual` (or `hidden` when `residual` is null), then
    * `normed = norm(residual)` with block `layer`'s pre-norm, or the final norm for `"final"`.
    * `which` picks the block's norm where it has two (Transformer blocks; default `"mixer"`).
+   * The residual of `"final"` is never used: a backend may recycle it at once.
    */
   addNorm(
     hidden: A,
@@ -110,6 +111,21 @@ export interface Backend<A = unknown, S = unknown> {
    * other work, like {@link Backend.cloneState}. Rows are checked by the caller.
    */
   copyStateRows?(src: S, srcRow: number, dst: S, dstRow: number, count: number): void;
+  /**
+   * Optional: picks one token per sequence from `logits` (an {@link Backend.lmHead} output,
+   * `[batch, paddedVocab]`) on the device, each row with its own sampler over ids below
+   * `vocab` (its options, its random stream, the repetition penalty over `history[b]`), as
+   * `samplers[b].sample` would on the host; each stochastic sampler's stream advances by the
+   * one draw made there. Consumes `logits`, except when it returns undefined: it cannot pick
+   * now (a decode runs at this batch size) and the caller reads the logits instead. Saves
+   * reading the logits back (200 kB a sequence for a 50k vocabulary) for a prompt's first token.
+   */
+  pickTokens?(
+    logits: A,
+    samplers: readonly Sampler[],
+    vocab: number,
+    history?: readonly (readonly number[])[],
+  ): Promise<number[] | undefined>;
   /**
    * True when {@link Backend.decodeTokens} honours {@link DecodeOptions.samplers}: each
    * sequence picks with its own {@link Sampler} (on the host, or on the device continuing the

@@ -37,7 +37,12 @@ import {
 } from "./state.ts";
 import { decodeBlockTokens, prefillChunkTokens } from "./work_budget.ts";
 import { exists, loadWeights, type ModelWeights, readBytes, type WeightsDtype } from "./weights.ts";
-import { hostDecode, type SamplingOptions, validateSamplingOptions } from "./sampling.ts";
+import {
+  hostDecode,
+  type Sampler,
+  type SamplingOptions,
+  validateSamplingOptions,
+} from "./sampling.ts";
 import {
   DEFAULT_MIXER_INIT,
   DEFAULT_MODEL_INIT,
@@ -474,6 +479,46 @@ export class MambaLM {
     return out;
   }
 
+  /**
+   * Feeds prompts into `state` as {@link MambaLM.prefill} does, then picks each sequence's next
+   * token with its own sampler (`history[b]`, e.g. the prompt's ids, feeds the repetition
+   * penalty). Where the backend can (`webgpu`), the pick runs on the device and only the ids
+   * come back, not the logits: the quickest first token of a completion. Elsewhere it is
+   * `samplers[b].sample` on the logits. The picked tokens are not fed.
+   *
+   * @example
+   * ```ts
+   * import { MambaLM, Sampler } from "@mamba/mamba";
+   * const lm = await MambaLM.load("./models/demo");
+   * const state = lm.createState(1);
+   * const sampler = new Sampler({ temperature: 0.8, topP: 0.95, seed: 1 });
+   * const [first] = await lm.prefillAndPick(state, [[72, 101, 108]], [sampler]);
+   * ```
+   */
+  async prefillAndPick(
+    state: InferenceState,
+    ids: readonly (readonly number[])[],
+    samplers: readonly Sampler[],
+    history?: readonly (readonly number[])[],
+  ): Promise<number[]> {
+    const [batch, seqLen, flat] = this.#checkIds(ids);
+    this.#checkState(state, batch);
+    if (samplers.length !== batch) {
+      throw new InputError(`prefillAndPick: ${samplers.length} samplers for ${batch} sequences`);
+    }
+    const be = await this.#live();
+    const handle = await bindState(state, be);
+    const V = this.config.paddedVocabSize;
+    const picked = await this.#run(be, flat, batch, seqLen, handle, true, async (logits) => {
+      const onDevice = await be.pickTokens?.(logits, samplers, this.config.vocabSize, history);
+      if (onDevice) return onDevice;
+      const all = await be.read(logits);
+      return samplers.map((s, b) => s.sample(all.subarray(b * V, (b + 1) * V), history?.[b]));
+    });
+    markComputed(state);
+    return picked;
+  }
+
   /** Advances every sequence by one token: `[batch, paddedVocabSize]` logits. */
   async step(state: InferenceState, tokens: readonly number[]): Promise<Float32Array> {
     return await this.prefill(state, tokens.map((t) => [t]));
@@ -619,14 +664,15 @@ export class MambaLM {
     this.#backend.dispose();
   }
 
-  async #run(
+  async #run<T = Float32Array>(
     be: Backend,
     ids: Int32Array,
     batch: number,
     seqLen: number,
     state: unknown,
     lastOnly: boolean,
-  ): Promise<Float32Array> {
+    finish: (logits: unknown) => Promise<T> = (a) => be.read(a) as Promise<T>,
+  ): Promise<T> {
     try {
       let hidden = be.embed(ids);
       let residual: unknown = null;
@@ -636,7 +682,7 @@ export class MambaLM {
         hidden = be.mixer(i, r.normed, batch, seqLen, state);
       }
       const { normed } = be.addNorm(hidden, residual, "final");
-      return await be.read(be.lmHead(normed, batch, seqLen, lastOnly));
+      return await finish(be.lmHead(normed, batch, seqLen, lastOnly));
     } catch (e) {
       // "Array buffer allocation failed" / "Invalid typed array length": too many tokens at once.
       if (!(e instanceof RangeError)) throw e;

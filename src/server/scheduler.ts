@@ -363,15 +363,20 @@ export class Scheduler {
       try {
         row.start ??= job.state ? job.state.clone() : lm.createState(1);
         const n = Math.min(budget, job.ids.length - row.fed);
-        const logits = await lm.prefill(row.start, [job.ids.slice(row.fed, row.fed + n)]);
+        const chunk = [job.ids.slice(row.fed, row.fed + n)];
+        const last = row.fed + n === job.ids.length;
+        // The prompt's last chunk also picks the first token (on the device where it can: the
+        // logits are not read back, which is most of a short prompt's time to first token).
+        const picked = last
+          ? await lm.prefillAndPick(row.start, chunk, [job.sampler], [row.history])
+          : (await lm.prefill(row.start, chunk), null);
         row.fed += n;
         budget -= n;
         if (this.#opt.metrics) this.#opt.metrics.promptTokens += n;
-        if (row.fed < job.ids.length || row.finished) continue;
+        if (!picked || row.finished) continue;
         this.#prefilling.shift();
         row.base = { state: row.start, row: 0 };
-        const V = lm.config.paddedVocabSize;
-        const first = job.sampler.sample(logits.subarray(0, V), row.history);
+        const first = picked[0];
         if (this.#accept(row, first)) {
           await this.#finalize(row);
           row.start.release();

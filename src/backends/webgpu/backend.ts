@@ -13,6 +13,7 @@
 
 import type { Backend, BackendInit, DecodeOptions, StateTensors } from "../../backend.ts";
 import type { MambaConfig } from "../../config.ts";
+import type { Sampler } from "../../sampling.ts";
 import { BackendError } from "../../errors.ts";
 import { stateLayout } from "../../state.ts";
 import { type GpuContext, gpuContext } from "./device.ts";
@@ -37,7 +38,15 @@ export interface GpuActivation {
   buf: Buf | null;
 }
 
-/** The recurrent state of a batch on the GPU: per layer conv and SSM buffers. */
+/** Freed states kept for reuse, per batch size. */
+const STATE_POOL_PER_BATCH = 4;
+/** Most bytes of freed states kept for reuse. */
+const STATE_POOL_BYTES = 256 << 20;
+
+/**
+ * The recurrent state of a batch on the GPU: per layer conv and SSM buffers. A freed state's
+ * arrays (and buffers) may come back in a later state: `conv` identifies the buffers.
+ */
 export interface GpuState {
   /** Sequences. */
   readonly batch: number;
@@ -307,6 +316,9 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
   readonly #opt: Required<WebGpuOptions>;
   readonly #free = new Map<number, Buf[]>();
   readonly #plans = new Map<number, DecodePlan>();
+  /** Buffers of freed states, by batch size, for {@link createState} to reuse. */
+  readonly #statePool = new Map<number, { conv: Buf[]; ssm: Buf[]; bytes: number }[]>();
+  #pooledStateBytes = 0;
   #disposed = false;
 
   private constructor(
@@ -448,6 +460,8 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     );
     this.#consume(hidden);
     if (residual) this.#consume(residual);
+    // Nothing reads the final residual: back to the pool at once (kept, it leaked a buffer a call).
+    if (layer === "final") this.#consume(resOut);
     return { normed, residual: resOut };
   }
 
@@ -1124,6 +1138,18 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     return this.decodePlan(state.batch).run(state, tokens, n, options);
   }
 
+  async pickTokens(
+    logits: GpuActivation,
+    samplers: readonly Sampler[],
+    vocab: number,
+    history?: readonly (readonly number[])[],
+  ): Promise<number[] | undefined> {
+    const b = this.#use(logits, "pickTokens");
+    const ids = await this.decodePlan(logits.rows).sampler.pick(b, samplers, vocab, history);
+    if (ids) this.#consume(logits);
+    return ids;
+  }
+
   /**
    * {@link decodeTokens} picks with {@link DecodeOptions.samplers} when given: every row with
    * its own options and random stream, on the GPU.
@@ -1200,6 +1226,14 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
 
   createState(batch: number): GpuState {
     this.#alive();
+    // A freed state's buffers, zeroed, when there are some: the bind groups and the decode
+    // steps captured for them are reused too (a server makes and frees a state per request).
+    const kept = this.#statePool.get(batch)?.pop();
+    if (kept) {
+      this.#pooledStateBytes -= kept.bytes;
+      for (const b of [...kept.conv, ...kept.ssm]) this.rec.clear(b);
+      return { batch, conv: kept.conv, ssm: kept.ssm, freed: false };
+    }
     const [c, s] = this.#stateSizes(batch);
     const conv: Buf[] = [];
     const ssm: Buf[] = [];
@@ -1252,6 +1286,17 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
   freeState(s: GpuState): void {
     if (s.freed) return;
     s.freed = true;
+    const bytes = [...s.conv, ...s.ssm].reduce((n, b) => n + b.size, 0);
+    const list = this.#statePool.get(s.batch) ?? [];
+    if (
+      !this.#disposed && list.length < STATE_POOL_PER_BATCH &&
+      this.#pooledStateBytes + bytes <= STATE_POOL_BYTES
+    ) {
+      this.#statePool.set(s.batch, list);
+      list.push({ conv: s.conv, ssm: s.ssm, bytes });
+      this.#pooledStateBytes += bytes;
+      return;
+    }
     for (const b of [...s.conv, ...s.ssm]) this.rec.destroy(b);
   }
 
@@ -1275,5 +1320,6 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     this.#plans.clear();
     this.rec.dispose();
     this.#free.clear();
+    this.#statePool.clear();
   }
 }

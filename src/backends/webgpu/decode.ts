@@ -42,7 +42,8 @@ export class DecodePlan {
   readonly #d: Buf;
   /** `[batch, paddedVocab]` logits of the last step. */
   readonly logits: Buf;
-  #captured = new WeakMap<GpuState, Map<string, { body: Command[]; tails: Command[][] }>>();
+  /** Steps captured per state buffers (a state's `conv` array: reused with its buffers). */
+  #captured = new WeakMap<Buf[], Map<string, { body: Command[]; tails: Command[][] }>>();
   /** The sampler's output generation the captured tails write into. */
   #generation = -1;
 
@@ -101,8 +102,8 @@ export class DecodePlan {
       this.#generation = this.sampler.generation;
     }
     const key = samplingKey(s, vocab);
-    let byKey = this.#captured.get(state);
-    if (!byKey) this.#captured.set(state, byKey = new Map());
+    let byKey = this.#captured.get(state.conv);
+    if (!byKey) this.#captured.set(state.conv, byKey = new Map());
     let step = byKey.get(key);
     if (!step) {
       if (byKey.size > 8) byKey.clear();

@@ -347,6 +347,41 @@ export class GpuSampler {
     return [...out];
   }
 
+  /**
+   * Picks one token per row from `src` (`[batch, paddedVocab]` logits) with each row's sampler,
+   * on the GPU, reading back only the ids (see {@link Backend.pickTokens}). Undefined while a
+   * decode run uses these buffers.
+   */
+  async pick(
+    src: Buf,
+    samplers: readonly Sampler[],
+    vocab: number,
+    history?: readonly (readonly number[])[],
+  ): Promise<number[] | undefined> {
+    if (this.#busy) return undefined;
+    if (samplers.length !== this.batch) {
+      throw new BackendError(`pickTokens: ${samplers.length} samplers for ${this.batch} rows`);
+    }
+    this.#busy = true;
+    try {
+      const { rec } = this.#host;
+      const V = Math.min(vocab, this.#V);
+      this.#ensureBlock(1);
+      rec.copy(src, 0, this.logits, 0, this.batch * this.#V * F32);
+      const s = this.#writeRows(samplers);
+      if (s.penalty) this.#writeSeen(history ?? [], V);
+      this.encodeSample(0, s, V);
+      const out = new Uint32Array(await rec.read(this.#out!, 0, this.batch * 4));
+      // The host would have drawn once for each stochastic pick.
+      for (const r of samplers) if (!r.options.greedy) r.rng.nextFloat();
+      return [...out];
+    } catch (e) {
+      throw await this.#host.rec.failure(e);
+    } finally {
+      this.#busy = false;
+    }
+  }
+
   /** Writes each row's stream and options for a per-row run (sample.wgsl, ROWS). */
   #writeRows(samplers: readonly Sampler[]): RowsSampling {
     const words = new Uint32Array(this.batch * ROW_WORDS);

@@ -471,6 +471,8 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
     }
     this.#consume(hidden);
     if (residual) this.#consume(residual);
+    // Nothing reads the final residual: back to the pool at once (kept, it leaked a buffer a call).
+    if (layer === "final") this.#consume(resOut);
     return { normed, residual: resOut };
   }
 
