@@ -33,11 +33,13 @@ const { values: opt } = parseArgs({
     json: { type: "string" },
     "skinny-min": { type: "string" },
     "scan-epi-max": { type: "string" },
+    "scan-lanes": { type: "string" },
   },
 });
 const backendOptions = {
   ...(opt["skinny-min"] ? { skinnyMinRows: Number(opt["skinny-min"]) } : {}),
   ...(opt["scan-epi-max"] ? { scanEpilogueMaxRows: Number(opt["scan-epi-max"]) } : {}),
+  ...(opt["scan-lanes"] ? { scanStepLanes: opt["scan-lanes"] !== "0" } : {}),
 };
 const reps = Number(opt.reps);
 const batch = Number(opt.batch);

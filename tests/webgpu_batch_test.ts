@@ -78,13 +78,19 @@ Deno.test({
 });
 
 Deno.test({
-  name: "webgpu: the skinny kernel below its default threshold, and the scan step kernel at 16",
+  name: "webgpu: the skinny kernel below its default threshold; both forms of the scan steps",
   ignore,
   async fn() {
     for (const name of CASES) {
       await checkBatch(name, 8, "f32", { skinnyMinRows: 8 });
       await checkBatch(name, 16, "f16", { skinnyMinRows: 33, scanEpilogueMaxRows: 0 });
     }
+    // The scan step as one thread per (channel, sequence) and as four lanes, from one sequence.
+    for (const scanStepLanes of [false, true]) {
+      await checkBatch("m1_d64_l7", 1, "f32", { scanEpilogueMaxRows: 0, scanStepLanes });
+    }
+    // Mamba-2's SSD step, the vec4 form (the default) and the scalar one.
+    await checkBatch("m2_hd16_ds16_l64", 3, "f32", { ssdStepVec: false });
     // One sequence, every product (prefill's short rows too) through the skinny kernel; the
     // vocabulary of 500 is not a multiple of any tile and dt_proj's K of 6 not of 4.
     await checkBatch("m1_d96_l64_vocab500", 3, "f16", { skinnyMinRows: 1 });

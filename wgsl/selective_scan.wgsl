@@ -114,6 +114,58 @@ fn scan_step(@builtin(global_invocation_id) gid: vec3u) {
   store_h(&h, s);
 }
 
+// scan_step with four lanes per (channel, sequence), each a quarter of the state: four times
+// the threads, each lane's state slice next to its neighbours' (coalesced), and dt_proj's dot
+// product split over the lanes. At batch 16 one thread per channel left the SMs mostly idle,
+// each thread a long chain of dependent loads. Requires NS % 4 == 0.
+const LANES = 4u;
+const NSL = NS / LANES;
+const STEP_CHANNELS = 64u; // channels per workgroup of 256
+var<workgroup> laneSum: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn scan_step_lanes(
+  @builtin(local_invocation_index) lid: u32,
+  @builtin(workgroup_id) wid: vec3u,
+) {
+  let lane = lid % LANES;
+  let group = lid - lane;
+  let c = wid.x * STEP_CHANNELS + lid / LANES;
+  let b = wid.y;
+  let valid = c < p.D;
+  var lin = 0.0;
+  if (valid) {
+    for (var r = lane; r < p.dtRank; r += LANES) {
+      lin += xdbl[b * p.xdStride + r] * wdt[c * p.wdtStride + r];
+    }
+  }
+  laneSum[lid] = lin;
+  workgroupBarrier();
+  let d = softplus(laneSum[group] + laneSum[group + 1u] + laneSum[group + 2u] +
+    laneSum[group + 3u] + select(0.0, dtBias[min(c, p.D - 1u)], valid));
+  workgroupBarrier();
+  var acc = 0.0;
+  var ut = 0.0;
+  if (valid) {
+    ut = u[b * p.D + c];
+    let du = d * ut;
+    let s = ((p.sOff + b) * p.D + c) * NS + lane * NSL;
+    let bc = b * p.xdStride + p.dtRank + lane * NSL;
+    let a = c * NS + lane * NSL;
+    for (var j = 0u; j < NSL; j++) {
+      let hn = exp(d * A[a + j]) * state[s + j] + du * xdbl[bc + j];
+      state[s + j] = hn;
+      acc += hn * xdbl[bc + NS + j];
+    }
+  }
+  laneSum[lid] = acc;
+  workgroupBarrier();
+  if (valid && lane == 0u) {
+    let total = laneSum[group] + laneSum[group + 1u] + laneSum[group + 2u] + laneSum[group + 3u];
+    y[b * p.D + c] = out_value(b, c, total, ut);
+  }
+}
+
 // chunkH[((b · nChunks + k) · D + c) · NS + n], chunkSum[(b · nChunks + k) · D + c].
 @compute @workgroup_size(64)
 fn scan_chunk_local(@builtin(global_invocation_id) gid: vec3u) {

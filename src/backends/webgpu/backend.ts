@@ -94,6 +94,13 @@ export interface WebGpuOptions {
    * 9,192–9,222).
    */
   scanEpilogueMaxRows?: number;
+  /**
+   * Mamba-1's separate scan step runs four lanes per (channel, sequence) when the state size
+   * is a multiple of 4 (`scan_step_lanes`); false keeps one thread each (`scan_step`).
+   */
+  scanStepLanes?: boolean;
+  /** Mamba-2's SSD step with vec4 loads and a one-barrier sum (`ssd_step_vec`) when it can. */
+  ssdStepVec?: boolean;
 }
 
 /**
@@ -179,7 +186,7 @@ function measuredSkinnyTile(W: GpuMatrix, M: number): Omit<SkinnyShape, "pf"> {
   if (W.N < 256) {
     return many
       ? { tn: 2, tm: 4, nt: 4, mt: 8, ks: 8, bk: 16 }
-      : { tn: 2, tm: 4, nt: 4, mt: 2, ks: 32, bk: 16 };
+      : { tn: 2, tm: 4, nt: 4, mt: 2, ks: 16, bk: 32 };
   }
   if (W.K > W.N) {
     return many
@@ -344,6 +351,8 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       skinnyMinRows: opt.skinnyMinRows ?? (config.dModel < 2048 ? 16 : 33),
       skinnyShape: opt.skinnyShape ?? {},
       scanEpilogueMaxRows: opt.scanEpilogueMaxRows ?? 8,
+      scanStepLanes: opt.scanStepLanes ?? true,
+      ssdStepVec: opt.ssdStepVec ?? true,
     };
   }
 
@@ -532,6 +541,80 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
         Math.ceil(M / BM),
       );
     }
+  }
+
+  /**
+   * Records Mamba-2's SSD step for `batch` sequences (from `sOff` of the state): dt from
+   * `zx`'s dt columns, the state update from `xbc`'s x, B and C, and y (gated by `zx`'s z
+   * unless the norm gates). The vec4 form when the sizes allow it.
+   */
+  ssdStep(layer: number, ssm: Buf, sOff: number, batch: number, zx: Buf, xbc: Buf, y: Buf) {
+    const c = this.config;
+    const w = this.weights.layers[layer];
+    const { dInner, convDim, nheads: H, headdim: P, dState: N, ngroups: G } = c;
+    const gate = !c.gatedNorm || !c.normBeforeGate;
+    const [dtMin, dtMax] = c.dtLimit;
+    const vec = this.#opt.ssdStepVec && N % 4 === 0 && dInner % 4 === 0;
+    const TP = vec ? 16 : 4;
+    this.rec.dispatch(
+      this.pipeline("ssd_step", vec ? "ssd_step_vec" : "ssd_step", {
+        TP,
+        GATE: gate,
+        D_HDIM: c.dHasHdim,
+        VEC: vec,
+      }),
+      "uuuuuuuuffu",
+      [
+        H,
+        P,
+        N,
+        G,
+        batch,
+        dInner + convDim + H,
+        dInner + convDim,
+        convDim,
+        dtMin,
+        Math.min(
+          dtMax,
+          3e38,
+        ),
+        sOff,
+      ],
+      [zx, xbc, w.dtBias, w.A, w.D, ssm, y, vec ? xbc : null],
+      Math.ceil(P / TP),
+      H,
+      batch,
+    );
+  }
+
+  /**
+   * Records Mamba-1's selective-scan step for `batch` sequences (from `sOff` of the state):
+   * dt_proj + softplus over `xdbl`'s first `dtRank` columns, the state update from `u` and
+   * `xdbl`'s B and C, and `y = (⟨h, C⟩ + D·u) · silu(z)` with z the second half of `xz`.
+   */
+  scanStep(
+    layer: number,
+    ssm: Buf,
+    sOff: number,
+    batch: number,
+    u: Buf,
+    xdbl: Buf,
+    xz: Buf,
+    y: Buf,
+  ): void {
+    const c = this.config;
+    const w = this.weights.layers[layer];
+    const D = c.dInner;
+    const N = c.dState;
+    const lanes = this.#opt.scanStepLanes && N % 4 === 0;
+    this.rec.dispatch(
+      this.pipeline("selective_scan", lanes ? "scan_step_lanes" : "scan_step", { NS: N }),
+      "uuuuuuuuuuu",
+      [D, 1, batch, c.dtRank, c.dtRank + 2 * N, 2 * D, D, sOff, 1, 1, w.dtProj!.stride],
+      [u, null, xdbl, xz, w.A, w.D, ssm, y, w.dtProj!.parts[0].buf, w.dtBias],
+      Math.ceil(D / 64),
+      batch,
+    );
   }
 
   /**
@@ -854,15 +937,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     const defs = { NS: N };
     const dtStride = w.dtProj!.stride;
     if (L === 1) {
-      const k = this.pipeline("selective_scan", "scan_step", defs);
-      this.rec.dispatch(
-        k,
-        sig,
-        [D, 1, batch, dtRank, xdw, 2 * D, D, sOff, 1, 1, dtStride],
-        [u, null, xdbl, xz, w.A, w.D, state.ssm[layer], y, w.dtProj!.parts[0].buf, w.dtBias],
-        Math.ceil(D / 64),
-        batch,
-      );
+      this.scanStep(layer, state.ssm[layer], sOff, batch, u, xdbl, xz, y);
     } else {
       const delta = this.temp(R * D * F32);
       this.linear(w.dtProj!, w.dtBias, xdbl, 0, xdw, R, delta, 0, D, true);
@@ -992,17 +1067,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     const [dtMin, dtMax] = cfg.dtLimit;
     const dHdim = cfg.dHasHdim;
     if (L === 1) {
-      const TP = 4;
-      const k = this.pipeline("ssd_step", "ssd_step", { TP, GATE: gate, D_HDIM: dHdim });
-      this.rec.dispatch(
-        k,
-        "uuuuuuuuffu",
-        [H, P, N, G, batch, inDim, dInner + convDim, convDim, dtMin, Math.min(dtMax, 3e38), sOff],
-        [zx, xbc, w.dtBias, w.A, w.D, state.ssm[layer], y],
-        Math.ceil(P / TP),
-        H,
-        batch,
-      );
+      this.ssdStep(layer, state.ssm[layer], sOff, batch, zx, xbc, y);
     } else {
       const Q = this.#ssdChunk();
       const nC = Math.ceil(L / Q);

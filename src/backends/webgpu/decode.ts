@@ -239,15 +239,8 @@ export class DecodePlan {
         },
       });
     } else {
-      // The scan step with dt_proj inside, one thread per (channel, sequence).
-      be.rec.dispatch(
-        be.pipeline("selective_scan", "scan_step", { NS: c.dState }),
-        "uuuuuuuuuuu",
-        [D, 1, B, c.dtRank, xdw, 2 * D, D, 0, 1, 1, w.dtProj!.stride],
-        [u, null, xdbl, xz, w.A, w.D, state.ssm[l], y, w.dtProj!.parts[0].buf, w.dtBias],
-        Math.ceil(D / 64),
-        B,
-      );
+      // The scan step with dt_proj inside, as a kernel of its own.
+      be.scanStep(l, state.ssm[l], 0, B, u, xdbl, xz, y);
     }
     be.matvec(w.outProj, {
       bias: w.outProjBias,
@@ -266,21 +259,10 @@ export class DecodePlan {
     const c = this.#cfg;
     const B = this.batch;
     const w = be.weights.layers[l];
-    const { dInner, convDim, nheads: H, headdim: P, dState: N, ngroups: G } = c;
+    const { dInner, convDim, nheads: H, ngroups: G } = c;
     const inDim = dInner + convDim + H;
     const [zx, xbc, y, g] = [this.#a, this.#b, this.#c, this.#d];
-    const gate = !c.gatedNorm || !c.normBeforeGate;
-    const TP = 4;
-    const [dtMin, dtMax] = c.dtLimit;
-    be.rec.dispatch(
-      be.pipeline("ssd_step", "ssd_step", { TP, GATE: gate, D_HDIM: c.dHasHdim }),
-      "uuuuuuuuffu",
-      [H, P, N, G, B, inDim, dInner + convDim, convDim, dtMin, Math.min(dtMax, 3e38), 0],
-      [zx, xbc, w.dtBias, w.A, w.D, state.ssm[l], y],
-      Math.ceil(P / TP),
-      H,
-      B,
-    );
+    be.ssdStep(l, state.ssm[l], 0, B, zx, xbc, y);
     const out = {
       bias: w.outProjBias,
       x: y,
