@@ -34,12 +34,14 @@ const { values: opt } = parseArgs({
     "skinny-min": { type: "string" },
     "scan-epi-max": { type: "string" },
     "scan-lanes": { type: "string" },
+    "res-epi": { type: "string" },
   },
 });
 const backendOptions = {
   ...(opt["skinny-min"] ? { skinnyMinRows: Number(opt["skinny-min"]) } : {}),
   ...(opt["scan-epi-max"] ? { scanEpilogueMaxRows: Number(opt["scan-epi-max"]) } : {}),
   ...(opt["scan-lanes"] ? { scanStepLanes: opt["scan-lanes"] !== "0" } : {}),
+  ...(opt["res-epi"] ? { residualInOutProj: opt["res-epi"] !== "0" } : {}),
 };
 const reps = Number(opt.reps);
 const batch = Number(opt.batch);

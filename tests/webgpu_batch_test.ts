@@ -91,6 +91,10 @@ Deno.test({
     }
     // Mamba-2's SSD step, the vec4 form (the default) and the scalar one.
     await checkBatch("m2_hd16_ds16_l64", 3, "f32", { ssdStepVec: false });
+    // The residual added in in_proj's prologue rather than out_proj's epilogue.
+    for (const name of CASES) {
+      await checkBatch(name, 16, "f16", { residualInOutProj: false });
+    }
     // One sequence, every product (prefill's short rows too) through the skinny kernel; the
     // vocabulary of 500 is not a multiple of any tile and dt_proj's K of 6 not of 4.
     await checkBatch("m1_d96_l64_vocab500", 3, "f16", { skinnyMinRows: 1 });

@@ -25,6 +25,8 @@
 //   PRO_ADD    x ← x + resIn first (the residual add)
 //   RES_OUT    the workgroups of n tile 0 also write x (after PRO_ADD) to resOut
 //   BIAS, SOFTPLUS, CONV_EPI, CONV_BIAS   epilogues as in matvec.wgsl
+//   ADD_RES    epilogue: y = · + resAdd[m, col] (same layout as y): the block's residual add
+//              done once here, rather than by every workgroup of the next product (PRO_ADD)
 //   PREFETCH   load the next chunk into registers while the sums of this one run
 //   SM         vec4s of workgroup memory (staging, or the partial sums, or Σx²)
 //   NV = TN·TM; WR, XR: staging loads per thread and chunk (W, x); RV: partial sums per thread
@@ -78,6 +80,9 @@ struct P {
 @group(0) @binding(10) var<storage, read> convB: array<f32>;
 #endif
 @group(0) @binding(11) var<storage, read_write> convOut: array<f32>;
+#endif
+#if ADD_RES
+@group(0) @binding(12) var<storage, read> resAdd: array<f32>;
 #endif
 
 #include util
@@ -325,6 +330,9 @@ fn skinny(
         let col = p.nBase + n;
 #if BIAS
         r += bias[col];
+#endif
+#if ADD_RES
+        r += resAdd[p.yOff + m * p.yStride + col];
 #endif
 #if SOFTPLUS
         r = softplus(r);

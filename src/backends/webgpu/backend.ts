@@ -101,6 +101,12 @@ export interface WebGpuOptions {
   scanStepLanes?: boolean;
   /** Mamba-2's SSD step with vec4 loads and a one-barrier sum (`ssd_step_vec`) when it can. */
   ssdStepVec?: boolean;
+  /**
+   * Fused decoding through the skinny kernel adds each block's output to the residual in
+   * out_proj's epilogue, so the next in_proj reads one tensor rather than two in every
+   * workgroup (default true; false keeps the add in in_proj's prologue).
+   */
+  residualInOutProj?: boolean;
 }
 
 /**
@@ -229,6 +235,11 @@ export interface MatvecOptions {
   resIn?: Buf;
   /** Where workgroup 0 writes x (+ resIn) (`[M, K]`). */
   resOut?: Buf;
+  /**
+   * Epilogue: added to each output (laid out like `y`): the block's residual add. Skinny kernel
+   * only (see {@link WebGpuBackend.usesSkinny}).
+   */
+  addRes?: Buf;
   /** Conv step epilogue on output columns `[lo, lo + C)` (decode, state of `M` sequences). */
   conv?: { state: Buf; weight: Buf; bias?: Buf; out: Buf; lo: number; C: number };
   /** Mamba-1 scan step epilogue (outputs are δ before softplus; see wgsl/matvec.wgsl). */
@@ -353,6 +364,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       scanEpilogueMaxRows: opt.scanEpilogueMaxRows ?? 8,
       scanStepLanes: opt.scanStepLanes ?? true,
       ssdStepVec: opt.ssdStepVec ?? true,
+      residualInOutProj: opt.residualInOutProj ?? true,
     };
   }
 
@@ -630,6 +642,15 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       (this.usesSkinny(M) || M <= 4 || this.#rmsFits(K, M));
   }
 
+  /**
+   * Whether fused decoding of `M` sequences adds the residual in out_proj's epilogue (skinny
+   * kernel, RMSNorm folded into the products; see {@link WebGpuOptions.residualInOutProj}).
+   */
+  residualInOutProj(M: number): boolean {
+    return this.#opt.residualInOutProj && this.config.rmsNorm && this.usesSkinny(M) &&
+      this.canFuseRms(this.config.dModel, M);
+  }
+
   /** Whether {@link matvec} runs `M` rows of x through the skinny kernel. */
   usesSkinny(M: number): boolean {
     return M > 32 || M >= this.#opt.skinnyMinRows;
@@ -671,6 +692,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       this.#skinny(W, o);
       return;
     }
+    if (o.addRes) throw new BackendError("matvec: the residual epilogue needs the skinny kernel");
     const K = W.K;
     const vec = W.f16 ? 8 : 4;
     const xvec = K % vec === 0 && o.xOff % 4 === 0 && o.xStride % 4 === 0;
@@ -823,6 +845,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       SOFTPLUS: !!o.softplus,
       CONV_EPI: !!o.conv,
       CONV_BIAS: !!o.conv?.bias,
+      ADD_RES: !!o.addRes,
     });
     const c = o.conv;
     for (const part of W.parts) {
@@ -857,6 +880,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
           c?.weight ?? null,
           c?.bias ?? null,
           c?.out ?? null,
+          o.addRes ?? null,
         ],
         Math.ceil(part.n / (nt * tn)),
         Math.ceil(o.M / BM),

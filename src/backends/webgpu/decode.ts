@@ -121,10 +121,14 @@ export class DecodePlan {
     const B = this.batch;
     const d = c.dModel;
     be.encodeEmbed(this.tok, B, this.#hidden);
+    // With the residual added in out_proj's epilogue, the stream entering layer l is the
+    // embedding (l = 0) or what out_proj of layer l − 1 wrote; in_proj only norms it.
+    const resInOut = be.residualInOutProj(B);
+    const stream = (l: number) => (l === 0 ? this.#hidden : this.#res[(l - 1) % 2]);
     for (let l = 0; l < c.nLayer; l++) {
       const w = be.weights.layers[l];
-      const resIn = l > 0 ? this.#res[(l - 1) % 2] : undefined;
-      const resOut = this.#res[l % 2];
+      const resIn = l > 0 && !resInOut ? this.#res[(l - 1) % 2] : undefined;
+      const resOut = resInOut ? undefined : this.#res[l % 2];
       const m1 = c.arch === "mamba1";
       const inW = m1 ? 2 * c.dInner : c.dInner + c.convDim + c.nheads;
       // The conv step of every channel is folded into in_proj's epilogue.
@@ -136,7 +140,8 @@ export class DecodePlan {
         lo: m1 ? 0 : c.dInner,
         C: m1 ? c.dInner : c.convDim,
       };
-      this.#normThen(w.norm.weight, w.norm.bias, resIn, resOut, (x, rms) =>
+      const x = resInOut ? stream(l) : this.#hidden;
+      this.#normThen(w.norm.weight, w.norm.bias, resIn, resOut, x, (x, rms) =>
         be.matvec(w.inProj, {
           bias: w.inProjBias,
           x,
@@ -149,16 +154,20 @@ export class DecodePlan {
           conv,
           ...rms,
         }));
-      if (c.arch === "mamba1") this.#mamba1(l, state);
-      else this.#mamba2(l, state);
+      const out = resInOut
+        ? { y: this.#res[l % 2], addRes: stream(l) }
+        : { y: this.#hidden, addRes: undefined };
+      if (c.arch === "mamba1") this.#mamba1(l, state, out);
+      else this.#mamba2(l, state, out);
     }
-    const resIn = this.#res[(c.nLayer - 1) % 2];
+    const last = this.#res[(c.nLayer - 1) % 2];
     const V = c.paddedVocabSize;
     this.#normThen(
       be.weights.normF.weight,
       be.weights.normF.bias,
-      resIn,
+      resInOut ? undefined : last,
       undefined,
+      resInOut ? last : this.#hidden,
       (x, rms) =>
         be.matvec(be.weights.lmHead, {
           x,
@@ -182,12 +191,13 @@ export class DecodePlan {
     bias: Buf | undefined,
     resIn: Buf | undefined,
     resOut: Buf | undefined,
+    x: Buf,
     mv: (x: Buf, rms: { rms?: { weight: Buf; eps: number }; resIn?: Buf; resOut?: Buf }) => void,
   ): void {
     const c = this.#cfg;
     const be = this.#be;
     if (c.rmsNorm && be.canFuseRms(c.dModel, this.batch)) {
-      mv(this.#hidden, { rms: { weight, eps: c.normEps }, resIn, resOut });
+      mv(x, { rms: { weight, eps: c.normEps }, resIn, resOut });
       return;
     }
     const k = be.pipeline("add_norm", "add_norm", { HAS_RES: !!resIn, LAYER_NORM: !c.rmsNorm });
@@ -196,13 +206,14 @@ export class DecodePlan {
       k,
       "uuf",
       [this.batch, c.dModel, c.normEps],
-      [this.#hidden, resIn ?? null, weight, c.rmsNorm ? null : bias!, out, this.#normed],
+      [x, resIn ?? null, weight, c.rmsNorm ? null : bias!, out, this.#normed],
       this.batch,
     );
     mv(this.#normed, {});
   }
 
-  #mamba1(l: number, state: GpuState): void {
+  /** Where a block's out_proj writes: `y`, plus the residual `addRes` when given. */
+  #mamba1(l: number, state: GpuState, to: { y: Buf; addRes?: Buf }): void {
     const be = this.#be;
     const c = this.#cfg;
     const B = this.batch;
@@ -248,13 +259,14 @@ export class DecodePlan {
       xOff: 0,
       xStride: D,
       M: B,
-      y: this.#hidden,
+      y: to.y,
       yOff: 0,
       yStride: c.dModel,
+      addRes: to.addRes,
     });
   }
 
-  #mamba2(l: number, state: GpuState): void {
+  #mamba2(l: number, state: GpuState, to: { y: Buf; addRes?: Buf }): void {
     const be = this.#be;
     const c = this.#cfg;
     const B = this.batch;
@@ -269,9 +281,10 @@ export class DecodePlan {
       xOff: 0,
       xStride: dInner,
       M: B,
-      y: this.#hidden,
+      y: to.y,
       yOff: 0,
       yStride: c.dModel,
+      addRes: to.addRes,
     };
     if (c.gatedNorm && !c.normBeforeGate && G === 1 && be.canFuseRms(dInner, B)) {
       be.matvec(w.outProj, { ...out, rms: { weight: w.gatedNorm!, eps: 1e-5 } });

@@ -195,7 +195,7 @@ export class GpuSampler {
         SAMPLE_SIG,
         params,
         [null, this.tok, out, this.#partial],
-        1,
+        B,
       );
       return;
     }
