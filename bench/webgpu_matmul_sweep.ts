@@ -83,7 +83,7 @@ interface Variant {
 function variants(f16: boolean, shaderF16: boolean): Variant[] {
   if (opt.tile) return opt.tile.map((t) => ({ kernel: "tiled", tile: parseTile(t) }));
   const v: Variant[] = [{ kernel: "matmul128" }, { kernel: "tiled", tile: {} }];
-  const tiles: Partial<MatmulTile>[] = quick ? [{ bm: 64, bn: 64, tm: 4, tn: 4, bk: 16 }] : [
+  const tiles: Partial<MatmulTile>[] = quick ? [{ bm: 128, bn: 128, tm: 8, tn: 8, bk: 16 }] : [
     { bm: 128, bn: 128, tm: 8, tn: 8, bk: 16 },
     { bm: 128, bn: 128, tm: 8, tn: 8, bk: 8 },
     { bm: 128, bn: 128, tm: 8, tn: 16, bk: 16 },
@@ -97,13 +97,15 @@ function variants(f16: boolean, shaderF16: boolean): Variant[] {
   ];
   for (const tile of tiles) v.push({ kernel: "tiled", tile: { ...tile, hk: 0 } });
   if (f16 && shaderF16) {
-    const half: Partial<MatmulTile>[] = quick ? [{ hk: 8 }] : [
+    const half: Partial<MatmulTile>[] = quick ? [{ hk: 16 }] : [
+      { hk: 16 },
       { hk: 8 },
-      { bm: 128, bn: 128, tm: 8, tn: 8, bk: 16, hk: 8 },
+      { hk: 32 },
       { bm: 128, bn: 128, tm: 8, tn: 8, bk: 16, hk: 16 },
-      { bm: 128, bn: 128, tm: 8, tn: 8, bk: 32, hk: 16 },
-      { bm: 128, bn: 64, tm: 8, tn: 4, bk: 16, hk: 16 },
-      { bm: 64, bn: 64, tm: 4, tn: 4, bk: 16, hk: 16 },
+      { bm: 128, bn: 128, tm: 8, tn: 8, bk: 32, hk: 32 },
+      { bm: 128, bn: 128, tm: 8, tn: 16, bk: 32, hk: 16 },
+      { bm: 128, bn: 64, tm: 8, tn: 4, bk: 32, hk: 16 },
+      { bm: 64, bn: 64, tm: 4, tn: 4, bk: 32, hk: 16 },
     ];
     for (const tile of half) v.push({ kernel: "tiled", tile });
   }
@@ -296,17 +298,17 @@ for (const name of models) {
         }
         const pct = (f: number) => `${(100 * f).toFixed(0)}%`;
         const fmt = (r: typeof results[number]) =>
-          `${r.us.toFixed(1).padStart(9)} µs ${r.tflops.toFixed(1).padStart(5)} TFLOP/s ` +
+          `${r.us.toFixed(1).padStart(9)} µs ${r.tflops.toPrecision(3).padStart(5)} TFLOP/s ` +
           `${pct(r.frac).padStart(4)} of peak  ${r.label}`;
         const base = results.find((r) => r.label === "matmul128");
         const def = results.find((r) => r.label.endsWith("[default]"));
         const best = [...results].sort((a, b) => a.us - b.us)[0];
         console.log(`${head}:`);
         for (const r of [...results].sort((a, b) => a.us - b.us)) console.log(`  ${fmt(r)}`);
-        const line = `${head}: matmul128 ${base?.tflops.toFixed(1)} TFLOP/s (${
+        const line = `${head}: matmul128 ${base?.tflops.toPrecision(3)} TFLOP/s (${
           base ? pct(base.frac) : "-"
-        }), tiled default ${def?.tflops.toFixed(1)} (${def ? pct(def.frac) : "-"}), best ${
-          best.tflops.toFixed(1)
+        }), tiled default ${def?.tflops.toPrecision(3)} (${def ? pct(def.frac) : "-"}), best ${
+          best.tflops.toPrecision(3)
         } (${pct(best.frac)}) ${best.label}`;
         summary.push(line);
       }

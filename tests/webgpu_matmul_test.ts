@@ -265,7 +265,16 @@ Deno.test("webgpu matmul: tile validation and defaults", () => {
   assert.equal(defaultMatmulTile(2048, 768, limit, false).bn, 64);
   assert.equal(defaultMatmulTile(2048, 128, limit, false).bm, 64);
   assert.equal(defaultMatmulTile(16384, 3352, 16 * 1024, false).bk, 8);
-  assert.equal(defaultMatmulTile(16384, 3352, limit, true).hk, 8);
+  assert.deepEqual(defaultMatmulTile(16384, 3352, limit, true), {
+    bm: 128,
+    bn: 128,
+    tm: 8,
+    tn: 8,
+    bk: 32,
+    hk: 16,
+  });
+  assert.equal(defaultMatmulTile(16384, 3352, 16 * 1024, true).hk, 16);
+  assert.equal(defaultMatmulTile(16384, 3352, 8 * 1024, true).hk, 8);
   assert.equal(defaultMatmulTile(16384, 3352, limit, false, { bk: 8, tn: 4 }).tn, 4);
 });
 
@@ -310,7 +319,8 @@ Deno.test({
         return;
       }
       for (const c of CASES) {
-        for (const tile of [{ hk: 8 }, { bm: 64, bn: 64, tm: 4, tn: 4, bk: 16, hk: 16 }]) {
+        const tiles = [{ hk: 8 }, { hk: 16 }, { bm: 64, bn: 64, tm: 4, tn: 4, bk: 32, hk: 32 }];
+        for (const tile of tiles) {
           // x rounded to f16 (2^-11 relative) and runs of up to 16 products summed in f16.
           await check(be, c, "tiled", tile, 8e-3);
         }
@@ -321,6 +331,14 @@ Deno.test({
   },
 });
 
+const ORACLE_CASES = [
+  "m1_d64_l7",
+  "m1_d96_l64_vocab500",
+  "m1_f16_l64",
+  "m2_hd16_ds16_l64",
+  "m2_hd32_ds64_l7",
+];
+
 Deno.test({
   name: "webgpu matmul: oracle cases with f16 weights and packed f16 arithmetic",
   ignore,
@@ -328,7 +346,7 @@ Deno.test({
     // The f16 tolerance of tests/webgpu_test.ts (300× the f32 one), every product tiled.
     const s = 300;
     const tol = (t: { atol: number; rtol: number }) => ({ atol: t.atol * s, rtol: t.rtol * s });
-    for (const name of ["m1_d64_l7", "m2_hd16_ds16_l64", "m1_f16_l64"]) {
+    for (const name of ORACLE_CASES) {
       const exp = loadExpected(name);
       const dir = `${oracleDir()}/${name}`;
       const config = parseConfig(JSON.parse(Deno.readTextFileSync(`${dir}/config.json`)));

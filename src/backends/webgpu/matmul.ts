@@ -96,9 +96,12 @@ export function matmulTileProblem(t: MatmulTile, smemBytes: number): string | un
 /**
  * The default tile for `M × N` outputs: 128×128 (8×8 per thread) while that gives at least 264
  * workgroups (two per SM of a 132-SM H200, so the last wave is not mostly idle), else 128×64
- * (8×4), else 64×64 (4×4); 16 columns of K per stage when two stages fit in `smemBytes`, else 8.
- * With `half`, f16 runs of 8 columns. A first guess from the arithmetic, to be tuned on the
- * H200 with `bench/webgpu_matmul_sweep.ts`. Fields given in `over` are kept.
+ * (8×4), else 64×64 (4×4); 16 columns of K per stage (32 with `half`: f16 tiles take half the
+ * room), fewer until two stages fit in `smemBytes`. With `half`, f16 runs of 16 columns: each
+ * run's conversion and addition into f32 costs TM·TN/4 instructions, which longer runs amortize
+ * (measured worst logit error on the oracle cases, runs of 8 and 16: ~1e-3, against 5e-4 with
+ * f16 weights and f32 arithmetic). A first guess from the arithmetic, to be tuned on the H200
+ * with `bench/webgpu_matmul_sweep.ts`. Fields given in `over` are kept.
  */
 export function defaultMatmulTile(
   M: number,
@@ -113,7 +116,7 @@ export function defaultMatmulTile(
     : groups(128, 64) >= 264
     ? { bm: 128, bn: 64, tm: 8, tn: 4 }
     : { bm: 64, bn: 64, tm: 4, tn: 4 };
-  const t: MatmulTile = { ...base, bk: 16, hk: half ? 8 : 0, ...over };
+  const t: MatmulTile = { ...base, bk: half ? 32 : 16, hk: half ? 16 : 0, ...over };
   if (over.bk === undefined) {
     while (t.bk > 4 && matmulTileBytes(t) > smemBytes) t.bk /= 2;
     if (t.hk > t.bk) t.hk = t.bk;
