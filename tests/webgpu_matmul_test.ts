@@ -239,6 +239,8 @@ const TILES: Partial<MatmulTile>[] = [
   { bm: 64, bn: 64, tm: 4, tn: 4, bk: 32 },
   { bm: 64, bn: 64, tm: 8, tn: 8, bk: 4 },
   { bm: 32, bn: 96, tm: 4, tn: 12, bk: 12 },
+  { bm: 128, bn: 128, tm: 8, tn: 16, bk: 8 },
+  { bm: 64, bn: 128, tm: 16, tn: 8, bk: 16 },
 ];
 
 Deno.test("webgpu matmul: tile validation and defaults", () => {
@@ -319,7 +321,12 @@ Deno.test({
         return;
       }
       for (const c of CASES) {
-        const tiles = [{ hk: 8 }, { hk: 16 }, { bm: 64, bn: 64, tm: 4, tn: 4, bk: 32, hk: 32 }];
+        const tiles = [
+          { hk: 8 },
+          { hk: 16 },
+          { bm: 64, bn: 64, tm: 4, tn: 4, bk: 32, hk: 32 },
+          { bm: 128, bn: 128, tm: 8, tn: 16, bk: 32, hk: 16 },
+        ];
         for (const tile of tiles) {
           // x rounded to f16 (2^-11 relative) and runs of up to 16 products summed in f16.
           await check(be, c, "tiled", tile, 8e-3);
