@@ -31,6 +31,7 @@ import {
   type MatmulTile,
   matmulTileProblem,
   matmulTileThreads,
+  parseMatmulTile,
 } from "../src/backends/webgpu/matmul.ts";
 import { type GpuMatrix, uploadF32, uploadMatrix } from "../src/backends/webgpu/weights.ts";
 import { requestAdapter } from "../src/backends/quiet_adapter.ts";
@@ -60,19 +61,6 @@ const rowCounts = (opt.rows ?? (quick ? ["256"] : ["2048", "16384"])).map(Number
 const peak = Number(opt.peak);
 const F32 = 4;
 
-/** `bm=128,bn=128,…` → a partial tile. */
-function parseTile(text: string): Partial<MatmulTile> {
-  const t: Record<string, number> = {};
-  for (const kv of text.split(",")) {
-    const [k, v] = kv.split("=");
-    if (!["bm", "bn", "tm", "tn", "bk", "hk"].includes(k) || !(Number(v) >= 0)) {
-      throw new Error(`--tile: bad field "${kv}" (bm, bn, tm, tn, bk, hk = integers)`);
-    }
-    t[k] = Number(v);
-  }
-  return t;
-}
-
 /** A variant: a kernel, and for `tiled` a tile (fields not given come from the default). */
 interface Variant {
   kernel: MatmulKernel;
@@ -81,7 +69,9 @@ interface Variant {
 
 /** The tiles tried on every product (f32 arithmetic), and with f16 weights the f16 ones. */
 function variants(f16: boolean, shaderF16: boolean): Variant[] {
-  if (opt.tile) return opt.tile.map((t) => ({ kernel: "tiled", tile: parseTile(t) }));
+  if (opt.tile) {
+    return opt.tile.map((t) => ({ kernel: "tiled", tile: parseMatmulTile(t, "--tile") }));
+  }
   const v: Variant[] = [{ kernel: "matmul128" }, { kernel: "tiled", tile: {} }];
   const tiles: Partial<MatmulTile>[] = quick ? [{ bm: 128, bn: 128, tm: 8, tn: 8, bk: 16 }] : [
     { bm: 128, bn: 128, tm: 8, tn: 8, bk: 16 },

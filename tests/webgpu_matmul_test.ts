@@ -12,8 +12,11 @@ import { WebGpuBackend } from "../src/backends/webgpu/backend.ts";
 import {
   defaultMatmulTile,
   type MatmulKernel,
+  matmulKernelFromEnv,
   type MatmulTile,
+  matmulTileFromEnv,
   matmulTileProblem,
+  parseMatmulTile,
 } from "../src/backends/webgpu/matmul.ts";
 import { type GpuMatrix, uploadF32, uploadMatrix } from "../src/backends/webgpu/weights.ts";
 import { f16ArrayToF32, f32ArrayToF16 } from "../src/half.ts";
@@ -278,6 +281,30 @@ Deno.test("webgpu matmul: tile validation and defaults", () => {
   assert.equal(defaultMatmulTile(16384, 3352, 16 * 1024, true).hk, 16);
   assert.equal(defaultMatmulTile(16384, 3352, 8 * 1024, true).hk, 8);
   assert.equal(defaultMatmulTile(16384, 3352, limit, false, { bk: 8, tn: 4 }).tn, 4);
+  assert.deepEqual(parseMatmulTile("bm=64,tn=4,hk=0", "--tile"), { bm: 64, tn: 4, hk: 0 });
+  assert.throws(() => parseMatmulTile("bm=64,tx=4", "--tile"), /--tile: bad field "tx=4"/);
+  assert.throws(() => parseMatmulTile("bk=1.5", "X"), /X: bad field "bk=1.5"/);
+});
+
+Deno.test("webgpu matmul: kernel and tile from the environment", () => {
+  const saved = ["MAMBA_WEBGPU_MATMUL", "MAMBA_WEBGPU_MATMUL_TILE"].map((k) => Deno.env.get(k));
+  try {
+    Deno.env.delete("MAMBA_WEBGPU_MATMUL");
+    Deno.env.delete("MAMBA_WEBGPU_MATMUL_TILE");
+    assert.equal(matmulKernelFromEnv(), undefined);
+    assert.equal(matmulTileFromEnv(), undefined);
+    Deno.env.set("MAMBA_WEBGPU_MATMUL", "matmul128");
+    Deno.env.set("MAMBA_WEBGPU_MATMUL_TILE", "bm=64,bn=64");
+    assert.equal(matmulKernelFromEnv(), "matmul128");
+    assert.deepEqual(matmulTileFromEnv(), { bm: 64, bn: 64 });
+    Deno.env.set("MAMBA_WEBGPU_MATMUL", "fast");
+    assert.throws(() => matmulKernelFromEnv(), /MAMBA_WEBGPU_MATMUL: "fast"/);
+  } finally {
+    ["MAMBA_WEBGPU_MATMUL", "MAMBA_WEBGPU_MATMUL_TILE"].forEach((k, i) => {
+      if (saved[i] === undefined) Deno.env.delete(k);
+      else Deno.env.set(k, saved[i]!);
+    });
+  }
 });
 
 Deno.test({

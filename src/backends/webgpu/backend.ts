@@ -31,8 +31,10 @@ import {
   encodeMatmul,
   f16MathFromEnv,
   type MatmulKernel,
+  matmulKernelFromEnv,
   type MatmulOptions,
   type MatmulTile,
+  matmulTileFromEnv,
 } from "./matmul.ts";
 import { type GpuLayer, type GpuMatrix, type GpuWeights, uploadWeights } from "./weights.ts";
 
@@ -82,10 +84,14 @@ export interface WebGpuOptions {
   fuseNorm?: boolean;
   /**
    * Kernel of the prefill products (see src/backends/webgpu/matmul.ts): `"tiled"` (default),
-   * `"matmul128"` (the earlier 128×128 kernel) or `"simple"`.
+   * `"matmul128"` (the earlier 128×128 kernel) or `"simple"`; default also settable with
+   * `MAMBA_WEBGPU_MATMUL`.
    */
   matmulKernel?: MatmulKernel;
-  /** Overrides of the tiled product's tile, for every product (tests, sweeps). */
+  /**
+   * Overrides of the tiled product's tile, for every product (tests, sweeps); default also
+   * settable with `MAMBA_WEBGPU_MATMUL_TILE=bm=128,bn=64,…`.
+   */
   matmulTile?: Partial<MatmulTile>;
   /**
    * Packed f16 arithmetic (f16 runs of K summed into f32) in the tiled products of f16 weights,
@@ -357,8 +363,8 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       matvecMaxRows: opt.matvecMaxRows ?? 16,
       slabBytes: opt.slabBytes ?? 512 << 20,
       fuseNorm: opt.fuseNorm ?? true,
-      matmulKernel: opt.matmulKernel ?? "tiled",
-      matmulTile: opt.matmulTile ?? {},
+      matmulKernel: opt.matmulKernel ?? matmulKernelFromEnv() ?? "tiled",
+      matmulTile: opt.matmulTile ?? matmulTileFromEnv() ?? {},
       matmulF16Math: opt.matmulF16Math ?? f16MathFromEnv(),
       matvecShape: opt.matvecShape ?? {},
       skinnyMinRows: opt.skinnyMinRows ?? (config.dModel < 2048 ? 16 : 33),

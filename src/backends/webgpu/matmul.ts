@@ -129,13 +129,56 @@ export function matmulVec4Ok(K: number, xOff: number, xStride: number): boolean 
   return K % 4 === 0 && xOff % 4 === 0 && xStride % 4 === 0;
 }
 
+/** An environment variable, or `undefined` when unset or not readable (no --allow-env). */
+function env(name: string): string | undefined {
+  try {
+    return Deno.env.get(name) || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** `MAMBA_WEBGPU_F16_MATH=1`: packed f16 arithmetic for products with f16 weights. */
 export function f16MathFromEnv(): boolean {
-  try {
-    return /^(1|true|yes|on)$/i.test(Deno.env.get("MAMBA_WEBGPU_F16_MATH") ?? "");
-  } catch {
-    return false; // no --allow-env
+  return /^(1|true|yes|on)$/i.test(env("MAMBA_WEBGPU_F16_MATH") ?? "");
+}
+
+/**
+ * `MAMBA_WEBGPU_MATMUL=tiled|matmul128|simple`: the prefill product kernel (whole-model
+ * benchmarks compare kernels with it).
+ *
+ * @throws {BackendError} for another value.
+ */
+export function matmulKernelFromEnv(): MatmulKernel | undefined {
+  const v = env("MAMBA_WEBGPU_MATMUL");
+  if (v === undefined) return undefined;
+  if (v === "tiled" || v === "matmul128" || v === "simple") return v;
+  throw new BackendError(`MAMBA_WEBGPU_MATMUL: "${v}" is not one of tiled, matmul128, simple`);
+}
+
+/**
+ * Parses `bm=128,bn=64,tm=8,tn=4,bk=16,hk=0` (any subset of the fields) into a partial tile.
+ *
+ * @throws {BackendError} naming `what` for a field that is not one of the tile's, or not a
+ * non-negative integer.
+ */
+export function parseMatmulTile(text: string, what: string): Partial<MatmulTile> {
+  const t: Partial<MatmulTile> = {};
+  for (const kv of text.split(",")) {
+    const [k, v] = kv.split("=");
+    const n = Number(v);
+    if (!["bm", "bn", "tm", "tn", "bk", "hk"].includes(k) || !Number.isInteger(n) || n < 0) {
+      throw new BackendError(`${what}: bad field "${kv}" (bm, bn, tm, tn, bk, hk = integers)`);
+    }
+    t[k as keyof MatmulTile] = n;
   }
+  return t;
+}
+
+/** `MAMBA_WEBGPU_MATMUL_TILE=bm=128,bn=64,…`: overrides of the tiled product's tile. */
+export function matmulTileFromEnv(): Partial<MatmulTile> | undefined {
+  const v = env("MAMBA_WEBGPU_MATMUL_TILE");
+  return v === undefined ? undefined : parseMatmulTile(v, "MAMBA_WEBGPU_MATMUL_TILE");
 }
 
 /**
