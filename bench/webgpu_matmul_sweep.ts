@@ -76,6 +76,7 @@ function variants(f16: boolean, shaderF16: boolean): Variant[] {
   const tiles: Partial<MatmulTile>[] = quick ? [{ bm: 128, bn: 128, tm: 8, tn: 8, bk: 16 }] : [
     { bm: 128, bn: 128, tm: 8, tn: 8, bk: 16 },
     { bm: 128, bn: 128, tm: 8, tn: 8, bk: 8 },
+    { bm: 128, bn: 128, tm: 8, tn: 8, bk: 16, ur: 0 },
     { bm: 128, bn: 128, tm: 8, tn: 16, bk: 16 },
     { bm: 128, bn: 128, tm: 16, tn: 8, bk: 16 },
     { bm: 128, bn: 64, tm: 8, tn: 4, bk: 16 },
@@ -102,10 +103,10 @@ function variants(f16: boolean, shaderF16: boolean): Variant[] {
   return v;
 }
 
-const describe = (t: MatmulTile) =>
-  `${t.bm}x${t.bn} ${t.tm}x${t.tn} bk${t.bk}${t.hk ? ` hk${t.hk}` : ""} (${
-    matmulTileThreads(t)
-  } threads)`;
+const describe = (t: MatmulTile) => {
+  const extra = (t.hk ? ` hk${t.hk}` : "") + (t.ur === 0 ? " ur0" : "");
+  return `${t.bm}x${t.bn} ${t.tm}x${t.tn} bk${t.bk}${extra} (${matmulTileThreads(t)} threads)`;
+};
 
 /** One product of a model: name, weight shape, and what the backend runs it with. */
 interface Product {
@@ -295,11 +296,11 @@ for (const name of models) {
         const best = [...results].sort((a, b) => a.us - b.us)[0];
         console.log(`${head}:`);
         for (const r of [...results].sort((a, b) => a.us - b.us)) console.log(`  ${fmt(r)}`);
-        const line = `${head}: matmul128 ${base?.tflops.toPrecision(3)} TFLOP/s (${
-          base ? pct(base.frac) : "-"
-        }), tiled default ${def?.tflops.toPrecision(3)} (${def ? pct(def.frac) : "-"}), best ${
-          best.tflops.toPrecision(3)
-        } (${pct(best.frac)}) ${best.label}`;
+        const fig = (r: typeof results[number] | undefined) =>
+          r ? `${r.tflops.toPrecision(3)} TFLOP/s (${pct(r.frac)})` : "-";
+        const line = `${head}: matmul128 ${fig(base)}, tiled default ${fig(def)}, best ${
+          fig(best)
+        } ${best.label}`;
         summary.push(line);
       }
       for (const p of W.parts) p.buf.buffer.destroy();

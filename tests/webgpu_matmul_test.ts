@@ -236,7 +236,7 @@ const CASES: Case[] = [
 const TILES: Partial<MatmulTile>[] = [
   {},
   { bm: 128, bn: 128, tm: 8, tn: 8, bk: 16 },
-  { bm: 128, bn: 128, tm: 8, tn: 8, bk: 8 },
+  { bm: 128, bn: 128, tm: 8, tn: 8, bk: 8, ur: 0 },
   { bm: 128, bn: 64, tm: 8, tn: 4, bk: 16 },
   { bm: 64, bn: 128, tm: 4, tn: 8, bk: 8 },
   { bm: 64, bn: 64, tm: 4, tn: 4, bk: 32 },

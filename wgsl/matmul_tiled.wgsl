@@ -26,7 +26,7 @@ enable f16;
 //
 // Defines: BM, BN, TM, TN (multiples of 4; BM and BN multiples of 32), BK (multiple of 4), TMV =
 // TM/4, TNV = TN/4, NT, LOADS = ceil((BM + BN)·BK/16 / NT); F16 (W as packed f16 pairs); BIAS;
-// SOFTPLUS. HALF: packed f16 arithmetic (needs shader-f16): the tiles are stored as f16 and
+// SOFTPLUS; KLOOP: the f32 multiply as a loop over the stage's k (else unrolled). HALF: packed f16 arithmetic (needs shader-f16): the tiles are stored as f16 and
 // each thread sums HK-long runs of k in f16 (vec4<f16> FMAs, two HFMA2 each), then adds every
 // run into its f32 accumulators; ACCN = TM·TN/4 and KCH = BK/HK go with it.
 
@@ -223,13 +223,18 @@ fn matmul_tiled(
     }
 #endunroll
 #else
+#if KLOOP
+    for (var kk = 0u; kk < BK; kk++) {
+#else
 #unroll KK BK
     {
+      let kk = ${KK}u;
+#endif
 #unroll I TMV
-      let a${I} = As[ab + ${KK}u * AV + ${I}u * RT + ty];
+      let a${I} = As[ab + kk * AV + ${I}u * RT + ty];
 #endunroll
 #unroll J TNV
-      let b${J} = Bs[bb + ${KK}u * BV + ${J}u * CT + tx];
+      let b${J} = Bs[bb + kk * BV + ${J}u * CT + tx];
 #endunroll
 #unroll I TMV
 #unroll R 4
@@ -239,7 +244,9 @@ fn matmul_tiled(
 #endunroll
 #endunroll
     }
+#if !KLOOP
 #endunroll
+#endif
 #endif
     // The other buffer was last read in stage s − 1, before the barrier that ended it.
     if (more) {

@@ -40,6 +40,8 @@ export interface MatmulTile {
    * each run then added into f32 (`hk` divides `bk`). 0: f32 arithmetic.
    */
   hk: number;
+  /** f32 arithmetic: 1 unrolls the multiply over a stage's `bk` columns, 0 loops (default 1). */
+  ur?: number;
 }
 
 /** Options of {@link encodeMatmul}; strides and offsets in f32 elements. */
@@ -167,8 +169,8 @@ export function parseMatmulTile(text: string, what: string): Partial<MatmulTile>
   for (const kv of text.split(",")) {
     const [k, v] = kv.split("=");
     const n = Number(v);
-    if (!["bm", "bn", "tm", "tn", "bk", "hk"].includes(k) || !Number.isInteger(n) || n < 0) {
-      throw new BackendError(`${what}: bad field "${kv}" (bm, bn, tm, tn, bk, hk = integers)`);
+    if (!["bm", "bn", "tm", "tn", "bk", "hk", "ur"].includes(k) || !Number.isInteger(n) || n < 0) {
+      throw new BackendError(`${what}: bad field "${kv}" (bm, bn, tm, tn, bk, hk, ur = integers)`);
     }
     t[k as keyof MatmulTile] = n;
   }
@@ -224,6 +226,7 @@ export function encodeMatmul(
       BK: tile.bk,
       NT: nt,
       LOADS: Math.ceil((tile.bm + tile.bn) * tile.bk / 16 / nt),
+      KLOOP: tile.ur === 0,
       HALF: tile.hk > 0,
       HK: tile.hk,
       KCH: tile.hk ? tile.bk / tile.hk : 0,
