@@ -28,7 +28,7 @@ enable f16;
 // TM/4, TNV = TN/4, NT, LOADS = ceil((BM + BN)·BK/16 / NT); F16 (W as packed f16 pairs); BIAS;
 // SOFTPLUS; KLOOP: the f32 multiply as a loop over the stage's k (else unrolled). HALF: packed f16 arithmetic (needs shader-f16): the tiles are stored as f16 and
 // each thread sums HK-long runs of k in f16 (vec4<f16> FMAs, two HFMA2 each), then adds every
-// run into its f32 accumulators; ACCN = TM·TN/4 and KCH = BK/HK go with it.
+// run into its f32 accumulators; KCH = BK/HK goes with it.
 
 struct P {
   M: u32,
@@ -167,8 +167,18 @@ fn matmul_tiled(
   let n0 = wid.x * BN;
   let tx = lid % CT;
   let ty = lid / CT;
-  var acc: array<vec4<f32>, TMV * 4u * TNV>;
-  var ld: array<mat4x4<f32>, ${LOADS}>;
+  // The accumulators and prefetched blocks are plain variables (not arrays), one per name, so
+  // that no compiler has a reason to put them anywhere but in registers.
+#unroll I TMV
+#unroll R 4
+#unroll J TNV
+  var acc${I}${R}${J} = vec4<f32>(0.0);
+#endunroll
+#endunroll
+#endunroll
+#unroll L LOADS
+  var ld${L}: mat4x4<f32>;
+#endunroll
   let stages = (p.K + BK - 1u) / BK;
 
   // Stage 0 straight into buffer 0.
@@ -186,7 +196,7 @@ fn matmul_tiled(
     if (more) {
 #unroll L LOADS
       if (lid + ${L}u * NT < ABLK + BBLK) {
-        ld[${L}] = fetch(lid + ${L}u * NT, m0, n0, (s + 1u) * BK);
+        ld${L} = fetch(lid + ${L}u * NT, m0, n0, (s + 1u) * BK);
       }
 #endunroll
     }
@@ -196,9 +206,13 @@ fn matmul_tiled(
 #unroll C KCH
     {
       // Zeroed explicitly: naga hoists a declaration's zero fill out of the loop.
-      var h: array<vec4<f16>, TMV * 4u * TNV>;
-#unroll Q ACCN
-      h[${Q}] = vec4<f16>(0.0);
+#unroll I TMV
+#unroll R 4
+#unroll J TNV
+      var h${I}${R}${J}: vec4<f16>;
+      h${I}${R}${J} = vec4<f16>(0.0);
+#endunroll
+#endunroll
 #endunroll
 #unroll KK HK
       {
@@ -211,14 +225,18 @@ fn matmul_tiled(
 #unroll I TMV
 #unroll R 4
 #unroll J TNV
-        h[(${I}u * 4u + ${R}u) * TNV + ${J}u] = fma(vec4<f16>(a${I}[${R}]), b${J}, h[(${I}u * 4u + ${R}u) * TNV + ${J}u]);
+        h${I}${R}${J} = fma(vec4<f16>(a${I}[${R}]), b${J}, h${I}${R}${J});
 #endunroll
 #endunroll
 #endunroll
       }
 #endunroll
-#unroll Q ACCN
-      acc[${Q}] += vec4<f32>(h[${Q}]);
+#unroll I TMV
+#unroll R 4
+#unroll J TNV
+      acc${I}${R}${J} += vec4<f32>(h${I}${R}${J});
+#endunroll
+#endunroll
 #endunroll
     }
 #endunroll
@@ -239,7 +257,7 @@ fn matmul_tiled(
 #unroll I TMV
 #unroll R 4
 #unroll J TNV
-      acc[(${I}u * 4u + ${R}u) * TNV + ${J}u] = fma(vec4<f32>(a${I}[${R}]), b${J}, acc[(${I}u * 4u + ${R}u) * TNV + ${J}u]);
+      acc${I}${R}${J} = fma(vec4<f32>(a${I}[${R}]), b${J}, acc${I}${R}${J});
 #endunroll
 #endunroll
 #endunroll
@@ -251,7 +269,7 @@ fn matmul_tiled(
     // The other buffer was last read in stage s − 1, before the barrier that ended it.
     if (more) {
 #unroll L LOADS
-      put(lid + ${L}u * NT, 1u - cur, ld[${L}]);
+      put(lid + ${L}u * NT, 1u - cur, ld${L});
 #endunroll
     }
     workgroupBarrier();
@@ -265,7 +283,7 @@ fn matmul_tiled(
       let row = p.yOff + m * p.yStride + p.nBase;
 #unroll J TNV
       {
-        let v = acc[(${I}u * 4u + ${R}u) * TNV + ${J}u];
+        let v = acc${I}${R}${J};
         let n = n0 + (${J}u * CT + tx) * 4u;
         emit(row, n, v.x);
         emit(row, n + 1u, v.y);

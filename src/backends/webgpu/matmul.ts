@@ -230,7 +230,6 @@ export function encodeMatmul(
       HALF: tile.hk > 0,
       HK: tile.hk,
       KCH: tile.hk ? tile.bk / tile.hk : 0,
-      ACCN: tile.tm * tile.tn / 4,
       ...common,
     });
     for (const part of W.parts) {
