@@ -146,16 +146,22 @@ export function f16MathFromEnv(): boolean {
 }
 
 /**
+ * A kernel's name (`tiled`, `matmul128` or `simple`).
+ *
+ * @throws {BackendError} naming `what` for another value.
+ */
+export function parseMatmulKernel(text: string, what: string): MatmulKernel {
+  if (text === "tiled" || text === "matmul128" || text === "simple") return text;
+  throw new BackendError(`${what}: "${text}" is not one of tiled, matmul128, simple`);
+}
+
+/**
  * `MAMBA_WEBGPU_MATMUL=tiled|matmul128|simple`: the prefill product kernel (whole-model
  * benchmarks compare kernels with it).
- *
- * @throws {BackendError} for another value.
  */
 export function matmulKernelFromEnv(): MatmulKernel | undefined {
   const v = env("MAMBA_WEBGPU_MATMUL");
-  if (v === undefined) return undefined;
-  if (v === "tiled" || v === "matmul128" || v === "simple") return v;
-  throw new BackendError(`MAMBA_WEBGPU_MATMUL: "${v}" is not one of tiled, matmul128, simple`);
+  return v === undefined ? undefined : parseMatmulKernel(v, "MAMBA_WEBGPU_MATMUL");
 }
 
 /**
