@@ -73,10 +73,12 @@ function variants(f16: boolean, shaderF16: boolean): Variant[] {
     return opt.tile.map((t) => ({ kernel: "tiled", tile: parseMatmulTile(t, "--tile") }));
   }
   const v: Variant[] = [{ kernel: "matmul128" }, { kernel: "tiled", tile: {} }];
-  const tiles: Partial<MatmulTile>[] = quick ? [{ bm: 128, bn: 128, tm: 8, tn: 8, bk: 16 }] : [
+  const tiles: Partial<MatmulTile>[] = quick ? [{ bm: 128, bn: 128, tm: 8, tn: 8, bk: 8 }] : [
     { bm: 128, bn: 128, tm: 8, tn: 8, bk: 16 },
     { bm: 128, bn: 128, tm: 8, tn: 8, bk: 8 },
     { bm: 128, bn: 128, tm: 8, tn: 8, bk: 16, ur: 0 },
+    { bm: 128, bn: 128, tm: 8, tn: 8, bk: 16, tr: 0 },
+    { bm: 128, bn: 128, tm: 8, tn: 8, bk: 16, tr: 0, ur: 0 },
     { bm: 128, bn: 128, tm: 8, tn: 16, bk: 16 },
     { bm: 128, bn: 128, tm: 16, tn: 8, bk: 16 },
     { bm: 128, bn: 64, tm: 8, tn: 4, bk: 16 },
@@ -93,6 +95,7 @@ function variants(f16: boolean, shaderF16: boolean): Variant[] {
       { hk: 8 },
       { hk: 32 },
       { bm: 128, bn: 128, tm: 8, tn: 8, bk: 16, hk: 16 },
+      { bm: 128, bn: 128, tm: 8, tn: 8, bk: 32, hk: 16, tr: 0 },
       { bm: 128, bn: 128, tm: 8, tn: 8, bk: 32, hk: 32 },
       { bm: 128, bn: 128, tm: 8, tn: 16, bk: 32, hk: 16 },
       { bm: 128, bn: 64, tm: 8, tn: 4, bk: 32, hk: 16 },
@@ -104,7 +107,8 @@ function variants(f16: boolean, shaderF16: boolean): Variant[] {
 }
 
 const describe = (t: MatmulTile) => {
-  const extra = (t.hk ? ` hk${t.hk}` : "") + (t.ur === 0 ? " ur0" : "");
+  const extra = (t.hk ? ` hk${t.hk}` : "") + (t.ur === 0 ? " ur0" : "") +
+    (t.tr === 0 ? " tr0" : "");
   return `${t.bm}x${t.bn} ${t.tm}x${t.tn} bk${t.bk}${extra} (${matmulTileThreads(t)} threads)`;
 };
 

@@ -12,13 +12,15 @@ enable f16;
 //
 // Each thread accumulates a TM×TN micro-tile in registers, split in vec4 groups strided across
 // the block (rows (i·RT + ty)·4 … +3 for i < TM/4, columns (j·CT + tx)·4 … +3 for j < TN/4): per
-// k it reads TM/4 + TN/4 vec4s for TM·TN FMAs, and the lanes of a warp read consecutive vec4s
-// (no bank conflicts; lanes with the same ty share A's vec4 as a broadcast).
+// k it reads TM/4 + TN/4 vec4s for TM·TN FMAs. Two layouts of workgroup memory (see As below):
+// TR (per-thread rows, padded), where a thread reads at constant offsets from one pointer per
+// stage, and shared k-rows, where the lanes of a warp read consecutive vec4s. Both are free of
+// bank conflicts on the W side (lanes with the same ty share x's vec4 as a broadcast).
 //
 // Loading: the tiles are cut in 4×4 blocks (4 rows × 4 consecutive k). A thread reads a block as
 // 4 vec4 loads along K (global memory is row-major) and writes it transposed, as 4 vec4 along
-// m or n. Eight consecutive lanes take eight consecutive row groups at the same k, so each
-// quarter warp writes 128 contiguous bytes of workgroup memory.
+// m or n. Eight consecutive lanes take eight consecutive row groups at the same k (each of a
+// warp's loads covers 8 rows × 64 bytes; its stores land in 8 distinct banks groups).
 //
 // Needs K % 4 == 0, x offset and stride % 4 == 0 (vec4 loads of x) and W rows of whole vec4s
 // (the weights' stride is a multiple of 4, or 8 halves). Rows past M or N and columns past K
@@ -26,9 +28,10 @@ enable f16;
 //
 // Defines: BM, BN, TM, TN (multiples of 4; BM and BN multiples of 32), BK (multiple of 4), TMV =
 // TM/4, TNV = TN/4, NT, LOADS = ceil((BM + BN)·BK/16 / NT); F16 (W as packed f16 pairs); BIAS;
-// SOFTPLUS; KLOOP: the f32 multiply as a loop over the stage's k (else unrolled). HALF: packed f16 arithmetic (needs shader-f16): the tiles are stored as f16 and
-// each thread sums HK-long runs of k in f16 (vec4<f16> FMAs, two HFMA2 each), then adds every
-// run into its f32 accumulators; KCH = BK/HK goes with it.
+// SOFTPLUS; TR (the per-thread-row layout); KLOOP (the f32 multiply as a loop over the stage's
+// k, else unrolled). HALF: packed f16 arithmetic (needs shader-f16): the tiles are stored as f16
+// and each thread sums HK-long runs of k in f16 (vec4<f16> FMAs, two HFMA2 each), then adds
+// every run into its f32 accumulators; KCH = BK/HK goes with it.
 
 struct P {
   M: u32,
@@ -72,11 +75,24 @@ const BBLK = BV * KC; // 4×4 blocks of the W tile
 
 #if HALF
 const HK = ${HK}u;
-var<workgroup> As: array<vec4<f16>, 2u * BK * AV>;
-var<workgroup> Bs: array<vec4<f16>, 2u * BK * BV>;
+alias V4 = vec4<f16>;
 #else
-var<workgroup> As: array<vec4<f32>, 2u * BK * AV>;
-var<workgroup> Bs: array<vec4<f32>, 2u * BK * BV>;
+alias V4 = vec4<f32>;
+#endif
+#if TR
+// Per-thread rows: buffer b's row t of As holds, for each k of the stage, the TMV vec4s that
+// threads with ty = t multiply (As[b·RT + ty][k·TMV + i] = rows (i·RT + ty)·4 … +3 at k); Bs
+// likewise by tx. A thread takes a pointer to its row once per stage and then reads at
+// constant offsets (no per-read index arithmetic or bounds clamp). One vec4 of padding per row
+// spreads the lanes' rows over the banks.
+const AR = BK * TMV + 1u;
+const BR = BK * TNV + 1u;
+var<workgroup> As: array<array<V4, AR>, 2u * RT>;
+var<workgroup> Bs: array<array<V4, BR>, 2u * CT>;
+#else
+// Shared k-rows: As[b·BK·AV + k·AV + r] = rows r·4 … +3 at k.
+var<workgroup> As: array<V4, 2u * BK * AV>;
+var<workgroup> Bs: array<V4, 2u * BK * BV>;
 #endif
 
 fn loadX(m: u32, k: u32) -> vec4<f32> {
@@ -124,24 +140,32 @@ fn fetch(e: u32, m0: u32, n0: u32, k0: u32) -> mat4x4<f32> {
 fn put(e: u32, buf: u32, b: mat4x4<f32>) {
   let t = transpose(b);
   if (e < ABLK) {
-    let base = buf * BK * AV + kGroup(e) * 4u * AV + rowGroup(e);
+    let r = rowGroup(e);
+    let k = kGroup(e) * 4u;
+#if TR
+    let row = &As[buf * RT + r % RT];
 #unroll J 4
-#if HALF
-    As[base + ${J}u * AV] = vec4<f16>(t[${J}]);
-#else
-    As[base + ${J}u * AV] = t[${J}];
-#endif
+    (*row)[(k + ${J}u) * TMV + r / RT] = V4(t[${J}]);
 #endunroll
+#else
+#unroll J 4
+    As[buf * BK * AV + (k + ${J}u) * AV + r] = V4(t[${J}]);
+#endunroll
+#endif
   } else if (e < ABLK + BBLK) {
     let q = e - ABLK;
-    let base = buf * BK * BV + kGroup(q) * 4u * BV + rowGroup(q);
+    let r = rowGroup(q);
+    let k = kGroup(q) * 4u;
+#if TR
+    let row = &Bs[buf * CT + r % CT];
 #unroll J 4
-#if HALF
-    Bs[base + ${J}u * BV] = vec4<f16>(t[${J}]);
-#else
-    Bs[base + ${J}u * BV] = t[${J}];
-#endif
+    (*row)[(k + ${J}u) * TNV + r / CT] = V4(t[${J}]);
 #endunroll
+#else
+#unroll J 4
+    Bs[buf * BK * BV + (k + ${J}u) * BV + r] = V4(t[${J}]);
+#endunroll
+#endif
   }
 }
 
@@ -200,8 +224,13 @@ fn matmul_tiled(
       }
 #endunroll
     }
+#if TR
+    let pa = &As[cur * RT + ty];
+    let pb = &Bs[cur * CT + tx];
+#else
     let ab = cur * BK * AV;
     let bb = cur * BK * BV;
+#endif
 #if HALF
 #unroll C KCH
     {
@@ -216,11 +245,20 @@ fn matmul_tiled(
 #endunroll
 #unroll KK HK
       {
+        let kk = ${C}u * HK + ${KK}u;
 #unroll I TMV
-        let a${I} = As[ab + (${C}u * HK + ${KK}u) * AV + ${I}u * RT + ty];
+#if TR
+        let a${I} = (*pa)[kk * TMV + ${I}u];
+#else
+        let a${I} = As[ab + kk * AV + ${I}u * RT + ty];
+#endif
 #endunroll
 #unroll J TNV
-        let b${J} = Bs[bb + (${C}u * HK + ${KK}u) * BV + ${J}u * CT + tx];
+#if TR
+        let b${J} = (*pb)[kk * TNV + ${J}u];
+#else
+        let b${J} = Bs[bb + kk * BV + ${J}u * CT + tx];
+#endif
 #endunroll
 #unroll I TMV
 #unroll R 4
@@ -249,10 +287,18 @@ fn matmul_tiled(
       let kk = ${KK}u;
 #endif
 #unroll I TMV
+#if TR
+      let a${I} = (*pa)[kk * TMV + ${I}u];
+#else
       let a${I} = As[ab + kk * AV + ${I}u * RT + ty];
+#endif
 #endunroll
 #unroll J TNV
+#if TR
+      let b${J} = (*pb)[kk * TNV + ${J}u];
+#else
       let b${J} = Bs[bb + kk * BV + ${J}u * CT + tx];
+#endif
 #endunroll
 #unroll I TMV
 #unroll R 4

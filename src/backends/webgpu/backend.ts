@@ -516,11 +516,12 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
 
   /** The tiled product's tile for `M` rows of x (see {@link defaultMatmulTile}). */
   matmulTile(W: GpuMatrix, M: number, over: Partial<MatmulTile> = {}): MatmulTile {
-    const half = W.f16 && this.#opt.matmulF16Math && this.ctx.shaderF16;
-    return defaultMatmulTile(M, W.N, this.ctx.maxWorkgroupStorage, half, {
-      ...this.#opt.matmulTile,
-      ...over,
-    });
+    const o = { ...this.#opt.matmulTile, ...over };
+    // f16 arithmetic when asked for, and then the tile that suits it.
+    const half = o.hk !== undefined
+      ? o.hk > 0
+      : W.f16 && this.#opt.matmulF16Math && this.ctx.shaderF16;
+    return defaultMatmulTile(M, W.N, this.ctx.maxWorkgroupStorage, half, o);
   }
 
   /**

@@ -42,6 +42,11 @@ export interface MatmulTile {
   hk: number;
   /** f32 arithmetic: 1 unrolls the multiply over a stage's `bk` columns, 0 loops (default 1). */
   ur?: number;
+  /**
+   * Workgroup memory layout: 1 (default) per-thread rows, read at constant offsets from one
+   * pointer a stage; 0 shared k-rows, an index (and bounds clamp) per read.
+   */
+  tr?: number;
 }
 
 /** Options of {@link encodeMatmul}; strides and offsets in f32 elements. */
@@ -68,7 +73,11 @@ export interface MatmulOptions {
 
 /** Workgroup memory of a tile's two stages, in bytes. */
 export function matmulTileBytes(t: MatmulTile): number {
-  return 2 * t.bk * (t.bm + t.bn) * (t.hk ? 2 : 4);
+  const vec4 = t.hk ? 8 : 16;
+  if (t.tr === 0) return 2 * t.bk * (t.bm + t.bn) / 4 * vec4;
+  // Per-thread rows: bk·tm/4 vec4s and one of padding per thread row, likewise along n.
+  const rows = (t.bm / t.tm) * (t.bk * t.tm / 4 + 1) + (t.bn / t.tn) * (t.bk * t.tn / 4 + 1);
+  return 2 * rows * vec4;
 }
 
 /** Threads of a tile's workgroup. */
@@ -175,8 +184,12 @@ export function parseMatmulTile(text: string, what: string): Partial<MatmulTile>
   for (const kv of text.split(",")) {
     const [k, v] = kv.split("=");
     const n = Number(v);
-    if (!["bm", "bn", "tm", "tn", "bk", "hk", "ur"].includes(k) || !Number.isInteger(n) || n < 0) {
-      throw new BackendError(`${what}: bad field "${kv}" (bm, bn, tm, tn, bk, hk, ur = integers)`);
+    if (
+      !["bm", "bn", "tm", "tn", "bk", "hk", "ur", "tr"].includes(k) || !Number.isInteger(n) || n < 0
+    ) {
+      throw new BackendError(
+        `${what}: bad field "${kv}" (bm, bn, tm, tn, bk, hk, ur, tr = integers)`,
+      );
     }
     t[k as keyof MatmulTile] = n;
   }
@@ -233,6 +246,7 @@ export function encodeMatmul(
       NT: nt,
       LOADS: Math.ceil((tile.bm + tile.bn) * tile.bk / 16 / nt),
       KLOOP: tile.ur === 0,
+      TR: tile.tr !== 0,
       HALF: tile.hk > 0,
       HK: tile.hk,
       KCH: tile.hk ? tile.bk / tile.hk : 0,
