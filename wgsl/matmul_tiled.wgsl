@@ -5,10 +5,10 @@ enable f16;
 //   y[m, nBase + n] = epilogue( x[m, :] · W[n, :] + bias[nBase + n] )   for m < M, n < N.
 //
 // A workgroup of NT = (BM/TM)·(BN/TN) threads computes a BM×BN block of y. K advances BK
-// columns per stage through workgroup memory, which holds both tiles K-major ([k][m] and
-// [k][n], as vec4 along m and n) and double-buffered: while the threads multiply stage t out
-// of one buffer, the global loads of stage t + 1 are in flight into registers, and land in the
-// other buffer after the multiply, so one barrier per stage suffices.
+// columns per stage through workgroup memory, which holds both tiles transposed (vec4s of 4
+// consecutive rows of x or W at one k) and double-buffered: while the threads multiply stage t
+// out of one buffer, the global loads of stage t + 1 are in flight into registers, and land in
+// the other buffer after the multiply, so one barrier per stage suffices.
 //
 // Each thread accumulates a TM×TN micro-tile in registers, split in vec4 groups strided across
 // the block (rows (i·RT + ty)·4 … +3 for i < TM/4, columns (j·CT + tx)·4 … +3 for j < TN/4): per
@@ -20,7 +20,7 @@ enable f16;
 // Loading: the tiles are cut in 4×4 blocks (4 rows × 4 consecutive k). A thread reads a block as
 // 4 vec4 loads along K (global memory is row-major) and writes it transposed, as 4 vec4 along
 // m or n. Eight consecutive lanes take eight consecutive row groups at the same k (each of a
-// warp's loads covers 8 rows × 64 bytes; its stores land in 8 distinct banks groups).
+// warp's loads covers 8 rows × 64 bytes; its stores land in 8 distinct bank groups).
 //
 // Needs K % 4 == 0, x offset and stride % 4 == 0 (vec4 loads of x) and W rows of whole vec4s
 // (the weights' stride is a multiple of 4, or 8 halves). Rows past M or N and columns past K
