@@ -87,6 +87,7 @@ function variants(f16: boolean, shaderF16: boolean): Variant[] {
     { bm: 64, bn: 64, tm: 4, tn: 4, bk: 16 },
     { bm: 64, bn: 64, tm: 8, tn: 8, bk: 16 },
     { bm: 64, bn: 64, tm: 4, tn: 4, bk: 32 },
+    { bm: 32, bn: 64, tm: 4, tn: 4, bk: 16 },
   ];
   for (const tile of tiles) v.push({ kernel: "tiled", tile: { ...tile, hk: 0 } });
   if (f16 && shaderF16) {

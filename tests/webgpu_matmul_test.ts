@@ -245,6 +245,7 @@ const TILES: Partial<MatmulTile>[] = [
   { bm: 64, bn: 64, tm: 8, tn: 8, bk: 4 },
   { bm: 64, bn: 64, tm: 8, tn: 8, bk: 4, tr: 0 },
   { bm: 32, bn: 96, tm: 4, tn: 12, bk: 12 },
+  { bm: 32, bn: 64, tm: 4, tn: 4, bk: 16 },
   { bm: 128, bn: 128, tm: 8, tn: 16, bk: 8 },
   { bm: 64, bn: 128, tm: 16, tn: 8, bk: 16 },
 ];
@@ -270,8 +271,10 @@ Deno.test("webgpu matmul: tile validation and defaults", () => {
     bk: 16,
     hk: 0,
   });
-  assert.equal(defaultMatmulTile(2048, 768, limit, false).bn, 64);
-  assert.equal(defaultMatmulTile(2048, 128, limit, false).bm, 64);
+  assert.equal(defaultMatmulTile(16384, 768, limit, false).bn, 128);
+  assert.equal(defaultMatmulTile(2048, 768, limit, false).bm, 64);
+  assert.equal(defaultMatmulTile(2048, 192, limit, false).bm, 32);
+  assert.equal(defaultMatmulTile(2048, 192, limit, false).tm, 4);
   assert.equal(defaultMatmulTile(16384, 3352, 20 * 1024, false).bk, 8);
   assert.deepEqual(defaultMatmulTile(16384, 3352, limit, true), {
     bm: 128,

@@ -106,7 +106,8 @@ export function matmulTileProblem(t: MatmulTile, smemBytes: number): string | un
 /**
  * The default tile for `M × N` outputs: 128×128 (8×8 per thread) while that gives at least 264
  * workgroups (two per SM of a 132-SM H200, so the last wave is not mostly idle), else 128×64
- * (8×4), else 64×64 (4×4); 16 columns of K per stage (32 with `half`: f16 tiles take half the
+ * (8×4), else 64×64 (4×4), else 32×64 (4×4, 128 threads: narrow products such as Mamba-1's
+ * x_proj, and short prompts); 16 columns of K per stage (32 with `half`: f16 tiles take half the
  * room), fewer until two stages fit in `smemBytes`. With `half`, f16 runs of 16 columns: each
  * run's conversion and addition into f32 costs TM·TN/4 instructions, which longer runs amortize
  * (worst logit error |got − want| / (1 + |want|) over the oracle's Mamba cases, every product
@@ -126,7 +127,9 @@ export function defaultMatmulTile(
     ? { bm: 128, bn: 128, tm: 8, tn: 8 }
     : groups(128, 64) >= 264
     ? { bm: 128, bn: 64, tm: 8, tn: 4 }
-    : { bm: 64, bn: 64, tm: 4, tn: 4 };
+    : groups(64, 64) >= 264
+    ? { bm: 64, bn: 64, tm: 4, tn: 4 }
+    : { bm: 32, bn: 64, tm: 4, tn: 4 };
   const t: MatmulTile = { ...base, bk: half ? 32 : 16, hk: half ? 16 : 0, ...over };
   if (over.bk === undefined) {
     while (t.bk > 4 && matmulTileBytes(t) > smemBytes) t.bk /= 2;
