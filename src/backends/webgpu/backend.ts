@@ -26,6 +26,16 @@ import {
   type ShaderFile,
 } from "./shaders.ts";
 import { DecodePlan } from "./decode.ts";
+import {
+  defaultMatmulTile,
+  encodeMatmul,
+  f16MathFromEnv,
+  type MatmulKernel,
+  matmulKernelFromEnv,
+  type MatmulOptions,
+  type MatmulTile,
+  matmulTileFromEnv,
+} from "./matmul.ts";
 import { type GpuLayer, type GpuMatrix, type GpuWeights, uploadWeights } from "./weights.ts";
 
 /** An activation of the `webgpu` backend: `rows × cols` f32 values in a pooled GPU buffer. */
@@ -72,8 +82,22 @@ export interface WebGpuOptions {
   slabBytes?: number;
   /** Fold RMSNorms into the matrix-vector kernels when decoding (default true). */
   fuseNorm?: boolean;
-  /** Use the 128×128-tile matmul for large products (default true). */
-  matmul128?: boolean;
+  /**
+   * Kernel of the prefill products (see src/backends/webgpu/matmul.ts): `"tiled"` (default),
+   * `"matmul128"` (the earlier 128×128 kernel) or `"simple"`; default also settable with
+   * `MAMBA_WEBGPU_MATMUL`.
+   */
+  matmulKernel?: MatmulKernel;
+  /**
+   * Overrides of the tiled product's tile, for every product (tests, sweeps); default also
+   * settable with `MAMBA_WEBGPU_MATMUL_TILE=bm=128,bn=64,…`.
+   */
+  matmulTile?: Partial<MatmulTile>;
+  /**
+   * Packed f16 arithmetic (f16 runs of K summed into f32) in the tiled products of f16 weights,
+   * when the device has `shader-f16`. Default off, or on with `MAMBA_WEBGPU_F16_MATH=1`.
+   */
+  matmulF16Math?: boolean;
   /** Overrides of the matrix-vector kernel's split, for every product (tests, sweeps). */
   matvecShape?: Partial<MatvecShape>;
   /**
@@ -357,7 +381,9 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       matvecMaxRows: opt.matvecMaxRows ?? 16,
       slabBytes: opt.slabBytes ?? 512 << 20,
       fuseNorm: opt.fuseNorm ?? true,
-      matmul128: opt.matmul128 ?? true,
+      matmulKernel: opt.matmulKernel ?? matmulKernelFromEnv() ?? "tiled",
+      matmulTile: opt.matmulTile ?? matmulTileFromEnv() ?? {},
+      matmulF16Math: opt.matmulF16Math ?? f16MathFromEnv(),
       matvecShape: opt.matvecShape ?? {},
       skinnyMinRows: opt.skinnyMinRows ?? (config.dModel < 2048 ? 16 : 33),
       skinnyShape: opt.skinnyShape ?? {},
@@ -502,57 +528,34 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     yStride: number,
     softplus = false,
   ): void {
-    const K = W.K;
     if (M <= this.#opt.matvecMaxRows) {
       this.matvec(W, { bias, x, xOff, xStride, M, y, yOff, yStride, softplus });
       return;
     }
-    if (
-      this.#opt.matmul128 && M >= 128 && W.N >= 128 && K % 4 === 0 && xOff % 4 === 0 &&
-      xStride % 4 === 0
-    ) {
-      const k = this.pipeline("matmul", "matmul128", {
-        TM: 1,
-        TN: 1,
-        BK: 1,
-        F16: W.f16,
-        BIAS: !!bias,
-        SOFTPLUS: softplus,
-      });
-      for (const part of W.parts) {
-        this.rec.dispatch(
-          k,
-          "uuuuuuuuu",
-          [M, part.n, K, W.stride, xStride, xOff, yStride, yOff, part.n0],
-          [null, null, y, bias ?? null, part.buf, x],
-          Math.ceil(part.n / 128),
-          Math.ceil(M / 128),
-        );
-      }
-      return;
-    }
-    const big = M >= 128 && W.N >= 128;
-    const TM = big ? 8 : 4;
-    const BK = big ? 8 : 16;
-    const k = this.pipeline("matmul", "matmul", {
-      TM,
-      TN: TM,
-      BK,
-      F16: W.f16,
-      BIAS: !!bias,
-      SOFTPLUS: softplus,
-    });
-    const BM = 16 * TM;
-    for (const part of W.parts) {
-      this.rec.dispatch(
-        k,
-        "uuuuuuuuu",
-        [M, part.n, K, W.stride, xStride, xOff, yStride, yOff, part.n0],
-        [part.buf, x, y, bias ?? null],
-        Math.ceil(part.n / BM),
-        Math.ceil(M / BM),
-      );
-    }
+    this.matmul(W, { bias, x, xOff, xStride, M, y, yOff, yStride, softplus });
+  }
+
+  /** The tiled product's tile for `M` rows of x (see {@link defaultMatmulTile}). */
+  matmulTile(W: GpuMatrix, M: number, over: Partial<MatmulTile> = {}): MatmulTile {
+    const o = { ...this.#opt.matmulTile, ...over };
+    // f16 arithmetic when asked for, and then the tile that suits it.
+    const half = o.hk !== undefined
+      ? o.hk > 0
+      : W.f16 && this.#opt.matmulF16Math && this.ctx.shaderF16;
+    return defaultMatmulTile(M, W.N, this.ctx.maxWorkgroupStorage, half, o);
+  }
+
+  /**
+   * Records the product of {@link linear} for many rows of x with the tiled kernel (or
+   * {@link WebGpuOptions.matmulKernel}); `kernel` and `tile` override them (benchmarks).
+   */
+  matmul(
+    W: GpuMatrix,
+    o: MatmulOptions & { kernel?: MatmulKernel; tile?: Partial<MatmulTile> },
+  ): void {
+    this.#alive();
+    const kind = o.kernel ?? this.#opt.matmulKernel;
+    encodeMatmul(this.rec, W, o, kind, this.matmulTile(W, o.M, o.tile));
   }
 
   /**

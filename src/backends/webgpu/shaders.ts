@@ -21,6 +21,7 @@ export const SHADER_FILES = [
   "add_norm",
   "matvec",
   "matmul",
+  "matmul_tiled",
   "skinny",
   "conv1d",
   "selective_scan",
