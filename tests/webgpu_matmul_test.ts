@@ -268,7 +268,7 @@ Deno.test("webgpu matmul: tile validation and defaults", () => {
     bn: 128,
     tm: 8,
     tn: 8,
-    bk: 16,
+    bk: 8,
     hk: 0,
   });
   assert.equal(defaultMatmulTile(16384, 768, limit, false).bn, 128);

@@ -107,13 +107,15 @@ export function matmulTileProblem(t: MatmulTile, smemBytes: number): string | un
  * The default tile for `M × N` outputs: 128×128 (8×8 per thread) while that gives at least 264
  * workgroups (two per SM of a 132-SM H200, so the last wave is not mostly idle), else 128×64
  * (8×4), else 64×64 (4×4), else 32×64 (4×4, 128 threads: narrow products such as Mamba-1's
- * x_proj, and short prompts); 16 columns of K per stage (32 with `half`: f16 tiles take half the
- * room), fewer until two stages fit in `smemBytes`. With `half`, f16 runs of 16 columns: each
+ * x_proj, and short prompts); 8 columns of K per stage for 128×128 tiles, 16 for the others
+ * (32 with `half`: f16 tiles take half the room), fewer until two stages fit in `smemBytes`. With `half`, f16 runs of 16 columns: each
  * run's conversion and addition into f32 costs TM·TN/4 instructions, which longer runs amortize
  * (worst logit error |got − want| / (1 + |want|) over the oracle's Mamba cases, every product
  * tiled: 1.0–1.5e-3, against 0.5–1.0e-3 with f16 weights and f32 arithmetic; lavapipe, runs
- * of 8 measured alike). A first guess from the arithmetic, to be tuned on the H200 with
- * `bench/webgpu_matmul_sweep.ts`. Fields given in `over` are kept.
+ * of 8 measured alike). Tuned on the H200 with `bench/webgpu_matmul_sweep.ts` (2026-11-29,
+ * bench/RESULTS.md: 128×128 8×8 with 8 columns a stage was the best f32 tile over the 32 shapes,
+ * at 0.90 of each shape's best on geometric mean, against 0.84 with 16). Fields given in `over`
+ * are kept.
  */
 export function defaultMatmulTile(
   M: number,
@@ -130,7 +132,9 @@ export function defaultMatmulTile(
     : groups(64, 64) >= 264
     ? { bm: 64, bn: 64, tm: 4, tn: 4 }
     : { bm: 32, bn: 64, tm: 4, tn: 4 };
-  const t: MatmulTile = { ...base, bk: half ? 32 : 16, hk: half ? 16 : 0, ...over };
+  // 128×128 tiles in f32 stage 8 columns of K (the H200 sweep's best tile for most shapes).
+  const bk = half ? 32 : base.bm === 128 && base.bn === 128 ? 8 : 16;
+  const t: MatmulTile = { ...base, bk, hk: half ? 16 : 0, ...over };
   if (over.bk === undefined) {
     while (t.bk > 4 && matmulTileBytes(t) > smemBytes) t.bk /= 2;
     if (t.hk > t.bk) t.hk = t.bk;
