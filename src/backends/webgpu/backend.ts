@@ -123,7 +123,7 @@ export interface WebGpuOptions {
    * is a multiple of 4 (`scan_step_lanes`); false keeps one thread each (`scan_step`).
    */
   scanStepLanes?: boolean;
-  /** Mamba-2's SSD step with vec4 loads and a one-barrier sum (`ssd_step_vec`) when it can. */
+  /** Mamba-2's SSD step with vec4 loads and a one-barrier sum (`VEC`) when the sizes allow. */
   ssdStepVec?: boolean;
   /**
    * Fused decoding through the skinny kernel adds each block's output to the residual in
@@ -233,26 +233,12 @@ function skinnyStageBytes(s: Omit<SkinnyShape, "pf">): number {
   return s.ks * (s.nt * s.tn + s.mt * s.tm) * (s.bk / 4 + 1) * 16;
 }
 
-/** Options of {@link WebGpuBackend.matvec}; strides and offsets in f32 elements. */
-export interface MatvecOptions {
-  /** Bias added to each output. */
-  bias?: Buf;
-  /** Input rows. */
-  x: Buf;
-  /** Offset of x[0, 0]. */
-  xOff: number;
-  /** Distance between x rows. */
-  xStride: number;
-  /** Rows of x (the matrix-vector kernel takes at most 32; more go to the skinny kernel). */
-  M: number;
-  /** Output. */
-  y: Buf;
-  /** Offset of y[0, 0]. */
-  yOff: number;
-  /** Distance between y rows. */
-  yStride: number;
-  /** softplus on the outputs. */
-  softplus?: boolean;
+/**
+ * Options of {@link WebGpuBackend.matvec}: the product's operands as for the tiled product (rows
+ * of x: the matrix-vector kernel takes at most 32, more go to the skinny kernel), and the
+ * prologues and epilogues of decoding.
+ */
+export interface MatvecOptions extends MatmulOptions {
   /** RMSNorm prologue: scale weights and eps. */
   rms?: { weight: Buf; eps: number };
   /** Residual added to x first (`[M, K]`). */
@@ -572,7 +558,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     const vec = this.#opt.ssdStepVec && N % 4 === 0 && dInner % 4 === 0;
     const TP = vec ? 16 : 4;
     this.rec.dispatch(
-      this.pipeline("ssd_step", vec ? "ssd_step_vec" : "ssd_step", {
+      this.pipeline("ssd_step", "ssd_step", {
         TP,
         GATE: gate,
         D_HDIM: c.dHasHdim,
