@@ -248,6 +248,36 @@ Deno.test("wasm kernels: matvec_f16 with the finite flag widens every finite pat
   }
 });
 
+Deno.test("wasm kernels: matvec_f16 with the finite flag vs f64 (row lengths, large x)", async () => {
+  const k = await kernels();
+  // Rows of several lengths (the 32-, 8- and 4-wide steps and the tail), x small (pre-scaled
+  // path) and large (|x| >= 2^15: fallback). Each result within the f32 summation bound of the
+  // exact dot product of the same halves.
+  const N = 37;
+  for (const kk of [8, 16, 24, 40, 776, 1536, 12, 13]) {
+    for (const big of [false, true]) {
+      const w = k.allocU16(N * kk), x = k.allocF32(kk), y = k.allocF32(N);
+      for (let i = 0; i < N * kk; i++) w.view[i] = numberToHalf((Math.random() * 2 - 1) * 3);
+      for (let i = 0; i < kk; i++) x.view[i] = (Math.random() * 2 - 1) * (big ? 1e5 : 1);
+      y.view.fill(0.25);
+      k.matvecF16(w.ptr, x.ptr, y.ptr, N, kk, 0, N, true, true);
+      for (let r = 0; r < N; r++) {
+        let want = 0.25, mag = 0.25;
+        for (let i = 0; i < kk; i++) {
+          const p = halfToNumber(w.view[r * kk + i]) * x.view[i];
+          want += p;
+          mag += Math.abs(p);
+        }
+        const bound = (kk + 4) * 2 ** -23 * mag;
+        assert.ok(
+          Math.abs(y.view[r] - want) <= bound,
+          `K=${kk} big=${big} row ${r}: ${y.view[r]} vs ${want} (bound ${bound})`,
+        );
+      }
+    }
+  }
+});
+
 // ----------------------------------------------------------------------------------------------
 // math functions
 
