@@ -122,8 +122,8 @@ for (const [name, cfg] of variants) {
   }
 }
 
-// Chunks of 16 rows and more: each rank computes its share of in_proj's B and C rows and the
-// shares are swapped through the shared buffer (fewer rows compute them all on every rank).
+// Long chunks (the variants above run chunks of 5 tokens): each rank computes its share of
+// in_proj's B and C rows and the shares are swapped through the shared buffer.
 for (const threads of [2, 3]) {
   Deno.test(`wasm backend: mamba2, long chunks (B/C rows shared out), ${threads} threads, equals ref`, async () => {
     const cfg = config({ layer: "Mamba2", d_state: 12, headdim: 8, bias: true });
