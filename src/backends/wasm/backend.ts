@@ -536,8 +536,7 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
     const seqLen = this.#shape?.seqLen ?? Math.max(this.#rows, 1);
     const chunk = Math.min(seqLen, this.#chunk);
     const V = cfg.paddedVocabSize;
-    // dModel + 1: Mamba-2's out_proj partials travel with the gated norm's sums of squares.
-    const wide = Math.max(cfg.dModel + 1, cfg.dtRank + 2 * cfg.dState, cfg.ngroups);
+    const wide = Math.max(cfg.dModel, cfg.dtRank + 2 * cfg.dState, cfg.ngroups);
     let off = HEADER_BYTES;
     const offOps = off;
     off = align64(off + nOps * OP_WORDS * 4);

@@ -6,9 +6,7 @@
  *
  * - Mamba-1, per layer: the `x_proj` partial sums (each rank multiplies its channels' columns),
  *   and the `out_proj` partial sums;
- * - Mamba-2, per layer: the `out_proj` partial sums, which carry the gated RMSNorm's sums of
- *   squares when there is one group (its scale is then one number per row and is applied after
- *   `out_proj`); with several groups, the sums of squares are reduced first, on their own;
+ * - Mamba-2, per layer: the gated RMSNorm's sums of squares, and the `out_proj` partial sums;
  * - the embedding (each rank writes the rows of the ids it owns) once per chunk.
  *
  * A reduction writes the rank's partial into its slot of the shared buffer, waits at the
@@ -150,8 +148,6 @@ interface Scratch {
   /** Partial sums (local) and the reduction's temporary. */
   part: number;
   tmp: number;
-  /** Mamba-2: the reduced out_proj partials and sums of squares `[rows, dModel + 1]`. */
-  red: number;
   /** LM head output `[lmRows, nv]`. */
   logits: number;
 }
@@ -441,7 +437,7 @@ export class RankEngine {
     const R = Math.max(rows, sc?.rows ?? 0);
     const LR = Math.max(lmRows, sc?.lmRows ?? 0);
     if (sc) {
-      for (const p of [sc.a, sc.b, sc.c, sc.d, sc.e, sc.part, sc.tmp, sc.red, sc.logits]) {
+      for (const p of [sc.a, sc.b, sc.c, sc.d, sc.e, sc.part, sc.tmp, sc.logits]) {
         this.#heap.free(p);
       }
       for (const p of this.#pool) this.#heap.free(p);
@@ -455,7 +451,7 @@ export class RankEngine {
     const GN = cfg.ngroups * N;
     const xd = cfg.dtRank + 2 * N;
     const f = (n: number) => this.#heap.alloc(Math.max(1, n) * 4);
-    const wide = Math.max(cfg.dModel + 1, xd, cfg.ngroups);
+    const wide = Math.max(cfg.dModel, xd, cfg.ngroups);
     const next: Scratch = cfg.arch === "mamba1"
       ? {
         rows: R,
@@ -467,7 +463,6 @@ export class RankEngine {
         e: f(R * nc), // y
         part: f(R * wide),
         tmp: f(R * wide),
-        red: f(0),
         logits: f(LR * (this.#s.v1 - this.#s.v0)),
       }
       : {
@@ -480,7 +475,6 @@ export class RankEngine {
         e: f(R * nc), // y
         part: f(R * wide),
         tmp: f(R * wide),
-        red: f(this.#s.ranks > 1 ? R * (cfg.dModel + 1) : 0),
         logits: f(LR * (this.#s.v1 - this.#s.v0)),
       };
     this.#sc = next;
@@ -1202,88 +1196,37 @@ export class RankEngine {
         k.mulSilu(y, sc.a + r * Dl * 4, y, nc);
       }
     };
-    const eps = 1e-5;
-    if (cfg.gatedNorm && T === 1) {
-      // All groups on this rank: the gated RMSNorm kernel, in place.
-      k.gatedRmsnorm(
-        sc.e,
-        sc.a,
-        w.gatedNorm,
-        sc.e,
-        nc,
-        cfg.dInner / G,
-        eps,
-        rows,
-        Dl,
-        cfg.normBeforeGate,
-      );
-    } else if (cfg.gatedNorm && G === 1) {
-      // One group over all ranks: the norm's scale is one number per row, so it can wait until
-      // after out_proj. Each rank multiplies its un-normalized y·gate by its slice of the weight,
-      // and its sums of squares travel in the same reduction as the out_proj partials: one
-      // meeting of the ranks per layer instead of two.
-      if (!cfg.normBeforeGate) gate();
-      const ssq = sc.part + rows * d * 4;
+    if (!cfg.gatedNorm || !cfg.normBeforeGate) gate();
+    if (cfg.gatedNorm) {
+      const gs = cfg.dInner / G;
+      const part = T > 1 ? sc.part : sc.d;
       let mem = this.#f32;
       for (let r = 0; r < rows; r++) {
-        const y = sc.e + r * nc * 4;
-        k.exports.matvec_f32(y, y, ssq + r * 4, 1, nc, 0, 1, 0);
+        for (let g = 0; g < G; g++) {
+          const a = Math.max(s.c0, g * gs) - s.c0;
+          const e = Math.min(s.c1, (g + 1) * gs) - s.c0;
+          if (e <= a) {
+            mem[(part >>> 2) + r * G + g] = 0;
+            continue;
+          }
+          const y = sc.e + (r * nc + a) * 4;
+          k.exports.matvec_f32(y, y, part + (r * G + g) * 4, 1, e - a, 0, 1, 0);
+        }
       }
+      this.#lap(PROF.gate);
+      this.#allreduce(part, sc.d, rows * G);
+      mem = this.#f32;
       const gw = mem.subarray(w.gatedNorm >>> 2, (w.gatedNorm >>> 2) + nc);
       for (let r = 0; r < rows; r++) {
         const yo = (sc.e >>> 2) + r * nc;
-        for (let c = 0; c < nc; c++) mem[yo + c] *= gw[c];
+        for (let c = 0; c < nc;) {
+          const g = Math.floor((s.c0 + c) / gs);
+          const e = Math.min(nc, (g + 1) * gs - s.c0);
+          const scale = 1 / Math.sqrt(mem[(sc.d >>> 2) + r * G + g] / gs + 1e-5);
+          for (; c < e; c++) mem[yo + c] = mem[yo + c] * scale * gw[c];
+        }
       }
       if (cfg.normBeforeGate) gate();
-      this.#lap(PROF.gate);
-      this.#matmul(w.outProj, sc.e, nc, sc.part, d, rows);
-      this.#lap(PROF.outProj);
-      this.#allreduce(sc.part, sc.red, rows * d + rows);
-      mem = this.#f32;
-      const sums = (sc.red >>> 2) + rows * d;
-      const dIn = cfg.dInner;
-      for (let r = 0; r < rows; r++) {
-        const scale = 1 / Math.sqrt(mem[sums + r] / dIn + eps);
-        const src = (sc.red >>> 2) + r * d;
-        const dst = (out >>> 2) + r * d;
-        for (let c = 0; c < d; c++) mem[dst + c] = mem[src + c] * scale;
-      }
-      this.#lap(PROF.reduce);
-      if (w.outBias) this.#addRows(out, d, w.outBias, rows, d);
-      return;
-    } else {
-      if (!cfg.gatedNorm || !cfg.normBeforeGate) gate();
-      if (cfg.gatedNorm) {
-        const gs = cfg.dInner / G;
-        const part = T > 1 ? sc.part : sc.d;
-        let mem = this.#f32;
-        for (let r = 0; r < rows; r++) {
-          for (let g = 0; g < G; g++) {
-            const a = Math.max(s.c0, g * gs) - s.c0;
-            const e = Math.min(s.c1, (g + 1) * gs) - s.c0;
-            if (e <= a) {
-              mem[(part >>> 2) + r * G + g] = 0;
-              continue;
-            }
-            const y = sc.e + (r * nc + a) * 4;
-            k.exports.matvec_f32(y, y, part + (r * G + g) * 4, 1, e - a, 0, 1, 0);
-          }
-        }
-        this.#lap(PROF.gate);
-        this.#allreduce(part, sc.d, rows * G);
-        mem = this.#f32;
-        const gw = mem.subarray(w.gatedNorm >>> 2, (w.gatedNorm >>> 2) + nc);
-        for (let r = 0; r < rows; r++) {
-          const yo = (sc.e >>> 2) + r * nc;
-          for (let c = 0; c < nc;) {
-            const g = Math.floor((s.c0 + c) / gs);
-            const e = Math.min(nc, (g + 1) * gs - s.c0);
-            const scale = 1 / Math.sqrt(mem[(sc.d >>> 2) + r * G + g] / gs + 1e-5);
-            for (; c < e; c++) mem[yo + c] = mem[yo + c] * scale * gw[c];
-          }
-        }
-        if (cfg.normBeforeGate) gate();
-      }
     }
     this.#lap(PROF.gate);
     // out_proj partial → reduced out [rows, dModel].
