@@ -24,6 +24,7 @@ import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { printUsage } from "./usage.ts";
+import type { WasmWeights } from "../src/backends/wasm/options.ts";
 
 /** The modules of one checkout (typed as this checkout's: both have the same API). */
 interface Side {
@@ -88,7 +89,7 @@ if (import.meta.main) {
     "| weights | what | a: CPU ms | a: wall ms | b: CPU ms | b: wall ms | b ÷ a speed (CPU) | (wall) |",
   );
   console.log("| --- | --- | --- | --- | --- | --- | --- | --- |");
-  for (const dtype of v.weights!.split(",")) {
+  for (const dtype of v.weights!.split(",") as WasmWeights[]) {
     const lms = [];
     for (const s of sides) {
       const be = await s.backend.WasmBackend.create({ config, weights }, {
