@@ -161,15 +161,21 @@ async function abBench(rounds: number): Promise<void> {
   // GEMV: in_proj cache-warm, and the 4 projections of 24 layers cycled from DRAM.
   {
     const n = 3072, kk = 768, wf = data(n * kk, 0.05), xf = data(kk);
-    for (const type of ["f32", "f16"] as const) {
+    for (const type of ["f32", "f16", "q8"] as const) {
       cases.push({
         name: `matvec_${type} in_proj ${n}x${kk} (cache-warm)`,
-        unit: gbs(n * kk * (type === "f32" ? 4 : 2)),
+        // q8: int8 weights and one f32 scale per 32.
+        unit: gbs(n * kk * (type === "f32" ? 4 : type === "f16" ? 2 : 1.125)),
         make: (k) => {
           const x = k.upload(xf), y = k.allocF32(n);
           if (type === "f32") {
             const w = k.upload(wf);
             return () => k.matvecF32(w.ptr, x.ptr, y.ptr, n, kk);
+          }
+          if (type === "q8") {
+            const w = k.upload(wf), q = k.allocQ8(n, kk);
+            k.quantizeQ8(w.ptr, q.q.ptr, q.scales.ptr, n, kk);
+            return () => k.matvecQ8(q.q.ptr, q.scales.ptr, x.ptr, y.ptr, n, kk);
           }
           const w = f16Of(k, wf);
           return () => k.matvecF16(w.ptr, x.ptr, y.ptr, n, kk, 0, n, false, true);
@@ -186,12 +192,26 @@ async function abBench(rounds: number): Promise<void> {
     );
     const xf = data(3072);
     const bytes = mats.reduce((a, w) => a + w.length, 0);
-    for (const type of ["f32", "f16"] as const) {
+    for (const type of ["f32", "f16", "q8"] as const) {
       cases.push({
         name: `matvec_${type} 24 layers x 4 proj (from DRAM)`,
-        unit: gbs(bytes * (type === "f32" ? 4 : 2)),
+        unit: gbs(bytes * (type === "f32" ? 4 : type === "f16" ? 2 : 1.125)),
         make: (k) => {
           const x = k.upload(xf), y = k.allocF32(3072);
+          if (type === "q8") {
+            const qs = mats.map((w, i) => {
+              const [n, kk] = proj[i % 4];
+              const wp = k.upload(w), q = k.allocQ8(n, kk);
+              k.quantizeQ8(wp.ptr, q.q.ptr, q.scales.ptr, n, kk);
+              return q;
+            });
+            return () => {
+              for (let i = 0; i < qs.length; i++) {
+                const [n, kk] = proj[i % 4];
+                k.matvecQ8(qs[i].q.ptr, qs[i].scales.ptr, x.ptr, y.ptr, n, kk);
+              }
+            };
+          }
           const ws = mats.map((w) => type === "f32" ? k.upload(w).ptr : f16Of(k, w).ptr);
           return () => {
             for (let i = 0; i < ws.length; i++) {

@@ -122,6 +122,21 @@ for (const [name, cfg] of variants) {
   }
 }
 
+// Long chunks (the variants above run chunks of 5 tokens): each rank computes its share of
+// in_proj's B and C rows and the shares are swapped through the shared buffer.
+for (const threads of [2, 3]) {
+  Deno.test(`wasm backend: mamba2, long chunks (B/C rows shared out), ${threads} threads, equals ref`, async () => {
+    const cfg = config({ layer: "Mamba2", d_state: 12, headdim: 8, bias: true });
+    const { ref, wasm } = await pair(cfg, { threads, chunkTokens: 64 });
+    try {
+      await assertSame(ref, wasm, 2, 40);
+      await assertSame(ref, wasm, 1, 17);
+    } finally {
+      wasm.dispose();
+    }
+  });
+}
+
 Deno.test("wasm backend: thread count is capped by the slices, and validated", async () => {
   const cfg = config({ layer: "Mamba2", d_state: 8, headdim: 16 }); // 4 heads
   const w = randomWeights(cfg);

@@ -386,7 +386,36 @@ pub unsafe extern "C" fn matvec_q8(
         int_path: bool,
         acc: &mut [v128; R],
     ) {
-        for b in 0..nfull {
+        let mut b0 = 0;
+        if int_path && R == 1 {
+            // Four blocks per iteration, two accumulators: the block scales (weight × x) come
+            // as one vector product per four blocks, broadcast per block by a shuffle, instead of
+            // two scalar loads, a product and a broadcast each; and a quarter of the loop's
+            // counter and pointer updates.
+            let mut acc2 = f32x4_splat(0.0);
+            while b0 + 4 <= nfull {
+                let sc = mul(ld(scales.add(r * nb + b0)), ld(xs.add(b0)));
+                // Written out four times: as a `for` over i, LLVM keeps it a loop (selecting the
+                // accumulator and reloading the broadcast scales from the stack): 0.84×.
+                let blk = |b: usize| -> v128 {
+                    let xp = xq.add(b * Q8_BLOCK) as *const v128;
+                    let xv = [
+                        v128_load(xp),
+                        v128_load(xp.add(1)),
+                        v128_load(xp.add(2)),
+                        v128_load(xp.add(3)),
+                    ];
+                    q8_block_dot_i16(wq.add(r * k + b * Q8_BLOCK), &xv)
+                };
+                acc[0] = fma(acc[0], blk(b0), i32x4_shuffle::<0, 0, 0, 0>(sc, sc));
+                acc2 = fma(acc2, blk(b0 + 1), i32x4_shuffle::<1, 1, 1, 1>(sc, sc));
+                acc[0] = fma(acc[0], blk(b0 + 2), i32x4_shuffle::<2, 2, 2, 2>(sc, sc));
+                acc2 = fma(acc2, blk(b0 + 3), i32x4_shuffle::<3, 3, 3, 3>(sc, sc));
+                b0 += 4;
+            }
+            acc[0] = add(acc[0], acc2);
+        }
+        for b in b0..nfull {
             if int_path {
                 let xp = xq.add(b * Q8_BLOCK) as *const v128;
                 let xv = [
@@ -474,9 +503,9 @@ pub unsafe extern "C" fn quantize_q8(
 // ---------------------------------------------------------------------------------------------
 // GEMM
 //
-// f32 and f16 weights go through the packed GEMM below (`matmul_packed`). The inner-product
-// tiles here (`tile`, `tokens`, `matmul_widen`) remain for q8 weights outside the integer path
-// (K < 32 or K > 32768).
+// f32 and f16 weights go through the packed GEMM below (`matmul_packed`), q8 weights through the
+// integer one further down. The inner-product tiles here (`tile`, `tokens`, `matmul_widen`)
+// remain for q8 weights outside the integer path (K < 32 or K > 32768).
 
 /// Tokens per outer block: the block of X stays in L2 while all row tiles of W stream past.
 const MB: usize = 64;
@@ -886,72 +915,174 @@ pub unsafe extern "C" fn matmul_f16(
     matmul_packed(WF16(w), x, ldx, y, ldy, m, n, k, row_start, row_end, acc)
 }
 
-/// `R` rows × `T` tokens of the integer q8 GEMM over the full blocks: returns the f32 sums.
+// Integer q8 GEMM: outer products of 16-bit pairs.
+//
+// x is rounded per token and block of 32 to 16-bit fixed point (as in `matvec_q8`) and packed per
+// panel of QPT tokens so that each (even, odd) pair of a token is one 32-bit word (`xp[k/2][t]`);
+// W is packed per 8 rows with its int8 widened to int16 and each row's (even, odd) pair in one
+// 32-bit lane (`wp[k/2][2]`, 4 rows per vector). Per pair of k the microkernel loads the 2 weight
+// vectors and broadcasts each token's pair: `i32x4.dot_i16x8_s` then multiplies 8 weights by 2 x
+// and adds the pairs, 8 multiply-adds per instruction into lanes = rows (no horizontal sums), twice
+// the rate of the f32 FMA kernel's 4. Each block of 32 is exact in int32; its sums are converted
+// and scaled (weight scale × x scale) into f32 accumulators. 3 tokens × 8 rows: 6 int32 + 6 f32
+// accumulators + 2 weights + 1 x = 15 registers.
+
+/// Tokens per panel of the integer q8 GEMM.
+const QPT: usize = 3;
+/// Most tokens per packed block of x (a multiple of QPT).
+const MBQ: usize = 63;
+/// Largest number of full blocks of the packed weight panel (K <= XQ_MAX).
+const QNB_MAX: usize = XQ_MAX / Q8_BLOCK;
+
+/// The packed weight panel of `matmul_q8`: `w` [blocks][16 pairs][2] and the scales [blocks][8].
+#[repr(C, align(64))]
+struct Q8Panel {
+    w: [i32; QNB_MAX * 32 * 4],
+    s: [f32; QNB_MAX * 8],
+}
+
+/// Zero-initialized (no bytes in the .wasm file), 512 KiB + 32 KiB.
+static mut Q8_PANEL: Q8Panel = Q8Panel {
+    w: [0; QNB_MAX * 32 * 4],
+    s: [0.0; QNB_MAX * 8],
+};
+
+/// Packs rows `r..r+rows` (rows <= 8, missing rows zero) of the full blocks into `Q8_PANEL`.
 #[inline(always)]
-unsafe fn q8_tile<const R: usize, const T: usize>(
+unsafe fn pack_w_q8(
     wq: *const i8,
     scales: *const f32,
-    xq: *const i16,
-    xs: *const f32,
-    r: usize,
     k: usize,
     nb: usize,
     nfull: usize,
-) -> [[f32; T]; R] {
-    let mut acc = [[f32x4_splat(0.0); T]; R];
-    for b in 0..nfull {
-        let mut w = [[f32x4_splat(0.0); 4]; R];
-        let mut sw = [0f32; R];
-        for j in 0..R {
-            let q = wq.add((r + j) * k + b * Q8_BLOCK);
-            let w0 = v128_load(q as *const v128);
-            let w1 = v128_load(q.add(16) as *const v128);
-            w[j] = [
-                i16x8_extend_low_i8x16(w0),
-                i16x8_extend_high_i8x16(w0),
-                i16x8_extend_low_i8x16(w1),
-                i16x8_extend_high_i8x16(w1),
-            ];
-            sw[j] = *scales.add((r + j) * nb + b);
+    r: usize,
+    rows: usize,
+) {
+    let wp = core::ptr::addr_of_mut!(Q8_PANEL.w) as *mut v128;
+    let sp = core::ptr::addr_of_mut!(Q8_PANEL.s) as *mut f32;
+    let zero = i32x4_splat(0);
+    for g in 0..2 {
+        let base = r + 4 * g;
+        // The four rows' pointers (a missing row reads a zero vector instead).
+        let mut rp = [core::ptr::null::<i8>(); 4];
+        for j in 0..4 {
+            if base + j < r + rows {
+                rp[j] = wq.add((base + j) * k);
+            }
         }
-        for t in 0..T {
-            let xp = xq.add(t * k + b * Q8_BLOCK) as *const v128;
-            let sx = *xs.add(t * nb + b);
-            let x = [
-                v128_load(xp),
-                v128_load(xp.add(1)),
-                v128_load(xp.add(2)),
-                v128_load(xp.add(3)),
-            ];
-            for j in 0..R {
-                let d = i32x4_add(
-                    i32x4_add(
-                        i32x4_dot_i16x8(w[j][0], x[0]),
-                        i32x4_dot_i16x8(w[j][1], x[1]),
-                    ),
-                    i32x4_add(
-                        i32x4_dot_i16x8(w[j][2], x[2]),
-                        i32x4_dot_i16x8(w[j][3], x[3]),
-                    ),
-                );
-                acc[j][t] = fma(acc[j][t], f32x4_convert_i32x4(d), f32x4_splat(sw[j] * sx));
+        let ldr = |j: usize, off: usize| -> v128 {
+            if rp[j].is_null() {
+                zero
+            } else {
+                v128_load(rp[j].add(off) as *const v128)
+            }
+        };
+        for b in 0..nfull {
+            for h in 0..2 {
+                let off = b * Q8_BLOCK + 16 * h;
+                let (a, bb, c, d) = (ldr(0, off), ldr(1, off), ldr(2, off), ldr(3, off));
+                // 16-bit units = (even, odd) byte pairs: interleave rows a, b and c, d by pairs,
+                // then by pairs of pairs, so that each 4 bytes hold one row's pair, rows in order.
+                let ab_lo = i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(a, bb);
+                let ab_hi = i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(a, bb);
+                let cd_lo = i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(c, d);
+                let cd_hi = i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(c, d);
+                let q = [
+                    i32x4_shuffle::<0, 4, 1, 5>(ab_lo, cd_lo),
+                    i32x4_shuffle::<2, 6, 3, 7>(ab_lo, cd_lo),
+                    i32x4_shuffle::<0, 4, 1, 5>(ab_hi, cd_hi),
+                    i32x4_shuffle::<2, 6, 3, 7>(ab_hi, cd_hi),
+                ];
+                // q[i] holds pairs 2i and 2i+1 (of this half block) of the four rows.
+                for i in 0..4 {
+                    let pair = 8 * h + 2 * i;
+                    *wp.add((b * 16 + pair) * 2 + g) = i16x8_extend_low_i8x16(q[i]);
+                    *wp.add((b * 16 + pair + 1) * 2 + g) = i16x8_extend_high_i8x16(q[i]);
+                }
+            }
+            for j in 0..4 {
+                *sp.add(b * 8 + 4 * g + j) = if rp[j].is_null() {
+                    0.0
+                } else {
+                    *scales.add((base + j) * nb + b)
+                };
             }
         }
     }
-    let mut out = [[0f32; T]; R];
-    for j in 0..R {
-        for t in 0..T {
-            out[j][t] = hsum(acc[j][t]);
-        }
-    }
-    out
 }
 
-/// Tokens per block of the integer q8 GEMM (bounded by the scratch: tokens × K <= 2^18).
-const MBQ: usize = 64;
-/// Rows × tokens of the q8 register tile.
-const QR: usize = 2;
-const QT: usize = 4;
+/// One panel of QPT tokens × 8 rows over the full blocks: the f32 sums (`acc[t][v]` = rows
+/// `4v..4v+4` of token t). `xp` [blocks][16][QPT] pairs, `xs` [blocks][QPT] x scales.
+#[inline(always)]
+unsafe fn q8_panel_kernel(xp: *const u32, xs: *const f32, nfull: usize) -> [[v128; 2]; QPT] {
+    let wp = core::ptr::addr_of!(Q8_PANEL.w) as *const v128;
+    let sp = core::ptr::addr_of!(Q8_PANEL.s) as *const f32;
+    let mut acc = [[f32x4_splat(0.0); 2]; QPT];
+    for b in 0..nfull {
+        let mut d = [[i32x4_splat(0); 2]; QPT];
+        let w = wp.add(b * 32);
+        let x = xp.add(b * 16 * QPT);
+        for p in 0..16 {
+            let w0 = *w.add(2 * p);
+            let w1 = *w.add(2 * p + 1);
+            for t in 0..QPT {
+                let xv = v128_load32_splat(x.add(p * QPT + t));
+                d[t][0] = i32x4_add(d[t][0], i32x4_dot_i16x8(w0, xv));
+                d[t][1] = i32x4_add(d[t][1], i32x4_dot_i16x8(w1, xv));
+            }
+        }
+        let s0 = ld(sp.add(b * 8));
+        let s1 = ld(sp.add(b * 8 + 4));
+        for t in 0..QPT {
+            let sx = splat(*xs.add(b * QPT + t));
+            acc[t][0] = fma(acc[t][0], f32x4_convert_i32x4(d[t][0]), mul(s0, sx));
+            acc[t][1] = fma(acc[t][1], f32x4_convert_i32x4(d[t][1]), mul(s1, sx));
+        }
+    }
+    acc
+}
+
+/// Rounds tokens `0..mb` of x (rows `ldx` apart) to 16-bit per block of 32 and packs them into
+/// panels of QPT tokens: `xp[panel][blocks][16][QPT]` pairs, `xs[panel][blocks][QPT]` (missing
+/// tokens zero). `tmp` holds one token's `nfull * 32` int16.
+#[inline(always)]
+unsafe fn pack_x_q8(
+    x: *const f32,
+    ldx: usize,
+    mb: usize,
+    nfull: usize,
+    tmp: *mut i16,
+    xp: *mut u32,
+    xs: *mut f32,
+) {
+    let panels = (mb + QPT - 1) / QPT;
+    let words = nfull * 16;
+    let mut ts = [0f32; QNB_MAX];
+    for p in 0..panels {
+        let xpp = xp.add(p * words * QPT);
+        let xsp = xs.add(p * nfull * QPT);
+        for t in 0..QPT {
+            let tok = p * QPT + t;
+            if tok < mb {
+                quantize_x_i16(x.add(tok * ldx), nfull, tmp, ts.as_mut_ptr());
+                let src = tmp as *const u32;
+                for i in 0..words {
+                    *xpp.add(i * QPT + t) = *src.add(i);
+                }
+                for b in 0..nfull {
+                    *xsp.add(b * QPT + t) = ts[b];
+                }
+            } else {
+                for i in 0..words {
+                    *xpp.add(i * QPT + t) = 0;
+                }
+                for b in 0..nfull {
+                    *xsp.add(b * QPT + t) = 0.0;
+                }
+            }
+        }
+    }
+}
 
 /// As `matmul_f32` with q8 weights (`wq` [N, K] int8, `scales` [N, ceil(K/32)]).
 ///
@@ -1006,61 +1137,83 @@ pub unsafe extern "C" fn matmul_q8(
     let acc = accumulate != 0;
     let nfull = k / Q8_BLOCK;
     let tail = nfull * Q8_BLOCK;
-    let xq = scratch_q();
+    // Scratch: packed x, then one token's int16 row; packed x scales.
+    let words = nfull * 16;
+    let xp = scratch_q() as *mut u32;
     let xs = scratch_s();
-    let mbq = min(MBQ, SCRATCH_CAP / k);
+    let cap = min((SCRATCH_CAP - tail) / (2 * words), (SCRATCH_CAP / Q8_BLOCK) / nfull);
+    let mbq = min(MBQ, cap / QPT * QPT);
+    let tmp = scratch_q().add(SCRATCH_CAP - tail);
+    // Equal blocks of whole panels (a short last block would repack all of W for a few tokens).
+    let blocks = (m + mbq - 1) / mbq;
+    let per_block = ((m + blocks - 1) / blocks + QPT - 1) / QPT * QPT;
     let mut t0 = 0;
     while t0 < m {
-        let mb = min(mbq, m - t0);
-        for t in 0..mb {
-            quantize_x_i16(x.add((t0 + t) * ldx), nfull, xq.add(t * k), xs.add(t * nb));
-        }
-        // One row × one token, full blocks and the f32 tail, into y.
-        let finish = |r: usize, t: usize, s: f32| {
-            let mut v = s;
-            if tail < k {
-                let xt = x.add((t0 + t) * ldx + tail);
-                let d = q8_block_dot(wq.add(r * k + tail), xt, k - tail);
-                v += hsum(d) * *scales.add(r * nb + nfull);
-            }
-            put(y.add((t0 + t) * ldy + r), v, acc);
-        };
+        let mb = min(per_block, m - t0);
+        let panels = (mb + QPT - 1) / QPT;
+        pack_x_q8(x.add(t0 * ldx), ldx, mb, nfull, tmp, xp, xs);
         let mut r = row_start;
         while r < end {
-            let rows = min(QR, end - r);
-            let mut t = 0;
-            while t < mb {
-                let toks = min(QT, mb - t);
-                let xqt = xq.add(t * k);
-                let xst = xs.add(t * nb);
-                if rows == QR && toks == QT {
-                    let o = q8_tile::<QR, QT>(wq, scales, xqt, xst, r, k, nb, nfull);
-                    for j in 0..QR {
-                        for u in 0..QT {
-                            finish(r + j, t + u, o[j][u]);
+            let rows = min(8, end - r);
+            pack_w_q8(wq, scales, k, nb, nfull, r, rows);
+            for p in 0..panels {
+                let sums = q8_panel_kernel(xp.add(p * words * QPT), xs.add(p * nfull * QPT), nfull);
+                let toks = min(QPT, mb - p * QPT);
+                let yp = y.add((t0 + p * QPT) * ldy + r);
+                if tail < k {
+                    // The partial last block in f32, added to the sums before they are stored.
+                    let mut o = [[0f32; 8]; QPT];
+                    for t in 0..toks {
+                        st(o[t].as_mut_ptr(), sums[t][0]);
+                        st(o[t].as_mut_ptr().add(4), sums[t][1]);
+                        let xt = x.add((t0 + p * QPT + t) * ldx + tail);
+                        for j in 0..rows {
+                            let d = q8_block_dot(wq.add((r + j) * k + tail), xt, k - tail);
+                            o[t][j] += hsum(d) * *scales.add((r + j) * nb + nfull);
+                            put(yp.add(t * ldy + j), o[t][j], acc);
                         }
                     }
                 } else {
-                    for j in 0..rows {
-                        for u in 0..toks {
-                            let o = q8_tile::<1, 1>(
-                                wq,
-                                scales,
-                                xqt.add(u * k),
-                                xst.add(u * nb),
-                                r + j,
-                                k,
-                                nb,
-                                nfull,
-                            );
-                            finish(r + j, t + u, o[0][0]);
-                        }
-                    }
+                    store_q8_panel(&sums, yp, ldy, toks, rows, acc);
                 }
-                t += toks;
             }
             r += rows;
         }
         t0 += mb;
+    }
+}
+
+/// Stores (or adds) the first `toks` tokens × `rows` rows of a q8 panel's sums into y.
+#[inline(always)]
+unsafe fn store_q8_panel(
+    acc: &[[v128; 2]; QPT],
+    y: *mut f32,
+    ldy: usize,
+    toks: usize,
+    rows: usize,
+    accumulate: bool,
+) {
+    for t in 0..toks {
+        let yt = y.add(t * ldy);
+        if rows == 8 {
+            for v in 0..2 {
+                let p = yt.add(4 * v);
+                st(
+                    p,
+                    if accumulate {
+                        add(ld(p), acc[t][v])
+                    } else {
+                        acc[t][v]
+                    },
+                );
+            }
+        } else {
+            let mut tmp = [0f32; 8];
+            st(tmp.as_mut_ptr(), acc[t][0]);
+            st(tmp.as_mut_ptr().add(4), acc[t][1]);
+            for j in 0..rows {
+                put(yt.add(j), tmp[j], accumulate);
+            }
+        }
     }
 }

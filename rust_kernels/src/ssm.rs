@@ -697,10 +697,174 @@ pub unsafe extern "C" fn ssd_scan(
             ngroups, h_start, h_end, flags,
         )
     } else {
-        ssd_scan_impl::<false>(
+        ssd_scan_seq(
             state, x, ldx, dt, lddt, a, bm, cm, ldbc, d, dt_bias, y, ldy, l, nheads, headdim, n,
             ngroups, h_start, h_end, flags,
         )
+    }
+}
+
+/// Four state rows of one head for one token of the scaled recurrence (see `ssd_scan_seq`):
+/// `g[r,:] += s[r] * B`, returns `g[r,:]·C`. Two multiply-adds per element, no decay.
+#[inline(always)]
+unsafe fn ssd_rows4_scaled(
+    sp: *mut f32,
+    n: usize,
+    s: [v128; 4],
+    bt: *const f32,
+    ct: *const f32,
+) -> [f32; 4] {
+    let mut y = [f32x4_splat(0.0); 4];
+    let mut j = 0;
+    while j + 4 <= n {
+        let bv = ld(bt.add(j));
+        let cv = ld(ct.add(j));
+        for r in 0..4 {
+            let q = sp.add(r * n + j);
+            let hv = fma(ld(q), s[r], bv);
+            st(q, hv);
+            y[r] = fma(y[r], hv, cv);
+        }
+        j += 4;
+    }
+    if j < n {
+        let cnt = n - j;
+        let bv = ld_partial(bt.add(j), 1, cnt);
+        let cv = ld_partial(ct.add(j), 1, cnt);
+        for r in 0..4 {
+            let q = sp.add(r * n + j);
+            let hv = fma(ld_partial(q, 1, cnt), s[r], bv);
+            st_partial(q, 1, cnt, hv);
+            y[r] = fma(y[r], hv, cv);
+        }
+    }
+    [hsum(y[0]), hsum(y[1]), hsum(y[2]), hsum(y[3])]
+}
+
+/// One state row of the scaled recurrence.
+#[inline(always)]
+unsafe fn ssd_row1_scaled(sp: *mut f32, n: usize, s: v128, bt: *const f32, ct: *const f32) -> f32 {
+    let mut y = f32x4_splat(0.0);
+    let mut j = 0;
+    while j < n {
+        let cnt = min(4, n - j);
+        let hv = fma(ldn(sp.add(j), cnt), s, ldn(bt.add(j), cnt));
+        stn(sp.add(j), cnt, hv);
+        y = fma(y, hv, ldn(ct.add(j), cnt));
+        j += 4;
+    }
+    hsum(y)
+}
+
+/// Smallest running decay of `ssd_scan_seq`'s scaled state (2^-40): the inputs are divided by it,
+/// so it bounds their growth.
+const SSD_MIN_DECAY: f32 = 9.094_947e-13;
+
+/// `ssd_scan` over a sequence (`l > 1`), with the state kept scaled: per head, while the running
+/// product of the decays `a_t = Π dA` stays above `SSD_MIN_DECAY`, the stored state is
+/// `g = h / a_t`, so a token's update `h = dA·h + s·B` becomes `g += (s / a_t)·B` and its output
+/// `y = a_t · (g·C) + D·x`: two multiply-adds per state element instead of a multiply and two
+/// (with relaxed SIMD's FMA: 1.18× faster, see rust_kernels/README.md). When the next decay would
+/// take `a_t` below the bound, that token runs the plain update with the decay `a_t·dA`, which
+/// also brings the state back to `h` (and `a_t` to 1); so does a pass at the end. The rounding
+/// differs from the one-token form (`ssd_step`) by a few ulp: every term is stored relative to the
+/// current `a_t`, as the plain update stores it relative to 1.
+#[inline(never)]
+unsafe fn ssd_scan_seq(
+    state: *mut f32,
+    x: *const f32,
+    ldx: usize,
+    dt: *const f32,
+    lddt: usize,
+    a: *const f32,
+    bm: *const f32,
+    cm: *const f32,
+    ldbc: usize,
+    d: *const f32,
+    dt_bias: *const f32,
+    y: *mut f32,
+    ldy: usize,
+    l: usize,
+    nheads: usize,
+    headdim: usize,
+    n: usize,
+    ngroups: usize,
+    h_start: usize,
+    h_end: usize,
+    flags: u32,
+) {
+    let ng = if ngroups == 0 { 1 } else { ngroups };
+    let hpg = if nheads / ng == 0 { 1 } else { nheads / ng };
+    let pn = headdim * n;
+    for hh in h_start..h_end {
+        let goff = (hh / hpg) * n;
+        let sp = state.add(hh * pn);
+        let ah = *a.add(hh);
+        let bias = if dt_bias.is_null() {
+            0.0
+        } else {
+            *dt_bias.add(hh)
+        };
+        let dh = splat(if d.is_null() { 0.0 } else { *d.add(hh) });
+        let mut run = 1.0f32;
+        for t in 0..l {
+            let mut dtv = *dt.add(t * lddt + hh) + bias;
+            if flags & FLAG_SOFTPLUS != 0 {
+                dtv = softplus1(dtv);
+            }
+            let xscale = if flags & FLAG_SSD_UNSCALED_X != 0 {
+                1.0
+            } else {
+                dtv
+            };
+            let next = run * exp1(dtv * ah);
+            // Scaled step (inputs divided by the running decay, output multiplied by it), or the
+            // plain one with the whole decay since the last renormalization.
+            let scaled = next >= SSD_MIN_DECAY;
+            let (inv, da, yscale) = if scaled {
+                (splat(xscale / next), splat(1.0), splat(next))
+            } else {
+                (splat(xscale), splat(next), splat(1.0))
+            };
+            run = if scaled { next } else { 1.0 };
+            let xt = x.add(t * ldx + hh * headdim);
+            let yt = y.add(t * ldy + hh * headdim);
+            let bt = bm.add(t * ldbc + goff);
+            let ct = cm.add(t * ldbc + goff);
+            let mut p = 0;
+            while p + 4 <= headdim {
+                let xv = ld(xt.add(p));
+                let sa: [f32; 4] = transmute(mul(xv, inv));
+                let s = [splat(sa[0]), splat(sa[1]), splat(sa[2]), splat(sa[3])];
+                let ys = if scaled {
+                    ssd_rows4_scaled(sp.add(p * n), n, s, bt, ct)
+                } else {
+                    ssd_rows4::<false>(sp.add(p * n), n, da, s, bt, ct, sp as _).0
+                };
+                st(yt.add(p), madd(mul(transmute(ys), yscale), dh, xv));
+                p += 4;
+            }
+            while p < headdim {
+                let xp = *xt.add(p);
+                let s = splat(xp * lane0(inv));
+                let yp = if scaled {
+                    ssd_row1_scaled(sp.add(p * n), n, s, bt, ct)
+                } else {
+                    ssd_row1(sp.add(p * n), n, da, s, bt, ct)
+                };
+                *yt.add(p) = yp * lane0(yscale) + lane0(dh) * xp;
+                p += 1;
+            }
+        }
+        if run != 1.0 {
+            let r = splat(run);
+            let mut i = 0;
+            while i < pn {
+                let cnt = min(4, pn - i);
+                stn(sp.add(i), cnt, mul(ldn(sp.add(i), cnt), r));
+                i += 4;
+            }
+        }
     }
 }
 
