@@ -465,8 +465,9 @@ export class Recorder {
       slot.destroy();
       throw await this.failure(e);
     }
-    // Keep a few slots of each size for the next reads.
-    if (idle.length < 2) idle.push(slot);
+    // Keep a few slots of each size up to 4 MiB for the next reads (larger reads are rare:
+    // states, whole-sequence logits; their staging is not worth holding).
+    if (idle.length < 2 && cap <= 4 << 20) idle.push(slot);
     else slot.destroy();
     this.checkErrors();
     return got.buffer.slice(got.byteOffset, got.byteOffset + size);
