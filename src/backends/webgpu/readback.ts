@@ -44,7 +44,7 @@ export interface ReadSlot {
   record(encoder: GPUCommandEncoder, src: GPUBuffer, offset: number, size: number): void;
   /** Call once the encoder holding the copy was submitted (starts a map where one is used). */
   submitted(): void;
-  /** The copied bytes (waits for the GPU). Each recorded copy is read at most once. */
+  /** The copied bytes, as many as recorded (waits for the GPU). Each copy is read at most once. */
   read(): Promise<Uint8Array<ArrayBuffer>>;
   /** Waits for an unread copy, if any, and drops its result (before reusing or freeing). */
   settle(): Promise<void>;
@@ -126,7 +126,8 @@ class CanvasSlot implements ReadSlot {
   readonly #width: number;
   readonly #canvas: OffscreenCanvas;
   readonly #ctx: GPUCanvasContext;
-  #pending = false;
+  /** Bytes of the recorded copy, while one is pending. */
+  #size: number | undefined;
 
   constructor(device: GPUDevice, bytes: number, width: number) {
     this.bytes = bytes;
@@ -165,20 +166,21 @@ class CanvasSlot implements ReadSlot {
         [rest, 1],
       );
     }
-    this.#pending = true;
+    this.#size = size;
   }
 
   submitted(): void {}
 
   async read(): Promise<Uint8Array<ArrayBuffer>> {
-    if (!this.#pending) throw new Error("ReadSlot.read: nothing was recorded");
-    this.#pending = false;
+    const size = this.#size;
+    if (size === undefined) throw new Error("ReadSlot.read: nothing was recorded");
+    this.#size = undefined;
     const blob = await this.#canvas.convertToBlob({ type: "image/bmp" });
-    return pixelsOfBmp(new Uint8Array(await blob.arrayBuffer()), this.bytes);
+    return pixelsOfBmp(new Uint8Array(await blob.arrayBuffer()), size);
   }
 
   settle(): Promise<void> {
-    this.#pending = false;
+    this.#size = undefined;
     return Promise.resolve();
   }
 

@@ -375,8 +375,6 @@ export class GpuSampler {
       // The host would have drawn once for each stochastic pick.
       for (const r of samplers) if (!r.options.greedy) r.rng.nextFloat();
       return [...out];
-    } catch (e) {
-      throw await this.#host.rec.failure(e);
     } finally {
       this.#busy = false;
     }
