@@ -557,30 +557,13 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     const [dtMin, dtMax] = c.dtLimit;
     const vec = this.#opt.ssdStepVec && N % 4 === 0 && dInner % 4 === 0;
     const TP = vec ? 16 : 4;
+    const inDim = dInner + convDim + H;
+    const dtCap = Math.min(dtMax, 3e38);
+    const params = [H, P, N, G, batch, inDim, dInner + convDim, convDim, dtMin, dtCap, sOff];
     this.rec.dispatch(
-      this.pipeline("ssd_step", "ssd_step", {
-        TP,
-        GATE: gate,
-        D_HDIM: c.dHasHdim,
-        VEC: vec,
-      }),
+      this.pipeline("ssd_step", "ssd_step", { TP, GATE: gate, D_HDIM: c.dHasHdim, VEC: vec }),
       "uuuuuuuuffu",
-      [
-        H,
-        P,
-        N,
-        G,
-        batch,
-        dInner + convDim + H,
-        dInner + convDim,
-        convDim,
-        dtMin,
-        Math.min(
-          dtMax,
-          3e38,
-        ),
-        sOff,
-      ],
+      params,
       [zx, xbc, w.dtBias, w.A, w.D, ssm, y, vec ? xbc : null],
       Math.ceil(P / TP),
       H,

@@ -212,7 +212,7 @@ export class DecodePlan {
     mv(this.#normed, {});
   }
 
-  /** Where a block's out_proj writes: `y`, plus the residual `addRes` when given. */
+  /** Records the rest of a Mamba-1 block; its out_proj writes `to.y` (plus `to.addRes`). */
   #mamba1(l: number, state: GpuState, to: { y: Buf; addRes?: Buf }): void {
     const be = this.#be;
     const c = this.#cfg;
