@@ -23,6 +23,7 @@ export const SHADER_FILES = [
   "matmul",
   "matmul_tiled",
   "skinny",
+  "product_io",
   "conv1d",
   "selective_scan",
   "ssd_step",
