@@ -6,7 +6,8 @@
  * @module
  */
 
-import type { Backend, BackendInit, BackendName } from "./backend.ts";
+import type { Backend } from "./backend.ts";
+import { BackendChain } from "./backend_chain.ts";
 import { type BackendPreference, createBackendChain } from "./backends/registry.ts";
 import { type MambaConfig, parseConfig } from "./config.ts";
 import {
@@ -18,13 +19,7 @@ import {
   textStream,
 } from "./generate.ts";
 import { Tokenizer } from "./tokenizer.ts";
-import {
-  ConfigError,
-  DeviceLostError,
-  InputError,
-  MambaError,
-  NoTokenizerError,
-} from "./errors.ts";
+import { ConfigError, InputError, MambaError, NoTokenizerError } from "./errors.ts";
 import { type HubOptions, hubSnapshot, isHubModel } from "./hub.ts";
 import {
   bindState,
@@ -172,10 +167,8 @@ export function dirUrl(dir: string | URL): URL {
 export class MambaLM {
   /** The parsed `config.json`. */
   readonly config: MambaConfig;
-  #backend: Backend;
-  /** Where to go when the backend's device is lost: the next backends, and the weights again. */
-  #fallback?: { rest: BackendName[]; init: () => Promise<BackendInit>; options: LoadOptions };
-  #moving: Promise<Backend> | null = null;
+  /** The backend computing, and where to go when its device is lost. */
+  #backends: BackendChain<Backend>;
   /** The host weights, for {@link MambaLM.save}: kept, or read again from the model's files. */
   #hostWeights?: () => Promise<ModelWeights>;
   /** The tokenizer, when the model came with one: needed for text prompts. */
@@ -186,7 +179,7 @@ export class MambaLM {
   /** Wraps a config and a ready backend; most users want {@link MambaLM.load}. */
   constructor(config: MambaConfig, backend: Backend, tokenizer?: Tokenizer) {
     this.config = config;
-    this.#backend = backend;
+    this.#backends = new BackendChain(backend);
     this.tokenizer = tokenizer;
   }
 
@@ -254,16 +247,19 @@ export class MambaLM {
     const { backend, rest } = await createBackendChain(options.backend ?? "auto", init, options);
     const lm = new MambaLM(config, backend, tokenizer);
     if (!tokenizer) lm.#noTokenizer = noTokenizer;
-    lm.#hostWeights = () => loadWeights(config, base, options.weightsDtype ?? "f32");
-    if (rest.length) {
-      // The weights are read again if the device is lost, rather than kept twice meanwhile.
-      const dtype = options.weightsDtype ?? "f32";
-      lm.#fallback = {
-        rest,
-        init: async () => ({ config, weights: await loadWeights(config, base, dtype) }),
-        options,
-      };
-    }
+    const dtype = options.weightsDtype ?? "f32";
+    lm.#hostWeights = () => loadWeights(config, base, dtype);
+    // The weights are read again if the device is lost, rather than kept twice meanwhile.
+    lm.#backends = new BackendChain(
+      backend,
+      rest,
+      async (names) =>
+        createBackendChain(
+          names,
+          { config, weights: await loadWeights(config, base, dtype) },
+          options,
+        ),
+    );
     return lm;
   }
 
@@ -293,7 +289,11 @@ export class MambaLM {
     const init = { config, weights };
     const { backend, rest } = await createBackendChain(options.backend ?? "ref", init, options);
     const lm = new MambaLM(config, backend, options.tokenizer);
-    if (rest.length) lm.#fallback = { rest, init: () => Promise.resolve(init), options };
+    lm.#backends = new BackendChain(
+      backend,
+      rest,
+      (names) => createBackendChain(names, init, options),
+    );
     lm.#hostWeights = () => Promise.resolve(weights);
     return lm;
   }
@@ -368,33 +368,7 @@ export class MambaLM {
 
   /** The backend computing this model (it changes when a lost device is left behind). */
   get backend(): Backend {
-    return this.#backend;
-  }
-
-  /**
-   * The backend to compute with now: the current one, or, when its device was lost, the next
-   * backend of the model's preference, built once over the weights again.
-   *
-   * @throws {DeviceLostError} when the device was lost and there is no backend to move to.
-   */
-  async #live(): Promise<Backend> {
-    const lost = this.#backend;
-    if (!lost.lostReason) return lost;
-    const f = this.#fallback;
-    if (!f?.rest.length) {
-      throw new DeviceLostError(
-        `${lost.lostReason}; no backend to move to (load with backend "auto" or a list)`,
-      );
-    }
-    this.#moving ??= (async () => {
-      console.error(`mamba: ${lost.lostReason}; moving the model to the "${f.rest[0]}" backend`);
-      const { backend, rest } = await createBackendChain(f.rest, await f.init(), f.options);
-      this.#fallback = rest.length ? { ...f, rest } : undefined;
-      this.#backend = backend;
-      lost.dispose();
-      return backend;
-    })().finally(() => this.#moving = null);
-    return await this.#moving;
+    return this.#backends.current;
   }
 
   /** Whether the backend decodes many tokens per submit on the device (see {@link generateTokens}). */
@@ -455,7 +429,7 @@ export class MambaLM {
    */
   async forward(ids: readonly (readonly number[])[]): Promise<Logits> {
     const [batch, seqLen, flat] = this.#checkIds(ids);
-    const be = await this.#live();
+    const be = await this.#backends.live();
     const state = be.createState(batch);
     try {
       const data = await this.#run(be, flat, batch, seqLen, state, false);
@@ -472,7 +446,7 @@ export class MambaLM {
   async prefill(state: InferenceState, ids: readonly (readonly number[])[]): Promise<Float32Array> {
     const [batch, seqLen, flat] = this.#checkIds(ids);
     this.#checkState(state, batch);
-    const be = await this.#live();
+    const be = await this.#backends.live();
     const handle = await bindState(state, be);
     const out = await this.#run(be, flat, batch, seqLen, handle, true);
     markComputed(state);
@@ -506,7 +480,7 @@ export class MambaLM {
     if (samplers.length !== batch) {
       throw new InputError(`prefillAndPick: ${samplers.length} samplers for ${batch} sequences`);
     }
-    const be = await this.#live();
+    const be = await this.#backends.live();
     const handle = await bindState(state, be);
     const V = this.config.paddedVocabSize;
     const picked = await this.#run(be, flat, batch, seqLen, handle, true, async (logits) => {
@@ -637,7 +611,7 @@ export class MambaLM {
       vocabSize: options.vocabSize ?? this.config.vocabSize,
     });
     if (n === 0) return;
-    const be = await this.#live();
+    const be = await this.#backends.live();
     if (be.decodeTokens) {
       const handle = await bindState(state, be);
       markComputed(state);
@@ -661,7 +635,7 @@ export class MambaLM {
 
   /** Frees the backend's memory. The model cannot be used afterwards. */
   dispose(): void {
-    this.#backend.dispose();
+    this.#backends.current.dispose();
   }
 
   async #run<T = Float32Array>(

@@ -7,14 +7,11 @@
  * @module
  */
 
-import type { BackendName, TransformerBackend, TransformerBackendInit } from "./backend.ts";
+import type { BackendName, TransformerBackend } from "./backend.ts";
 import { hostDecode, validateSamplingOptions } from "./sampling.ts";
-import {
-  type BackendOptions,
-  type BackendPreference,
-  createTransformerBackendChain,
-} from "./backends/registry.ts";
-import { DeviceLostError, InputError } from "./errors.ts";
+import { type BackendPreference, createTransformerBackendChain } from "./backends/registry.ts";
+import { BackendChain } from "./backend_chain.ts";
+import { InputError } from "./errors.ts";
 import {
   complete,
   generate,
@@ -79,14 +76,11 @@ export class GptNeoXLM {
   readonly maxContext: number;
   /** Most bytes of keys and values one state may hold. */
   readonly maxKvBytes: number;
-  #backend: TransformerBackend;
-  /** Where to go when the backend's device is lost: the next backends, and the weights again. */
-  #fallback?: {
-    rest: BackendName[];
-    init: () => Promise<TransformerBackendInit>;
-    options: BackendOptions;
-  };
-  #moving: Promise<TransformerBackend> | null = null;
+  /**
+   * The backend computing, and where to go when its device is lost. KV caches that lived on a
+   * lost device are gone with it (they say so when used).
+   */
+  #backends: BackendChain<TransformerBackend>;
 
   /** Wraps a config and a ready backend; most users want `loadModel` or {@link fromWeights}. */
   constructor(
@@ -104,7 +98,7 @@ export class GptNeoXLM {
       throw new InputError(`maxKvBytes must be a positive number, got ${maxKvBytes}`);
     }
     this.config = config;
-    this.#backend = backend;
+    this.#backends = new BackendChain(backend);
     this.tokenizer = tokenizer;
     this.maxContext = maxContext;
     this.maxKvBytes = maxKvBytes;
@@ -138,15 +132,14 @@ export class GptNeoXLM {
       options,
     );
     const lm = new GptNeoXLM(config, backend, tokenizer, options);
-    if (rest.length) {
-      // The weights are read again if the device is lost, rather than kept twice meanwhile.
-      const dtype = options.weightsDtype ?? "f32";
-      lm.#fallback = {
-        rest,
-        init: async () => ({ config, weights: await loadNeoxWeights(config, base, dtype) }),
+    // The weights are read again if the device is lost, rather than kept twice meanwhile.
+    const dtype = options.weightsDtype ?? "f32";
+    lm.#backends = new BackendChain(backend, rest, async (names) =>
+      createTransformerBackendChain(
+        names,
+        { config, weights: await loadNeoxWeights(config, base, dtype) },
         options,
-      };
-    }
+      ));
     return lm;
   }
 
@@ -170,54 +163,27 @@ export class GptNeoXLM {
       options,
     );
     const lm = new GptNeoXLM(config, backend, options.tokenizer, options);
-    if (rest.length) lm.#fallback = { rest, init: () => Promise.resolve(init), options };
+    lm.#backends = new BackendChain(
+      backend,
+      rest,
+      (names) => createTransformerBackendChain(names, init, options),
+    );
     return lm;
-  }
-
-  /**
-   * The backend to compute with now: the current one, or, when its device was lost, the next
-   * backend of the model's preference, built once over the weights again. KV caches that lived
-   * on the lost device are gone with it (they say so when used).
-   *
-   * @throws {DeviceLostError} when the device was lost and there is no backend to move to.
-   */
-  async #live(): Promise<TransformerBackend> {
-    const lost = this.#backend;
-    if (!lost.lostReason) return lost;
-    const f = this.#fallback;
-    if (!f?.rest.length) {
-      throw new DeviceLostError(
-        `${lost.lostReason}; no backend to move to (load with backend "auto" or a list)`,
-      );
-    }
-    this.#moving ??= (async () => {
-      console.error(`mamba: ${lost.lostReason}; moving the model to the "${f.rest[0]}" backend`);
-      const { backend, rest } = await createTransformerBackendChain(
-        f.rest,
-        await f.init(),
-        f.options,
-      );
-      this.#fallback = rest.length ? { ...f, rest } : undefined;
-      this.#backend = backend;
-      lost.dispose();
-      return backend;
-    })().finally(() => this.#moving = null);
-    return await this.#moving;
   }
 
   /** The backend computing this model. */
   get backend(): TransformerBackend {
-    return this.#backend;
+    return this.#backends.current;
   }
 
   /** Name of the backend in use. */
   get backendName(): BackendName {
-    return this.#backend.name;
+    return this.#backends.current.name;
   }
 
   /** Whether the backend decodes many tokens per submit on the device (see {@link generateTokens}). */
   get fusedDecoding(): boolean {
-    return this.#backend.decodeTokens !== undefined;
+    return this.backend.decodeTokens !== undefined;
   }
 
   /** The layout of a KV cache of this model for `batch` sequences. */
@@ -238,7 +204,7 @@ export class GptNeoXLM {
   async forward(ids: readonly (readonly number[])[]): Promise<Logits> {
     const [batch, seqLen, flat] = this.#checkIds(ids);
     this.#checkRoom(this.kvLayout(batch), 0, seqLen);
-    const be = await this.#live();
+    const be = await this.#backends.live();
     const kv = be.createKv(batch);
     try {
       const data = await this.#run(be, flat, batch, seqLen, kv, 0, false);
@@ -259,7 +225,7 @@ export class GptNeoXLM {
     const [batch, seqLen, flat] = this.#checkIds(ids);
     this.#checkState(state, batch);
     this.#checkRoom(state.layout, state.length, seqLen);
-    const be = await this.#live();
+    const be = await this.#backends.live();
     const handle = bindKv(state, be);
     const out = await this.#run(be, flat, batch, seqLen, handle, state.length, true);
     advanceKv(state, seqLen);
@@ -329,7 +295,7 @@ export class GptNeoXLM {
     });
     if (n === 0) return;
     this.#checkRoom(state.layout, state.length, n);
-    const be = await this.#live();
+    const be = await this.#backends.live();
     if (be.decodeTokens) {
       const kv = bindKv(state, be);
       const pos = state.length;
@@ -363,7 +329,7 @@ export class GptNeoXLM {
 
   /** Frees the backend's memory. The model cannot be used afterwards. */
   dispose(): void {
-    this.#backend.dispose();
+    this.#backends.current.dispose();
   }
 
   /**

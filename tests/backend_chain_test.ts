@@ -1,0 +1,91 @@
+/**
+ * {@link BackendChain} alone, over fake backends: when it moves, how often it builds and
+ * disposes, what it says when nothing is left, and a move that fails. The models over it are
+ * tested in tests/device_lost_cpu_test.ts (CPU) and tests/webgpu_lost_test.ts (a real device).
+ */
+
+import assert from "node:assert/strict";
+import { DeviceLostError } from "../mod.ts";
+import type { BackendName } from "../src/backend.ts";
+import { BackendChain } from "../src/backend_chain.ts";
+
+/** A backend that is only a name, a loss flag and a dispose count. */
+class FakeBackend {
+  lostReason: string | undefined;
+  disposed = 0;
+  constructor(readonly name: BackendName) {}
+  dispose(): void {
+    this.disposed++;
+  }
+}
+
+/** Runs `fn` with console.error captured (a move notes itself there). */
+async function quiet<T>(fn: () => Promise<T>): Promise<{ value: T; logged: string[] }> {
+  const logged: string[] = [];
+  const error = console.error;
+  console.error = (...args: unknown[]) => logged.push(args.join(" "));
+  try {
+    return { value: await fn(), logged };
+  } finally {
+    console.error = error;
+  }
+}
+
+Deno.test("backend chain: a live backend is kept; a lost one with nothing left is an error", async () => {
+  const only = new FakeBackend("webgpu");
+  const chain = new BackendChain(only);
+  assert.equal(await chain.live(), only);
+  only.lostReason = "WebGPU device lost (test)";
+  await assert.rejects(() => chain.live(), (e) => {
+    assert.ok(e instanceof DeviceLostError);
+    assert.match(e.message, /^WebGPU device lost \(test\); no backend to move to/);
+    return true;
+  });
+  assert.equal(chain.current, only);
+  assert.equal(only.disposed, 0);
+});
+
+Deno.test("backend chain: a lost backend moves down the chain, once for concurrent callers", async () => {
+  const first = new FakeBackend("webgpu");
+  const built: BackendName[][] = [];
+  const chain = new BackendChain<FakeBackend>(first, ["wasm", "ref"], (names) => {
+    built.push([...names]);
+    return Promise.resolve({ backend: new FakeBackend(names[0]), rest: names.slice(1) });
+  });
+  assert.equal(await chain.live(), first);
+  assert.equal(built.length, 0, "nothing is built while the device lives");
+
+  first.lostReason = "gone";
+  const { value: [a, b], logged } = await quiet(() => Promise.all([chain.live(), chain.live()]));
+  assert.equal(a, b, "both callers get the one new backend");
+  assert.equal(a.name, "wasm");
+  assert.equal(chain.current, a);
+  assert.deepEqual(built, [["wasm", "ref"]]);
+  assert.equal(first.disposed, 1, "the lost backend is disposed once");
+  assert.deepEqual(logged, ['mamba: gone; moving the model to the "wasm" backend']);
+
+  a.lostReason = "gone again";
+  const second = (await quiet(() => chain.live())).value;
+  assert.equal(second.name, "ref");
+  assert.deepEqual(built, [["wasm", "ref"], ["ref"]]);
+
+  second.lostReason = "gone for good";
+  await assert.rejects(() => chain.live(), /gone for good; no backend to move to/);
+  assert.equal(built.length, 2);
+});
+
+Deno.test("backend chain: a move that fails is tried again on the next call", async () => {
+  const first = new FakeBackend("webgpu");
+  first.lostReason = "gone";
+  let calls = 0;
+  const chain = new BackendChain<FakeBackend>(first, ["wasm"], (names) => {
+    if (++calls === 1) return Promise.reject(new Error("wasm does not start"));
+    return Promise.resolve({ backend: new FakeBackend(names[0]), rest: [] });
+  });
+  await quiet(() => assert.rejects(() => chain.live(), /wasm does not start/));
+  assert.equal(chain.current, first);
+  assert.equal(first.disposed, 0, "the lost backend is kept until one replaces it");
+  const next = (await quiet(() => chain.live())).value;
+  assert.equal(next.name, "wasm");
+  assert.equal(first.disposed, 1);
+});
