@@ -10,6 +10,7 @@
  * default split (the best three again without prefetching the next chunk, `pf=0`);
  * `--tile tn=4,tm=4,nt=4` (repeatable) times given tiles only, and `--seconds S`
  * stops each product's sweep after S seconds (the tiles are tried in a shuffled order).
+ * `--wide` widens the grid: 1 to 8 rows of W a thread, 1 to 16 K slices, chunks up to 64.
  *
  * ```sh
  * deno run -A bench/webgpu_matvec_sweep.ts --model mamba-2.8b --dtype f16 [--json f]
@@ -41,6 +42,7 @@ const { values: opt } = parseArgs({
     kernel: { type: "string", default: "matvec" },
     tile: { type: "string", multiple: true },
     seconds: { type: "string" },
+    wide: { type: "boolean" },
     top: { type: "string", default: "6" },
     json: { type: "string" },
   },
@@ -82,14 +84,18 @@ function parseTile(text: string): Partial<SkinnyShape> {
 function skinnyTiles(M: number): Partial<SkinnyShape>[] {
   if (opt.tile) return opt.tile.map(parseTile);
   const tiles: Partial<SkinnyShape>[] = [];
-  for (const tn of [2, 4, 8]) {
+  const wide = !!opt.wide;
+  for (const tn of wide ? [1, 2, 4, 8] : [2, 4, 8]) {
     for (const tm of [4, 8]) {
       if (tm > M) continue;
       for (const mt of new Set([Math.ceil(M / tm), Math.ceil(M / tm / 2)])) {
         for (const nt of [4, 8, 16]) {
           const full = Math.floor(256 / (nt * mt));
-          for (const ks of new Set([full, Math.max(1, full >> 1)])) {
-            for (const bk of [8, 16, 32]) if (ks >= 1) tiles.push({ tn, tm, nt, mt, ks, bk });
+          const splits = wide ? [full, full >> 1, full >> 2, 1] : [full, full >> 1];
+          for (const ks of new Set(splits.map((k) => Math.max(1, k)))) {
+            for (const bk of wide ? [8, 16, 32, 64] : [8, 16, 32]) {
+              if (ks >= 1) tiles.push({ tn, tm, nt, mt, ks, bk });
+            }
           }
         }
       }
@@ -133,6 +139,10 @@ async function time(
   run(); // compile
   let best = Infinity;
   for (let round = 0; round < 3; round++) {
+    // Work submitted just before the timed pass: the GPU lowers its clock while it idles (as it
+    // does while the next tile's pipeline compiles), and a pass timed then measures the clock.
+    run();
+    run();
     be.rec.startTiming(1);
     run();
     const [t] = await be.rec.stopTiming();
@@ -199,7 +209,14 @@ async function sweep(
     ["in_proj + rms + residual + conv", inProj, (i) => ({ ...rms(i), ...res(), ...conv(i) })],
     ["in_proj + conv", inProj, (i) => ({ ...plain(inProj[0])(), ...conv(i) })],
     ["in_proj + rms", inProj, rms],
+    // Decode's in_proj when out_proj adds the residual (WebGpuOptions.residualInOutProj).
+    ["in_proj + rms + conv", inProj, (i) => ({ ...rms(i), ...conv(i) })],
     ["out_proj", L.map((l) => l.outProj), plain(L[0].outProj)],
+    [
+      "out_proj + residual",
+      L.map((l) => l.outProj),
+      () => ({ ...plain(L[0].outProj)(), y: res1, yStride: D, addRes: res0 }),
+    ],
     [
       "out_proj + rms",
       L.map((l) => l.outProj),
