@@ -10,8 +10,9 @@
  * deno run -A bench/webgpu_step_profile.ts --batch 64 [--skinny-min 16] [--scan-epi-max 0]
  * ```
  *
- * `--skinny-min` and `--scan-epi-max` set the backend's `skinnyMinRows` and
- * `scanEpilogueMaxRows` (see `webgpu_bench.ts`).
+ * `--skinny-min`, `--scan-epi-max`, `--scan-lanes`, `--res-epi` and `--rotate` set the backend's
+ * `skinnyMinRows`, `scanEpilogueMaxRows`, `scanStepLanes`, `residualInOutProj` and
+ * `skinnyRotate` (see `webgpu_bench.ts`).
  *
  * @module
  */
@@ -35,6 +36,7 @@ const { values: opt } = parseArgs({
     "scan-epi-max": { type: "string" },
     "scan-lanes": { type: "string" },
     "res-epi": { type: "string" },
+    rotate: { type: "string" },
   },
 });
 const backendOptions = {
@@ -42,6 +44,7 @@ const backendOptions = {
   ...(opt["scan-epi-max"] ? { scanEpilogueMaxRows: Number(opt["scan-epi-max"]) } : {}),
   ...(opt["scan-lanes"] ? { scanStepLanes: opt["scan-lanes"] !== "0" } : {}),
   ...(opt["res-epi"] ? { residualInOutProj: opt["res-epi"] !== "0" } : {}),
+  ...(opt.rotate ? { skinnyRotate: opt.rotate !== "0" } : {}),
 };
 const reps = Number(opt.reps);
 const batch = Number(opt.batch);

@@ -102,7 +102,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "webgpu: every skinny tile (rows per thread, threads, K slices, chunk) decodes the oracle",
+  name:
+    "webgpu: every skinny tile (rows per thread, threads, K slices, chunk), with and without the rotated walk along K, decodes the oracle",
   ignore,
   async fn() {
     const tiles = [
@@ -118,6 +119,9 @@ Deno.test({
       if (i % 2) await checkBatch("m1_d64_l7", 13, "f16", { skinnyMinRows: 1, skinnyShape }, 8);
       else await checkBatch("m2_hd16_ds16_l64", 7, "f32", { skinnyMinRows: 1, skinnyShape }, 8);
     }
+    // Every workgroup walking K from chunk 0 (WebGpuOptions.skinnyRotate off; on above).
+    const straight = { skinnyMinRows: 1, skinnyShape: tiles[0], skinnyRotate: false };
+    await checkBatch("m1_d64_l7", 13, "f16", straight, 8);
   },
 });
 

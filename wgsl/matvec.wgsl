@@ -75,6 +75,7 @@ struct P {
 #include util
 
 const MB = ${MB}u;
+const CK = ${CK}u;   // CONV_EPI: taps (d_conv); CKM = CK − 1
 const WG = ${WG}u;
 const TEAM = ${TEAM}u;
 const ROWS = WG / TEAM;
@@ -302,19 +303,25 @@ fn matvec(
 #if CONV_EPI
     if (col >= p.convLo && col < p.convLo + p.convC) {
       let c = col - p.convLo;
-      let s = (m * p.convC + c) * p.convK;
+      let s = (m * p.convC + c) * CK;
+      // Every tap is read before the shifted ones are written back: loads that follow a store
+      // to the same buffer would each wait for the one before.
+#unroll J CKM
+      let s${J} = convState[s + ${J}u + 1u];
+#endunroll
 #if CONV_BIAS
       var acc = convB[c];
 #else
       var acc = 0.0;
 #endif
-      for (var k = 0u; k + 1u < p.convK; k++) {
-        let sv = convState[s + k + 1u];
-        acc += convW[c * p.convK + k] * sv;
-        convState[s + k] = sv;
-      }
-      acc += convW[c * p.convK + p.convK - 1u] * r;
-      convState[s + p.convK - 1u] = r;
+      acc += convW[c * CK + CK - 1u] * r;
+#unroll J CKM
+      acc += convW[c * CK + ${J}u] * s${J};
+#endunroll
+#unroll J CKM
+      convState[s + ${J}u] = s${J};
+#endunroll
+      convState[s + CK - 1u] = r;
       convOut[m * p.convC + c] = silu(acc);
     }
 #endif

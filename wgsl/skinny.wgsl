@@ -24,10 +24,12 @@
 //              and the sums are scaled by 1/rms at the end (needs XVEC)
 //   PRO_ADD    x ← x + resIn first (the residual add)
 //   RES_OUT    the workgroups of n tile 0 also write x (after PRO_ADD) to resOut
-//   BIAS, SOFTPLUS, CONV_EPI, CONV_BIAS   epilogues as in matvec.wgsl
+//   BIAS, SOFTPLUS, CONV_EPI, CONV_BIAS   epilogues as in matvec.wgsl (CK, CKM: the conv's taps
+//              and one less)
 //   ADD_RES    epilogue: y = · + resAdd[m, col] (same layout as y): the block's residual add
 //              done once here, rather than by every workgroup of the next product (PRO_ADD)
 //   PREFETCH   load the next chunk into registers while the sums of this one run
+//   ROTATE     workgroups start at different rounds of K (see the main loop)
 //   SM         vec4s of workgroup memory (staging, or the partial sums, or Σx²)
 //   NV = TN·TM; WR, XR: staging loads per thread and chunk (W, x); RV: partial sums per thread
 //   and round of the final reduction (divides NV), NRR = NV / RV rounds
@@ -62,6 +64,7 @@ struct P {
 
 #include util
 
+const CK = ${CK}u;          // CONV_EPI: taps (d_conv); CKM = CK − 1
 const TN = ${TN}u;
 const TM = ${TM}u;
 const NT = ${NT}u;
@@ -138,18 +141,25 @@ fn load_w(wr: ptr<function, array<WV, WR>>, t: u32, n0: u32, k0: u32) {
 #endunroll
 }
 
-// The x values (+ resIn) of chunk k0 this thread stages (zero past M and K).
-fn load_x(xr: ptr<function, array<vec4<f32>, XR>>, t: u32, m0: u32, k0: u32) {
+// The x values (+ resIn) of chunk k0 this thread stages (zero past M and K), and with PRO_RMS
+// the norm's weights for them (loaded here with x, so that staging waits on no other load).
+fn load_x(xr: ptr<function, array<vec4<f32>, XR>>, nr: ptr<function, array<vec4<f32>, XR>>,
+    t: u32, m0: u32, k0: u32) {
 #unroll R XR
   {
     let e = t + ${R}u * T;
     let m = m0 + e / BK4;
     let k = k0 + (e % BK4) * 4u;
     var v = vec4<f32>(0.0);
+    var g = vec4<f32>(0.0);
     if (e < XL && m < p.M && k < p.K) {
       v = xraw(m, k);
+#if PRO_RMS
+      g = normW[k >> 2u];
+#endif
     }
     (*xr)[${R}] = v;
+    (*nr)[${R}] = g;
   }
 #endunroll
 }
@@ -182,19 +192,27 @@ fn skinny(
 #endif
   let chunks = (p.K + BK - 1u) / BK;
   let rounds = (chunks + KS - 1u) / KS;
+  // With ROTATE, workgroup i starts at round i mod rounds (the sums are order-free): every
+  // workgroup reads the same rows of x, and in step they would all ask the same L2 lines at once.
+#if ROTATE
+  let rot = (wid.x + wid.y) % rounds;
+#else
+  let rot = 0u;
+#endif
   // Each round: this slice's chunk goes registers → workgroup memory, then into the sums. With
   // PREFETCH the next chunk's loads are issued before the sums, so that they overlap.
   var wr: array<WV, WR>;
   var xr: array<vec4<f32>, XR>;
+  var nr: array<vec4<f32>, XR>;
 #if PREFETCH
-  load_w(&wr, t, n0, s * BK);
-  load_x(&xr, t, m0, s * BK);
+  load_w(&wr, t, n0, (rot * KS + s) * BK);
+  load_x(&xr, &nr, t, m0, (rot * KS + s) * BK);
 #endif
   for (var it = 0u; it < rounds; it++) {
-    let k0 = (it * KS + s) * BK;
+    let k0 = (((it + rot) % rounds) * KS + s) * BK;
 #if !PREFETCH
     load_w(&wr, t, n0, k0);
-    load_x(&xr, t, m0, k0);
+    load_x(&xr, &nr, t, m0, k0);
 #endif
     // Weights: lanes hold consecutive 16-byte pieces of a row.
 #unroll R WR
@@ -231,7 +249,7 @@ fn skinny(
 #endif
 #if PRO_RMS
           ss[${R}] += dot(v, v);
-          v *= normW[k >> 2u];
+          v *= nr[${R}];
 #endif
         }
         sm[xb + ml * BKP + k4] = v;
@@ -241,8 +259,9 @@ fn skinny(
     workgroupBarrier();
 #if PREFETCH
     if (it + 1u < rounds) {
-      load_w(&wr, t, n0, k0 + KS * BK);
-      load_x(&xr, t, m0, k0 + KS * BK);
+      let k1 = (((it + 1u + rot) % rounds) * KS + s) * BK;
+      load_w(&wr, t, n0, k1);
+      load_x(&xr, &nr, t, m0, k1);
     }
 #endif
     for (var q = 0u; q < BK4; q++) {
@@ -316,19 +335,25 @@ fn skinny(
 #if CONV_EPI
         if (col >= p.convLo && col < p.convLo + p.convC) {
           let c = col - p.convLo;
-          let cs = (m * p.convC + c) * p.convK;
+          let cs = (m * p.convC + c) * CK;
+          // Every tap is read before the shifted ones are written back: loads that follow a
+          // store to the same buffer would each wait for the one before.
+#unroll J CKM
+          let s${J} = convState[cs + ${J}u + 1u];
+#endunroll
 #if CONV_BIAS
           var cacc = convB[c];
 #else
           var cacc = 0.0;
 #endif
-          for (var k = 0u; k + 1u < p.convK; k++) {
-            let sv = convState[cs + k + 1u];
-            cacc += convW[c * p.convK + k] * sv;
-            convState[cs + k] = sv;
-          }
-          cacc += convW[c * p.convK + p.convK - 1u] * r;
-          convState[cs + p.convK - 1u] = r;
+          cacc += convW[c * CK + CK - 1u] * r;
+#unroll J CKM
+          cacc += convW[c * CK + ${J}u] * s${J};
+#endunroll
+#unroll J CKM
+          convState[cs + ${J}u] = s${J};
+#endunroll
+          convState[cs + CK - 1u] = r;
           convOut[m * p.convC + c] = silu(cacc);
         }
 #endif

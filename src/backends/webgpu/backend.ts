@@ -131,6 +131,11 @@ export interface WebGpuOptions {
    * workgroup (default true; false keeps the add in in_proj's prologue).
    */
   residualInOutProj?: boolean;
+  /**
+   * The skinny kernel's workgroups start their walk along K at different chunks (default true),
+   * so that they do not all read the same rows of x from the same L2 lines at the same moment.
+   */
+  skinnyRotate?: boolean;
 }
 
 /**
@@ -377,6 +382,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       scanStepLanes: opt.scanStepLanes ?? true,
       ssdStepVec: opt.ssdStepVec ?? true,
       residualInOutProj: opt.residualInOutProj ?? true,
+      skinnyRotate: opt.skinnyRotate ?? true,
     };
   }
 
@@ -701,6 +707,8 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       SOFTPLUS: !!o.softplus,
       CONV_EPI: !!o.conv,
       CONV_BIAS: !!o.conv?.bias,
+      CK: o.conv ? this.config.dConv : 1,
+      CKM: o.conv ? this.config.dConv - 1 : 0,
       SCAN_EPI: !!o.scan,
       NS: o.scan?.NS ?? 0,
     });
@@ -808,6 +816,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       XR,
       SM,
       PREFETCH: pf === 1,
+      ROTATE: this.#opt.skinnyRotate,
       F16: W.f16,
       XVEC: xvec,
       PRO_RMS: !!o.rms,
@@ -817,6 +826,8 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       SOFTPLUS: !!o.softplus,
       CONV_EPI: !!o.conv,
       CONV_BIAS: !!o.conv?.bias,
+      CK: o.conv ? this.config.dConv : 1,
+      CKM: o.conv ? this.config.dConv - 1 : 0,
       ADD_RES: !!o.addRes,
     });
     const c = o.conv;
