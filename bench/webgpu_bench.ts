@@ -17,7 +17,8 @@
  * kernel), `--scan-epi-max N` (scanEpilogueMaxRows: the Mamba-1 scan step in dt_proj's epilogue
  * up to N sequences), `--scan-lanes 0|1` (scanStepLanes: the separate scan step with four lanes
  * per channel), `--res-epi 0|1` (residualInOutProj: the residual added in out_proj's epilogue),
- * `--rotate 0|1` (skinnyRotate: the skinny kernel's workgroups start at different chunks of K)
+ * `--rotate 0|1` (skinnyRotate: the skinny kernel's workgroups start at different chunks of K),
+ * `--scan-xproj 0|1` (scanXProj: Mamba-1's x_proj inside the separate scan step)
  * and `--tile tn=…,tm=…,nt=…,mt=…,ks=…,bk=…` (skinnyShape, for every
  * product) may each be given several times; every combination gets a model of its own.
  *
@@ -360,6 +361,7 @@ if (import.meta.main) {
       "scan-lanes": { type: "string", multiple: true },
       "res-epi": { type: "string", multiple: true },
       rotate: { type: "string", multiple: true },
+      "scan-xproj": { type: "string", multiple: true },
       tile: { type: "string", multiple: true },
     },
   });
@@ -449,6 +451,7 @@ if (import.meta.main) {
   cross(v["scan-lanes"]?.map((x) => x !== "0"), (o, x) => ({ ...o, scanStepLanes: x }));
   cross(v["res-epi"]?.map((x) => x !== "0"), (o, x) => ({ ...o, residualInOutProj: x }));
   cross(v.rotate?.map((x) => x !== "0"), (o, x) => ({ ...o, skinnyRotate: x }));
+  cross(v["scan-xproj"]?.map((x) => x !== "0"), (o, x) => ({ ...o, scanXProj: x }));
   cross(v.tile?.map(parseTile), (o, x) => ({ ...o, skinnyShape: x }));
   tasks = tasks.flatMap((t) => variants.map((options) => ({ ...t, options })));
   for (const t of tasks) {

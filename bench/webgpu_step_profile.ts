@@ -10,9 +10,9 @@
  * deno run -A bench/webgpu_step_profile.ts --batch 64 [--skinny-min 16] [--scan-epi-max 0]
  * ```
  *
- * `--skinny-min`, `--scan-epi-max`, `--scan-lanes`, `--res-epi` and `--rotate` set the backend's
- * `skinnyMinRows`, `scanEpilogueMaxRows`, `scanStepLanes`, `residualInOutProj` and
- * `skinnyRotate` (see `webgpu_bench.ts`).
+ * `--skinny-min`, `--scan-epi-max`, `--scan-lanes`, `--res-epi`, `--rotate` and `--scan-xproj` set
+ * the backend's `skinnyMinRows`, `scanEpilogueMaxRows`, `scanStepLanes`, `residualInOutProj`,
+ * `skinnyRotate` and `scanXProj` (see `webgpu_bench.ts`).
  *
  * @module
  */
@@ -37,6 +37,7 @@ const { values: opt } = parseArgs({
     "scan-lanes": { type: "string" },
     "res-epi": { type: "string" },
     rotate: { type: "string" },
+    "scan-xproj": { type: "string" },
   },
 });
 const backendOptions = {
@@ -45,6 +46,7 @@ const backendOptions = {
   ...(opt["scan-lanes"] ? { scanStepLanes: opt["scan-lanes"] !== "0" } : {}),
   ...(opt["res-epi"] ? { residualInOutProj: opt["res-epi"] !== "0" } : {}),
   ...(opt.rotate ? { skinnyRotate: opt.rotate !== "0" } : {}),
+  ...(opt["scan-xproj"] ? { scanXProj: opt["scan-xproj"] !== "0" } : {}),
 };
 const reps = Number(opt.reps);
 const batch = Number(opt.batch);

@@ -102,6 +102,37 @@ Deno.test({
 });
 
 Deno.test({
+  name: "webgpu: Mamba-1's decode step with x_proj inside (scanXProj) reproduces the oracle",
+  ignore,
+  async fn() {
+    // The kernel is chosen for these models (else the checks below would test the other path).
+    for (const name of ["m1_d64_l7", "m1_d96_l64_vocab500"]) {
+      const lm = await oracleModel(name, { scanXProj: true }, "f16");
+      try {
+        assert.ok((lm.backend as WebGpuBackend).scanXProj(), name);
+      } finally {
+        lm.dispose();
+      }
+    }
+    const off = await oracleModel("m1_d64_l7", {}, "f32");
+    try {
+      assert.equal((off.backend as WebGpuBackend).scanXProj(), false, "off by default");
+    } finally {
+      off.dispose();
+    }
+    // f32 and f16 x_proj weights; 16 and 33 sequences; one sequence with the epilogue off; a
+    // model whose dt_rank (6) is not a multiple of the four lanes.
+    for (const dtype of ["f32", "f16"] as const) {
+      for (const batch of [16, 33]) {
+        await checkBatch("m1_d64_l7", batch, dtype, { scanXProj: true });
+      }
+    }
+    await checkBatch("m1_d64_l7", 1, "f32", { scanXProj: true, scanEpilogueMaxRows: 0 });
+    await checkBatch("m1_d96_l64_vocab500", 5, "f16", { scanXProj: true, scanEpilogueMaxRows: 0 });
+  },
+});
+
+Deno.test({
   name:
     "webgpu: every skinny tile (rows per thread, threads, K slices, chunk), with and without the rotated walk along K, decodes the oracle",
   ignore,

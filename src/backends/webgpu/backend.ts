@@ -136,6 +136,12 @@ export interface WebGpuOptions {
    * so that they do not all read the same rows of x from the same L2 lines at the same moment.
    */
   skinnyRotate?: boolean;
+  /**
+   * Fused Mamba-1 decoding of a batch that runs the separate scan step computes x_proj inside it
+   * (`wgsl/scan_xproj.wgsl`: each workgroup its sequence's row, one dispatch a layer fewer), when
+   * x_proj's weights are small (at most 1 MiB). Default false: not yet measured on a GPU.
+   */
+  scanXProj?: boolean;
 }
 
 /**
@@ -383,6 +389,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       ssdStepVec: opt.ssdStepVec ?? true,
       residualInOutProj: opt.residualInOutProj ?? true,
       skinnyRotate: opt.skinnyRotate ?? true,
+      scanXProj: opt.scanXProj ?? false,
     };
   }
 
@@ -632,6 +639,49 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
   /** Whether {@link matvec} runs `M` rows of x through the skinny kernel. */
   usesSkinny(M: number): boolean {
     return M > 32 || M >= this.#opt.skinnyMinRows;
+  }
+
+  /**
+   * Whether fused Mamba-1 decoding runs x_proj inside the separate scan step
+   * ({@link WebGpuOptions.scanXProj}, {@link scanStepXProj}): the option, and sizes the kernel
+   * takes (state a multiple of 4, d_inner of 8, x_proj's weights in one part of at most 1 MiB,
+   * its workgroup memory within the device's).
+   */
+  scanXProj(): boolean {
+    const c = this.config;
+    const w = this.weights.layers[0]?.xProj;
+    if (!this.#opt.scanXProj || c.arch !== "mamba1" || !w) return false;
+    const XW = c.dtRank + 2 * c.dState;
+    const smem = c.dInner * 4 + XW * 33 * 4 + 256 * 4;
+    return c.dState % 4 === 0 && c.dInner % 8 === 0 && w.parts.length === 1 &&
+      w.parts[0].buf.size <= 1 << 20 && smem <= this.ctx.maxWorkgroupStorage;
+  }
+
+  /**
+   * Records Mamba-1's decode step for `batch` sequences with x_proj inside (see
+   * wgsl/scan_xproj.wgsl): from `u` (the conv's output), z (the second half of `xz`) and the
+   * layer's state, `y = (⟨h, C⟩ + D·u) · silu(z)`. Needs {@link scanXProj}.
+   */
+  scanStepXProj(layer: number, ssm: Buf, sOff: number, batch: number, u: Buf, xz: Buf, y: Buf) {
+    const c = this.config;
+    const w = this.weights.layers[layer];
+    const D = c.dInner;
+    const CH = Math.min(256, Math.ceil(D / 64) * 64);
+    const wx = w.xProj!;
+    this.rec.dispatch(
+      this.pipeline("scan_xproj", "scan_step_xproj", {
+        NS: c.dState,
+        XW: c.dtRank + 2 * c.dState,
+        UD: D / 4,
+        CH,
+        F16: wx.f16,
+      }),
+      "uuuuuuu",
+      [D, c.dtRank, wx.stride, 2 * D, D, sOff, w.dtProj!.stride],
+      [u, wx.parts[0].buf, xz, w.A, w.D, ssm, y, w.dtProj!.parts[0].buf, w.dtBias],
+      Math.ceil(D / CH),
+      batch,
+    );
   }
 
   /**

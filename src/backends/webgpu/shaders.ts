@@ -26,6 +26,7 @@ export const SHADER_FILES = [
   "product_io",
   "conv1d",
   "selective_scan",
+  "scan_xproj",
   "ssd_step",
   "ssd_chunked",
   "gated_norm",
