@@ -393,3 +393,35 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "webgpu: a kernel the device cannot compile fails the next read, naming the kernel",
+  ignore,
+  async fn() {
+    const lm = await oracleModel("m1_d64_l7", {});
+    try {
+      const ids = [[1, 2, 3]];
+      const want = (await lm.forward(ids)).data;
+      // NS = 0 declares `array<f32, 0>`: valid to the preprocessor, rejected by WGSL.
+      (lm.backend as WebGpuBackend).pipeline("selective_scan", "scan_step", { NS: 0 });
+      await assert.rejects(
+        () => lm.forward(ids),
+        (e: Error) =>
+          e.name === "BackendError" && e.message.includes("selective_scan:scan_step:NS=0"),
+      );
+      // Reported once; the backend goes on computing.
+      const again = (await lm.forward(ids)).data;
+      assertClose(again, want, { atol: 0, rtol: 0 }, "after the failed kernel");
+      // Fused decoding reads its blocks through the sampler: the same check before each block.
+      const state = lm.createState(1);
+      await lm.prefill(state, ids);
+      (lm.backend as WebGpuBackend).pipeline("selective_scan", "scan_seq", { NS: 0 });
+      await assert.rejects(
+        () => decodeRows(lm, state, [4], 4, { topK: 1 }),
+        (e: Error) => e.name === "BackendError" && e.message.includes("scan_seq:NS=0"),
+      );
+    } finally {
+      lm.dispose();
+    }
+  },
+});

@@ -9,7 +9,7 @@
 import { BackendError, DeviceLostError } from "../../errors.ts";
 import type { GpuContext } from "./device.ts";
 import { type ReadSlot, readSlot } from "./readback.ts";
-import type { Kernel } from "./shaders.ts";
+import { checkCompiled, type Kernel } from "./shaders.ts";
 
 /** A GPU buffer with a small integer id (for cache keys). */
 export interface Buf {
@@ -460,6 +460,7 @@ export class Recorder {
     slot.submitted();
     let got: Uint8Array<ArrayBuffer>;
     try {
+      await checkCompiled(this.device);
       got = await slot.read();
     } catch (e) {
       slot.destroy();

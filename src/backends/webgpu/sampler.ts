@@ -15,7 +15,7 @@ import { BackendError } from "../../errors.ts";
 import type { ResolvedSamplingOptions, Sampler } from "../../sampling.ts";
 import { type ReadSlot, readSlot } from "./readback.ts";
 import type { Buf, Recorder } from "./recorder.ts";
-import type { Kernel, ShaderDefs, ShaderFile } from "./shaders.ts";
+import { checkCompiled, type Kernel, type ShaderDefs, type ShaderFile } from "./shaders.ts";
 
 const F32 = 4;
 const ARGMAX_CHUNKS = 64;
@@ -301,6 +301,7 @@ export class GpuSampler {
       while (more()) submit();
       while (inflight.length) {
         const head = inflight[0];
+        await checkCompiled(rec.device);
         const bytes = await head.staging.read();
         inflight.shift();
         rec.checkErrors();

@@ -159,6 +159,8 @@ export interface Kernel {
 
 const pipelines = new WeakMap<GPUDevice, Map<string, Kernel>>();
 let nextKernelId = 1;
+/** Per device, the compile checks of the pipelines made since {@link checkCompiled} last ran. */
+const compileChecks = new WeakMap<GPUDevice, Promise<string | null>[]>();
 
 /**
  * The pipeline of `entry` in `file` specialised with `defs`, compiled once per device and
@@ -179,14 +181,39 @@ export function kernel(
     const src = sources.get(file);
     if (src === undefined) throw new BackendError(`shader ${file} is not loaded`);
     const code = preprocess(src, defs);
+    // A shader the device cannot compile is reported asynchronously, after work recorded with
+    // it may already have run: its errors are caught in a scope and awaited before the next read
+    // (checkCompiled), so that they fail the call rather than return garbage.
+    device.pushErrorScope("validation");
     const module = device.createShaderModule({ code, label: key });
     const pipeline = device.createComputePipeline({
       layout: "auto",
       compute: { module, entryPoint: entry },
       label: key,
     });
+    const check = device.popErrorScope().then(
+      (e) => (e ? `${key}: ${e.message}` : null),
+      () => null, // the device was lost: reported as such elsewhere
+    );
+    let list = compileChecks.get(device);
+    if (!list) compileChecks.set(device, list = []);
+    list.push(check);
     k = { pipeline, id: nextKernelId++, label: key };
     cache.set(key, k);
   }
   return k;
+}
+
+/**
+ * Waits for the compile checks of the pipelines made on `device` since the last call.
+ *
+ * @throws {BackendError} naming each kernel the device could not compile.
+ */
+export async function checkCompiled(device: GPUDevice): Promise<void> {
+  const list = compileChecks.get(device);
+  if (!list?.length) return;
+  const failed = (await Promise.all(list.splice(0))).filter((m) => m !== null);
+  if (failed.length) {
+    throw new BackendError(`WebGPU could not compile a kernel:\n${failed.join("\n")}`);
+  }
 }
