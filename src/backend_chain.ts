@@ -11,7 +11,7 @@
  */
 
 import type { BackendName } from "./backend.ts";
-import { DeviceLostError } from "./errors.ts";
+import { BackendError, DeviceLostError } from "./errors.ts";
 
 /** What the chain needs of a backend: whether its device is lost, and how to let it go. */
 export interface LosableBackend {
@@ -38,6 +38,10 @@ export class BackendChain<B extends LosableBackend> {
   #build: BuildBackends<B> | undefined;
   /** The move in progress, shared by the calls that find the device lost meanwhile. */
   #moving: Promise<B> | null = null;
+  /** Set by {@link dispose}: a move that finishes afterwards frees what it built. */
+  #disposed = false;
+  /** Whether the model was given a list of backends (for the advice when none is left). */
+  readonly #hadList: boolean;
 
   /**
    * `backend` computes now; `rest` (the names after it in the model's preference) are built by
@@ -47,6 +51,7 @@ export class BackendChain<B extends LosableBackend> {
     this.#current = backend;
     this.#rest = build ? [...rest] : [];
     this.#build = this.#rest.length ? build : undefined;
+    this.#hadList = this.#rest.length > 0;
   }
 
   /** The backend computing now (it may be lost: see {@link live}). */
@@ -65,15 +70,21 @@ export class BackendChain<B extends LosableBackend> {
     if (!lost.lostReason) return lost;
     const build = this.#build;
     if (!build) {
-      throw new DeviceLostError(
-        `${lost.lostReason}; no backend to move to (load with backend "auto" or a list)`,
-      );
+      const advice = this.#hadList
+        ? "every backend of the model's list was tried"
+        : 'load with backend "auto" or a list';
+      throw new DeviceLostError(`${lost.lostReason}; no backend to move to (${advice})`);
     }
     this.#moving ??= (async () => {
       console.error(
         `mamba: ${lost.lostReason}; moving the model to the "${this.#rest[0]}" backend`,
       );
       const { backend, rest } = await build(this.#rest);
+      if (this.#disposed) {
+        // dispose() ran during the move (and freed the lost backend): free the new one too.
+        backend.dispose();
+        throw new BackendError("the model was disposed while it moved to another backend");
+      }
       this.#rest = rest;
       if (!rest.length) this.#build = undefined;
       this.#current = backend;
@@ -81,5 +92,16 @@ export class BackendChain<B extends LosableBackend> {
       return backend;
     })().finally(() => this.#moving = null);
     return await this.#moving;
+  }
+
+  /**
+   * Frees the current backend, once; a move in progress frees what it builds instead of
+   * switching to it.
+   */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.#build = undefined;
+    this.#current.dispose();
   }
 }

@@ -635,7 +635,7 @@ export class MambaLM {
 
   /** Frees the backend's memory. The model cannot be used afterwards. */
   dispose(): void {
-    this.#backends.current.dispose();
+    this.#backends.dispose();
   }
 
   async #run<T = Float32Array>(

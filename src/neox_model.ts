@@ -329,7 +329,7 @@ export class GptNeoXLM {
 
   /** Frees the backend's memory. The model cannot be used afterwards. */
   dispose(): void {
-    this.#backends.current.dispose();
+    this.#backends.dispose();
   }
 
   /**

@@ -89,3 +89,48 @@ Deno.test("backend chain: a move that fails is tried again on the next call", as
   assert.equal(next.name, "wasm");
   assert.equal(first.disposed, 1);
 });
+
+Deno.test("backend chain: disposed during a move, the chain frees what the move built", async () => {
+  const first = new FakeBackend("webgpu");
+  first.lostReason = "gone";
+  let release!: () => void;
+  const started = new Promise<void>((r) => release = r);
+  let built: FakeBackend | undefined;
+  const chain = new BackendChain<FakeBackend>(first, ["wasm"], async (names) => {
+    await started;
+    built = new FakeBackend(names[0]);
+    return { backend: built, rest: [] };
+  });
+  const { value: outcome } = await quiet(async () => {
+    const moving = chain.live().then(() => "moved", (e: Error) => e.name);
+    chain.dispose(); // while the next backend is being built
+    release();
+    return await moving;
+  });
+  assert.equal(outcome, "BackendError", "the caller learns the model went away");
+  assert.equal(built?.disposed, 1, "the backend the move built is freed");
+  assert.equal(first.disposed, 1, "the lost backend is freed once");
+  assert.equal(chain.current, first, "nothing was switched to");
+  chain.dispose();
+  assert.equal(first.disposed, 1, "dispose is idempotent");
+});
+
+Deno.test("backend chain: with the model's list used up, the error says the list was tried", async () => {
+  const first = new FakeBackend("webgpu");
+  const chain = new BackendChain<FakeBackend>(
+    first,
+    ["wasm"],
+    (names) => Promise.resolve({ backend: new FakeBackend(names[0]), rest: [] }),
+  );
+  first.lostReason = "gone";
+  const next = (await quiet(() => chain.live())).value;
+  next.lostReason = "gone again";
+  await assert.rejects(() => chain.live(), (e: Error) => {
+    assert.ok(e instanceof DeviceLostError);
+    assert.match(
+      e.message,
+      /no backend to move to \(every backend of the model's list was tried\)/,
+    );
+    return true;
+  });
+});
