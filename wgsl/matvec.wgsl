@@ -75,7 +75,6 @@ struct P {
 #include util
 
 const MB = ${MB}u;
-const CK = ${CK}u;   // CONV_EPI: taps (d_conv); CKM = CK − 1
 const WG = ${WG}u;
 const TEAM = ${TEAM}u;
 const ROWS = WG / TEAM;
@@ -302,27 +301,7 @@ fn matvec(
     y[p.yOff + m * p.yStride + col] = r;
 #if CONV_EPI
     if (col >= p.convLo && col < p.convLo + p.convC) {
-      let c = col - p.convLo;
-      let s = (m * p.convC + c) * CK;
-      // Every tap is read before the shifted ones are written back: loads that follow a store
-      // to the same buffer would each wait for the one before.
-#unroll J CKM
-      let s${J} = convState[s + ${J}u + 1u];
-#endunroll
-#if CONV_BIAS
-      var acc = convB[c];
-#else
-      var acc = 0.0;
-#endif
-      acc += convW[c * CK + CK - 1u] * r;
-#unroll J CKM
-      acc += convW[c * CK + ${J}u] * s${J};
-#endunroll
-#unroll J CKM
-      convState[s + ${J}u] = s${J};
-#endunroll
-      convState[s + CK - 1u] = r;
-      convOut[m * p.convC + c] = silu(acc);
+      conv_step(m, col - p.convLo, r);
     }
 #endif
   }

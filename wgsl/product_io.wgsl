@@ -1,6 +1,6 @@
 // The bindings the decode products share (matvec.wgsl, skinny.wgsl), from 2 to 11: x, y, and
-// the buffers of their prologues (PRO_ADD, PRO_RMS, RES_OUT) and epilogues (BIAS, CONV_EPI).
-// Binding 0 (the parameters), 1 (W) and 12 on are each kernel's own.
+// the buffers of their prologues (PRO_ADD, PRO_RMS, RES_OUT) and epilogues (BIAS, CONV_EPI), and
+// the conv epilogue itself. Binding 0 (the parameters), 1 (W) and 12 on are each kernel's own.
 #if XVEC
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 #else
@@ -26,4 +26,33 @@
 @group(0) @binding(10) var<storage, read> convB: array<f32>;
 #endif
 @group(0) @binding(11) var<storage, read_write> convOut: array<f32>;
+#endif
+
+#if CONV_EPI
+const CK = ${CK}u; // the conv's taps (d_conv); CKM = CK − 1
+
+// The causal conv step of channel c of row m, whose new input is r (an output of the product):
+// the state shifts by one, and SiLU(conv + bias) goes to convOut. Every tap is read before the
+// shifted ones are written back: loads that follow a store to the same buffer would each wait
+// for the one before. Needs the kernel's `p.convC` (channels: the state's and convOut's rows).
+fn conv_step(m: u32, c: u32, r: f32) {
+  let s = (m * p.convC + c) * CK;
+#unroll J CKM
+  let s${J} = convState[s + ${J}u + 1u];
+#endunroll
+#if CONV_BIAS
+  var acc = convB[c];
+#else
+  var acc = 0.0;
+#endif
+  acc += convW[c * CK + CK - 1u] * r;
+#unroll J CKM
+  acc += convW[c * CK + ${J}u] * s${J};
+#endunroll
+#unroll J CKM
+  convState[s + ${J}u] = s${J};
+#endunroll
+  convState[s + CK - 1u] = r;
+  convOut[m * p.convC + c] = silu(acc);
+}
 #endif

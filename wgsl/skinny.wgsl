@@ -25,7 +25,7 @@
 //   PRO_ADD    x ← x + resIn first (the residual add)
 //   RES_OUT    the workgroups of n tile 0 also write x (after PRO_ADD) to resOut
 //   BIAS, SOFTPLUS, CONV_EPI, CONV_BIAS   epilogues as in matvec.wgsl (CK, CKM: the conv's taps
-//              and one less)
+//              and one less; the conv step is product_io.wgsl's)
 //   ADD_RES    epilogue: y = · + resAdd[m, col] (same layout as y): the block's residual add
 //              done once here, rather than by every workgroup of the next product (PRO_ADD)
 //   PREFETCH   load the next chunk into registers while the sums of this one run
@@ -64,7 +64,6 @@ struct P {
 
 #include util
 
-const CK = ${CK}u;          // CONV_EPI: taps (d_conv); CKM = CK − 1
 const TN = ${TN}u;
 const TM = ${TM}u;
 const NT = ${NT}u;
@@ -334,27 +333,7 @@ fn skinny(
         y[p.yOff + m * p.yStride + col] = r;
 #if CONV_EPI
         if (col >= p.convLo && col < p.convLo + p.convC) {
-          let c = col - p.convLo;
-          let cs = (m * p.convC + c) * CK;
-          // Every tap is read before the shifted ones are written back: loads that follow a
-          // store to the same buffer would each wait for the one before.
-#unroll J CKM
-          let s${J} = convState[cs + ${J}u + 1u];
-#endunroll
-#if CONV_BIAS
-          var cacc = convB[c];
-#else
-          var cacc = 0.0;
-#endif
-          cacc += convW[c * CK + CK - 1u] * r;
-#unroll J CKM
-          cacc += convW[c * CK + ${J}u] * s${J};
-#endunroll
-#unroll J CKM
-          convState[cs + ${J}u] = s${J};
-#endunroll
-          convState[cs + CK - 1u] = r;
-          convOut[m * p.convC + c] = silu(cacc);
+          conv_step(m, col - p.convLo, r);
         }
 #endif
       }
