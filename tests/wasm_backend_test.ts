@@ -138,11 +138,15 @@ for (const threads of [2, 3]) {
 }
 
 Deno.test("wasm backend: thread count is capped by the slices, and validated", async () => {
-  const cfg = config({ layer: "Mamba2", d_state: 8, headdim: 16 }); // 4 heads
+  // 4 heads of 16 channels, split in units of 4 channels: at most 16 ranks, a quarter head each.
+  const cfg = config({ layer: "Mamba2", d_state: 8, headdim: 16 });
   const w = randomWeights(cfg);
-  const be = await WasmBackend.create({ config: cfg, weights: w }, { threads: 9 });
-  assert.equal(be.threads, 4);
-  assert.deepEqual(be.shards.map((s) => [s.h0, s.h1]), [[0, 1], [1, 2], [2, 3], [3, 4]]);
+  const be = await WasmBackend.create({ config: cfg, weights: w }, { threads: 99 });
+  assert.equal(be.threads, 16);
+  assert.deepEqual(
+    be.shards.map((s) => [s.c0, s.c1, s.h0, s.h1]),
+    Array.from({ length: 16 }, (_, r) => [4 * r, 4 * r + 4, r >> 2, (r >> 2) + 1]),
+  );
   be.dispose();
   await assert.rejects(
     () => WasmBackend.create({ config: cfg, weights: w }, { threads: 0 }),
