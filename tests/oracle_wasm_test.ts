@@ -11,6 +11,11 @@
  *   state 4e-4 + 4e-2·|x|) at logits 3e-2 + 3e-2·|x|, conv 6e-2 + 6e-2·|x|, SSM
  *   2e-3 + 6e-2·|x|, without the exact greedy match.
  *
+ * - the Mamba-2 cases at 3, 5, 7 threads and the most each allows (64 asked): the ranks split
+ *   `d_inner` in units of 4 channels where a head is not a whole number of q8 blocks, so these
+ *   splits cut the cases' 16-channel heads (tests/wasm_backend_test.ts checks which): a rank
+ *   scans part of a head, and a head's dt row is computed by every rank touching it.
+ *
  * All on the kernel build the loader picks (relaxed SIMD where the engine has it); `deno task
  * test` runs the file again with `MAMBA_WASM_SIMD=plain`.
  */
@@ -36,4 +41,11 @@ oracleModelSuite("wasm", {
   skipGreedy: true,
   label: "q8, 2 threads",
 });
+for (const threads of [3, 5, 7, 64]) {
+  oracleModelSuite("wasm", {
+    wasm: { threads },
+    cases: (c) => c.startsWith("m2_"),
+    label: `${threads} threads`,
+  });
+}
 oracleCheckpointSuite("wasm", { wasm: { threads: 2 }, label: "2 threads" });
