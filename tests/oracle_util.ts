@@ -128,6 +128,8 @@ export interface SuiteOptions {
   wasm?: LoadOptions["wasm"];
   /** Appended to the test names, to tell several suites of one backend apart. */
   label?: string;
+  /** Only the model cases this accepts (default all). */
+  cases?: (name: string) => boolean;
 }
 
 /**
@@ -139,7 +141,8 @@ export function oracleModelSuite(backend: BackendChoice, options: SuiteOptions =
   const scale = (k: "logits" | "conv" | "ssm") =>
     options.tol?.[k] ?? { atol: TOL[k].atol * s, rtol: TOL[k].rtol * s };
   const name = options.label ? `${backend} (${options.label})` : backend;
-  for (const c of oracleCases().filter((c) => c.kind === "model")) {
+  const wanted = options.cases ?? (() => true);
+  for (const c of oracleCases().filter((c) => c.kind === "model" && wanted(c.case))) {
     Deno.test(`oracle ${name}: ${c.case}`, async (t) => {
       const exp = loadExpected(c.case);
       const lm = await MambaLM.load(`${oracleDir()}/${c.case}`, {

@@ -14,9 +14,11 @@ import {
   type ModelWeights,
   parseConfig,
   Sampler,
+  type StateTensors,
 } from "../mod.ts";
 import { randomWeights } from "../testing.ts";
 import { WasmBackend, type WasmOptions } from "../src/backends/wasm/backend.ts";
+import { makeShards, maxRanks } from "../src/backends/wasm/plan.ts";
 import { assertClose, loadExpected, oracleCases, oracleDir, TOL } from "./oracle_util.ts";
 
 /** A small config in the mamba_ssm format. */
@@ -106,6 +108,10 @@ const variants: [string, ReturnType<typeof config>][] = [
       { tie_embeddings: false },
     ),
   ],
+  // Split in units of 32 channels: 3 threads cut the first head in two.
+  ["mamba2, 2 heads of 64", config({ layer: "Mamba2", d_state: 16, headdim: 64 }, { d_model: 64 })],
+  // Split in units of 1 channel (6 is no multiple of 4): 3 threads cut heads off the lanes.
+  ["mamba2, headdim 6", config({ layer: "Mamba2", d_state: 8, headdim: 6 }, { d_model: 48 })],
 ];
 
 for (const [name, cfg] of variants) {
@@ -138,11 +144,15 @@ for (const threads of [2, 3]) {
 }
 
 Deno.test("wasm backend: thread count is capped by the slices, and validated", async () => {
-  const cfg = config({ layer: "Mamba2", d_state: 8, headdim: 16 }); // 4 heads
+  // 4 heads of 16 channels, split in units of 4 channels: at most 16 ranks, a quarter head each.
+  const cfg = config({ layer: "Mamba2", d_state: 8, headdim: 16 });
   const w = randomWeights(cfg);
-  const be = await WasmBackend.create({ config: cfg, weights: w }, { threads: 9 });
-  assert.equal(be.threads, 4);
-  assert.deepEqual(be.shards.map((s) => [s.h0, s.h1]), [[0, 1], [1, 2], [2, 3], [3, 4]]);
+  const be = await WasmBackend.create({ config: cfg, weights: w }, { threads: 99 });
+  assert.equal(be.threads, 16);
+  assert.deepEqual(
+    be.shards.map((s) => [s.c0, s.c1, s.h0, s.h1]),
+    Array.from({ length: 16 }, (_, r) => [4 * r, 4 * r + 4, r >> 2, (r >> 2) + 1]),
+  );
   be.dispose();
   await assert.rejects(
     () => WasmBackend.create({ config: cfg, weights: w }, { threads: 0 }),
@@ -152,6 +162,125 @@ Deno.test("wasm backend: thread count is capped by the slices, and validated", a
     () => WasmBackend.create({ config: cfg, weights: w }, { chunkTokens: 1.5 }),
     BackendError,
   );
+});
+
+/** An oracle case's config. */
+function oracleConfig(c: string) {
+  return parseConfig(JSON.parse(Deno.readTextFileSync(`${oracleDir()}/${c}/config.json`)));
+}
+
+Deno.test("wasm plan: Mamba-2 splits d_inner in units of channels, within one unit at any thread count", () => {
+  // mamba2-130m's shape: 24 heads of 64 channels, split in units of 32.
+  const m2130 = parseConfig({
+    d_model: 768,
+    n_layer: 24,
+    vocab_size: 50277,
+    ssm_cfg: { layer: "Mamba2", headdim: 64, d_state: 128 },
+    pad_vocab_size_multiple: 16,
+  });
+  const cases: [string, ReturnType<typeof config>, number][] = [
+    ["mamba2-130m", m2130, 32],
+    ["m2_hd16_ds16_l64", oracleConfig("m2_hd16_ds16_l64"), 4],
+    ["m2_hd32_ds64_l7", oracleConfig("m2_hd32_ds64_l7"), 32],
+    ["headdim 6", config({ layer: "Mamba2", d_state: 8, headdim: 6 }, { d_model: 48 }), 1],
+  ];
+  for (const [name, cfg, unit] of cases) {
+    assert.equal(maxRanks(cfg), cfg.dInner / unit, name);
+    for (let T = 1; T <= maxRanks(cfg); T++) {
+      const shards = makeShards(cfg, T);
+      const sizes = shards.map((s) => s.c1 - s.c0);
+      assert.ok(Math.max(...sizes) - Math.min(...sizes) <= unit, `${name} ${T}: ${sizes}`);
+      shards.forEach((s, r) => {
+        assert.equal(s.c0, r === 0 ? 0 : shards[r - 1].c1, `${name} ${T} rank ${r}`);
+        assert.equal(s.c0 % unit, 0, `${name} ${T} rank ${r}`);
+        assert.ok(s.c1 > s.c0, `${name} ${T} rank ${r}`);
+        assert.equal(s.h0, Math.floor(s.c0 / cfg.headdim));
+        assert.equal(s.h1, Math.ceil(s.c1 / cfg.headdim));
+      });
+      assert.equal(shards[T - 1].c1, cfg.dInner);
+    }
+  }
+  // mamba2-130m on 2 threads: 12 whole heads each, as when the split was by heads. On 16: 96
+  // channels each (1.5 heads: 2 heads touched, 2·96 + 256 + 2 = 450 rows of in_proj), where the
+  // split by heads gave 8 ranks 2 heads (514 rows) and 8 ranks 1 head (385 rows).
+  assert.deepEqual(makeShards(m2130, 2).map((s) => [s.c0, s.c1, s.h0, s.h1]), [
+    [0, 768, 0, 12],
+    [768, 1536, 12, 24],
+  ]);
+  for (const s of makeShards(m2130, 16)) {
+    assert.equal(s.c1 - s.c0, 96);
+    assert.equal(s.h1 - s.h0, 2);
+  }
+  // The thread counts the oracle suite runs cut the 16-channel heads of its Mamba-2 cases.
+  for (const c of ["m2_hd16_ds16_l64", "m2_d32_ds64_l1"]) {
+    const cfg = oracleConfig(c);
+    for (const T of [3, 5, 7, maxRanks(cfg)]) {
+      assert.ok(makeShards(cfg, T).some((s) => s.c0 % cfg.headdim !== 0), `${c} ${T}`);
+    }
+  }
+});
+
+Deno.test("wasm backend: Mamba-2 states move between thread counts that cut heads", async () => {
+  for (const c of ["m2_hd16_ds16_l64", "m2_d32_ds64_l1"]) {
+    const lms = new Map<number, MambaLM>();
+    try {
+      for (const threads of [1, 5, 7]) {
+        lms.set(
+          threads,
+          await MambaLM.load(`${oracleDir()}/${c}`, { backend: "wasm", wasm: { threads } }),
+        );
+      }
+      const cfg = lms.get(1)!.config;
+      const prompt = ids(2, 9, cfg.vocabSize);
+      // The public layout is the same at any thread count: a random state uploaded to the ranks
+      // and downloaded again comes back bit for bit.
+      for (const [threads, lm] of lms) {
+        const be = lm.backend as WasmBackend;
+        assert.equal(be.threads, threads);
+        let seed = 12345;
+        const rnd = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 30 - 1;
+        const host: StateTensors = {
+          conv: Array.from(
+            { length: cfg.nLayer },
+            () => Float32Array.from({ length: 2 * cfg.convDim * cfg.dConv }, rnd),
+          ),
+          ssm: Array.from(
+            { length: cfg.nLayer },
+            () => Float32Array.from({ length: 2 * cfg.dInner * cfg.dState }, rnd),
+          ),
+        };
+        const h = be.createState(2);
+        be.uploadState(h, host);
+        const back = await be.downloadState(h);
+        be.freeState(h);
+        for (let l = 0; l < cfg.nLayer; l++) {
+          assert.deepEqual(back.conv[l], host.conv[l], `${c} ${threads} threads conv ${l}`);
+          assert.deepEqual(back.ssm[l], host.ssm[l], `${c} ${threads} threads ssm ${l}`);
+        }
+      }
+      // Each thread count's prefill state, read in the public layout, equals one thread's.
+      const saved = new Map<number, Uint8Array>();
+      for (const [threads, lm] of lms) {
+        const s = lm.createState(2);
+        await lm.prefill(s, prompt);
+        saved.set(threads, await s.toBytes());
+        if (threads === 1) continue;
+        const one = InferenceState.fromBytes(saved.get(1)!);
+        for (let l = 0; l < cfg.nLayer; l++) {
+          assertClose(s.conv[l], one.conv[l], TOL.conv, `${c} ${threads} threads conv ${l}`);
+          assertClose(s.ssm[l], one.ssm[l], TOL.ssm, `${c} ${threads} threads ssm ${l}`);
+        }
+      }
+      // A state saved at one thread count continues at another like where it was made.
+      for (const [a, b] of [[5, 1], [1, 5], [7, 5], [1, 7]]) {
+        const here = await lms.get(a)!.step(InferenceState.fromBytes(saved.get(a)!), [5, 6]);
+        const there = await lms.get(b)!.step(InferenceState.fromBytes(saved.get(a)!), [5, 6]);
+        assertClose(there, here, TOL.logits, `${c} saved at ${a} threads, run at ${b}`);
+      }
+    } finally {
+      for (const lm of lms.values()) lm.dispose();
+    }
+  }
 });
 
 Deno.test("wasm backend: chunked prefill equals one pass, and long forwards chunk", async () => {
@@ -260,10 +389,11 @@ Deno.test("wasm backend: f16 and q8 storage read half and about a quarter of the
   assert.ok(sizes[2] / sizes[0] < 0.4, `q8 ${sizes[2]} vs f32 ${sizes[0]}`);
 });
 
-Deno.test("wasm backend: fused greedy decoding reproduces the oracle, 1 and 2 threads", async () => {
+// 5, 7 and 64 threads (capped to what each case allows) cut the Mamba-2 cases' heads.
+Deno.test("wasm backend: fused greedy decoding reproduces the oracle, 1 to 64 threads", async () => {
   for (const c of oracleCases().filter((c) => c.kind === "model")) {
     const exp = loadExpected(c.case);
-    for (const threads of [1, 2]) {
+    for (const threads of [1, 2, 5, 7, 64]) {
       const lm = await MambaLM.load(`${oracleDir()}/${c.case}`, {
         backend: "wasm",
         wasm: { threads },

@@ -166,9 +166,9 @@ export class RankEngine {
   #lm: Mat | null = null;
   #emb: Mat | null = null;
   readonly #states = new Map<number, RankState>();
-  /** Channels of this rank (M1 channels, M2 channels of its heads). */
+  /** Channels of this rank. */
   readonly #nc: number;
-  /** M2 heads of this rank. */
+  /** M2 heads this rank touches (wholly or in part). */
   readonly #nh: number;
   /** Conv channels of this rank (M2: its x channels + all of B and C). */
   readonly #convCh: number;
@@ -235,7 +235,7 @@ export class RankEngine {
       this.#ssmSz = (this.#inter ? Math.ceil(this.#nc / 4) * 4 : this.#nc) * N;
     } else {
       this.#convCh = this.#nc + 2 * cfg.ngroups * N;
-      this.#ssmSz = this.#nh * cfg.headdim * N;
+      this.#ssmSz = this.#nc * N;
     }
     this.#interTmp = this.#inter ? this.#heap.alloc(Math.max(1, this.#nc * N) * 4) : 0;
     this.#rowTmp = this.#heap.alloc(cfg.dModel * 4);
@@ -636,9 +636,7 @@ export class RankEngine {
           copy(conv + nc * dConv * 4, cBase + dInner * dConv, gn2 * dConv);
         }
         const sBase = o + B * convDim * dConv + b * ssmFull;
-        if (cfg.arch === "mamba2") {
-          copy(ssm, sBase + s.h0 * cfg.headdim * N, this.#ssmSz);
-        } else if (!this.#inter) {
+        if (cfg.arch === "mamba2" || !this.#inter) {
           copy(ssm, sBase + s.c0 * N, nc * N);
         } else if (up) {
           copy(this.#interTmp, sBase + s.c0 * N, nc * N);
@@ -1081,7 +1079,7 @@ export class RankEngine {
     if (w.outBias) this.#addRows(out, d, w.outBias, rows, d);
   }
 
-  /** Mamba-2 on this rank's heads (see {@link RankEngine.#mamba1} for the shapes). */
+  /** Mamba-2 on this rank's channels (see {@link RankEngine.#mamba1} for the shapes). */
   #mamba2(layer: number, x: number, out: number, st: RankState, B: number, lc: number) {
     const cfg = this.#cfg;
     const k = this.#k;
@@ -1144,39 +1142,50 @@ export class RankEngine {
       flags = 0;
       dtBias = 0;
     }
-    // SSD recurrence per sequence and per run of heads sharing a B/C group → y [rows, nc].
+    // SSD recurrence per sequence → y [rows, nc], in runs of this rank's channels that share a
+    // head's dt, A and D (a part of a head: the run's width is its `headdim`) or a B/C group
+    // (whole heads). The state holds this rank's channels, [nc, N].
     const hpg = cfg.nheads / G;
     for (let b = 0; b < B; b++) {
       const [, ssm] = this.#stPtr(st, layer, b);
       const r0 = b * lc;
-      for (let ha = 0; ha < nh;) {
-        const g = Math.floor((s.h0 + ha) / hpg);
-        const hb = Math.min(nh, (g + 1) * hpg - s.h0);
-        const xr = sc.b + (r0 * Cc + ha * P) * 4;
+      for (let c = 0; c < nc;) {
+        const gc = s.c0 + c;
+        const h = Math.floor(gc / P);
+        const g = Math.floor(h / hpg);
+        let heads: number, width: number;
+        if (gc % P !== 0 || s.c1 - gc < P) {
+          heads = 1;
+          width = Math.min(s.c1, (h + 1) * P) - gc;
+        } else {
+          heads = Math.min(Math.floor((s.c1 - gc) / P), (g + 1) * hpg - h);
+          width = P;
+        }
+        const hl = h - s.h0;
         k.exports.ssd_scan(
-          ssm + ha * P * N * 4,
-          xr,
+          ssm + c * N * 4,
+          sc.b + (r0 * Cc + c) * 4,
           Cc,
-          dt + (r0 * lddt + ha) * 4,
+          dt + (r0 * lddt + hl) * 4,
           lddt,
-          w.A + ha * 4,
+          w.A + hl * 4,
           sc.b + (r0 * Cc + nc + g * N) * 4,
           sc.b + (r0 * Cc + nc + GN + g * N) * 4,
           Cc,
-          cfg.dHasHdim ? 0 : w.D + ha * 4,
-          dtBias ? dtBias + ha * 4 : 0,
-          sc.e + (r0 * nc + ha * P) * 4,
+          cfg.dHasHdim ? 0 : w.D + hl * 4,
+          dtBias ? dtBias + hl * 4 : 0,
+          sc.e + (r0 * nc + c) * 4,
           nc,
           lc,
-          hb - ha,
-          P,
+          heads,
+          width,
           N,
           1,
           0,
-          hb - ha,
+          heads,
           flags,
         );
-        ha = hb;
+        c += heads * width;
       }
     }
     this.#lap(PROF.scan);

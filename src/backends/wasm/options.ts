@@ -12,7 +12,8 @@ export interface WasmOptions {
   /**
    * Number of threads: the calling thread computes as rank 0 and `threads − 1` Web Workers as the
    * other ranks. Default `navigator.hardwareConcurrency`; 1 runs without workers. Capped at the
-   * number of channel slices the model has (Mamba-2: its heads).
+   * number of channel slices the model has: `d_inner / 32` (Mamba-1 where 32 divides `d_inner`,
+   * Mamba-2 where it divides `headdim`: mamba2-130m, 48), else `d_inner / 4` or `d_inner`.
    */
   threads?: number;
   /**

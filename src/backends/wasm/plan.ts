@@ -2,12 +2,22 @@
  * How the `wasm` backend splits a model between its threads (ranks), tensor-parallel style, and
  * the host-side packing of each rank's weight slice.
  *
- * Every rank owns a contiguous slice of the inner channels — Mamba-1: channels `[c0, c1)` of
- * `d_inner`; Mamba-2: heads `[h0, h1)`, i.e. channels `[h0·P, h1·P)` — and everything that is
- * per channel: its rows of `in_proj` (x and z of those channels; Mamba-2 also dt of its heads and
- * *all* the B/C rows, computed redundantly), its conv taps and conv state, `dt_proj` rows, `A`,
- * `D`, the SSM state of its channels, and its columns of `x_proj` and `out_proj`. It also owns a
- * slice `[v0, v1)` of the vocabulary: those rows of the embedding and the LM head.
+ * Every rank owns a contiguous slice `[c0, c1)` of the inner channels (`d_inner`), cut in units
+ * of whole SIMD lanes and, where the model allows, whole q8 blocks (see {@link maxRanks}), so
+ * that the ranks' shares differ by one unit at most. It owns everything that is per channel: its
+ * rows of `in_proj` (x and z of those channels), its conv taps and conv state, the SSM state of
+ * its channels, and its columns of `out_proj`; Mamba-1 also its rows of `dt_proj`, `A` and `D`
+ * and its columns of `x_proj`. It also owns a slice `[v0, v1)` of the vocabulary: those rows of
+ * the embedding and the LM head.
+ *
+ * Mamba-2 is split by channels too, not by heads, so a rank may own part of a head: it touches
+ * heads `[h0, h1)` = `[⌊c0/P⌋, ⌈c1/P⌉)` and holds the dt row of `in_proj`, dt bias, `A` and
+ * `D` of each of them (a head cut between two ranks has its dt row computed by both), `D` per
+ * channel with `D_has_hdim`, the gated norm's weights of its channels, and *all* the B/C rows
+ * and conv taps (each rank computes a share of those rows and they are exchanged: see the
+ * engine). Its SSM state is `[c1 − c0, N]` per sequence and layer, the rows `[c0, c1)` of the
+ * public `[nheads·P, N]` layout; the SSD scan of a head's channels is independent of its other
+ * channels, so a part of a head scans exactly like the whole head's rows.
  *
  * @module
  */
@@ -27,9 +37,9 @@ export interface Shard {
   readonly c0: number;
   /** End inner channel (exclusive). */
   readonly c1: number;
-  /** Mamba-2: first head (Mamba-1: 0). */
+  /** Mamba-2: first head touched, `⌊c0 / headdim⌋` (Mamba-1: 0). */
   readonly h0: number;
-  /** Mamba-2: end head (Mamba-1: 0). */
+  /** Mamba-2: end of the heads touched, `⌈c1 / headdim⌉` (Mamba-1: 0). */
   readonly h1: number;
   /** First vocabulary row. */
   readonly v0: number;
@@ -51,25 +61,37 @@ function m1Unit(dInner: number): number {
   return dInner % 32 === 0 ? 32 : dInner % 4 === 0 ? 4 : 1;
 }
 
+/**
+ * Channels per unit of the Mamba-2 split: 32 when a head is a whole number of q8 blocks (every
+ * rank's columns of `out_proj` are then whole blocks, quantized as on one thread), else 4 (SIMD
+ * lanes), else 1. A unit divides the head, so there are never fewer units than heads.
+ */
+function m2Unit(headdim: number): number {
+  return headdim % 32 === 0 ? 32 : headdim % 4 === 0 ? 4 : 1;
+}
+
+/** Channels per unit of the split. */
+function unitOf(cfg: MambaConfig): number {
+  return cfg.arch === "mamba1" ? m1Unit(cfg.dInner) : m2Unit(cfg.headdim);
+}
+
 /** Most ranks a config can use (one unit of channels each). */
 export function maxRanks(cfg: MambaConfig): number {
-  return cfg.arch === "mamba1" ? cfg.dInner / m1Unit(cfg.dInner) : cfg.nheads;
+  return cfg.dInner / unitOf(cfg);
 }
 
 /** The shards of `ranks` ranks. */
 export function makeShards(cfg: MambaConfig, ranks: number): Shard[] {
   const out: Shard[] = [];
+  const u = unitOf(cfg);
   for (let rank = 0; rank < ranks; rank++) {
-    let c0: number, c1: number, h0 = 0, h1 = 0;
-    if (cfg.arch === "mamba1") {
-      const u = m1Unit(cfg.dInner);
-      const [a, b] = split(cfg.dInner / u, ranks, rank);
-      c0 = a * u;
-      c1 = b * u;
-    } else {
-      [h0, h1] = split(cfg.nheads, ranks, rank);
-      c0 = h0 * cfg.headdim;
-      c1 = h1 * cfg.headdim;
+    const [a, b] = split(cfg.dInner / u, ranks, rank);
+    const c0 = a * u;
+    const c1 = b * u;
+    let h0 = 0, h1 = 0;
+    if (cfg.arch === "mamba2") {
+      h0 = Math.floor(c0 / cfg.headdim);
+      h1 = Math.ceil(c1 / cfg.headdim);
     }
     const [q0, q1] = split(Math.ceil(cfg.paddedVocabSize / 4), ranks, rank);
     const v0 = Math.min(q0 * 4, cfg.paddedVocabSize);
@@ -98,7 +120,7 @@ export interface PackedLayer {
   readonly norm: Float32Array;
   /** Pre-norm bias (LayerNorm). */
   readonly normBias?: Float32Array;
-  /** M1 `[2nc, dModel]` (x rows, z rows); M2 `[2nc + 2GN + nh, dModel]` (z, x, B, C, dt). */
+  /** M1 `[2nc, dModel]` (x, z); M2 `[2nc + 2GN + nh, dModel]` (z, x, B, C, dt of heads touched). */
   readonly inProj: PackedMatrix;
   /** Bias rows of `inProj`. */
   readonly inProjBias?: Float32Array;
@@ -110,7 +132,7 @@ export interface PackedLayer {
   readonly xProj?: PackedMatrix;
   /** M1: rows of `dt_proj`, `[nc, dtRank]`. */
   readonly dtProj?: PackedMatrix;
-  /** dt bias: M1 `[nc]`, M2 `[nh]`. */
+  /** dt bias: M1 `[nc]`, M2 `[nh]` (the heads touched, `h1 − h0`). */
   readonly dtBias: Float32Array;
   /** A = −exp(A_log): M1 `[nc, N]` row-major, M2 `[nh]`. */
   readonly A: Float32Array;
