@@ -18,6 +18,7 @@ import {
 } from "../mod.ts";
 import { randomWeights } from "../testing.ts";
 import { WasmBackend, type WasmOptions } from "../src/backends/wasm/backend.ts";
+import { SPLIT_SUM_MIN } from "../src/backends/wasm/engine.ts";
 import { makeShards, maxRanks } from "../src/backends/wasm/plan.ts";
 import { assertClose, loadExpected, oracleCases, oracleDir, TOL } from "./oracle_util.ts";
 
@@ -137,6 +138,22 @@ for (const threads of [2, 3]) {
     try {
       await assertSame(ref, wasm, 2, 40);
       await assertSame(ref, wasm, 1, 17);
+    } finally {
+      wasm.dispose();
+    }
+  });
+}
+
+// Prefill's sums over the ranks past SPLIT_SUM_MIN floats ([rows, d_model]) are split between
+// the ranks (each sums its columns, then all copy): 100 tokens of d_model 256 are 25,600.
+for (const layer of ["Mamba1", "Mamba2"]) {
+  Deno.test(`wasm backend: ${layer}, large sums over 3 ranks split between them, equals ref`, async () => {
+    const ssm = layer === "Mamba2" ? { layer, d_state: 8, headdim: 16 } : { layer, d_state: 8 };
+    const cfg = config(ssm, { d_model: 256 });
+    assert.ok(100 * cfg.dModel >= SPLIT_SUM_MIN, "the prompt is long enough for the split sums");
+    const { ref, wasm } = await pair(cfg, { threads: 3, chunkTokens: 128 });
+    try {
+      await assertSame(ref, wasm, 1, 100);
     } finally {
       wasm.dispose();
     }
