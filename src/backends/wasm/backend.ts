@@ -536,7 +536,8 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
     const seqLen = this.#shape?.seqLen ?? Math.max(this.#rows, 1);
     const chunk = Math.min(seqLen, this.#chunk);
     const V = cfg.paddedVocabSize;
-    const wide = Math.max(cfg.dModel, cfg.dtRank + 2 * cfg.dState, cfg.ngroups);
+    // As the ranks' scratch (RankEngine): d_model + 1 floats a row for the gated norm's sums.
+    const wide = Math.max(cfg.dModel + 1, cfg.dtRank + 2 * cfg.dState, cfg.ngroups);
     let off = HEADER_BYTES;
     const offOps = off;
     off = align64(off + nOps * OP_WORDS * 4);

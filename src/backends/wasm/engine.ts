@@ -457,7 +457,8 @@ export class RankEngine {
     const GN = cfg.ngroups * N;
     const xd = cfg.dtRank + 2 * N;
     const f = (n: number) => this.#heap.alloc(Math.max(1, n) * 4);
-    const wide = Math.max(cfg.dModel, xd, cfg.ngroups);
+    // A row of out_proj's partial and the gated norm's sum of squares after it (#gatedOut).
+    const wide = Math.max(cfg.dModel + 1, xd, cfg.ngroups);
     const next: Scratch = cfg.arch === "mamba1"
       ? {
         rows: R,
@@ -1244,6 +1245,10 @@ export class RankEngine {
       }
     };
     if (!cfg.gatedNorm || !cfg.normBeforeGate) gate();
+    if (cfg.gatedNorm && G === 1 && T > 1) {
+      this.#gatedOut(w, out, rows, gate);
+      return;
+    }
     if (cfg.gatedNorm) {
       const gs = cfg.dInner / G;
       const part = T > 1 ? sc.part : sc.d;
@@ -1282,5 +1287,48 @@ export class RankEngine {
     this.#lap(PROF.outProj);
     this.#allreduce(opart, out, rows * d);
     if (w.outBias) this.#addRows(out, d, w.outBias, rows, d);
+  }
+
+  /**
+   * Mamba-2's gated RMSNorm of one group and out_proj over several ranks, with one sum over the
+   * ranks instead of two: the norm's scale is one number a row, and out_proj is linear, so
+   * out = scale · Σ_ranks W·(gw ⊙ v) with scale = 1/√(Σ_ranks Σ v² / d_inner + ε). Each rank's
+   * out_proj partial goes into the sum with its Σ v² appended to each row's end. `gate` applies
+   * y·silu(z) (here after the norm's sum when the norm comes before the gate; else done).
+   */
+  #gatedOut(w: Layer, out: number, rows: number, gate: () => void) {
+    const cfg = this.#cfg;
+    const k = this.#k;
+    const sc = this.#sc!;
+    const nc = this.#nc;
+    const d = cfg.dModel;
+    // Σ v² of this rank's channels, one a row, into sc.d.
+    for (let r = 0; r < rows; r++) {
+      const y = sc.e + r * nc * 4;
+      k.exports.matvec_f32(y, y, sc.d + r * 4, 1, nc, 0, 1, 0);
+    }
+    let mem = this.#f32;
+    const gw = mem.subarray(w.gatedNorm >>> 2, (w.gatedNorm >>> 2) + nc);
+    for (let r = 0; r < rows; r++) {
+      const yo = (sc.e >>> 2) + r * nc;
+      for (let c = 0; c < nc; c++) mem[yo + c] *= gw[c];
+    }
+    if (cfg.normBeforeGate) gate();
+    this.#lap(PROF.gate);
+    // [rows, d] partial of out_proj, then the rows' Σ v²: one sum over the ranks.
+    this.#matmul(w.outProj, sc.e, nc, sc.part, d, rows);
+    mem = this.#f32;
+    mem.copyWithin((sc.part >>> 2) + rows * d, sc.d >>> 2, (sc.d >>> 2) + rows);
+    this.#lap(PROF.outProj);
+    this.#allreduce(sc.part, sc.part, rows * (d + 1)); // (its scratch is sc.tmp)
+    mem = this.#f32;
+    for (let r = 0; r < rows; r++) {
+      const scale = 1 / Math.sqrt(mem[(sc.part >>> 2) + rows * d + r] / cfg.dInner + 1e-5);
+      const from = (sc.part >>> 2) + r * d;
+      const to = (out >>> 2) + r * d;
+      for (let j = 0; j < d; j++) mem[to + j] = mem[from + j] * scale;
+    }
+    if (w.outBias) this.#addRows(out, d, w.outBias, rows, d);
+    this.#lap(PROF.reduce);
   }
 }
