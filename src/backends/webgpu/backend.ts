@@ -662,7 +662,15 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
    * wgsl/scan_xproj.wgsl): from `u` (the conv's output), z (the second half of `xz`) and the
    * layer's state, `y = (⟨h, C⟩ + D·u) · silu(z)`. Needs {@link scanXProj}.
    */
-  scanStepXProj(layer: number, ssm: Buf, sOff: number, batch: number, u: Buf, xz: Buf, y: Buf) {
+  scanStepXProj(
+    layer: number,
+    ssm: Buf,
+    sOff: number,
+    batch: number,
+    u: Buf,
+    xz: Buf,
+    y: Buf,
+  ): void {
     const c = this.config;
     const w = this.weights.layers[layer];
     const D = c.dInner;

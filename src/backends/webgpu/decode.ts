@@ -221,16 +221,12 @@ export class DecodePlan {
     const D = c.dInner;
     const xdw = c.dtRank + 2 * c.dState;
     const [xz, u, xdbl, y] = [this.#a, this.#b, this.#c, this.#d];
-    const epilogue = be.scanEpilogue(B, c.dState);
-    if (!epilogue && be.scanXProj()) {
-      // x_proj, dt_proj and the scan step in one kernel.
-      be.scanStepXProj(l, state.ssm[l], 0, B, u, xz, y);
-    } else {
+    const xProj = () =>
       be.matvec(w.xProj!, { x: u, xOff: 0, xStride: D, M: B, y: xdbl, yOff: 0, yStride: xdw });
-    }
-    if (epilogue) {
-      // dt_proj + softplus, with the selective-scan step in its epilogue (the matrix-vector
-      // kernel: at most 32 sequences).
+    if (be.scanEpilogue(B, c.dState)) {
+      // x_proj, then dt_proj + softplus with the selective-scan step in its epilogue (the
+      // matrix-vector kernel: at most 32 sequences).
+      xProj();
       be.matvec(w.dtProj!, {
         bias: w.dtBias,
         x: xdbl,
@@ -255,8 +251,12 @@ export class DecodePlan {
           uStride: D,
         },
       });
-    } else if (!be.scanXProj()) {
-      // The scan step with dt_proj inside, as a kernel of its own.
+    } else if (be.scanXProj()) {
+      // x_proj, dt_proj and the scan step in one kernel.
+      be.scanStepXProj(l, state.ssm[l], 0, B, u, xz, y);
+    } else {
+      // x_proj, then the scan step with dt_proj inside, as a kernel of its own.
+      xProj();
       be.scanStep(l, state.ssm[l], 0, B, u, xdbl, xz, y);
     }
     be.matvec(w.outProj, {
