@@ -755,18 +755,10 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       F16: W.f16 && !native,
       F16NATIVE: native,
       HALF: W.f16,
-      XVEC: xvec,
-      PRO_RMS: !!o.rms,
+      ...this.#productIoDefs(o, xvec),
       RMS_STAGE: !!o.rms && stage,
-      PRO_ADD: !!o.resIn,
-      RES_OUT: !!o.resOut,
       XS4: o.rms && stage ? o.M * K / 4 : 1,
-      BIAS: !!o.bias,
       SOFTPLUS: !!o.softplus,
-      CONV_EPI: !!o.conv,
-      CONV_BIAS: !!o.conv?.bias,
-      CK: o.conv ? this.config.dConv : 1,
-      CKM: o.conv ? this.config.dConv - 1 : 0,
       SCAN_EPI: !!o.scan,
       NS: o.scan?.NS ?? 0,
     });
@@ -801,16 +793,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
         ],
         [
           part.buf,
-          o.x,
-          o.y,
-          o.bias ?? null,
-          o.resIn ?? null,
-          o.rms?.weight ?? null,
-          o.resOut ?? null,
-          c?.state ?? null,
-          c?.weight ?? null,
-          c?.bias ?? null,
-          c?.out ?? null,
+          ...this.#productIoBindings(o),
           sc?.A ?? null,
           sc?.D ?? null,
           sc?.ssm ?? null,
@@ -822,6 +805,41 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
         Math.ceil(groups / gx),
       );
     }
+  }
+
+  /**
+   * The defines of `wgsl/product_io.wgsl` (the bindings and conv step the decode products share)
+   * for a product with options `o`; `xvec`: x read as vec4s.
+   */
+  #productIoDefs(o: MatvecOptions, xvec: boolean): ShaderDefs {
+    const dConv = this.config.dConv;
+    return {
+      XVEC: xvec,
+      PRO_RMS: !!o.rms,
+      PRO_ADD: !!o.resIn,
+      RES_OUT: !!o.resOut,
+      BIAS: !!o.bias,
+      CONV_EPI: !!o.conv,
+      CONV_BIAS: !!o.conv?.bias,
+      ...(o.conv ? { CK: dConv, CKM: dConv - 1 } : {}),
+    };
+  }
+
+  /** Bindings 2 to 11 of `wgsl/product_io.wgsl`, in order (`null`: left out). */
+  #productIoBindings(o: MatvecOptions): (Buf | null)[] {
+    const c = o.conv;
+    return [
+      o.x,
+      o.y,
+      o.bias ?? null,
+      o.resIn ?? null,
+      o.rms?.weight ?? null,
+      o.resOut ?? null,
+      c?.state ?? null,
+      c?.weight ?? null,
+      c?.bias ?? null,
+      c?.out ?? null,
+    ];
   }
 
   /** The skinny tiled product (see wgsl/skinny.wgsl and {@link SkinnyShape}). */
@@ -876,16 +894,8 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       PREFETCH: pf === 1,
       ROTATE: this.#opt.skinnyRotate,
       F16: W.f16,
-      XVEC: xvec,
-      PRO_RMS: !!o.rms,
-      PRO_ADD: !!o.resIn,
-      RES_OUT: !!o.resOut,
-      BIAS: !!o.bias,
+      ...this.#productIoDefs(o, xvec),
       SOFTPLUS: !!o.softplus,
-      CONV_EPI: !!o.conv,
-      CONV_BIAS: !!o.conv?.bias,
-      CK: o.conv ? this.config.dConv : 1,
-      CKM: o.conv ? this.config.dConv - 1 : 0,
       ADD_RES: !!o.addRes,
     });
     const c = o.conv;
@@ -911,16 +921,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
         ],
         [
           part.buf,
-          o.x,
-          o.y,
-          o.bias ?? null,
-          o.resIn ?? null,
-          o.rms?.weight ?? null,
-          o.resOut ?? null,
-          c?.state ?? null,
-          c?.weight ?? null,
-          c?.bias ?? null,
-          c?.out ?? null,
+          ...this.#productIoBindings(o),
           o.addRes ?? null,
         ],
         Math.ceil(part.n / (nt * tn)),

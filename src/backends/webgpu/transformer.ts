@@ -308,8 +308,6 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
         GELU: gelu,
         CONV_EPI: false,
         CONV_BIAS: false,
-        CK: 1,
-        CKM: 0,
         SCAN_EPI: false,
         NS: 0,
       });
