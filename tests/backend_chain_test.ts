@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { DeviceLostError } from "../mod.ts";
 import type { BackendName } from "../src/backend.ts";
 import { BackendChain } from "../src/backend_chain.ts";
+import { quiet } from "./quiet.ts";
 
 /** A backend that is only a name, a loss flag and a dispose count. */
 class FakeBackend {
@@ -16,18 +17,6 @@ class FakeBackend {
   constructor(readonly name: BackendName) {}
   dispose(): void {
     this.disposed++;
-  }
-}
-
-/** Runs `fn` with console.error captured (a move notes itself there). */
-async function quiet<T>(fn: () => Promise<T>): Promise<{ value: T; logged: string[] }> {
-  const logged: string[] = [];
-  const error = console.error;
-  console.error = (...args: unknown[]) => logged.push(args.join(" "));
-  try {
-    return { value: await fn(), logged };
-  } finally {
-    console.error = error;
   }
 }
 

@@ -11,6 +11,7 @@ import { DeviceLostError, GptNeoXLM, MambaLM, parseNeoxConfig } from "../mod.ts"
 import { randomNeoxWeights } from "../testing.ts";
 import { neoxDir } from "./neox_util.ts";
 import { assertClose, oracleDir } from "./oracle_util.ts";
+import { quiet } from "./quiet.ts";
 
 const TOL = { atol: 2e-4, rtol: 2e-4 };
 /** One wasm thread: these models are tiny, and the machine is shared. */
@@ -21,16 +22,31 @@ function loseDevice(backend: object, reason = "simulated device loss"): void {
   Object.defineProperty(backend, "lostReason", { value: reason, configurable: true });
 }
 
-/** Runs `fn` with console.error captured (a move notes itself there). */
-async function quiet<T>(fn: () => Promise<T>): Promise<{ value: T; logged: string[] }> {
-  const logged: string[] = [];
-  const error = console.error;
-  console.error = (...args: unknown[]) => logged.push(args.join(" "));
-  try {
-    return { value: await fn(), logged };
-  } finally {
-    console.error = error;
-  }
+/** What the device-loss checks need of either model class. */
+interface Movable {
+  readonly backend: object;
+  readonly backendName: string;
+  forward(ids: number[][]): Promise<{ data: Float32Array }>;
+}
+
+/**
+ * `lm` (backends wasm, then ref) loses its device and moves to ref with the same logits;
+ * `alone` (one backend) loses its device and says there is no backend to move to.
+ */
+async function assertMoveToRef(lm: Movable, alone: Movable): Promise<void> {
+  const ids = [[1, 2, 3, 4]];
+  const before = await lm.forward(ids);
+  loseDevice(lm.backend);
+  const after = (await quiet(() => lm.forward(ids))).value;
+  assert.equal(lm.backendName, "ref");
+  assertClose(after.data, before.data, TOL, "logits after the move");
+
+  loseDevice(alone.backend);
+  await assert.rejects(() => alone.forward(ids), (e) => {
+    assert.ok(e instanceof DeviceLostError);
+    assert.match(e.message, /simulated device loss; no backend to move to/);
+    return true;
+  });
 }
 
 Deno.test("MambaLM device lost: load moves wasm → ref; synced states follow, others refuse", async () => {
@@ -77,19 +93,7 @@ Deno.test("MambaLM device lost: fromConfig keeps its weights for the move; one b
   const lm = await MambaLM.fromConfig(config, { seed: 4, backend: ["wasm", "ref"], wasm: WASM });
   const alone = await MambaLM.fromConfig(config, { seed: 4, backend: "wasm", wasm: WASM });
   try {
-    const ids = [[1, 2, 3, 4]];
-    const before = await lm.forward(ids);
-    loseDevice(lm.backend);
-    const after = (await quiet(() => lm.forward(ids))).value;
-    assert.equal(lm.backendName, "ref");
-    assertClose(after.data, before.data, TOL, "logits after the move");
-
-    loseDevice(alone.backend);
-    await assert.rejects(() => alone.forward(ids), (e) => {
-      assert.ok(e instanceof DeviceLostError);
-      assert.match(e.message, /simulated device loss; no backend to move to/);
-      return true;
-    });
+    await assertMoveToRef(lm, alone);
     assert.equal(alone.backendName, "wasm");
   } finally {
     lm.dispose();
@@ -140,19 +144,7 @@ Deno.test("GptNeoXLM device lost: fromWeights moves down its list; one backend c
   const lm = await GptNeoXLM.fromWeights(config, weights, { backend: ["wasm", "ref"], wasm: WASM });
   const alone = await GptNeoXLM.fromWeights(config, weights, { backend: "ref" });
   try {
-    const ids = [[1, 2, 3, 4]];
-    const before = await lm.forward(ids);
-    loseDevice(lm.backend);
-    const after = (await quiet(() => lm.forward(ids))).value;
-    assert.equal(lm.backendName, "ref");
-    assertClose(after.data, before.data, TOL, "logits after the move");
-
-    loseDevice(alone.backend);
-    await assert.rejects(() => alone.forward(ids), (e) => {
-      assert.ok(e instanceof DeviceLostError);
-      assert.match(e.message, /simulated device loss; no backend to move to/);
-      return true;
-    });
+    await assertMoveToRef(lm, alone);
   } finally {
     lm.dispose();
     alone.dispose();
