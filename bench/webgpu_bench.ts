@@ -18,7 +18,8 @@
  * up to N sequences), `--scan-lanes 0|1` (scanStepLanes: the separate scan step with four lanes
  * per channel), `--res-epi 0|1` (residualInOutProj: the residual added in out_proj's epilogue),
  * `--rotate 0|1` (skinnyRotate: the skinny kernel's workgroups start at different chunks of K),
- * `--scan-xproj 0|1` (scanXProj: Mamba-1's x_proj inside the separate scan step)
+ * `--xproj-split N` (xProjSplit: Mamba-1's x_proj split along K into N parts past batch 8),
+ * `--in-flight N` (blocksInFlight: decode blocks submitted ahead of the one read back)
  * and `--tile tn=…,tm=…,nt=…,mt=…,ks=…,bk=…` (skinnyShape, for every
  * product) may each be given several times; every combination gets a model of its own.
  *
@@ -361,7 +362,8 @@ if (import.meta.main) {
       "scan-lanes": { type: "string", multiple: true },
       "res-epi": { type: "string", multiple: true },
       rotate: { type: "string", multiple: true },
-      "scan-xproj": { type: "string", multiple: true },
+      "xproj-split": { type: "string", multiple: true },
+      "in-flight": { type: "string", multiple: true },
       tile: { type: "string", multiple: true },
     },
   });
@@ -451,7 +453,8 @@ if (import.meta.main) {
   cross(v["scan-lanes"]?.map((x) => x !== "0"), (o, x) => ({ ...o, scanStepLanes: x }));
   cross(v["res-epi"]?.map((x) => x !== "0"), (o, x) => ({ ...o, residualInOutProj: x }));
   cross(v.rotate?.map((x) => x !== "0"), (o, x) => ({ ...o, skinnyRotate: x }));
-  cross(v["scan-xproj"]?.map((x) => x !== "0"), (o, x) => ({ ...o, scanXProj: x }));
+  cross(v["xproj-split"]?.map(Number), (o, x) => ({ ...o, xProjSplit: x }));
+  cross(v["in-flight"]?.map(Number), (o, x) => ({ ...o, blocksInFlight: x }));
   cross(v.tile?.map(parseTile), (o, x) => ({ ...o, skinnyShape: x }));
   tasks = tasks.flatMap((t) => variants.map((options) => ({ ...t, options })));
   for (const t of tasks) {

@@ -10,9 +10,9 @@
  * deno run -A bench/webgpu_step_profile.ts --batch 64 [--skinny-min 16] [--scan-epi-max 0]
  * ```
  *
- * `--skinny-min`, `--scan-epi-max`, `--scan-lanes`, `--res-epi`, `--rotate` and `--scan-xproj` set
+ * `--skinny-min`, `--scan-epi-max`, `--scan-lanes`, `--res-epi`, `--rotate` and `--xproj-split` set
  * the backend's `skinnyMinRows`, `scanEpilogueMaxRows`, `scanStepLanes`, `residualInOutProj`,
- * `skinnyRotate` and `scanXProj` (see `webgpu_bench.ts`).
+ * `skinnyRotate` and `xProjSplit` (see `webgpu_bench.ts`).
  *
  * @module
  */
@@ -37,7 +37,7 @@ const { values: opt } = parseArgs({
     "scan-lanes": { type: "string" },
     "res-epi": { type: "string" },
     rotate: { type: "string" },
-    "scan-xproj": { type: "string" },
+    "xproj-split": { type: "string" },
   },
 });
 const backendOptions = {
@@ -46,7 +46,7 @@ const backendOptions = {
   ...(opt["scan-lanes"] ? { scanStepLanes: opt["scan-lanes"] !== "0" } : {}),
   ...(opt["res-epi"] ? { residualInOutProj: opt["res-epi"] !== "0" } : {}),
   ...(opt.rotate ? { skinnyRotate: opt.rotate !== "0" } : {}),
-  ...(opt["scan-xproj"] ? { scanXProj: opt["scan-xproj"] !== "0" } : {}),
+  ...(opt["xproj-split"] ? { xProjSplit: Number(opt["xproj-split"]) } : {}),
 };
 const reps = Number(opt.reps);
 const batch = Number(opt.batch);

@@ -102,33 +102,41 @@ Deno.test({
 });
 
 Deno.test({
-  name: "webgpu: Mamba-1's decode step with x_proj inside (scanXProj) reproduces the oracle",
+  name:
+    "webgpu: Mamba-1's x_proj split along K (xProjSplit), its parts added by the scan step, reproduces the oracle",
   ignore,
   async fn() {
-    // The kernel is chosen for these models (else the checks below would test the other path).
-    for (const name of ["m1_d64_l7", "m1_d96_l64_vocab500"]) {
-      const lm = await oracleModel(name, { scanXProj: true }, "f16");
-      try {
-        assert.ok((lm.backend as WebGpuBackend).scanXProj(), name);
-      } finally {
-        lm.dispose();
-      }
-    }
-    const off = await oracleModel("m1_d64_l7", {}, "f32");
+    // The split is taken where it applies (else the checks below would test the unsplit path),
+    // and only there: not at batch 1 (the scan epilogue), nor for Mamba-2.
+    const lm = await oracleModel("m1_d64_l7", { xProjSplit: 4 }, "f16");
     try {
-      assert.equal((off.backend as WebGpuBackend).scanXProj(), false, "off by default");
+      const be = lm.backend as WebGpuBackend;
+      assert.equal(be.xProjSplit(16), 4);
+      assert.equal(be.xProjSplit(1), 1);
     } finally {
-      off.dispose();
+      lm.dispose();
     }
-    // f32 and f16 x_proj weights; 16 and 33 sequences; one sequence with the epilogue off; a
-    // model whose dt_rank (6) is not a multiple of the four lanes.
+    const m2 = await oracleModel("m2_hd16_ds16_l64", { xProjSplit: 4 }, "f32");
+    try {
+      assert.equal((m2.backend as WebGpuBackend).xProjSplit(16), 1);
+    } finally {
+      m2.dispose();
+    }
+    await assert.rejects(
+      () => checkBatch("m1_d64_l7", 16, "f32", { xProjSplit: 0 }),
+      /xProjSplit must be an integer from 1 to 64/,
+    );
+    // x_proj's K is 128 here (8 chunks of 16): 3 parts of 3, 3 and 2 chunks; 8 of one; 16, of
+    // which half get no chunk and write zeros. f32 and f16 weights, 16 and 33 sequences; a model
+    // whose dt_rank (6) is not a multiple of the four lanes.
     for (const dtype of ["f32", "f16"] as const) {
-      for (const batch of [16, 33]) {
-        await checkBatch("m1_d64_l7", batch, dtype, { scanXProj: true });
+      for (const [batch, split] of [[16, 3], [16, 8], [33, 16], [33, 2]]) {
+        await checkBatch("m1_d64_l7", batch, dtype, { xProjSplit: split });
       }
     }
-    await checkBatch("m1_d64_l7", 1, "f32", { scanXProj: true, scanEpilogueMaxRows: 0 });
-    await checkBatch("m1_d96_l64_vocab500", 5, "f16", { scanXProj: true, scanEpilogueMaxRows: 0 });
+    await checkBatch("m1_d96_l64_vocab500", 9, "f16", { xProjSplit: 5, skinnyMinRows: 9 });
+    // Unsplit (the other tests of this file run the default split).
+    await checkBatch("m1_d64_l7", 16, "f16", { xProjSplit: 1 });
   },
 });
 

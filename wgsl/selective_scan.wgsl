@@ -7,7 +7,8 @@
 //   scan_chunk_local  chunked form, phase 1: each chunk of Q tokens scanned from h = 0
 //   scan_chunk_pass   phase 2: per (channel, n), the states entering each chunk, sequentially
 //   scan_chunk_out    phase 3: each chunk rescanned from its entering state, with outputs
-// Defines: NS (state size).
+// Defines: NS (state size); XS (scan_step_lanes: x_proj's row comes in XS partial sums, p.xSplit
+// elements apart, added up while the workgroup stages its row; see skinny.wgsl's KSPLIT).
 
 struct P {
   D: u32,         // channels (d_inner)
@@ -21,6 +22,7 @@ struct P {
   Q: u32,         // chunk length (chunked form)
   nChunks: u32,
   wdtStride: u32, // elements per row of wdt
+  xSplit: u32,    // XS: elements between two partial sums of xdbl
 }
 
 @group(0) @binding(0) var<uniform> p: P;
@@ -122,6 +124,20 @@ const LANES = 4u;
 const NSL = NS / LANES;
 const STEP_CHANNELS = 64u; // channels per workgroup of 256
 var<workgroup> laneSum: array<f32, 256>;
+#if XS
+// The sequence's row of xdbl (dt_rank + 2·NS values), summed over its XS partial sums: every
+// channel of the workgroup reads all of it.
+var<workgroup> xrow: array<f32, ${XDW}>;
+#endif
+
+// Column i of sequence b's row of xdbl (staged with XS).
+fn xd(b: u32, i: u32) -> f32 {
+#if XS
+  return xrow[i];
+#else
+  return xdbl[b * p.xdStride + i];
+#endif
+}
 
 @compute @workgroup_size(256)
 fn scan_step_lanes(
@@ -133,10 +149,20 @@ fn scan_step_lanes(
   let c = wid.x * STEP_CHANNELS + lid / LANES;
   let b = wid.y;
   let valid = c < p.D;
+#if XS
+  for (var i = lid; i < p.xdStride; i += 256u) {
+    var v = 0.0;
+    for (var s = 0u; s < ${XS}u; s++) {
+      v += xdbl[s * p.xSplit + b * p.xdStride + i];
+    }
+    xrow[i] = v;
+  }
+  workgroupBarrier();
+#endif
   var lin = 0.0;
   if (valid) {
     for (var r = lane; r < p.dtRank; r += LANES) {
-      lin += xdbl[b * p.xdStride + r] * wdt[c * p.wdtStride + r];
+      lin += xd(b, r) * wdt[c * p.wdtStride + r];
     }
   }
   laneSum[lid] = lin;
@@ -150,12 +176,12 @@ fn scan_step_lanes(
     ut = u[b * p.D + c];
     let du = d * ut;
     let s = ((p.sOff + b) * p.D + c) * NS + lane * NSL;
-    let bc = b * p.xdStride + p.dtRank + lane * NSL;
+    let bc = p.dtRank + lane * NSL;
     let a = c * NS + lane * NSL;
     for (var j = 0u; j < NSL; j++) {
-      let hn = exp(d * A[a + j]) * state[s + j] + du * xdbl[bc + j];
+      let hn = exp(d * A[a + j]) * state[s + j] + du * xd(b, bc + j);
       state[s + j] = hn;
-      acc += hn * xdbl[bc + NS + j];
+      acc += hn * xd(b, bc + NS + j);
     }
   }
   laneSum[lid] = acc;

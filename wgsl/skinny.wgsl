@@ -28,6 +28,10 @@
 //              and one less; the conv step is product_io.wgsl's)
 //   ADD_RES    epilogue: y = · + resAdd[m, col] (same layout as y): the block's residual add
 //              done once here, rather than by every workgroup of the next product (PRO_ADD)
+//   KSPLIT     K is split into this many ranges of whole chunks, grid z over them: the workgroups
+//              of range z write their partial sums ySplit elements after range 0's, for the
+//              consumer to add up (no prologue or epilogue: those need the whole sum). It puts
+//              more workgroups on a product with few outputs and a long K.
 //   PREFETCH   load the next chunk into registers while the sums of this one run
 //   ROTATE     workgroups start at different rounds of K (see the main loop)
 //   SM         vec4s of workgroup memory (staging, or the partial sums, or Σx²)
@@ -48,7 +52,7 @@ struct P {
   rStride: u32,  // elements between rows of resIn / resOut
   convLo: u32,   // CONV_EPI: first output column that is a conv channel
   convC: u32,    //           conv channels (row stride of convOut and of the state)
-  convK: u32,    //           taps
+  ySplit: u32,   // KSPLIT: elements between the partial sums of two ranges of K
 }
 
 @group(0) @binding(0) var<uniform> p: P;
@@ -91,7 +95,15 @@ const WR = ${WR}u;         // ceil(WL / T)
 const XL = BM * BK4;       // x vec4s per slice and chunk
 const XR = ${XR}u;         // ceil(XL / T)
 
+#if KSPLIT
+const KSPLIT = ${KSPLIT}u;
+#else
+const KSPLIT = 1u;
+#endif
+
 var<workgroup> sm: array<vec4<f32>, ${SM}>;
+// The end of this workgroup's range of K (p.K unless KSPLIT): loads past it read zeros.
+var<private> kEnd: u32;
 #if PRO_RMS
 var<workgroup> rs: array<f32, BM>;
 #endif
@@ -116,7 +128,7 @@ fn xraw(m: u32, k: u32) -> vec4<f32> {
   var v = vec4<f32>(0.0);
   let b = p.xOff + m * p.xStride + k;
   for (var j = 0u; j < 4u; j++) {
-    if (k + j < p.K) {
+    if (k + j < kEnd) {
       v[j] = x[b + j];
     }
   }
@@ -132,7 +144,7 @@ fn load_w(wr: ptr<function, array<WV, WR>>, t: u32, n0: u32, k0: u32) {
     let n = n0 + e / (BK / VEC);
     let k = k0 + (e % (BK / VEC)) * VEC;
     var q = WV(0);
-    if (e < WL && n < p.N && k < p.K) {
+    if (e < WL && n < p.N && k < kEnd) {
       q = w[(n * p.wStride + k) / VEC];
     }
     (*wr)[${R}] = q;
@@ -151,7 +163,7 @@ fn load_x(xr: ptr<function, array<vec4<f32>, XR>>, nr: ptr<function, array<vec4<
     let k = k0 + (e % BK4) * 4u;
     var v = vec4<f32>(0.0);
     var g = vec4<f32>(0.0);
-    if (e < XL && m < p.M && k < p.K) {
+    if (e < XL && m < p.M && k < kEnd) {
       v = xraw(m, k);
 #if PRO_RMS
       g = normW[k >> 2u];
@@ -189,8 +201,13 @@ fn skinny(
   ss[${R}] = 0.0;
 #endunroll
 #endif
-  let chunks = (p.K + BK - 1u) / BK;
-  let rounds = (chunks + KS - 1u) / KS;
+  // This workgroup's chunks of K: [c0, c0 + chunks).
+  let allChunks = (p.K + BK - 1u) / BK;
+  let perSplit = (allChunks + KSPLIT - 1u) / KSPLIT;
+  let c0 = min(wid.z * perSplit, allChunks);
+  let chunks = min(perSplit, allChunks - c0);
+  kEnd = min(p.K, (c0 + chunks) * BK);
+  let rounds = max((chunks + KS - 1u) / KS, 1u);
   // With ROTATE, workgroup i starts at round i mod rounds (the sums are order-free): every
   // workgroup reads the same rows of x, and in step they would all ask the same L2 lines at once.
 #if ROTATE
@@ -204,11 +221,11 @@ fn skinny(
   var xr: array<vec4<f32>, XR>;
   var nr: array<vec4<f32>, XR>;
 #if PREFETCH
-  load_w(&wr, t, n0, (rot * KS + s) * BK);
-  load_x(&xr, &nr, t, m0, (rot * KS + s) * BK);
+  load_w(&wr, t, n0, (c0 + rot * KS + s) * BK);
+  load_x(&xr, &nr, t, m0, (c0 + rot * KS + s) * BK);
 #endif
   for (var it = 0u; it < rounds; it++) {
-    let k0 = (((it + rot) % rounds) * KS + s) * BK;
+    let k0 = (c0 + ((it + rot) % rounds) * KS + s) * BK;
 #if !PREFETCH
     load_w(&wr, t, n0, k0);
     load_x(&xr, &nr, t, m0, k0);
@@ -240,7 +257,7 @@ fn skinny(
         let m = m0 + ml;
         let k = k0 + k4 * 4u;
         var v = xr[${R}];
-        if (m < p.M && k < p.K) {
+        if (m < p.M && k < kEnd) {
 #if RES_OUT
           if (writer) {
             resOut[(m * p.rStride + k) >> 2u] = v;
@@ -258,7 +275,7 @@ fn skinny(
     workgroupBarrier();
 #if PREFETCH
     if (it + 1u < rounds) {
-      let k1 = (((it + 1u + rot) % rounds) * KS + s) * BK;
+      let k1 = (c0 + ((it + 1u + rot) % rounds) * KS + s) * BK;
       load_w(&wr, t, n0, k1);
       load_x(&xr, &nr, t, m0, k1);
     }
@@ -330,7 +347,7 @@ fn skinny(
 #if SOFTPLUS
         r = softplus(r);
 #endif
-        y[p.yOff + m * p.yStride + col] = r;
+        y[p.yOff + wid.z * p.ySplit + m * p.yStride + col] = r;
 #if CONV_EPI
         if (col >= p.convLo && col < p.convLo + p.convC) {
           conv_step(m, col - p.convLo, r);

@@ -137,11 +137,20 @@ export interface WebGpuOptions {
    */
   skinnyRotate?: boolean;
   /**
-   * Fused Mamba-1 decoding of a batch that runs the separate scan step computes x_proj inside it
-   * (`wgsl/scan_xproj.wgsl`: each workgroup its sequence's row, one dispatch a layer fewer), when
-   * x_proj's weights are small (at most 1 MiB). Default false: not yet measured on a GPU.
+   * Fused Mamba-1 decoding of a batch that runs the separate scan step splits x_proj's reduction
+   * (over d_inner) into this many parts, each a slice of workgroups of its own; the scan step
+   * sums the parts while staging its sequence's row. x_proj has few outputs (dt_rank + 2·d_state),
+   * so unsplit it runs on a handful of workgroups, each walking all of K. Default 4: on the H200
+   * (mamba-130m f16) x_proj went from 182 to 140, 108, 172 µs a step at batch 16 with 1, 2, 4,
+   * 8 parts (the scan step 209 → 214 µs), and the batch-64 step from 2,694 to 2,450 µs.
    */
-  scanXProj?: boolean;
+  xProjSplit?: number;
+  /**
+   * Fused decoding keeps this many blocks of steps submitted ahead of the one being read back
+   * (default 2; see the sampler's `inFlight`). More keeps the GPU fed through longer host
+   * stalls (Deno resolves a read-back on a 10 ms poll); a consumer that stops early wastes them.
+   */
+  blocksInFlight?: number;
 }
 
 /**
@@ -284,6 +293,11 @@ export interface MatvecOptions extends MatmulOptions {
   tile?: Partial<SkinnyShape>;
   /** Force the skinny kernel (true) or the matrix-vector kernel (false); default by `M`. */
   skinny?: boolean;
+  /**
+   * Skinny kernel: split K into this many ranges (default 1), each writing its partial sums
+   * `[M, yStride]` one after the other from `yOff` (no prologue or epilogue).
+   */
+  kSplit?: number;
 }
 
 /** Rows per team for `M` rows of x: a power of two, at most `max`, with M · rows ≤ 32 values. */
@@ -389,7 +403,8 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       ssdStepVec: opt.ssdStepVec ?? true,
       residualInOutProj: opt.residualInOutProj ?? true,
       skinnyRotate: opt.skinnyRotate ?? true,
-      scanXProj: opt.scanXProj ?? false,
+      xProjSplit: opt.xProjSplit ?? 4,
+      blocksInFlight: opt.blocksInFlight ?? 2,
     };
   }
 
@@ -587,7 +602,9 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
   /**
    * Records Mamba-1's selective-scan step for `batch` sequences (from `sOff` of the state):
    * dt_proj + softplus over `xdbl`'s first `dtRank` columns, the state update from `u` and
-   * `xdbl`'s B and C, and `y = (⟨h, C⟩ + D·u) · silu(z)` with z the second half of `xz`.
+   * `xdbl`'s B and C, and `y = (⟨h, C⟩ + D·u) · silu(z)` with z the second half of `xz`. With
+   * `xSplit` > 1, `xdbl` holds that many partial sums of x_proj (`[xSplit, batch, row]`, see
+   * {@link MatvecOptions.kSplit}), added up here.
    */
   scanStep(
     layer: number,
@@ -598,16 +615,25 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     xdbl: Buf,
     xz: Buf,
     y: Buf,
+    xSplit = 1,
   ): void {
     const c = this.config;
     const w = this.weights.layers[layer];
     const D = c.dInner;
     const N = c.dState;
     const lanes = this.#opt.scanStepLanes && N % 4 === 0;
+    if (xSplit > 1 && !lanes) {
+      throw new BackendError("scanStep: x_proj's partial sums need the four-lane scan step");
+    }
+    const xdw = c.dtRank + 2 * N;
     this.rec.dispatch(
-      this.pipeline("selective_scan", lanes ? "scan_step_lanes" : "scan_step", { NS: N }),
-      "uuuuuuuuuuu",
-      [D, 1, batch, c.dtRank, c.dtRank + 2 * N, 2 * D, D, sOff, 1, 1, w.dtProj!.stride],
+      this.pipeline(
+        "selective_scan",
+        lanes ? "scan_step_lanes" : "scan_step",
+        xSplit > 1 ? { NS: N, XS: xSplit, XDW: xdw } : { NS: N },
+      ),
+      "uuuuuuuuuuuu",
+      [D, 1, batch, c.dtRank, xdw, 2 * D, D, sOff, 1, 1, w.dtProj!.stride, batch * xdw],
       [u, null, xdbl, xz, w.A, w.D, ssm, y, w.dtProj!.parts[0].buf, w.dtBias],
       Math.ceil(D / 64),
       batch,
@@ -636,60 +662,35 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       this.canFuseRms(this.config.dModel, M);
   }
 
+  /** Blocks of fused decoding kept in flight ({@link WebGpuOptions.blocksInFlight}). */
+  get blocksInFlight(): number {
+    const n = this.#opt.blocksInFlight;
+    if (!Number.isSafeInteger(n) || n < 1 || n > 16) {
+      throw new BackendError(`blocksInFlight must be an integer from 1 to 16, got ${n}`);
+    }
+    return n;
+  }
+
   /** Whether {@link matvec} runs `M` rows of x through the skinny kernel. */
   usesSkinny(M: number): boolean {
     return M > 32 || M >= this.#opt.skinnyMinRows;
   }
 
   /**
-   * Whether fused Mamba-1 decoding runs x_proj inside the separate scan step
-   * ({@link WebGpuOptions.scanXProj}, {@link scanStepXProj}): the option, and sizes the kernel
-   * takes (state a multiple of 4, d_inner of 8, x_proj's weights in one part of at most 1 MiB,
-   * its workgroup memory within the device's).
+   * How many parts fused Mamba-1 decoding of `M` sequences splits x_proj's K into
+   * ({@link WebGpuOptions.xProjSplit}): 1 unless the batch runs the separate four-lane scan step
+   * through the skinny kernel, and x_proj's weights are one part.
    */
-  scanXProj(): boolean {
+  xProjSplit(M: number): number {
     const c = this.config;
+    const n = this.#opt.xProjSplit;
+    if (!Number.isSafeInteger(n) || n < 1 || n > 64) {
+      throw new BackendError(`xProjSplit must be an integer from 1 to 64, got ${n}`);
+    }
     const w = this.weights.layers[0]?.xProj;
-    if (!this.#opt.scanXProj || c.arch !== "mamba1" || !w) return false;
-    const XW = c.dtRank + 2 * c.dState;
-    const smem = c.dInner * 4 + XW * 33 * 4 + 256 * 4;
-    return c.dState % 4 === 0 && c.dInner % 8 === 0 && w.parts.length === 1 &&
-      w.parts[0].buf.size <= 1 << 20 && smem <= this.ctx.maxWorkgroupStorage;
-  }
-
-  /**
-   * Records Mamba-1's decode step for `batch` sequences with x_proj inside (see
-   * wgsl/scan_xproj.wgsl): from `u` (the conv's output), z (the second half of `xz`) and the
-   * layer's state, `y = (⟨h, C⟩ + D·u) · silu(z)`. Needs {@link scanXProj}.
-   */
-  scanStepXProj(
-    layer: number,
-    ssm: Buf,
-    sOff: number,
-    batch: number,
-    u: Buf,
-    xz: Buf,
-    y: Buf,
-  ): void {
-    const c = this.config;
-    const w = this.weights.layers[layer];
-    const D = c.dInner;
-    const CH = Math.min(256, Math.ceil(D / 64) * 64);
-    const wx = w.xProj!;
-    this.rec.dispatch(
-      this.pipeline("scan_xproj", "scan_step_xproj", {
-        NS: c.dState,
-        XW: c.dtRank + 2 * c.dState,
-        UD: D / 4,
-        CH,
-        F16: wx.f16,
-      }),
-      "uuuuuuu",
-      [D, c.dtRank, wx.stride, 2 * D, D, sOff, w.dtProj!.stride],
-      [u, wx.parts[0].buf, xz, w.A, w.D, ssm, y, w.dtProj!.parts[0].buf, w.dtBias],
-      Math.ceil(D / CH),
-      batch,
-    );
+    if (n === 1 || c.arch !== "mamba1" || !w || w.parts.length !== 1) return 1;
+    if (this.scanEpilogue(M, c.dState) || !this.usesSkinny(M)) return 1;
+    return this.#opt.scanStepLanes && c.dState % 4 === 0 ? n : 1;
   }
 
   /**
@@ -727,6 +728,9 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     if (!o.scan && (o.skinny ?? this.usesSkinny(o.M))) {
       this.#skinny(W, o);
       return;
+    }
+    if ((o.kSplit ?? 1) !== 1) {
+      throw new BackendError("matvec: only the skinny kernel splits K (kSplit)");
     }
     if (o.addRes) throw new BackendError("matvec: the residual epilogue needs the skinny kernel");
     const K = W.K;
@@ -850,6 +854,16 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       throw new BackendError("matvec: the RMSNorm prologue and residual need K % 4 == 0");
     }
     if (o.scan) throw new BackendError("matvec: the skinny kernel has no scan epilogue");
+    const split = o.kSplit ?? 1;
+    if (!Number.isSafeInteger(split) || split < 1) {
+      throw new BackendError(`matvec: kSplit must be a positive integer, got ${split}`);
+    }
+    if (
+      split > 1 && (o.rms || o.resIn || o.resOut || o.addRes || o.conv || o.bias ||
+        o.softplus || W.parts.length > 1)
+    ) {
+      throw new BackendError("matvec: a split K takes no prologue or epilogue and one part");
+    }
     const sh = this.skinnyShape(W, o.M, o.tile);
     const { tn, tm, nt, mt, ks, bk, pf } = sh;
     const T = nt * mt;
@@ -897,6 +911,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       ...this.#productIoDefs(o, xvec),
       SOFTPLUS: !!o.softplus,
       ADD_RES: !!o.addRes,
+      KSPLIT: split > 1 ? split : false,
     });
     const c = o.conv;
     for (const part of W.parts) {
@@ -917,7 +932,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
           K,
           c?.lo ?? 0,
           c?.C ?? 0,
-          c ? this.config.dConv : 0,
+          o.M * o.yStride,
         ],
         [
           part.buf,
@@ -926,6 +941,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
         ],
         Math.ceil(part.n / (nt * tn)),
         Math.ceil(o.M / BM),
+        split,
       );
     }
   }
@@ -999,7 +1015,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     const xdbl = this.temp(R * xdw * F32);
     this.linear(w.xProj!, undefined, u, 0, D, R, xdbl, 0, xdw);
     const y = this.temp(R * D * F32);
-    const sig = "uuuuuuuuuuu";
+    const sig = "uuuuuuuuuuuu";
     const defs = { NS: N };
     const dtStride = w.dtProj!.stride;
     if (L === 1) {
@@ -1012,7 +1028,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
         this.rec.dispatch(
           k,
           sig,
-          [D, L, batch, dtRank, xdw, 2 * D, D, sOff, 1, 1, dtStride],
+          [D, L, batch, dtRank, xdw, 2 * D, D, sOff, 1, 1, dtStride, 0],
           [u, delta, xdbl, xz, w.A, w.D, state.ssm[layer], y],
           Math.ceil(D / 64),
           batch,
@@ -1022,7 +1038,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
         const nC = Math.ceil(L / Q);
         const chunkH = this.temp(batch * nC * D * N * F32);
         const chunkSum = this.temp(batch * nC * D * F32);
-        const p = [D, L, batch, dtRank, xdw, 2 * D, D, sOff, Q, nC, dtStride];
+        const p = [D, L, batch, dtRank, xdw, 2 * D, D, sOff, Q, nC, dtStride, 0];
         const k1 = this.pipeline("selective_scan", "scan_chunk_local", defs);
         this.rec.dispatch(
           k1,

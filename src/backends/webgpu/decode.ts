@@ -72,6 +72,7 @@ export class DecodePlan {
     const B = batch;
     const buf = (bytes: number, label: string) => be.rec.buffer(bytes, label);
     this.sampler = new GpuSampler(be, batch, c.paddedVocabSize);
+    this.sampler.inFlight = be.blocksInFlight;
     this.tok = this.sampler.tok;
     this.logits = this.sampler.logits;
     this.#hidden = buf(B * c.dModel * F32, "decode.hidden");
@@ -80,7 +81,8 @@ export class DecodePlan {
     if (c.arch === "mamba1") {
       this.#a = buf(B * 2 * c.dInner * F32, "decode.xz");
       this.#b = buf(B * c.dInner * F32, "decode.u");
-      this.#c = buf(B * (c.dtRank + 2 * c.dState) * F32, "decode.xdbl");
+      const parts = be.xProjSplit(B);
+      this.#c = buf(parts * B * (c.dtRank + 2 * c.dState) * F32, "decode.xdbl");
       this.#d = buf(B * c.dInner * F32, "decode.y");
     } else {
       this.#a = buf(B * (c.dInner + c.convDim + c.nheads) * F32, "decode.zxbcdt");
@@ -221,8 +223,17 @@ export class DecodePlan {
     const D = c.dInner;
     const xdw = c.dtRank + 2 * c.dState;
     const [xz, u, xdbl, y] = [this.#a, this.#b, this.#c, this.#d];
-    const xProj = () =>
-      be.matvec(w.xProj!, { x: u, xOff: 0, xStride: D, M: B, y: xdbl, yOff: 0, yStride: xdw });
+    const xProj = (kSplit = 1) =>
+      be.matvec(w.xProj!, {
+        x: u,
+        xOff: 0,
+        xStride: D,
+        M: B,
+        y: xdbl,
+        yOff: 0,
+        yStride: xdw,
+        kSplit,
+      });
     if (be.scanEpilogue(B, c.dState)) {
       // x_proj, then dt_proj + softplus with the selective-scan step in its epilogue (the
       // matrix-vector kernel: at most 32 sequences).
@@ -251,13 +262,12 @@ export class DecodePlan {
           uStride: D,
         },
       });
-    } else if (be.scanXProj()) {
-      // x_proj, dt_proj and the scan step in one kernel.
-      be.scanStepXProj(l, state.ssm[l], 0, B, u, xz, y);
     } else {
-      // x_proj, then the scan step with dt_proj inside, as a kernel of its own.
-      xProj();
-      be.scanStep(l, state.ssm[l], 0, B, u, xdbl, xz, y);
+      // x_proj (its K split over more workgroups: the scan step adds the parts up), then the scan
+      // step with dt_proj inside, as a kernel of its own.
+      const split = be.xProjSplit(B);
+      xProj(split);
+      be.scanStep(l, state.ssm[l], 0, B, u, xdbl, xz, y, split);
     }
     be.matvec(w.outProj, {
       bias: w.outProjBias,

@@ -26,7 +26,6 @@ export const SHADER_FILES = [
   "product_io",
   "conv1d",
   "selective_scan",
-  "scan_xproj",
   "ssd_step",
   "ssd_chunked",
   "gated_norm",
