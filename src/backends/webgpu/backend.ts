@@ -145,12 +145,6 @@ export interface WebGpuOptions {
    * 8 parts (the scan step 209 → 214 µs), and the batch-64 step from 2,694 to 2,450 µs.
    */
   xProjSplit?: number;
-  /**
-   * Fused decoding keeps this many blocks of steps submitted ahead of the one being read back
-   * (default 2; see the sampler's `inFlight`). More keeps the GPU fed through longer host
-   * stalls (Deno resolves a read-back on a 10 ms poll); a consumer that stops early wastes them.
-   */
-  blocksInFlight?: number;
 }
 
 /**
@@ -404,7 +398,6 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       residualInOutProj: opt.residualInOutProj ?? true,
       skinnyRotate: opt.skinnyRotate ?? true,
       xProjSplit: opt.xProjSplit ?? 4,
-      blocksInFlight: opt.blocksInFlight ?? 2,
     };
   }
 
@@ -660,15 +653,6 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
   residualInOutProj(M: number): boolean {
     return this.#opt.residualInOutProj && this.config.rmsNorm && this.usesSkinny(M) &&
       this.canFuseRms(this.config.dModel, M);
-  }
-
-  /** Blocks of fused decoding kept in flight ({@link WebGpuOptions.blocksInFlight}). */
-  get blocksInFlight(): number {
-    const n = this.#opt.blocksInFlight;
-    if (!Number.isSafeInteger(n) || n < 1 || n > 16) {
-      throw new BackendError(`blocksInFlight must be an integer from 1 to 16, got ${n}`);
-    }
-    return n;
   }
 
   /** Whether {@link matvec} runs `M` rows of x through the skinny kernel. */

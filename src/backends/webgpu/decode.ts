@@ -72,7 +72,6 @@ export class DecodePlan {
     const B = batch;
     const buf = (bytes: number, label: string) => be.rec.buffer(bytes, label);
     this.sampler = new GpuSampler(be, batch, c.paddedVocabSize);
-    this.sampler.inFlight = be.blocksInFlight;
     this.tok = this.sampler.tok;
     this.logits = this.sampler.logits;
     this.#hidden = buf(B * c.dModel * F32, "decode.hidden");
