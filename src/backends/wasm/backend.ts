@@ -32,6 +32,7 @@ import {
   CMD_EXIT,
   CMD_RUN,
   CTL,
+  CTL_WORDS,
   HEADER_BYTES,
   OP,
   OP_WORDS,
@@ -595,7 +596,7 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
     this.#decode = null;
     this.#live.clear();
     this.#program++;
-    const ctl = new Int32Array(sab, 0, 16);
+    const ctl = new Int32Array(sab, 0, CTL_WORDS);
     if (T > 1) {
       Atomics.store(ctl, CTL.CMD, CMD_RUN);
       Atomics.add(ctl, CTL.SEQ, 1);
@@ -640,7 +641,7 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
-    const ctl = new Int32Array(this.#sab, 0, 16);
+    const ctl = new Int32Array(this.#sab, 0, CTL_WORDS);
     Atomics.store(ctl, CTL.CMD, CMD_EXIT);
     Atomics.add(ctl, CTL.SEQ, 1);
     Atomics.notify(ctl, CTL.SEQ);

@@ -17,8 +17,12 @@ export const CTL = {
   CMD: 1,
   /** Barrier arrival count. */
   BAR_COUNT: 2,
-  /** Barrier generation (waiters wait on it). */
-  BAR_GEN: 3,
+  /**
+   * Barrier generation (waiters wait on it). Alone on the cache line at byte 192 (past the
+   * program parameters): ranks spin reading it, and if it shared a line with the arrival count,
+   * every arrival's increment would take that line away from all of them.
+   */
+  BAR_GEN: 48,
   /** Non-zero once a rank failed: every rank leaves the program. */
   ABORT: 4,
   /** Bytes of the UTF-8 error message at {@link ERR_OFFSET}. */
@@ -26,6 +30,9 @@ export const CTL = {
   /** Number of workers that finished starting (setup handshake). */
   READY: 6,
 } as const;
+
+/** Int32 words of the control view (`new Int32Array(sab, 0, CTL_WORDS)`): bytes 0 to 256. */
+export const CTL_WORDS = 64;
 
 /** Run the program described by the parameters. */
 export const CMD_RUN = 1;
@@ -165,7 +172,7 @@ export function canBlock(): boolean {
 
 /** Reads the error message a failed rank left. */
 export function readError(sab: SharedArrayBuffer): string {
-  const ctl = new Int32Array(sab, 0, 16);
+  const ctl = new Int32Array(sab, 0, CTL_WORDS);
   const n = Math.min(Atomics.load(ctl, CTL.ERR_LEN), ERR_BYTES);
   const bytes = new Uint8Array(n);
   bytes.set(new Uint8Array(sab, ERR_OFFSET, n));
@@ -174,7 +181,7 @@ export function readError(sab: SharedArrayBuffer): string {
 
 /** Records that this rank failed (first writer wins) and wakes every waiting rank. */
 export function abort(sab: SharedArrayBuffer, message: string): void {
-  const ctl = new Int32Array(sab, 0, 16);
+  const ctl = new Int32Array(sab, 0, CTL_WORDS);
   if (Atomics.compareExchange(ctl, CTL.ABORT, 0, 1) === 0) {
     const bytes = new TextEncoder().encode(message).subarray(0, ERR_BYTES);
     new Uint8Array(sab, ERR_OFFSET, bytes.length).set(bytes);
@@ -198,7 +205,7 @@ export class Barrier {
 
   /** A barrier over `sab`'s control words. */
   constructor(sab: SharedArrayBuffer, ranks: number, spin = 20000, block = true) {
-    this.#ctl = new Int32Array(sab, 0, 16);
+    this.#ctl = new Int32Array(sab, 0, CTL_WORDS);
     this.#ranks = ranks;
     this.#spin = spin;
     this.#block = block;

@@ -32,6 +32,7 @@ import {
   CMD_EXIT,
   CMD_RUN,
   CTL,
+  CTL_WORDS,
   readError,
 } from "./shared.ts";
 import {
@@ -370,7 +371,7 @@ export class WasmTransformerBackend implements TransformerBackend<WasmTActivatio
     this.#maxRows = 0;
     this.#live.clear();
     fill?.(new Float32Array(this.#sab, offStage, stage / 4));
-    const ctl = new Int32Array(this.#sab, 0, 16);
+    const ctl = new Int32Array(this.#sab, 0, CTL_WORDS);
     if (T > 1) {
       Atomics.store(ctl, CTL.CMD, CMD_RUN);
       Atomics.add(ctl, CTL.SEQ, 1);
@@ -456,7 +457,7 @@ export class WasmTransformerBackend implements TransformerBackend<WasmTActivatio
     if (this.#disposed) return;
     this.#disposed = true;
     if (this.#workers.length) {
-      const ctl = new Int32Array(this.#sab, 0, 16);
+      const ctl = new Int32Array(this.#sab, 0, CTL_WORDS);
       Atomics.store(ctl, CTL.CMD, CMD_EXIT);
       Atomics.add(ctl, CTL.SEQ, 1);
       Atomics.notify(ctl, CTL.SEQ);

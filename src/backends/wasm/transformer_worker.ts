@@ -10,7 +10,7 @@
 
 import type { GptNeoXConfig } from "../../neox_config.ts";
 import { WasmKernels } from "./kernels.ts";
-import { abort, AbortedError, CMD_EXIT, CTL } from "./shared.ts";
+import { abort, AbortedError, CMD_EXIT, CTL, CTL_WORDS } from "./shared.ts";
 import {
   type THeadSlice,
   type TLayerSlice,
@@ -76,7 +76,7 @@ scope.onmessage = (e: MessageEvent<TWorkerMessage>) => {
     return;
   }
   scope.onmessage = null;
-  const ctl = new Int32Array(init!.sab, 0, 16);
+  const ctl = new Int32Array(init!.sab, 0, CTL_WORDS);
   // Read the sequence word before answering: rank 0 may start the first program right after.
   let seq = Atomics.load(ctl, CTL.SEQ);
   scope.postMessage({ ready: true, bytes: rank!.weightBytes });

@@ -13,7 +13,7 @@ import type { MambaConfig } from "../../config.ts";
 import { RankEngine } from "./engine.ts";
 import { WasmKernels } from "./kernels.ts";
 import type { PackedHead, PackedLayer, Shard } from "./plan.ts";
-import { abort, AbortedError, CMD_EXIT, CTL } from "./shared.ts";
+import { abort, AbortedError, CMD_EXIT, CTL, CTL_WORDS } from "./shared.ts";
 
 /** The first message. */
 export interface WorkerInit {
@@ -47,7 +47,7 @@ const scope = globalThis as unknown as {
 
 /** Runs programs from sequence number `seq` on until the exit command. */
 function serve(engine: RankEngine, init: WorkerInit, seq: number): void {
-  const ctl = new Int32Array(init.sab, 0, 16);
+  const ctl = new Int32Array(init.sab, 0, CTL_WORDS);
   for (;;) {
     let i = 0;
     while (Atomics.load(ctl, CTL.SEQ) === seq) {
@@ -92,7 +92,7 @@ scope.onmessage = (e: MessageEvent<WorkerMessage>) => {
   }
   scope.onmessage = null;
   // Read the sequence word before answering: rank 0 may start the first program right after.
-  const seq = Atomics.load(new Int32Array(init!.sab, 0, 16), CTL.SEQ);
+  const seq = Atomics.load(new Int32Array(init!.sab, 0, CTL_WORDS), CTL.SEQ);
   scope.postMessage({ ready: true, bytes: engine!.weightBytesPerToken });
   serve(engine!, init!, seq);
   scope.close();
