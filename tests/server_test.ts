@@ -20,6 +20,7 @@ import { bindState, type InferenceState, markComputed } from "../src/state.ts";
 import { type CompletionServer, createServer } from "../src/server/server.ts";
 import { DirectorySessionStore } from "../src/server/sessions.ts";
 import { gatherRows } from "../src/server/rows.ts";
+import { Scheduler } from "../src/server/scheduler.ts";
 import { configFromArgs, startServer } from "../src/server/config.ts";
 import { ConfigError } from "../src/errors.ts";
 import { sharedDir } from "./oracle_util.ts";
@@ -612,3 +613,43 @@ Deno.test("server: a GPT-NeoX model is refused with a ConfigError naming model_t
     return true;
   });
 });
+
+for (const backend of ["wasm", "webgpu"] as const) {
+  Deno.test(
+    `${backend}: a request that comes while a decode call is being set up drains it before it runs`,
+    { ...opts, ignore: skip(backend) },
+    async () => {
+      const lm = await MambaLM.load(DEMO, { backend, wasm: { threads: 1 } });
+      try {
+        const sched = new Scheduler(lm, { maxBatch: 4, maxQueue: 4, blockSize: 64 });
+        const ids = [...new TextEncoder().encode("Call me Ishmael.")];
+        const job = (maxTokens: number, onText: () => void) => ({
+          ids,
+          sampler: new Sampler({ topK: 1, vocabSize: lm.config.vocabSize }),
+          maxTokens,
+          eos: undefined,
+          stop: [],
+          keepState: false,
+          onText,
+        });
+        // B is submitted when A's first token comes: A's prompt has just been prefilled, and the
+        // scheduler goes on to set up A's first decode call. B must not wait for that call's
+        // first block (8 tokens): A has its first token only when B has its own.
+        let aTexts = 0;
+        let aTextsAtB = -1;
+        let b: Promise<unknown> | undefined;
+        const a = sched.submit(job(100, () => {
+          aTexts++;
+          b ??= sched.submit(job(1, () => {
+            if (aTextsAtB < 0) aTextsAtB = aTexts;
+          }));
+        }));
+        const [ra] = await Promise.all([a, a.then(() => b)]);
+        assert.equal(ra.completionTokens, 100);
+        assert.equal(aTextsAtB, 1, `A had ${aTextsAtB} text pieces when B's first came`);
+      } finally {
+        lm.dispose();
+      }
+    },
+  );
+}

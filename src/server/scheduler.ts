@@ -514,6 +514,9 @@ export class Scheduler {
     const handle = await bindState(state, be);
     markComputed(state);
     const drain = this.#drain = new AbortController();
+    // A request that came while this call was being set up (the HTTP side runs at every await
+    // above) drains it before it starts: otherwise it would wait for the call's first block.
+    this.#drainIfWaiting();
     const blocks = be.decodeTokens!(
       handle,
       Int32Array.from(slots, (r) => (r && !r.finished ? r.pending : pad)),
