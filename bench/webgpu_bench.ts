@@ -26,7 +26,7 @@
  * greedy tokens; rate = batch × tokens / wall time from the call to the last block (plus the
  * steady rate after the first block, and the GPU time per token from timestamp queries). The
  * steady rate reads high: the blocks in flight when the first one arrives are already partly
- * done (with 3 in flight it read 1.3-1.45× the whole call's rate, with 2 about 1.1×), so compare
+ * done (with 3 in flight it read 1.3-1.5× the whole call's rate, with 2 1.1-1.5×), so compare
  * the whole-call rate with `mamba_ssm`'s, which also times whole calls.
  * Prefill: one `prefill` of `--prefill` tokens after a warm-up of the same length; wall time,
  * and GPU time from timestamp queries. Bandwidth: weight bytes / GPU time of back-to-back

@@ -46,7 +46,6 @@ struct P {
   rStride: u32,  // elements between rows of resIn / resOut
   convLo: u32,   // CONV_EPI: first output column that is a conv channel
   convC: u32,    //           conv channels (row stride of convOut and of the state)
-  convK: u32,    //           taps
   zStride: u32,  // SCAN_EPI: row stride of the tensor holding z, and its column
   zOff: u32,
   bcStride: u32, //           row stride of xdbl (B at column bOff, C at bOff + NS)

@@ -758,7 +758,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       const gx = Math.min(groups, 65535);
       this.rec.dispatch(
         k,
-        "uuuuuuuufuuuuuuuuu",
+        "uuuuuuuufuuuuuuuu",
         [
           part.n,
           K,
@@ -772,7 +772,6 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
           K,
           c?.lo ?? 0,
           c?.C ?? 0,
-          c ? this.config.dConv : 0,
           sc?.zStride ?? 0,
           sc?.zOff ?? 0,
           sc?.bcStride ?? 0,
@@ -989,7 +988,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
   ): void {
     const cfg = this.config;
     const w: GpuLayer = this.weights.layers[layer];
-    const { dModel, dInner: D, dState: N, dConv, dtRank } = cfg;
+    const { dModel, dInner: D, dState: N, dtRank } = cfg;
     const R = batch * L;
     const xdw = dtRank + 2 * N;
     const xz = this.temp(R * 2 * D * F32);
@@ -1059,7 +1058,6 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     }
     this.linear(w.outProj, w.outProjBias, y, 0, D, R, out, row0 * dModel, dModel);
     for (const b of [xz, u, xdbl, y]) this.release(b);
-    void dConv;
   }
 
   /** Causal conv + SiLU of `batch × L` rows of `src` (columns from `off`), updating `conv`. */
