@@ -145,6 +145,15 @@ const live = (g: Group): Row[] => g.slots.filter((r): r is Row => r !== null && 
  */
 const tick = () => new Promise<void>((resolve) => setImmediate(resolve));
 
+/**
+ * A longer yield, through the timer phase: enough for the HTTP side to write streamed chunks out
+ * and take new connections, which one `setImmediate` turn is not when several streams are open
+ * (four streaming clients on the 2-core VM, demo model: time to first token 47–52 → 28–33 ms on
+ * wasm, 1.5–1.6 s → 0.5–0.6 s on lavapipe; see bench/RESULTS.md). It costs ~2 ms, so it is taken
+ * once a request, after its first token.
+ */
+const flush = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
+
 /** Runs {@link Job}s with continuous batching on one model. */
 export class Scheduler {
   readonly #lm: MambaLM;
@@ -385,6 +394,10 @@ export class Scheduler {
           row.start.release();
           row.start = undefined;
         } else (this.#fusable(job.sampler) ? this.#fused : this.#stepped).joining.push(row);
+        // Before the next decode call holds the thread (webgpu's read-back blocks until the GPU
+        // is idle; wasm's rank 0 computes here), let the first token's chunk go out and the
+        // requests that came meanwhile in.
+        await flush();
       } catch (e) {
         drop();
         this.#fail([row], e);
