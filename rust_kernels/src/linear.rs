@@ -754,10 +754,11 @@ unsafe fn pack_w<W: Wt>(
     }
 }
 
-/// Stores (or adds) the first `toks` tokens × `rows` rows of a panel's sums into y.
+/// Stores (or adds) the first `toks` tokens × `rows` rows of a panel's sums into y (a panel of
+/// `T` tokens: the f32 / f16 GEMM's or the q8 one's).
 #[inline(always)]
-unsafe fn store_panel(
-    acc: &[[v128; 2]; PT],
+unsafe fn store_panel<const T: usize>(
+    acc: &[[v128; 2]; T],
     y: *mut f32,
     ldy: usize,
     toks: usize,
@@ -1174,46 +1175,11 @@ pub unsafe extern "C" fn matmul_q8(
                         }
                     }
                 } else {
-                    store_q8_panel(&sums, yp, ldy, toks, rows, acc);
+                    store_panel(&sums, yp, ldy, toks, rows, acc);
                 }
             }
             r += rows;
         }
         t0 += mb;
-    }
-}
-
-/// Stores (or adds) the first `toks` tokens × `rows` rows of a q8 panel's sums into y.
-#[inline(always)]
-unsafe fn store_q8_panel(
-    acc: &[[v128; 2]; QPT],
-    y: *mut f32,
-    ldy: usize,
-    toks: usize,
-    rows: usize,
-    accumulate: bool,
-) {
-    for t in 0..toks {
-        let yt = y.add(t * ldy);
-        if rows == 8 {
-            for v in 0..2 {
-                let p = yt.add(4 * v);
-                st(
-                    p,
-                    if accumulate {
-                        add(ld(p), acc[t][v])
-                    } else {
-                        acc[t][v]
-                    },
-                );
-            }
-        } else {
-            let mut tmp = [0f32; 8];
-            st(tmp.as_mut_ptr(), acc[t][0]);
-            st(tmp.as_mut_ptr().add(4), acc[t][1]);
-            for j in 0..rows {
-                put(yt.add(j), tmp[j], accumulate);
-            }
-        }
     }
 }
