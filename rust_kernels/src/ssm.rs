@@ -760,6 +760,49 @@ unsafe fn ssd_row1_scaled(sp: *mut f32, n: usize, s: v128, bt: *const f32, ct: *
 /// so it bounds their growth.
 const SSD_MIN_DECAY: f32 = 9.094_947e-13;
 
+/// Heads per group of B and C rows (`ngroups` 0 counts as 1).
+#[inline(always)]
+fn heads_per_group(nheads: usize, ngroups: usize) -> usize {
+    let ng = if ngroups == 0 { 1 } else { ngroups };
+    if nheads / ng == 0 {
+        1
+    } else {
+        nheads / ng
+    }
+}
+
+/// Head `hh`'s dt bias and skip weight D (0 where the pointer is null).
+#[inline(always)]
+unsafe fn head_bias_d(dt_bias: *const f32, d: *const f32, hh: usize) -> (f32, f32) {
+    let bias = if dt_bias.is_null() {
+        0.0
+    } else {
+        *dt_bias.add(hh)
+    };
+    (bias, if d.is_null() { 0.0 } else { *d.add(hh) })
+}
+
+/// Token `t`'s Δ for head `hh` (bias added, softplus with `FLAG_SOFTPLUS`).
+#[inline(always)]
+unsafe fn token_dt(dt: *const f32, lddt: usize, t: usize, hh: usize, bias: f32, flags: u32) -> f32 {
+    let dtv = *dt.add(t * lddt + hh) + bias;
+    if flags & FLAG_SOFTPLUS != 0 {
+        softplus1(dtv)
+    } else {
+        dtv
+    }
+}
+
+/// What a token's x is scaled by: its Δ, or 1 with `FLAG_SSD_UNSCALED_X`.
+#[inline(always)]
+fn x_scale(dtv: f32, flags: u32) -> f32 {
+    if flags & FLAG_SSD_UNSCALED_X != 0 {
+        1.0
+    } else {
+        dtv
+    }
+}
+
 /// `ssd_scan` over a sequence (`l > 1`), with the state kept scaled: per head, while the running
 /// product of the decays `a_t = Π dA` stays above `SSD_MIN_DECAY`, the stored state is
 /// `g = h / a_t`, so a token's update `h = dA·h + s·B` becomes `g += (s / a_t)·B` and its output
@@ -793,30 +836,18 @@ unsafe fn ssd_scan_seq(
     h_end: usize,
     flags: u32,
 ) {
-    let ng = if ngroups == 0 { 1 } else { ngroups };
-    let hpg = if nheads / ng == 0 { 1 } else { nheads / ng };
+    let hpg = heads_per_group(nheads, ngroups);
     let pn = headdim * n;
     for hh in h_start..h_end {
         let goff = (hh / hpg) * n;
         let sp = state.add(hh * pn);
         let ah = *a.add(hh);
-        let bias = if dt_bias.is_null() {
-            0.0
-        } else {
-            *dt_bias.add(hh)
-        };
-        let dh = splat(if d.is_null() { 0.0 } else { *d.add(hh) });
+        let (bias, dh) = head_bias_d(dt_bias, d, hh);
+        let dh = splat(dh);
         let mut run = 1.0f32;
         for t in 0..l {
-            let mut dtv = *dt.add(t * lddt + hh) + bias;
-            if flags & FLAG_SOFTPLUS != 0 {
-                dtv = softplus1(dtv);
-            }
-            let xscale = if flags & FLAG_SSD_UNSCALED_X != 0 {
-                1.0
-            } else {
-                dtv
-            };
+            let dtv = token_dt(dt, lddt, t, hh, bias, flags);
+            let xscale = x_scale(dtv, flags);
             let next = run * exp1(dtv * ah);
             // Scaled step (inputs divided by the running decay, output multiplied by it), or the
             // plain one with the whole decay since the last renormalization.
@@ -893,8 +924,7 @@ unsafe fn ssd_scan_impl<const PF: bool>(
     h_end: usize,
     flags: u32,
 ) {
-    let ng = if ngroups == 0 { 1 } else { ngroups };
-    let hpg = if nheads / ng == 0 { 1 } else { nheads / ng };
+    let hpg = heads_per_group(nheads, ngroups);
     let pn = headdim * n;
     let state_end = state.add(h_end * pn) as *const f32;
     let mut touched = 0u32;
@@ -902,23 +932,11 @@ unsafe fn ssd_scan_impl<const PF: bool>(
         let goff = (hh / hpg) * n;
         let sp = state.add(hh * pn);
         let ah = *a.add(hh);
-        let bias = if dt_bias.is_null() {
-            0.0
-        } else {
-            *dt_bias.add(hh)
-        };
-        let dh = if d.is_null() { 0.0 } else { *d.add(hh) };
+        let (bias, dh) = head_bias_d(dt_bias, d, hh);
         for t in 0..l {
-            let mut dtv = *dt.add(t * lddt + hh) + bias;
-            if flags & FLAG_SOFTPLUS != 0 {
-                dtv = softplus1(dtv);
-            }
+            let dtv = token_dt(dt, lddt, t, hh, bias, flags);
             let da = splat(exp1(dtv * ah));
-            let xscale = splat(if flags & FLAG_SSD_UNSCALED_X != 0 {
-                1.0
-            } else {
-                dtv
-            });
+            let xscale = splat(x_scale(dtv, flags));
             let xt = x.add(t * ldx + hh * headdim);
             let yt = y.add(t * ldy + hh * headdim);
             let bt = bm.add(t * ldbc + goff);
