@@ -30,16 +30,28 @@ interface Movable {
 }
 
 /**
+ * `lm` (backends wasm, then ref) loses its device; its next forward of `ids` moves it to ref and
+ * gives the logits it gave `before`. Returns those and what the move logged.
+ */
+async function loseAndMoveToRef(
+  lm: Movable,
+  ids: number[][],
+  before: { data: Float32Array },
+): Promise<{ after: { data: Float32Array }; logged: string[] }> {
+  loseDevice(lm.backend);
+  const { value: after, logged } = await quiet(() => lm.forward(ids));
+  assert.equal(lm.backendName, "ref");
+  assertClose(after.data, before.data, TOL, "logits after the move");
+  return { after, logged };
+}
+
+/**
  * `lm` (backends wasm, then ref) loses its device and moves to ref with the same logits;
  * `alone` (one backend) loses its device and says there is no backend to move to.
  */
 async function assertMoveToRef(lm: Movable, alone: Movable): Promise<void> {
   const ids = [[1, 2, 3, 4]];
-  const before = await lm.forward(ids);
-  loseDevice(lm.backend);
-  const after = (await quiet(() => lm.forward(ids))).value;
-  assert.equal(lm.backendName, "ref");
-  assertClose(after.data, before.data, TOL, "logits after the move");
+  await loseAndMoveToRef(lm, ids, await lm.forward(ids));
 
   loseDevice(alone.backend);
   await assert.rejects(() => alone.forward(ids), (e) => {
@@ -65,11 +77,8 @@ Deno.test("MambaLM device lost: load moves wasm → ref; synced states follow, o
     const dirty = lm.createState(1);
     await lm.prefill(dirty, [ids[0].slice(0, 3)]);
 
-    loseDevice(lm.backend);
-    const { value: after, logged } = await quiet(() => lm.forward(ids));
-    assert.equal(lm.backendName, "ref");
+    const { logged } = await loseAndMoveToRef(lm, ids, before);
     assert.match(logged.join("\n"), /simulated device loss; moving the model to the "ref"/);
-    assertClose(after.data, before.data, TOL, "logits after the move");
 
     const next = await lm.step(synced, [ids[0][3]]);
     const want = await lm.prefill(lm.createState(1), [ids[0].slice(0, 4)]);
@@ -114,10 +123,7 @@ Deno.test("GptNeoXLM device lost: load moves wasm → ref; caches of the lost ba
     const cache = lm.createState(1);
     await lm.prefill(cache, [ids[0].slice(0, 3)]);
 
-    loseDevice(lm.backend);
-    const after = (await quiet(() => lm.forward(ids))).value;
-    assert.equal(lm.backendName, "ref");
-    assertClose(after.data, before.data, TOL, "logits after the move");
+    const { after } = await loseAndMoveToRef(lm, ids, before);
     await assert.rejects(
       () => lm.step(cache, [ids[0][3]]),
       (e) => e instanceof DeviceLostError && /is gone with it: simulated/.test(e.message),
