@@ -152,13 +152,13 @@ interface Scratch {
   logits: number;
 }
 
-/** Runs one rank's share of the programs. */
 /**
  * Sums over the ranks of at least this many floats are split between the ranks (see
  * `RankEngine.#allreduce`): prefill's [rows, d_model] partials, not decode's few rows.
  */
 export const SPLIT_SUM_MIN = 16384;
 
+/** Runs one rank's share of the programs. */
 export class RankEngine {
   readonly #k: WasmKernels;
   readonly #cfg: MambaConfig;

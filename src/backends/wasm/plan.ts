@@ -56,23 +56,15 @@ function split(n: number, parts: number, p: number): [number, number] {
   return [start, start + base + (before >= 0 ? 1 : 0)];
 }
 
-/** Channels per unit of the Mamba-1 split (so that q8 blocks and SIMD lanes line up). */
-function m1Unit(dInner: number): number {
-  return dInner % 32 === 0 ? 32 : dInner % 4 === 0 ? 4 : 1;
-}
-
 /**
- * Channels per unit of the Mamba-2 split: 32 when a head is a whole number of q8 blocks (every
+ * Channels per unit of the split: 32 where it divides `n` (a whole number of q8 blocks: every
  * rank's columns of `out_proj` are then whole blocks, quantized as on one thread), else 4 (SIMD
- * lanes), else 1. A unit divides the head, so there are never fewer units than heads.
+ * lanes), else 1. `n` is what a unit must divide: `d_inner` for Mamba-1, a head (`headdim`) for
+ * Mamba-2, so that there are never fewer units than heads.
  */
-function m2Unit(headdim: number): number {
-  return headdim % 32 === 0 ? 32 : headdim % 4 === 0 ? 4 : 1;
-}
-
-/** Channels per unit of the split. */
 function unitOf(cfg: MambaConfig): number {
-  return cfg.arch === "mamba1" ? m1Unit(cfg.dInner) : m2Unit(cfg.headdim);
+  const n = cfg.arch === "mamba1" ? cfg.dInner : cfg.headdim;
+  return n % 32 === 0 ? 32 : n % 4 === 0 ? 4 : 1;
 }
 
 /** Most ranks a config can use (one unit of channels each). */
