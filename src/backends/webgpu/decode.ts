@@ -55,6 +55,13 @@ export class DecodePlan {
     this.sampler.submitSteps = n;
   }
 
+  /** Steps of a block's first submission (see {@link GpuSampler.firstSubmitSteps}). */
+  get firstSubmitSteps(): number {
+    return this.sampler.firstSubmitSteps;
+  }
+  set firstSubmitSteps(n: number) {
+    this.sampler.firstSubmitSteps = n;
+  }
   /** Blocks in flight (see {@link GpuSampler.inFlight}). */
   get inFlight(): number {
     return this.sampler.inFlight;

@@ -96,6 +96,12 @@ export class GpuSampler {
    */
   submitSteps = 4;
   /**
+   * Steps of a block's first submission. Reading a block back waits until the GPU is idle (the
+   * read's own copy is queued behind every block already submitted), so each block after the
+   * first starts on an idle GPU, which waits for this many steps to be encoded.
+   */
+  firstSubmitSteps = 1;
+  /**
    * Blocks in flight: the next is encoded while the host waits for the oldest. More would keep
    * the GPU fed through longer host stalls, but a consumer that stops early wastes them.
    */
@@ -284,7 +290,7 @@ export class GpuSampler {
           encodeStep(i, s, vocab);
           progress.steps++;
           // Submitting a few steps at a time lets the GPU start while the host encodes the rest.
-          if ((i + 1) % this.submitSteps === 0) rec.flush();
+          if (i + 1 === this.firstSubmitSteps || (i + 1) % this.submitSteps === 0) rec.flush();
         }
         const staging = this.#staging[ring];
         ring = (ring + 1) % this.#staging.length;
