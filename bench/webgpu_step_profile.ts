@@ -10,9 +10,10 @@
  * deno run -A bench/webgpu_step_profile.ts --batch 64 [--skinny-min 16] [--scan-epi-max 0]
  * ```
  *
- * `--skinny-min`, `--scan-epi-max`, `--scan-lanes`, `--res-epi`, `--rotate` and `--xproj-split` set
- * the backend's `skinnyMinRows`, `scanEpilogueMaxRows`, `scanStepLanes`, `residualInOutProj`,
- * `skinnyRotate` and `xProjSplit` (see `webgpu_bench.ts`).
+ * `--skinny-min`, `--scan-epi-max`, `--scan-lanes`, `--res-epi`, `--rotate`, `--xproj-split` and
+ * `--regs` set the backend's `skinnyMinRows`, `scanEpilogueMaxRows`, `scanStepLanes`,
+ * `residualInOutProj`, `skinnyRotate`, `xProjSplit` and `skinnyRegs` (see `webgpu_bench.ts`);
+ * `--regs-tile tn=…,nc=…,kl=…,mb=…,kp=…` its `regsShape`, `--regs-lm-head 0|1` its `regsLmHead`.
  *
  * @module
  */
@@ -21,7 +22,7 @@ import { parseArgs } from "node:util";
 import { validateSamplingOptions } from "../src/sampling.ts";
 import type { WebGpuBackend } from "../src/backends/webgpu/backend.ts";
 import type { Command } from "../src/backends/webgpu/recorder.ts";
-import { randomGpuBackend, timeReplay } from "./webgpu_util.ts";
+import { parseFields, randomGpuBackend, REGS_FIELDS, timeReplay } from "./webgpu_util.ts";
 
 const { values: opt } = parseArgs({
   args: Deno.args,
@@ -38,6 +39,9 @@ const { values: opt } = parseArgs({
     "res-epi": { type: "string" },
     rotate: { type: "string" },
     "xproj-split": { type: "string" },
+    regs: { type: "string" },
+    "regs-tile": { type: "string" },
+    "regs-lm-head": { type: "string" },
   },
 });
 const backendOptions = {
@@ -47,6 +51,9 @@ const backendOptions = {
   ...(opt["res-epi"] ? { residualInOutProj: opt["res-epi"] !== "0" } : {}),
   ...(opt.rotate ? { skinnyRotate: opt.rotate !== "0" } : {}),
   ...(opt["xproj-split"] ? { xProjSplit: Number(opt["xproj-split"]) } : {}),
+  ...(opt.regs ? { skinnyRegs: opt.regs !== "0" } : {}),
+  ...(opt["regs-lm-head"] ? { regsLmHead: opt["regs-lm-head"] !== "0" } : {}),
+  ...(opt["regs-tile"] ? { regsShape: parseFields(opt["regs-tile"], REGS_FIELDS) } : {}),
 };
 const reps = Number(opt.reps);
 const batch = Number(opt.batch);
@@ -113,18 +120,20 @@ for (const name of opt.model) {
     }
     console.log(`  host: encode + submit ${enc.toFixed(1)} µs/step`);
     rows.push({ model: name, dtype, batch, what: "host encode", us: enc });
+    // Block sizes, steps per submission (and in a block's first one), blocks in flight; two
+    // rounds, so that a drift of the clock shows.
     const variants = [
-      { blockSize: 64, submitSteps: 64, inFlight: 2 },
-      { blockSize: 64, submitSteps: 8, inFlight: 2 },
-      { blockSize: 64, submitSteps: 4, inFlight: 2 },
-      { blockSize: 64, submitSteps: 8, inFlight: 3 },
-      { blockSize: 64, submitSteps: 4, inFlight: 3 },
-      { blockSize: 32, submitSteps: 4, inFlight: 3 },
-      { blockSize: 32, submitSteps: 4, inFlight: 2 },
-      { blockSize: 256, submitSteps: 8, inFlight: 2 },
+      { blockSize: 64, submitSteps: 4, first: 4, inFlight: 2 },
+      { blockSize: 64, submitSteps: 4, first: 1, inFlight: 2 },
+      { blockSize: 64, submitSteps: 4, first: 2, inFlight: 2 },
+      { blockSize: 64, submitSteps: 8, first: 1, inFlight: 2 },
+      { blockSize: 64, submitSteps: 4, first: 1, inFlight: 3 },
+      { blockSize: 256, submitSteps: 8, first: 8, inFlight: 2 },
+      { blockSize: 256, submitSteps: 8, first: 1, inFlight: 2 },
     ];
-    for (const { blockSize, submitSteps, inFlight } of variants) {
+    for (const { blockSize, submitSteps, first, inFlight } of [...variants, ...variants]) {
       plan.submitSteps = submitSteps;
+      plan.firstSubmitSteps = first;
       plan.inFlight = inFlight;
       // The whole call: timed from after the first block, the rate would count the blocks that
       // were already in flight then as free (3 in flight read 5% "faster" than 2 that way, and
@@ -134,7 +143,8 @@ for (const name of opt.model) {
       for await (const _ of plan.run(state, ids, n, { sampling, blockSize })) { /* drain */ }
       const us = (performance.now() - t0) * 1e3 / n;
       const what =
-        `decode wall: block ${blockSize}, submit every ${submitSteps}, ${inFlight} in flight`;
+        `decode wall: block ${blockSize}, submit every ${submitSteps} (first ${first}), ` +
+        `${inFlight} in flight`;
       console.log(`  ${what}: ${us.toFixed(1)} µs/token (${(1e6 / us).toFixed(0)} tok/s)`);
       rows.push({ model: name, dtype, batch, what, us });
     }

@@ -82,7 +82,7 @@ Deno.test({
   ignore,
   async fn() {
     for (const name of CASES) {
-      await checkBatch(name, 8, "f32", { skinnyMinRows: 8 });
+      await checkBatch(name, 8, "f32", { skinnyMinRows: 8, skinnyRegs: false });
       await checkBatch(name, 16, "f16", { skinnyMinRows: 33, scanEpilogueMaxRows: 0 });
     }
     // The scan step as one thread per (channel, sequence) and as four lanes, from one sequence.
@@ -155,12 +155,72 @@ Deno.test({
     ];
     // Each tile on one of the two mixers, alternately (the tests are slow on lavapipe).
     for (const [i, skinnyShape] of tiles.entries()) {
-      if (i % 2) await checkBatch("m1_d64_l7", 13, "f16", { skinnyMinRows: 1, skinnyShape }, 8);
-      else await checkBatch("m2_hd16_ds16_l64", 7, "f32", { skinnyMinRows: 1, skinnyShape }, 8);
+      const o = { skinnyMinRows: 1, skinnyShape, skinnyRegs: false };
+      if (i % 2) await checkBatch("m1_d64_l7", 13, "f16", o, 8);
+      else await checkBatch("m2_hd16_ds16_l64", 7, "f32", o, 8);
     }
     // Every workgroup walking K from chunk 0 (WebGpuOptions.skinnyRotate off; on above).
-    const straight = { skinnyMinRows: 1, skinnyShape: tiles[0], skinnyRotate: false };
+    const straight = {
+      skinnyMinRows: 1,
+      skinnyShape: tiles[0],
+      skinnyRotate: false,
+      skinnyRegs: false,
+    };
     await checkBatch("m1_d64_l7", 13, "f16", straight, 8);
+  },
+});
+
+Deno.test({
+  name:
+    "webgpu: the register product (skinnyRegs) decodes the oracle with its default tile and odd ones",
+  ignore,
+  async fn() {
+    // Where it applies by default: up to 16 rows of x, and not to a vocabulary of rows.
+    const lm = await oracleModel("m1_d64_l7", {}, "f16");
+    try {
+      const be = lm.backend as WebGpuBackend;
+      const inProj = be.weights.layers[0].inProj;
+      assert.ok(be.usesRegs(inProj, 16) && !be.usesRegs(inProj, 17));
+      assert.ok(!be.usesRegs({ ...inProj, N: 50280 }, 16));
+    } finally {
+      lm.dispose();
+    }
+    // The default tile at 16 sequences (two tiles of x) and 11 (the second one short).
+    for (const name of CASES) {
+      await checkBatch(name, 16, "f16", { skinnyRegs: true });
+      await checkBatch(name, 11, "f32", { skinnyRegs: true, skinnyMinRows: 11 }, 8);
+    }
+    // Tiles that leave lanes, rows of x and rows of W partly empty, several passes along K, and
+    // odd strides of the final sums; every product through it (a vocabulary of 500).
+    const tiles = [
+      { tn: 1, nc: 4, kl: 8, mb: 5, kp: 1 },
+      { tn: 3, nc: 2, kl: 16, mb: 7, kp: 2 },
+      { tn: 4, nc: 8, kl: 32, mb: 16, kp: 4 },
+      { tn: 2, nc: 16, kl: 4, mb: 3, kp: 3 },
+    ];
+    for (const [i, regsShape] of tiles.entries()) {
+      const o = { skinnyMinRows: 1, skinnyRegs: true, regsShape };
+      if (i % 2) await checkBatch("m1_d96_l64_vocab500", 13, "f16", o, 8);
+      else await checkBatch("m2_hd16_ds16_l64", 7, "f32", o, 8);
+    }
+    // The residual in in_proj's prologue: those products stay on the staged kernel.
+    await checkBatch("m1_d64_l7", 16, "f16", { skinnyRegs: true, residualInOutProj: false }, 8);
+    // A tile that cannot run names itself.
+    for (const regsShape of [{ nc: 16, kl: 32 }, { kp: 0 }]) {
+      const lm = await oracleModel(
+        "m1_d64_l7",
+        { skinnyMinRows: 1, skinnyRegs: true, regsShape },
+        "f32",
+      );
+      try {
+        await assert.rejects(
+          async () => await lm.forward([[1, 2, 3]]),
+          (e: Error) => e.name === "BackendError" && e.message.includes("register tile"),
+        );
+      } finally {
+        lm.dispose();
+      }
+    }
   },
 });
 
@@ -169,7 +229,8 @@ Deno.test({
   ignore,
   async fn() {
     for (const skinnyShape of [{ nt: 64, mt: 8 }, { bk: 12 }, { tn: 0 }, { pf: 2 }]) {
-      const lm = await oracleModel("m1_d64_l7", { skinnyMinRows: 1, skinnyShape }, "f32");
+      const o = { skinnyMinRows: 1, skinnyShape, skinnyRegs: false };
+      const lm = await oracleModel("m1_d64_l7", o, "f32");
       try {
         await assert.rejects(
           async () => await lm.forward([[1, 2, 3]]),

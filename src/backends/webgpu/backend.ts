@@ -145,6 +145,21 @@ export interface WebGpuOptions {
    * 8 parts (the scan step 209 → 214 µs), and the batch-64 step from 2,694 to 2,450 µs.
    */
   xProjSplit?: number;
+  /**
+   * Decode products of up to 16 rows of x that would run through the skinny kernel keep their
+   * weights in registers instead (`wgsl/skinny_regs.wgsl`: no staging of W through workgroup
+   * memory, no barrier along K), unless they take the residual in their prologue, split K (x_proj
+   * through this kernel split in 4: 169 against ~105 µs a step), or have a vocabulary of rows
+   * (the LM head: 196 against 89 µs a step; whole calls 13,989 against 15,387 tok/s). Default true:
+   * on the H200 (mamba-130m f16, batch 16) the step went from 1,156 to 961 µs (in_proj + norm +
+   * conv 447 → 331, out_proj + residual 296 → 214), mamba2-130m's from 1,207 to 979. At batch 64
+   * (four tiles of x, each reading every weight) it was slower: 2,910 against 2,437 µs.
+   */
+  skinnyRegs?: boolean;
+  /** Overrides of the register kernel's tile, for every product (tests, sweeps). */
+  regsShape?: Partial<RegsShape>;
+  /** The register kernel also for products of a vocabulary of rows (the LM head); default false. */
+  regsLmHead?: boolean;
 }
 
 /**
@@ -240,6 +255,49 @@ function measuredSkinnyTile(W: GpuMatrix, M: number): Omit<SkinnyShape, "pf"> {
   return many
     ? { tn: 2, tm: 4, nt: 8, mt: 16, ks: 2, bk: 32 }
     : { tn: 4, tm: 4, nt: 4, mt: 4, ks: 8, bk: 16 };
+}
+
+/**
+ * The tile of the register product (`wgsl/skinny_regs.wgsl`): a workgroup computes `nc·tn` rows
+ * of W by `mb` rows of x with `nc` groups of `kl` lanes; each lane holds `tn` rows of W and loads
+ * `kp` pieces of each (8 f16 or 4 f32 columns a piece) per pass along K.
+ */
+export interface RegsShape {
+  /** Rows of W per thread. */
+  tn: number;
+  /** Column groups per workgroup. */
+  nc: number;
+  /** Lanes along K per group (nc·kl ≤ 256 threads). */
+  kl: number;
+  /** Rows of x per workgroup. */
+  mb: number;
+  /** Pieces of each row of W a lane loads per pass. */
+  kp: number;
+}
+
+/**
+ * The default tile of the register product for `M` rows of x: 8 rows of W a thread, up to 8 rows
+ * of x a workgroup, 32 lanes along K (64 past K = 1024), as many column groups (8 at most) as
+ * still leave 128 workgroups, and one piece of each row a pass. Fields given in `over` are kept.
+ * Measured on the H200 (`bench/webgpu_step_profile.ts --batch 16 --regs-tile …`, mamba-130m
+ * f16; bench/RESULTS.md): 8 × 8 beat 4 × 16 (1,012 µs a step), 4 × 8 (993), 16 × 4 (976) and
+ * 8 × 16 (1,269); more pieces a pass (all of K at once: 1,474) held more registers than they
+ * hid latency; 16 lanes or a fixed 2 or 4 groups were slower.
+ */
+export function defaultRegsShape(
+  W: GpuMatrix,
+  M: number,
+  over: Partial<RegsShape> = {},
+): RegsShape {
+  const tn = over.tn ?? 8;
+  const mb = over.mb ?? Math.min(M, 8);
+  const kl = over.kl ?? (W.K > 1024 ? 64 : 32);
+  const mTiles = Math.ceil(M / mb);
+  let nc = over.nc ?? 8;
+  if (over.nc === undefined) {
+    while (nc > 1 && (nc * kl > 256 || Math.ceil(W.N / (nc * tn)) * mTiles < 128)) nc /= 2;
+  }
+  return { tn, nc, kl, mb, kp: over.kp ?? 1 };
 }
 
 /** Workgroup memory for the skinny kernel's staging (one padded chunk of W and x per slice). */
@@ -398,6 +456,9 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       residualInOutProj: opt.residualInOutProj ?? true,
       skinnyRotate: opt.skinnyRotate ?? true,
       xProjSplit: opt.xProjSplit ?? 4,
+      skinnyRegs: opt.skinnyRegs ?? true,
+      regsShape: opt.regsShape ?? {},
+      regsLmHead: opt.regsLmHead ?? false,
     };
   }
 
@@ -655,6 +716,14 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       this.canFuseRms(this.config.dModel, M);
   }
 
+  /**
+   * Whether a skinny product of `W` with `M` rows of x may keep its weights in registers
+   * ({@link WebGpuOptions.skinnyRegs}; the caller also checks the prologue and the split).
+   */
+  usesRegs(W: GpuMatrix, M: number): boolean {
+    return this.#opt.skinnyRegs && M <= 16 && (W.N < 32768 || this.#opt.regsLmHead);
+  }
+
   /** Whether {@link matvec} runs `M` rows of x through the skinny kernel. */
   usesSkinny(M: number): boolean {
     return M > 32 || M >= this.#opt.skinnyMinRows;
@@ -847,6 +916,10 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     ) {
       throw new BackendError("matvec: a split K takes no prologue or epilogue and one part");
     }
+    if (this.usesRegs(W, o.M) && split === 1 && !o.resIn && !o.resOut && xvec) {
+      this.#skinnyRegs(W, o);
+      return;
+    }
     const sh = this.skinnyShape(W, o.M, o.tile);
     const { tn, tm, nt, mt, ks, bk, pf } = sh;
     const T = nt * mt;
@@ -925,6 +998,77 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
         Math.ceil(part.n / (nt * tn)),
         Math.ceil(o.M / BM),
         split,
+      );
+    }
+  }
+
+  /** The register product (see wgsl/skinny_regs.wgsl and {@link RegsShape}): x 4-aligned. */
+  #skinnyRegs(W: GpuMatrix, o: MatvecOptions): void {
+    const sh = defaultRegsShape(W, o.M, this.#opt.regsShape);
+    const { tn, nc, kl, mb, kp } = sh;
+    const name = `register tile ${JSON.stringify(sh)} (WebGpuOptions.regsShape)`;
+    if (![tn, nc, kl, mb, kp].every((v) => Number.isInteger(v) && v >= 1)) {
+      throw new BackendError(`${name}: every field must be a positive integer`);
+    }
+    if (nc * kl > 256) throw new BackendError(`${name}: more than 256 threads`);
+    const NV = tn * mb;
+    // Floats of workgroup memory for the final sums: rounds of RV values a thread (a multiple of
+    // tn dividing NV), as many as fit in 32 KiB; lanes padded to an odd stride, groups so that
+    // group g's lane q starts g·tn banks on (the reads of a round then hit distinct banks).
+    const budget = Math.min(this.ctx.maxWorkgroupStorage - mb * 4 - 256, 32768) / 4;
+    const layout = (rv: number) => {
+      const rvp = rv % 2 === 1 ? rv : rv + 1;
+      const cs = kl * rvp + (((tn - kl * rvp) % 32) + 32) % 32;
+      return { rv, rvp, cs, rs: Math.max(nc * cs, o.rms ? kl * (mb + 1) : 0) };
+    };
+    let lay = layout(tn);
+    for (let rv = tn; rv <= NV; rv += tn) {
+      if (NV % rv === 0 && layout(rv).rs <= budget) lay = layout(rv);
+    }
+    if (lay.rs > budget) {
+      throw new BackendError(`${name}: needs ${lay.rs * 4} bytes of workgroup memory`);
+    }
+    const k = this.pipeline("skinny_regs", "skinny_regs", {
+      TN: tn,
+      NC: nc,
+      KL: kl,
+      MB: mb,
+      KP: kp,
+      NV,
+      RV: lay.rv,
+      NRR: NV / lay.rv,
+      RVP: lay.rvp,
+      CS: lay.cs,
+      RS: lay.rs,
+      F16: W.f16,
+      ...this.#productIoDefs(o, true),
+      SOFTPLUS: !!o.softplus,
+      ADD_RES: !!o.addRes,
+    });
+    const c = o.conv;
+    for (const part of W.parts) {
+      this.rec.dispatch(
+        k,
+        "uuuuuuuuufuuuu",
+        [
+          o.M,
+          part.n,
+          W.K,
+          W.stride,
+          o.xStride,
+          o.xOff,
+          o.yStride,
+          o.yOff,
+          part.n0,
+          o.rms?.eps ?? 0,
+          W.K,
+          c?.lo ?? 0,
+          c?.C ?? 0,
+          0,
+        ],
+        [part.buf, ...this.#productIoBindings(o), o.addRes ?? null],
+        Math.ceil(part.n / (nc * tn)),
+        Math.ceil(o.M / mb),
       );
     }
   }

@@ -23,6 +23,7 @@ export const SHADER_FILES = [
   "matmul",
   "matmul_tiled",
   "skinny",
+  "skinny_regs",
   "product_io",
   "conv1d",
   "selective_scan",
