@@ -118,7 +118,8 @@ async function decode(
   const run = async (count: number, time: boolean) => {
     const state = lm.createState(batch);
     await lm.prefill(state, prompt.map((r) => r.slice(0, 7)));
-    const timing = time && gpu(lm).rec.startTiming(64);
+    // Room for every pass of the call: a block's steps go in submissions of one pass each.
+    const timing = time && gpu(lm).rec.startTiming(count + 64);
     const t0 = performance.now();
     let first = 0;
     let firstLen = 0;
@@ -168,7 +169,7 @@ async function prefill(
   const w0 = performance.now();
   do await lm.prefill(lm.createState(1), ids); while (performance.now() - w0 < 500);
   const state = lm.createState(1);
-  const timing = gpu(lm).rec.startTiming(16);
+  const timing = gpu(lm).rec.startTiming(4096);
   const t0 = performance.now();
   await lm.prefill(state, ids);
   const t1 = performance.now();

@@ -425,3 +425,36 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "webgpu: timing passes counts every pass, and refuses a sum that would leave some out",
+  ignore,
+  async fn() {
+    const lm = await oracleModel("m1_d64_l7", {}, "f32");
+    try {
+      const be = lm.backend as WebGpuBackend;
+      if (!be.rec.ctx.timestamps) {
+        assert.equal(be.rec.startTiming(4), false);
+        return;
+      }
+      const state = lm.createState(2);
+      await lm.prefill(state, [[1, 2, 3], [4, 5, 6]]);
+      const decode = async () => {
+        for await (const _ of lm.generateTokens(state, [7, 8], 12, { topK: 1, blockSize: 4 })) {
+          // drain
+        }
+      };
+      // 12 tokens in blocks of 4, 8: several submissions, each a pass.
+      assert.ok(be.rec.startTiming(1));
+      await decode();
+      await assert.rejects(() => be.rec.stopTiming(), /passes past the 1 that startTiming/);
+      assert.ok(be.rec.startTiming(256));
+      await decode();
+      const passes = await be.rec.stopTiming();
+      assert.ok(passes.length > 1, `${passes.length} passes`);
+      assert.ok(passes.every((t) => t >= 0 && t < 10), JSON.stringify(passes));
+    } finally {
+      lm.dispose();
+    }
+  },
+});

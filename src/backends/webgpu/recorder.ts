@@ -73,7 +73,8 @@ export class Recorder {
   #slots = new Map<number, ReadSlot[]>();
   /** Dispatches recorded since creation (for profiling). */
   dispatches = 0;
-  #timing: { set: GPUQuerySet; max: number; used: number; resolve: Buf } | null = null;
+  #timing: { set: GPUQuerySet; max: number; used: number; missed: number; resolve: Buf } | null =
+    null;
   #captured: Command[] | null = null;
   #profile: { set: GPUQuerySet; max: number; labels: string[]; resolve: Buf } | null = null;
   /** Why the device was lost, once it was (then nothing recorded here runs any more). */
@@ -358,6 +359,7 @@ export class Recorder {
     if (!this.#pass) {
       const enc = this.encoder();
       const t = this.#timing;
+      if (t && t.used >= t.max) t.missed++;
       if (t && t.used < t.max) {
         const i = 2 * t.used++;
         this.#pass = enc.beginComputePass({
@@ -383,11 +385,16 @@ export class Recorder {
     this.flush();
     const set = this.device.createQuerySet({ type: "timestamp", count: 2 * maxPasses });
     const resolve = this.buffer(16 * maxPasses, "timestamps", 0x200 | 0x4); // QUERY_RESOLVE | COPY_SRC
-    this.#timing = { set, max: maxPasses, used: 0, resolve };
+    this.#timing = { set, max: maxPasses, used: 0, missed: 0, resolve };
     return true;
   }
 
-  /** Ends timing: the GPU seconds of each timed pass. */
+  /**
+   * Ends timing: the GPU seconds of each timed pass.
+   *
+   * @throws {BackendError} when more passes ran than {@link startTiming} was given room for (a
+   * sum of the timed ones would leave the rest out).
+   */
   async stopTiming(): Promise<number[]> {
     const t = this.#timing;
     if (!t) return [];
@@ -395,6 +402,13 @@ export class Recorder {
     if (this.#pass) {
       this.#pass.end();
       this.#pass = null;
+    }
+    if (t.missed) {
+      t.set.destroy();
+      this.destroy(t.resolve);
+      throw new BackendError(
+        `stopTiming: ${t.missed} passes past the ${t.max} that startTiming had room for`,
+      );
     }
     if (t.used === 0) {
       t.set.destroy();
