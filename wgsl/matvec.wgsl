@@ -288,21 +288,7 @@ fn matvec(
 #if PRO_RMS
     r *= rs[m];
 #endif
-#if BIAS
-    r += bias[col];
-#endif
-#if SOFTPLUS
-    r = softplus(r);
-#endif
-#if GELU
-    r = gelu_erf(r);
-#endif
-    y[p.yOff + m * p.yStride + col] = r;
-#if CONV_EPI
-    if (col >= p.convLo && col < p.convLo + p.convC) {
-      conv_step(m, col - p.convLo, r);
-    }
-#endif
+    finish_output(m, col, p.yOff + m * p.yStride + col, r);
   }
 #endif
 }

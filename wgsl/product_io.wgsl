@@ -1,6 +1,8 @@
-// The bindings the decode products share (matvec.wgsl, skinny.wgsl), from 2 to 11: x, y, and
-// the buffers of their prologues (PRO_ADD, PRO_RMS, RES_OUT) and epilogues (BIAS, CONV_EPI), and
-// the conv epilogue itself. Binding 0 (the parameters), 1 (W) and 12 on are each kernel's own.
+// The bindings the decode products share (matvec.wgsl, skinny.wgsl, skinny_regs.wgsl), from 2
+// to 11: x, y, and the buffers of their prologues (PRO_ADD, PRO_RMS, RES_OUT) and epilogues (BIAS,
+// CONV_EPI); 12 for the skinny kernels' ADD_RES; and the epilogue itself (finish_output).
+// Binding 0 (the parameters), 1 (W) and the rest are each kernel's own. Each kernel's parameter
+// block has yOff, yStride, convLo and convC.
 #if XVEC
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 #else
@@ -26,6 +28,9 @@
 @group(0) @binding(10) var<storage, read> convB: array<f32>;
 #endif
 @group(0) @binding(11) var<storage, read_write> convOut: array<f32>;
+#endif
+#if ADD_RES
+@group(0) @binding(12) var<storage, read> resAdd: array<f32>;
 #endif
 
 #if CONV_EPI
@@ -56,3 +61,28 @@ fn conv_step(m: u32, c: u32, r: f32) {
   convOut[m * p.convC + c] = silu(acc);
 }
 #endif
+
+// The epilogue of the output of row m, column col (the part's nBase included), whose sum is r
+// (already scaled by 1/rms where the product normalises x): the bias, the block's residual
+// (ADD_RES, laid out like y), the activation, the store to y at index `at`, and the conv step.
+fn finish_output(m: u32, col: u32, at: u32, sum: f32) {
+  var r = sum;
+#if BIAS
+  r += bias[col];
+#endif
+#if ADD_RES
+  r += resAdd[p.yOff + m * p.yStride + col];
+#endif
+#if SOFTPLUS
+  r = softplus(r);
+#endif
+#if GELU
+  r = gelu_erf(r);
+#endif
+  y[at] = r;
+#if CONV_EPI
+  if (col >= p.convLo && col < p.convLo + p.convC) {
+    conv_step(m, col - p.convLo, r);
+  }
+#endif
+}

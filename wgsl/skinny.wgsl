@@ -38,33 +38,7 @@
 //   NV = TN·TM; WR, XR: staging loads per thread and chunk (W, x); RV: partial sums per thread
 //   and round of the final reduction (divides NV), NRR = NV / RV rounds
 
-struct P {
-  M: u32,        // rows of x
-  N: u32,        // output rows of W handled here (one part of a split matrix)
-  K: u32,        // reduction length
-  wStride: u32,  // elements per W row (a multiple of 8 for f16, 4 for f32; zero padded)
-  xStride: u32,  // elements between x rows
-  xOff: u32,     // element offset of x[0, 0]
-  yStride: u32,
-  yOff: u32,
-  nBase: u32,    // output column (and bias index) of this part's row 0
-  eps: f32,
-  rStride: u32,  // elements between rows of resIn / resOut
-  convLo: u32,   // CONV_EPI: first output column that is a conv channel
-  convC: u32,    //           conv channels (row stride of convOut and of the state)
-  ySplit: u32,   // KSPLIT: elements between the partial sums of two ranges of K
-}
-
-@group(0) @binding(0) var<uniform> p: P;
-#if F16
-@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
-#else
-@group(0) @binding(1) var<storage, read> w: array<vec4<f32>>;
-#endif
-#include product_io
-#if ADD_RES
-@group(0) @binding(12) var<storage, read> resAdd: array<f32>;
-#endif
+#include skinny_io
 
 #include util
 
@@ -83,13 +57,6 @@ const RV = ${RV}u;
 const BK4 = BK / 4u;
 const BKP = BK4 + 1u;      // vec4s per staged row
 const SL = (BN + BM) * BKP; // vec4s per slice: W rows, then x rows
-#if F16
-const VEC = 8u;
-alias WV = vec4<u32>;
-#else
-const VEC = 4u;
-alias WV = vec4<f32>;
-#endif
 const WL = BN * BK / VEC;  // weight loads per slice and chunk
 const WR = ${WR}u;         // ceil(WL / T)
 const XL = BM * BK4;       // x vec4s per slice and chunk
@@ -338,21 +305,7 @@ fn skinny(
         r *= rs[ml];
 #endif
         let col = p.nBase + n;
-#if BIAS
-        r += bias[col];
-#endif
-#if ADD_RES
-        r += resAdd[p.yOff + m * p.yStride + col];
-#endif
-#if SOFTPLUS
-        r = softplus(r);
-#endif
-        y[p.yOff + wid.z * p.ySplit + m * p.yStride + col] = r;
-#if CONV_EPI
-        if (col >= p.convLo && col < p.convLo + p.convC) {
-          conv_step(m, col - p.convLo, r);
-        }
-#endif
+        finish_output(m, col, p.yOff + wid.z * p.ySplit + m * p.yStride + col, r);
       }
     }
     workgroupBarrier();

@@ -29,33 +29,7 @@
 //   NV = TN·MB; RV values a thread a round (a multiple of TN dividing NV), NRR = NV / RV rounds;
 //   RVP, CS: the padded strides of the final reduction; RS: floats of workgroup memory
 
-struct P {
-  M: u32,        // rows of x
-  N: u32,        // output rows of W handled here (one part of a split matrix)
-  K: u32,        // reduction length
-  wStride: u32,  // elements per W row (a multiple of 8 for f16, 4 for f32; zero padded)
-  xStride: u32,  // elements between x rows
-  xOff: u32,     // element offset of x[0, 0]
-  yStride: u32,
-  yOff: u32,
-  nBase: u32,    // output column (and bias index) of this part's row 0
-  eps: f32,
-  rStride: u32,  // unused here (skinny.wgsl's layout, so that both take one parameter block)
-  convLo: u32,   // CONV_EPI: first output column that is a conv channel
-  convC: u32,    //           conv channels (row stride of convOut and of the state)
-  ySplit: u32,   // unused here
-}
-
-@group(0) @binding(0) var<uniform> p: P;
-#if F16
-@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
-#else
-@group(0) @binding(1) var<storage, read> w: array<vec4<f32>>;
-#endif
-#include product_io
-#if ADD_RES
-@group(0) @binding(12) var<storage, read> resAdd: array<f32>;
-#endif
+#include skinny_io
 
 #include util
 
@@ -71,13 +45,6 @@ const RV = ${RV}u;
 const RVM = RV / TN;   // rows of x a round covers
 const RVP = ${RVP}u;
 const CS = ${CS}u;
-#if F16
-const VEC = 8u;
-alias WV = vec4<u32>;
-#else
-const VEC = 4u;
-alias WV = vec4<f32>;
-#endif
 
 var<workgroup> red: array<f32, ${RS}>;
 #if PRO_RMS
@@ -216,21 +183,7 @@ fn skinny_regs(
         r *= rs[ml];
 #endif
         let col = p.nBase + n;
-#if BIAS
-        r += bias[col];
-#endif
-#if ADD_RES
-        r += resAdd[p.yOff + m * p.yStride + col];
-#endif
-#if SOFTPLUS
-        r = softplus(r);
-#endif
-        y[p.yOff + m * p.yStride + col] = r;
-#if CONV_EPI
-        if (col >= p.convLo && col < p.convLo + p.convC) {
-          conv_step(m, col - p.convLo, r);
-        }
-#endif
+        finish_output(m, col, p.yOff + m * p.yStride + col, r);
       }
     }
     workgroupBarrier();

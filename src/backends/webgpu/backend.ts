@@ -969,37 +969,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       ADD_RES: !!o.addRes,
       KSPLIT: split > 1 ? split : false,
     });
-    const c = o.conv;
-    for (const part of W.parts) {
-      this.rec.dispatch(
-        k,
-        "uuuuuuuuufuuuu",
-        [
-          o.M,
-          part.n,
-          K,
-          W.stride,
-          o.xStride,
-          o.xOff,
-          o.yStride,
-          o.yOff,
-          part.n0,
-          o.rms?.eps ?? 0,
-          K,
-          c?.lo ?? 0,
-          c?.C ?? 0,
-          o.M * o.yStride,
-        ],
-        [
-          part.buf,
-          ...this.#productIoBindings(o),
-          o.addRes ?? null,
-        ],
-        Math.ceil(part.n / (nt * tn)),
-        Math.ceil(o.M / BM),
-        split,
-      );
-    }
+    this.#dispatchSkinny(k, W, o, nt * tn, BM, split);
   }
 
   /** The register product (see wgsl/skinny_regs.wgsl and {@link RegsShape}): x 4-aligned. */
@@ -1045,6 +1015,21 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       SOFTPLUS: !!o.softplus,
       ADD_RES: !!o.addRes,
     });
+    this.#dispatchSkinny(k, W, o, nc * tn, mb, 1);
+  }
+
+  /**
+   * Dispatches a skinny kernel (both take one parameter block and the same bindings) over each
+   * part of W: tiles of `bn` rows of W by `bm` rows of x, `split` ranges of K.
+   */
+  #dispatchSkinny(
+    k: Kernel,
+    W: GpuMatrix,
+    o: MatvecOptions,
+    bn: number,
+    bm: number,
+    split: number,
+  ): void {
     const c = o.conv;
     for (const part of W.parts) {
       this.rec.dispatch(
@@ -1064,11 +1049,12 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
           W.K,
           c?.lo ?? 0,
           c?.C ?? 0,
-          0,
+          o.M * o.yStride,
         ],
         [part.buf, ...this.#productIoBindings(o), o.addRes ?? null],
-        Math.ceil(part.n / (nc * tn)),
-        Math.ceil(o.M / mb),
+        Math.ceil(part.n / bn),
+        Math.ceil(o.M / bm),
+        split,
       );
     }
   }

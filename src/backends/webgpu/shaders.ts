@@ -24,6 +24,7 @@ export const SHADER_FILES = [
   "matmul_tiled",
   "skinny",
   "skinny_regs",
+  "skinny_io",
   "product_io",
   "conv1d",
   "selective_scan",
