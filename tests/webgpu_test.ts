@@ -427,7 +427,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "webgpu: timing passes counts every pass, and refuses a sum that would leave some out",
+  name:
+    "webgpu: timing passes counts every pass in order, and refuses a sum that would leave some out",
   ignore,
   async fn() {
     const lm = await oracleModel("m1_d64_l7", {}, "f32");
@@ -453,6 +454,15 @@ Deno.test({
       const passes = await be.rec.stopTiming();
       assert.ok(passes.length > 1, `${passes.length} passes`);
       assert.ok(passes.every((t) => t >= 0 && t < 10), JSON.stringify(passes));
+      // The spans: from the first pass's beginning, each pass beginning after the one before.
+      assert.ok(be.rec.startTiming(256));
+      await decode();
+      const spans = await be.rec.stopTimingSpans();
+      assert.equal(spans.length, passes.length);
+      assert.equal(spans[0][0], 0);
+      spans.forEach(([b, e], i) => {
+        assert.ok(b <= e && (i === 0 || b >= spans[i - 1][0]), JSON.stringify(spans));
+      });
     } finally {
       lm.dispose();
     }

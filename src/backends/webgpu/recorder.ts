@@ -396,6 +396,16 @@ export class Recorder {
    * sum of the timed ones would leave the rest out).
    */
   async stopTiming(): Promise<number[]> {
+    return (await this.stopTimingSpans()).map(([begin, end]) => end - begin);
+  }
+
+  /**
+   * Ends timing: when each timed pass began and ended on the GPU, in seconds from the first
+   * one's beginning (the gaps between passes are where the GPU waited for the host).
+   *
+   * @throws {BackendError} as {@link stopTiming}.
+   */
+  async stopTimingSpans(): Promise<[number, number][]> {
     const t = this.#timing;
     if (!t) return [];
     this.#timing = null;
@@ -419,8 +429,10 @@ export class Recorder {
     const raw = new BigUint64Array(await this.read(t.resolve, 0, 16 * t.used));
     t.set.destroy();
     this.destroy(t.resolve);
-    const out: number[] = [];
-    for (let i = 0; i < t.used; i++) out.push(Number(raw[2 * i + 1] - raw[2 * i]) / 1e9);
+    const out: [number, number][] = [];
+    for (let i = 0; i < t.used; i++) {
+      out.push([Number(raw[2 * i] - raw[0]) / 1e9, Number(raw[2 * i + 1] - raw[0]) / 1e9]);
+    }
     return out;
   }
 
