@@ -20,7 +20,8 @@
  * `--rotate 0|1` (skinnyRotate: the skinny kernel's workgroups start at different chunks of K),
  * `--xproj-split N` (xProjSplit: Mamba-1's x_proj split along K into N parts past batch 8),
  * `--regs 0|1` (skinnyRegs: the skinny products with their weights in registers),
- * `--regs-lm-head 0|1` (regsLmHead: the LM head too)
+ * `--regs-lm-head 0|1` (regsLmHead: the LM head too), `--scan-early 0|1` (scanStepEarly: the
+ * scan step's independent loads first)
  * and `--tile tn=…,tm=…,nt=…,mt=…,ks=…,bk=…` (skinnyShape, for every
  * product) may each be given several times; every combination gets a model of its own.
  *
@@ -382,6 +383,7 @@ if (import.meta.main) {
       "xproj-split": { type: "string", multiple: true },
       regs: { type: "string", multiple: true },
       "regs-lm-head": { type: "string", multiple: true },
+      "scan-early": { type: "string", multiple: true },
       tile: { type: "string", multiple: true },
     },
   });
@@ -474,6 +476,7 @@ if (import.meta.main) {
   cross(v["xproj-split"]?.map(Number), (o, x) => ({ ...o, xProjSplit: x }));
   cross(v.regs?.map((x) => x !== "0"), (o, x) => ({ ...o, skinnyRegs: x }));
   cross(v["regs-lm-head"]?.map((x) => x !== "0"), (o, x) => ({ ...o, regsLmHead: x }));
+  cross(v["scan-early"]?.map((x) => x !== "0"), (o, x) => ({ ...o, scanStepEarly: x }));
   cross(v.tile?.map(parseTile), (o, x) => ({ ...o, skinnyShape: x }));
   tasks = tasks.flatMap((t) => variants.map((options) => ({ ...t, options })));
   for (const t of tasks) {

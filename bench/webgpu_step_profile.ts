@@ -13,7 +13,8 @@
  * `--skinny-min`, `--scan-epi-max`, `--scan-lanes`, `--res-epi`, `--rotate`, `--xproj-split` and
  * `--regs` set the backend's `skinnyMinRows`, `scanEpilogueMaxRows`, `scanStepLanes`,
  * `residualInOutProj`, `skinnyRotate`, `xProjSplit` and `skinnyRegs` (see `webgpu_bench.ts`);
- * `--regs-tile tn=…,nc=…,kl=…,mb=…,kp=…` its `regsShape`, `--regs-lm-head 0|1` its `regsLmHead`.
+ * `--regs-tile tn=…,nc=…,kl=…,mb=…,kp=…` its `regsShape`, `--regs-lm-head 0|1` its `regsLmHead`,
+ * `--scan-early 0|1` its `scanStepEarly`.
  *
  * @module
  */
@@ -42,6 +43,7 @@ const { values: opt } = parseArgs({
     regs: { type: "string" },
     "regs-tile": { type: "string" },
     "regs-lm-head": { type: "string" },
+    "scan-early": { type: "string" },
   },
 });
 const backendOptions = {
@@ -52,6 +54,7 @@ const backendOptions = {
   ...(opt.rotate ? { skinnyRotate: opt.rotate !== "0" } : {}),
   ...(opt["xproj-split"] ? { xProjSplit: Number(opt["xproj-split"]) } : {}),
   ...(opt.regs ? { skinnyRegs: opt.regs !== "0" } : {}),
+  ...(opt["scan-early"] ? { scanStepEarly: opt["scan-early"] !== "0" } : {}),
   ...(opt["regs-lm-head"] ? { regsLmHead: opt["regs-lm-head"] !== "0" } : {}),
   ...(opt["regs-tile"] ? { regsShape: parseFields(opt["regs-tile"], REGS_FIELDS) } : {}),
 };

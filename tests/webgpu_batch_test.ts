@@ -89,6 +89,15 @@ Deno.test({
     for (const scanStepLanes of [false, true]) {
       await checkBatch("m1_d64_l7", 1, "f32", { scanEpilogueMaxRows: 0, scanStepLanes });
     }
+    // The four-lane step with its independent loads first: with x_proj's parts (16 sequences),
+    // without (one), and a dt_rank (6) that is not a multiple of the lanes.
+    await checkBatch("m1_d64_l7", 16, "f16", { scanStepEarly: true });
+    await checkBatch("m1_d64_l7", 1, "f32", { scanEpilogueMaxRows: 0, scanStepEarly: true });
+    await checkBatch("m1_d96_l64_vocab500", 9, "f16", {
+      scanStepEarly: true,
+      skinnyMinRows: 9,
+      xProjSplit: 3,
+    });
     // Mamba-2's SSD step, the vec4 form (the default) and the scalar one.
     await checkBatch("m2_hd16_ds16_l64", 3, "f32", { ssdStepVec: false });
     // The residual added in in_proj's prologue rather than out_proj's epilogue.

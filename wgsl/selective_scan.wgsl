@@ -8,7 +8,9 @@
 //   scan_chunk_pass   phase 2: per (channel, n), the states entering each chunk, sequentially
 //   scan_chunk_out    phase 3: each chunk rescanned from its entering state, with outputs
 // Defines: NS (state size); XS (scan_step_lanes: x_proj's row comes in XS partial sums, p.xSplit
-// elements apart, added up while the workgroup stages its row; see skinny.wgsl's KSPLIT).
+// elements apart, added up while the workgroup stages its row; see skinny.wgsl's KSPLIT); EARLY
+// (scan_step_lanes: every load that does not need the staged row is issued first; DTL = dt_rank
+// values of dt_proj's row per lane, rounded up, NSL = NS / 4).
 
 struct P {
   D: u32,         // channels (d_inner)
@@ -149,16 +151,77 @@ fn scan_step_lanes(
   let c = wid.x * STEP_CHANNELS + lid / LANES;
   let b = wid.y;
   let valid = c < p.D;
+#if EARLY
+  // What does not depend on the staged row is loaded before the staging, so that these loads
+  // are in flight together instead of each waiting behind a barrier: this lane's part of
+  // dt_proj's row, its quarter of the state and of A, and u, the bias, z and D.
+  var wv: array<f32, ${DTL}>;
+  var hv: array<f32, ${NSL}>;
+  var av: array<f32, ${NSL}>;
+  var ut = 0.0;
+  var bias = 0.0;
+  var zt = 0.0;
+  var dk = 0.0;
+  let s = ((p.sOff + b) * p.D + c) * NS + lane * NSL;
+  let a = c * NS + lane * NSL;
+  if (valid) {
+#unroll R DTL
+    {
+      let r = lane + ${R}u * LANES;
+      wv[${R}] = select(0.0, wdt[c * p.wdtStride + min(r, p.dtRank - 1u)], r < p.dtRank);
+    }
+#endunroll
+#unroll J NSL
+    hv[${J}] = state[s + ${J}u];
+    av[${J}] = A[a + ${J}u];
+#endunroll
+    ut = u[b * p.D + c];
+    bias = dtBias[c];
+    zt = zsrc[b * p.zStride + p.zOff + c];
+    dk = Dskip[c];
+  }
+#endif
 #if XS
   for (var i = lid; i < p.xdStride; i += 256u) {
     var v = 0.0;
-    for (var s = 0u; s < ${XS}u; s++) {
-      v += xdbl[s * p.xSplit + b * p.xdStride + i];
+    for (var q = 0u; q < ${XS}u; q++) {
+      v += xdbl[q * p.xSplit + b * p.xdStride + i];
     }
     xrow[i] = v;
   }
   workgroupBarrier();
 #endif
+#if EARLY
+  var lin = 0.0;
+  if (valid) {
+#unroll R DTL
+    lin += xd(b, lane + ${R}u * LANES) * wv[${R}];
+#endunroll
+  }
+  laneSum[lid] = lin;
+  workgroupBarrier();
+  let d = softplus(laneSum[group] + laneSum[group + 1u] + laneSum[group + 2u] +
+    laneSum[group + 3u] + bias);
+  workgroupBarrier();
+  var acc = 0.0;
+  if (valid) {
+    let du = d * ut;
+    let bc = p.dtRank + lane * NSL;
+#unroll J NSL
+    {
+      let hn = exp(d * av[${J}]) * hv[${J}] + du * xd(b, bc + ${J}u);
+      state[s + ${J}u] = hn;
+      acc += hn * xd(b, bc + NS + ${J}u);
+    }
+#endunroll
+  }
+  laneSum[lid] = acc;
+  workgroupBarrier();
+  if (valid && lane == 0u) {
+    let total = laneSum[group] + laneSum[group + 1u] + laneSum[group + 2u] + laneSum[group + 3u];
+    y[b * p.D + c] = (total + dk * ut) * silu(zt);
+  }
+#else
   var lin = 0.0;
   if (valid) {
     for (var r = lane; r < p.dtRank; r += LANES) {
@@ -190,6 +253,7 @@ fn scan_step_lanes(
     let total = laneSum[group] + laneSum[group + 1u] + laneSum[group + 2u] + laneSum[group + 3u];
     y[b * p.D + c] = out_value(b, c, total, ut);
   }
+#endif
 }
 
 // chunkH[((b · nChunks + k) · D + c) · NS + n], chunkSum[(b · nChunks + k) · D + c].

@@ -123,6 +123,12 @@ export interface WebGpuOptions {
    * is a multiple of 4 (`scan_step_lanes`); false keeps one thread each (`scan_step`).
    */
   scanStepLanes?: boolean;
+  /**
+   * The four-lane scan step issues every load that does not need x_proj's row (dt_proj's row,
+   * the state, A, u, z, D) before it stages that row, rather than each after the barrier before
+   * its use. Default false: not yet measured on a GPU.
+   */
+  scanStepEarly?: boolean;
   /** Mamba-2's SSD step with vec4 loads and a one-barrier sum (`VEC`) when the sizes allow. */
   ssdStepVec?: boolean;
   /**
@@ -452,6 +458,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       skinnyShape: opt.skinnyShape ?? {},
       scanEpilogueMaxRows: opt.scanEpilogueMaxRows ?? 8,
       scanStepLanes: opt.scanStepLanes ?? true,
+      scanStepEarly: opt.scanStepEarly ?? false,
       ssdStepVec: opt.ssdStepVec ?? true,
       residualInOutProj: opt.residualInOutProj ?? true,
       skinnyRotate: opt.skinnyRotate ?? true,
@@ -684,7 +691,13 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       this.pipeline(
         "selective_scan",
         lanes ? "scan_step_lanes" : "scan_step",
-        xSplit > 1 ? { NS: N, XS: xSplit, XDW: xdw } : { NS: N },
+        {
+          NS: N,
+          ...(xSplit > 1 ? { XS: xSplit, XDW: xdw } : {}),
+          ...(lanes && this.#opt.scanStepEarly
+            ? { EARLY: true, DTL: Math.ceil(c.dtRank / 4), NSL: N / 4 }
+            : {}),
+        },
       ),
       "uuuuuuuuuuuu",
       [D, 1, batch, c.dtRank, xdw, 2 * D, D, sOff, 1, 1, w.dtProj!.stride, batch * xdw],
