@@ -9,8 +9,9 @@
  * deno run -A bench/webgpu_timeline.ts --model mamba-130m --dtype f16 --batch 16 --decode 256
  * ```
  *
- * `--block N` sets the call's largest block (default 64, as `generateTokens`); `--json FILE`
- * appends the figures as one JSON line.
+ * `--block N` sets the call's largest block (default 64, as `generateTokens`); `--growth G`,
+ * `--first-submit N` and `--submit N` the decode plan's `blockGrowth`, `firstSubmitSteps` and
+ * `submitSteps` (defaults as the library's); `--json FILE` appends the figures as one JSON line.
  *
  * @module
  */
@@ -27,6 +28,9 @@ const { values: opt } = parseArgs({
     batch: { type: "string", default: "16" },
     decode: { type: "string", default: "256" },
     block: { type: "string", default: "64" },
+    growth: { type: "string" },
+    "first-submit": { type: "string" },
+    submit: { type: "string" },
     json: { type: "string" },
   },
 });
@@ -36,6 +40,9 @@ const blockSize = Number(opt.block);
 const { config, be } = await randomGpuBackend(opt.model!, opt.dtype as "f32" | "f16");
 const lm = new MambaLM(config, be);
 const plan = be.decodePlan(batch);
+if (opt.growth) plan.blockGrowth = Number(opt.growth);
+if (opt["first-submit"]) plan.firstSubmitSteps = Number(opt["first-submit"]);
+if (opt.submit) plan.submitSteps = Number(opt.submit);
 const prompt = Array.from({ length: batch }, (_, b) => [1, 2, 3, 4, 5, 6, 7, 8 + b]);
 
 /** A state with the prompt's first 7 tokens in (the 8th is the call's first). */
@@ -128,6 +135,9 @@ if (opt.json) {
     batch,
     n,
     blocks: lens,
+    blockGrowth: plan.blockGrowth,
+    firstSubmitSteps: plan.firstSubmitSteps,
+    submitSteps: plan.submitSteps,
     passes: spans.length,
     wallUs: us(wall),
     spanUs: us(span),

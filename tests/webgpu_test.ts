@@ -468,3 +468,33 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "webgpu: fused decoding's blocks grow by the plan's blockGrowth, tokens unchanged",
+  ignore,
+  async fn() {
+    const lm = await oracleModel("m1_d64_l7", {}, "f32");
+    try {
+      const be = lm.backend as WebGpuBackend;
+      const run = async (growth: number) => {
+        be.decodePlan(2).blockGrowth = growth;
+        const state = lm.createState(2);
+        await lm.prefill(state, [[1, 2, 3], [4, 5, 6]]);
+        const lens: number[] = [];
+        const got: number[][] = [[], []];
+        for await (const block of lm.generateTokens(state, [7, 8], 44, { topK: 1 })) {
+          lens.push(block[0].length);
+          block.forEach((r, b) => got[b].push(...r));
+        }
+        return { lens, got };
+      };
+      const two = await run(2);
+      const four = await run(4);
+      assert.deepEqual(two.lens, [8, 16, 20]);
+      assert.deepEqual(four.lens, [8, 32, 4]);
+      assert.deepEqual(four.got, two.got);
+    } finally {
+      lm.dispose();
+    }
+  },
+});

@@ -62,6 +62,13 @@ export class DecodePlan {
   set firstSubmitSteps(n: number) {
     this.sampler.firstSubmitSteps = n;
   }
+  /** How much longer each block is than the one before (see {@link GpuSampler.blockGrowth}). */
+  get blockGrowth(): number {
+    return this.sampler.blockGrowth;
+  }
+  set blockGrowth(n: number) {
+    this.sampler.blockGrowth = n;
+  }
   /** Blocks in flight (see {@link GpuSampler.inFlight}). */
   get inFlight(): number {
     return this.sampler.inFlight;

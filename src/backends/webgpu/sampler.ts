@@ -102,6 +102,12 @@ export class GpuSampler {
    */
   firstSubmitSteps = 1;
   /**
+   * Each block is this many times longer than the one before, from 8 steps up to the call's
+   * block size: the first tokens come soon, and later blocks need fewer read-backs (each of
+   * which leaves the GPU idle until the next block is submitted).
+   */
+  blockGrowth = 2;
+  /**
    * Blocks in flight: the next is encoded while the host waits for the oldest. More would keep
    * the GPU fed through longer host stalls, but a consumer that stops early wastes them.
    */
@@ -299,7 +305,7 @@ export class GpuSampler {
         staging.submitted();
         inflight.push({ staging, len });
         submitted += len;
-        block = Math.min(block * 2, maxBlock);
+        block = Math.min(block * Math.max(1, this.blockGrowth), maxBlock);
       };
       // Blocks are started while there is room in flight, until `n` or a drain.
       const more = () =>
