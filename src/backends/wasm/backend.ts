@@ -44,6 +44,14 @@ import {
   readError,
 } from "./shared.ts";
 import type { WorkerMessage } from "./worker.ts";
+import {
+  compileKernels,
+  growableSab,
+  rankRequest,
+  setupFailure,
+  spinCounts,
+  startRank,
+} from "./ranks.ts";
 
 export type { WasmOptions, WasmWeights } from "./options.ts";
 
@@ -77,19 +85,6 @@ interface StageEntry {
   data?: Float32Array;
   /** Download: where the result goes. */
   state?: WasmState;
-}
-
-const MAX_SAB = [16 * 2 ** 30, 4 * 2 ** 30, 2 ** 31 - 65536, 2 ** 30];
-
-function growableSab(bytes: number): SharedArrayBuffer {
-  for (const max of MAX_SAB) {
-    try {
-      return new SharedArrayBuffer(bytes, { maxByteLength: max });
-    } catch {
-      // this engine reserves less: try smaller
-    }
-  }
-  throw new BackendError("wasm backend: cannot create a growable SharedArrayBuffer");
 }
 
 /** The multi-threaded WebAssembly backend. Create it with {@link WasmBackend.create}. */
@@ -157,61 +152,37 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
    */
   static async create(init: BackendInit, options: WasmOptions = {}): Promise<WasmBackend> {
     const cfg = init.config;
-    if (typeof SharedArrayBuffer !== "function") {
-      throw new BackendError("wasm backend: SharedArrayBuffer is not available here");
-    }
-    const cores = Math.max(1, globalThis.navigator?.hardwareConcurrency ?? 1);
-    const asked = options.threads ?? cores;
-    if (!Number.isSafeInteger(asked) || asked < 1) {
-      throw new BackendError(`wasm backend: threads must be a positive integer, got ${asked}`);
-    }
+    const { cores, asked } = rankRequest(options);
     const chunk = options.chunkTokens ?? 256;
     if (!Number.isSafeInteger(chunk) || chunk < 1) {
       throw new BackendError(`wasm backend: chunkTokens must be a positive integer, got ${chunk}`);
     }
     const ranks = Math.min(asked, maxRanks(cfg));
     const shards = makeShards(cfg, ranks);
-    // Spin at barriers only when every rank can have a core.
-    const spin = ranks <= cores ? 20000 : 0;
-    const idleSpin = ranks <= cores ? 200000 : 0;
-    let module: WebAssembly.Module;
-    try {
-      module = await WasmKernels.compileBuild(options.simd ?? "auto");
-    } catch (e) {
-      throw new BackendError(`wasm backend: cannot load the kernels: ${(e as Error).message}`);
-    }
+    const { spin, idleSpin } = spinCounts(ranks, cores);
+    const module = await compileKernels(options.simd);
     const sab = growableSab(HEADER_BYTES);
     const workers: Worker[] = [];
     try {
       // Workers load concurrently, one layer message at a time (so at most one packed layer per
       // worker is in flight besides the caller's weights and the ranks' memories).
-      const loads = shards.slice(1).map(async (shard) => {
-        const r = shard.rank;
-        const worker = new Worker(new URL("./worker.ts", import.meta.url), { type: "module" });
-        workers.push(worker);
-        const send = (msg: WorkerMessage, transfer: ArrayBuffer[] = []) =>
-          new Promise<{ bytes?: number }>((resolve, reject) => {
-            worker.onmessage = (e: MessageEvent) => {
-              if (e.data?.error === undefined) resolve(e.data);
-              else reject(new BackendError(`wasm rank ${r}: ${e.data.error}`));
-            };
-            worker.onerror = (e: ErrorEvent) => {
-              e.preventDefault();
-              reject(new BackendError(`wasm rank ${r}: ${e.message}`));
-            };
-            worker.postMessage(msg, transfer);
-          });
-        await send({ kind: "init", module, sab, config: cfg, shard, spin, idleSpin });
-        for (const l of init.weights.layers) {
-          const layer = packLayer(cfg, l, shard, options.weights, true);
-          await send({ kind: "layer", layer }, packedBuffers(layer));
-        }
-        const head = packHead(cfg, init.weights, shard, options.weights, true);
-        const done = await send({ kind: "head", head }, packedBuffers(head));
-        worker.onmessage = null;
-        worker.onerror = null;
-        return done.bytes ?? 0;
-      });
+      const url = new URL("./worker.ts", import.meta.url);
+      const loads = shards.slice(1).map((shard) =>
+        startRank<WorkerMessage>(
+          url,
+          shard.rank,
+          workers,
+          (function* () {
+            yield [{ kind: "init", module, sab, config: cfg, shard, spin, idleSpin }, []];
+            for (const l of init.weights.layers) {
+              const layer = packLayer(cfg, l, shard, options.weights, true);
+              yield [{ kind: "layer", layer }, packedBuffers(layer)];
+            }
+            const head = packHead(cfg, init.weights, shard, options.weights, true);
+            yield [{ kind: "head", head }, packedBuffers(head)];
+          })(),
+        )
+      );
       for (const p of loads) p.catch(() => {}); // handled below, by Promise.all
       const k = await WasmKernels.create(module);
       const engine = new RankEngine(k, cfg, shards[0], sab, spin, canBlock());
@@ -224,14 +195,11 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
       return new WasmBackend(cfg, shards, sab, engine, workers, workerBytes, chunk);
     } catch (e) {
       for (const w of workers) w.terminate();
-      let msg = (e as Error).message;
-      if (/cannot (allocate|reserve)/.test(msg)) {
-        msg += ` (each thread's slice must fit in one 4 GiB wasm32 memory: use more threads, or` +
-          ` f16 / q8 weights)`;
-      }
-      throw e instanceof BackendError && msg === e.message
-        ? e
-        : new BackendError(msg.startsWith("wasm") ? msg : `wasm backend: ${msg}`);
+      throw setupFailure(
+        e,
+        ` (each thread's slice must fit in one 4 GiB wasm32 memory: use more threads, or` +
+          ` f16 / q8 weights)`,
+      );
     }
   }
 

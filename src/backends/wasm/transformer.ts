@@ -50,6 +50,14 @@ import {
   type TShard,
 } from "./transformer_rank.ts";
 import type { TWorkerMessage } from "./transformer_worker.ts";
+import {
+  compileKernels,
+  growableSab,
+  rankRequest,
+  setupFailure,
+  spinCounts,
+  startRank,
+} from "./ranks.ts";
 
 /** An activation: a register of the program being recorded. */
 export interface WasmTActivation {
@@ -69,19 +77,6 @@ export interface WasmKv {
   readonly batch: number;
   /** Set by freeKv. */
   freed: boolean;
-}
-
-const MAX_SAB = [16 * 2 ** 30, 4 * 2 ** 30, 2 ** 31 - 65536, 2 ** 30];
-
-function growableSab(bytes: number): SharedArrayBuffer {
-  for (const max of MAX_SAB) {
-    try {
-      return new SharedArrayBuffer(bytes, { maxByteLength: max });
-    } catch {
-      // this engine reserves less: try smaller
-    }
-  }
-  throw new BackendError("wasm backend: cannot create a growable SharedArrayBuffer");
 }
 
 /** The WebAssembly backend of Transformer models. Create it with {@link WasmTransformerBackend.create}. */
@@ -138,54 +133,31 @@ export class WasmTransformerBackend implements TransformerBackend<WasmTActivatio
     if (options.weights === "q8") {
       throw new BackendError('wasm backend: weights "q8" is not supported for Transformer models');
     }
-    if (typeof SharedArrayBuffer !== "function") {
-      throw new BackendError("wasm backend: SharedArrayBuffer is not available here");
-    }
-    const cores = Math.max(1, globalThis.navigator?.hardwareConcurrency ?? 1);
-    const asked = options.threads ?? cores;
-    if (!Number.isSafeInteger(asked) || asked < 1) {
-      throw new BackendError(`wasm backend: threads must be a positive integer, got ${asked}`);
-    }
+    const { cores, asked } = rankRequest(options);
     const shards = makeTShards(cfg, Math.min(asked, cfg.nKvHeads));
-    const spin = shards.length <= cores ? 20000 : 0;
-    const idleSpin = shards.length <= cores ? 200000 : 0;
-    let module: WebAssembly.Module;
-    try {
-      module = await WasmKernels.compileBuild(options.simd ?? "auto");
-    } catch (e) {
-      throw new BackendError(`wasm backend: cannot load the kernels: ${(e as Error).message}`);
-    }
+    const { spin, idleSpin } = spinCounts(shards.length, cores);
+    const module = await compileKernels(options.simd);
     const store = options.weights;
     const sab = growableSab(THEADER_BYTES);
     const workers: Worker[] = [];
     try {
-      const loads = shards.slice(1).map(async (shard) => {
-        const r = shard.rank;
-        const url = new URL("./transformer_worker.ts", import.meta.url);
-        const worker = new Worker(url, { type: "module" });
-        workers.push(worker);
-        const send = (msg: TWorkerMessage, transfer: ArrayBuffer[] = []) =>
-          new Promise<{ bytes?: number }>((resolve, reject) => {
-            worker.onmessage = (e: MessageEvent) => {
-              if (e.data?.error === undefined) resolve(e.data);
-              else reject(new BackendError(`wasm rank ${r}: ${e.data.error}`));
-            };
-            worker.onerror = (e: ErrorEvent) => {
-              e.preventDefault();
-              reject(new BackendError(`wasm rank ${r}: ${e.message}`));
-            };
-            worker.postMessage(msg, transfer);
-          });
-        await send({ kind: "init", module, sab, config: cfg, shard, spin, idleSpin });
-        for (let l = 0; l < cfg.nLayer; l++) {
-          const layer = sliceLayer(cfg, init.weights, l, shard, store);
-          await send({ kind: "layer", layer }, sliceBuffers(layer));
-        }
-        const head = sliceHead(init.weights, shard, store);
-        await send({ kind: "head", head }, sliceBuffers(head));
-        worker.onmessage = null;
-        worker.onerror = null;
-      });
+      const url = new URL("./transformer_worker.ts", import.meta.url);
+      const loads = shards.slice(1).map((shard) =>
+        startRank<TWorkerMessage>(
+          url,
+          shard.rank,
+          workers,
+          (function* () {
+            yield [{ kind: "init", module, sab, config: cfg, shard, spin, idleSpin }, []];
+            for (let l = 0; l < cfg.nLayer; l++) {
+              const layer = sliceLayer(cfg, init.weights, l, shard, store);
+              yield [{ kind: "layer", layer }, sliceBuffers(layer)];
+            }
+            const head = sliceHead(init.weights, shard, store);
+            yield [{ kind: "head", head }, sliceBuffers(head)];
+          })(),
+        )
+      );
       for (const p of loads) p.catch(() => {}); // handled below, by Promise.all
       const k = await WasmKernels.create(module);
       const rank0 = new TransformerRank(k, cfg, shards[0], sab, spin, canBlock());
@@ -198,10 +170,7 @@ export class WasmTransformerBackend implements TransformerBackend<WasmTActivatio
       return new WasmTransformerBackend(cfg, shards, sab, rank0, workers);
     } catch (e) {
       for (const w of workers) w.terminate();
-      const msg = (e as Error).message;
-      throw e instanceof BackendError
-        ? e
-        : new BackendError(msg.startsWith("wasm") ? msg : `wasm backend: ${msg}`);
+      throw setupFailure(e);
     }
   }
 
