@@ -1,11 +1,11 @@
-// Skinny product with the weights straight into registers, for decode batches of a few dozen
-// rows of x: for m < M, n < N,
+// Skinny product with the weights straight into registers, for decode batches of up to 16 rows
+// of x (beyond that every tile of x reads all of W again, and skinny.wgsl wins): for m < M, n < N,
 //   y[m, nBase + n] = epilogue( pro(x[m, :]) · W[n, :] + bias[nBase + n] ).
 // The skinny kernel (skinny.wgsl) stages W and x through workgroup memory a chunk of K at a time,
 // with a barrier pair per chunk; at 16 rows of x each of its rounds waits on a memory round trip.
 // Here no weight goes through workgroup memory and the walk along K has no barrier: every weight
-// is used by one thread only (for all MB rows of x it holds), so each thread issues the loads of
-// all its weight pieces at once, and x, which every thread of the workgroup reads, comes from the
+// is used by one thread only (for all MB rows of x it holds), so it goes from memory straight to
+// that thread's registers, and x, which every thread of the workgroup reads, comes from the
 // cache.
 //
 // A workgroup computes a BN × MB tile (BN = NC·TN rows of W from n0, MB rows of x from m0; grid x
@@ -14,7 +14,8 @@
 // (pieces l, l + KL, l + 2·KL, …; consecutive lanes read consecutive 16-byte pieces of a row).
 // A pass loads KP pieces of each of its TN rows into registers, then reads the MB rows of x at
 // those columns (·normW with PRO_RMS) and accumulates TN × MB sums; K beyond KL·KP·VEC takes more
-// passes. At the end the lanes' sums meet in workgroup memory, RV values a thread a round (the
+// passes. (On the H200 one piece a pass was best: loading all of K at once held more registers
+// than it hid latency.) At the end the lanes' sums meet in workgroup memory, RV values a thread a round (the
 // lanes' rows padded to RVP floats, the groups to CS, so that neither the stores nor the reads of
 // a round collide in a bank), and each output is summed over its KL lanes by one thread, which
 // applies the epilogue (consecutive threads, consecutive n: coalesced stores).
