@@ -21,7 +21,8 @@
  * `--xproj-split N` (xProjSplit: Mamba-1's x_proj split along K into N parts past batch 8),
  * `--regs 0|1` (skinnyRegs: the skinny products with their weights in registers),
  * `--regs-lm-head 0|1` (regsLmHead: the LM head too), `--scan-early 0|1` (scanStepEarly: the
- * scan step's independent loads first)
+ * scan step's independent loads first), `--xproj-fold 0|1` (xProjInInProj: Mamba-1's x_proj in
+ * in_proj's epilogue)
  * and `--tile tn=…,tm=…,nt=…,mt=…,ks=…,bk=…` (skinnyShape, for every
  * product) may each be given several times; every combination gets a model of its own.
  *
@@ -384,6 +385,7 @@ if (import.meta.main) {
       regs: { type: "string", multiple: true },
       "regs-lm-head": { type: "string", multiple: true },
       "scan-early": { type: "string", multiple: true },
+      "xproj-fold": { type: "string", multiple: true },
       tile: { type: "string", multiple: true },
     },
   });
@@ -477,6 +479,7 @@ if (import.meta.main) {
   cross(v.regs?.map((x) => x !== "0"), (o, x) => ({ ...o, skinnyRegs: x }));
   cross(v["regs-lm-head"]?.map((x) => x !== "0"), (o, x) => ({ ...o, regsLmHead: x }));
   cross(v["scan-early"]?.map((x) => x !== "0"), (o, x) => ({ ...o, scanStepEarly: x }));
+  cross(v["xproj-fold"]?.map((x) => x !== "0"), (o, x) => ({ ...o, xProjInInProj: x }));
   cross(v.tile?.map(parseTile), (o, x) => ({ ...o, skinnyShape: x }));
   tasks = tasks.flatMap((t) => variants.map((options) => ({ ...t, options })));
   for (const t of tasks) {

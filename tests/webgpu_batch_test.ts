@@ -234,6 +234,66 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "webgpu: Mamba-1's x_proj in in_proj's epilogue (xProjInInProj), a partial sum per tile, reproduces the oracle",
+  ignore,
+  async fn() {
+    const lm = await oracleModel("m1_d64_l7", { xProjInInProj: true }, "f16");
+    try {
+      const be = lm.backend as WebGpuBackend;
+      // d_inner 128 in tiles of 8 columns (in_proj has too few rows for wider ones).
+      assert.equal(be.xProjFoldParts(16), 16);
+      assert.equal(be.xProjFoldParts(1), 0); // the scan in dt_proj's epilogue
+    } finally {
+      lm.dispose();
+    }
+    for (const dtype of ["f16", "f32"] as const) {
+      await checkBatch("m1_d64_l7", 16, dtype, { xProjInInProj: true });
+    }
+    // 11 sequences (a short second tile of x), a dt_rank (6) that is not a multiple of 4, and
+    // tiles of 16 and 32 columns.
+    await checkBatch("m1_d96_l64_vocab500", 11, "f16", { xProjInInProj: true, skinnyMinRows: 11 });
+    for (const regsShape of [{ nc: 2 }, { nc: 4, tn: 8 }]) {
+      await checkBatch("m1_d64_l7", 16, "f32", { xProjInInProj: true, regsShape }, 8);
+    }
+    // Against x_proj as a kernel of its own, in f32: the same logits but for the order of the
+    // sums (the oracle's tolerance lets a 1% error in x_proj through on this model).
+    const logitsAfter = async (options: WebGpuOptions) => {
+      const m = await oracleModel("m1_d64_l7", options, "f32");
+      try {
+        const state = m.createState(16);
+        const ids = Array.from({ length: 16 }, (_, b) => [3 + b, 40 + b, 7]);
+        await m.prefill(state, ids);
+        let last = ids.map((r) => r[2]);
+        for await (const block of m.generateTokens(state, last, 12, { topK: 1 })) {
+          last = block.map((r) => r.at(-1)!);
+        }
+        return await m.step(state, last);
+      } finally {
+        m.dispose();
+      }
+    };
+    assertClose(
+      await logitsAfter({ xProjInInProj: true }),
+      await logitsAfter({}),
+      { atol: 1e-5, rtol: 1e-5 },
+      "x_proj in in_proj's epilogue against its own kernel",
+    );
+    // Where it cannot apply (a tile of 3 columns is not whole f16 pieces) it is not used.
+    const odd = await oracleModel(
+      "m1_d64_l7",
+      { xProjInInProj: true, regsShape: { tn: 3 } },
+      "f16",
+    );
+    try {
+      assert.equal((odd.backend as WebGpuBackend).xProjFoldParts(16), 0);
+    } finally {
+      odd.dispose();
+    }
+  },
+});
+
+Deno.test({
   name: "webgpu: a skinny tile that cannot run is a BackendError naming the tile",
   ignore,
   async fn() {

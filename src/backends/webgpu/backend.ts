@@ -166,6 +166,13 @@ export interface WebGpuOptions {
   regsShape?: Partial<RegsShape>;
   /** The register kernel also for products of a vocabulary of rows (the LM head); default false. */
   regsLmHead?: boolean;
+  /**
+   * Fused Mamba-1 decoding of a batch whose in_proj runs on the register kernel computes x_proj
+   * in in_proj's epilogue, from each tile's conv outputs, as one partial sum per tile of
+   * channels that the scan step adds up: one kernel less a layer. Default false: not yet
+   * measured on a GPU.
+   */
+  xProjInInProj?: boolean;
 }
 
 /**
@@ -330,6 +337,11 @@ export interface MatvecOptions extends MatmulOptions {
   addRes?: Buf;
   /** Conv step epilogue on output columns `[lo, lo + C)` (decode, state of `M` sequences). */
   conv?: { state: Buf; weight: Buf; bias?: Buf; out: Buf; lo: number; C: number };
+  /**
+   * With `conv` (from column 0) on the register kernel: x_proj `W` over each tile's conv outputs,
+   * partial sums `[part][M][W.N]` to `out` (see {@link WebGpuBackend.xProjFoldParts}).
+   */
+  xProj?: { W: GpuMatrix; out: Buf };
   /** Mamba-1 scan step epilogue (outputs are δ before softplus; see wgsl/matvec.wgsl). */
   scan?: {
     NS: number;
@@ -466,6 +478,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       skinnyRegs: opt.skinnyRegs ?? true,
       regsShape: opt.regsShape ?? {},
       regsLmHead: opt.regsLmHead ?? false,
+      xProjInInProj: opt.xProjInInProj ?? false,
     };
   }
 
@@ -760,6 +773,27 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
   }
 
   /**
+   * Into how many partial sums fused Mamba-1 decoding of `M` sequences computes x_proj in
+   * in_proj's epilogue ({@link WebGpuOptions.xProjInInProj}): one per register tile of conv
+   * channels; 0 where it does not (the option off, in_proj not on the register kernel, the scan
+   * in dt_proj's epilogue, or a tile that is not a whole number of weight pieces).
+   */
+  xProjFoldParts(M: number): number {
+    const c = this.config;
+    const w = this.weights.layers[0];
+    if (!this.#opt.xProjInInProj || c.arch !== "mamba1" || !w?.xProj) return 0;
+    if (w.inProj.parts.length !== 1 || w.xProj.parts.length !== 1) return 0;
+    if (w.inProj.f16 !== w.xProj.f16 || c.dModel % 4 !== 0) return 0;
+    if (this.scanEpilogue(M, c.dState) || !this.usesSkinny(M) || !this.usesRegs(w.inProj, M)) {
+      return 0;
+    }
+    if (!this.residualInOutProj(M) || !this.#opt.scanStepLanes || c.dState % 4 !== 0) return 0;
+    const sh = defaultRegsShape(w.inProj, M, this.#opt.regsShape);
+    const bn = sh.nc * sh.tn;
+    return bn % (w.inProj.f16 ? 8 : 4) === 0 ? Math.ceil(c.dInner / bn) : 0;
+  }
+
+  /**
    * Whether fused Mamba-1 decoding of `M` sequences folds the scan step (state size `NS`) into
    * dt_proj's matrix-vector epilogue, rather than running the `scan_step` kernel.
    */
@@ -933,6 +967,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       this.#skinnyRegs(W, o);
       return;
     }
+    if (o.xProj) throw new BackendError("matvec: x_proj in the epilogue needs the register kernel");
     const sh = this.skinnyShape(W, o.M, o.tile);
     const { tn, tm, nt, mt, ks, bk, pf } = sh;
     const T = nt * mt;
@@ -998,7 +1033,19 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     // Floats of workgroup memory for the final sums: rounds of RV values a thread (a multiple of
     // tn dividing NV), as many as fit in 32 KiB; lanes padded to an odd stride, groups so that
     // group g's lane q starts g·tn banks on (the reads of a round then hit distinct banks).
-    const budget = Math.min(this.ctx.maxWorkgroupStorage - mb * 4 - 256, 32768) / 4;
+    const xp = o.xProj;
+    const vec = W.f16 ? 8 : 4;
+    if (
+      xp && (!o.conv || o.conv.lo !== 0 || (nc * tn) % vec !== 0 || xp.W.f16 !== W.f16 ||
+        xp.W.parts.length !== 1)
+    ) {
+      throw new BackendError(
+        `${name}: x_proj in the epilogue needs the conv from column 0, a tile of whole pieces ` +
+          `and x_proj's weights as one part of the same type`,
+      );
+    }
+    const usBytes = xp ? mb * nc * tn * 4 : 0;
+    const budget = Math.min(this.ctx.maxWorkgroupStorage - mb * 4 - usBytes - 256, 32768) / 4;
     const layout = (rv: number) => {
       const rvp = rv % 2 === 1 ? rv : rv + 1;
       const cs = kl * rvp + (((tn - kl * rvp) % 32) + 32) % 32;
@@ -1027,8 +1074,9 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       ...this.#productIoDefs(o, true),
       SOFTPLUS: !!o.softplus,
       ADD_RES: !!o.addRes,
+      ...(xp ? { XPROJ: true, XDW: xp.W.N, XWS: xp.W.stride } : {}),
     });
-    this.#dispatchSkinny(k, W, o, nc * tn, mb, 1);
+    this.#dispatchSkinny(k, W, o, nc * tn, mb, 1, xp ? [xp.W.parts[0].buf, xp.out] : []);
   }
 
   /**
@@ -1042,6 +1090,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     bn: number,
     bm: number,
     split: number,
+    extra: Buf[] = [],
   ): void {
     const c = o.conv;
     for (const part of W.parts) {
@@ -1064,7 +1113,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
           c?.C ?? 0,
           o.M * o.yStride,
         ],
-        [part.buf, ...this.#productIoBindings(o), o.addRes ?? null],
+        [part.buf, ...this.#productIoBindings(o), o.addRes ?? null, ...extra],
         Math.ceil(part.n / bn),
         Math.ceil(o.M / bm),
         split,

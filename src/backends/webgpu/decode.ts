@@ -94,7 +94,7 @@ export class DecodePlan {
     if (c.arch === "mamba1") {
       this.#a = buf(B * 2 * c.dInner * F32, "decode.xz");
       this.#b = buf(B * c.dInner * F32, "decode.u");
-      const parts = be.xProjSplit(B);
+      const parts = Math.max(be.xProjSplit(B), be.xProjFoldParts(B));
       this.#c = buf(parts * B * (c.dtRank + 2 * c.dState) * F32, "decode.xdbl");
       this.#d = buf(B * c.dInner * F32, "decode.y");
     } else {
@@ -156,6 +156,8 @@ export class DecodePlan {
         C: m1 ? c.dInner : c.convDim,
       };
       const x = resInOut ? stream(l) : this.#hidden;
+      // Mamba-1's x_proj, where it is computed in in_proj's epilogue (see #mamba1).
+      const xProj = m1 && be.xProjFoldParts(B) ? { W: w.xProj!, out: this.#c } : undefined;
       this.#normThen(w.norm.weight, w.norm.bias, resIn, resOut, x, (x, rms) =>
         be.matvec(w.inProj, {
           bias: w.inProjBias,
@@ -167,6 +169,7 @@ export class DecodePlan {
           yOff: 0,
           yStride: inW,
           conv,
+          xProj,
           ...rms,
         }));
       const out = resInOut
@@ -275,6 +278,10 @@ export class DecodePlan {
           uStride: D,
         },
       });
+    } else if (be.xProjFoldParts(B)) {
+      // x_proj was computed in in_proj's epilogue, a partial sum per tile of channels: the scan
+      // step (dt_proj inside) adds them up.
+      be.scanStep(l, state.ssm[l], 0, B, u, xdbl, xz, y, be.xProjFoldParts(B));
     } else {
       // x_proj (its K split over more workgroups: the scan step adds the parts up), then the scan
       // step with dt_proj inside, as a kernel of its own.
