@@ -8,7 +8,8 @@
 //   scan_chunk_pass   phase 2: per (channel, n), the states entering each chunk, sequentially
 //   scan_chunk_out    phase 3: each chunk rescanned from its entering state, with outputs
 // Defines: NS (state size); XS (scan_step_lanes: x_proj's row comes in XS partial sums, p.xSplit
-// elements apart, added up while the workgroup stages its row; see skinny.wgsl's KSPLIT); EARLY
+// elements apart, added up while the workgroup stages its row; see skinny.wgsl's KSPLIT); XG
+// (with many parts: threads a column while staging, ⌊256 / XDW⌋); EARLY
 // (scan_step_lanes: every load that does not need the staged row is issued first; DTL = dt_rank
 // values of dt_proj's row per lane, rounded up, NSL = NS / 4).
 
@@ -130,6 +131,11 @@ var<workgroup> laneSum: array<f32, 256>;
 // The sequence's row of xdbl (dt_rank + 2·NS values), summed over its XS partial sums: every
 // channel of the workgroup reads all of it.
 var<workgroup> xrow: array<f32, ${XDW}>;
+#if XG
+// With many partial sums: XG threads a column each add every XG-th part, [group][column].
+const XG = ${XG}u;
+var<workgroup> xpart: array<f32, ${XDW} * XG>;
+#endif
 #endif
 
 // Column i of sequence b's row of xdbl (staged with XS).
@@ -182,6 +188,26 @@ fn scan_step_lanes(
   }
 #endif
 #if XS
+#if XG
+  // Many parts (x_proj in in_proj's epilogue: one per tile of channels): the loads are spread
+  // over XG times as many threads, so that each thread's chain of dependent adds is shorter.
+  for (var idx = lid; idx < p.xdStride * XG; idx += 256u) {
+    let i = idx % p.xdStride;
+    var v = 0.0;
+    for (var q = idx / p.xdStride; q < ${XS}u; q += XG) {
+      v += xdbl[q * p.xSplit + b * p.xdStride + i];
+    }
+    xpart[idx] = v;
+  }
+  workgroupBarrier();
+  for (var i = lid; i < p.xdStride; i += 256u) {
+    var v = 0.0;
+    for (var g = 0u; g < XG; g++) {
+      v += xpart[g * p.xdStride + i];
+    }
+    xrow[i] = v;
+  }
+#else
   for (var i = lid; i < p.xdStride; i += 256u) {
     var v = 0.0;
     for (var q = 0u; q < ${XS}u; q++) {
@@ -189,6 +215,7 @@ fn scan_step_lanes(
     }
     xrow[i] = v;
   }
+#endif
   workgroupBarrier();
 #endif
 #if EARLY

@@ -707,6 +707,8 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
         {
           NS: N,
           ...(xSplit > 1 ? { XS: xSplit, XDW: xdw } : {}),
+          // Many parts (x_proj in in_proj's epilogue): several threads a column stage them.
+          ...(xSplit >= 8 ? { XG: Math.max(1, Math.floor(256 / xdw)) } : {}),
           ...(lanes && this.#opt.scanStepEarly
             ? { EARLY: true, DTL: Math.ceil(c.dtRank / 4), NSL: N / 4 }
             : {}),
