@@ -256,6 +256,8 @@ Deno.test({
     for (const regsShape of [{ nc: 2 }, { nc: 4, tn: 8 }]) {
       await checkBatch("m1_d64_l7", 16, "f32", { xProjInInProj: true, regsShape }, 8);
     }
+    // With the scan step's early loads too.
+    await checkBatch("m1_d64_l7", 16, "f16", { xProjInInProj: true, scanStepEarly: true }, 8);
     // Against x_proj as a kernel of its own, in f32: the same logits but for the order of the
     // sums (the oracle's tolerance lets a 1% error in x_proj through on this model).
     const logitsAfter = async (options: WebGpuOptions) => {
