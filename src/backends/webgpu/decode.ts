@@ -40,6 +40,12 @@ export class DecodePlan {
   readonly #b: Buf;
   readonly #c: Buf;
   readonly #d: Buf;
+  /**
+   * Mamba-1: the partial sums x_proj comes in, split along K (`xSplit`, 1 if not) or computed in
+   * in_proj's epilogue (`xFold`, 0 if not); see the backend's xProjSplit and xProjFoldParts.
+   */
+  readonly #xSplit: number = 1;
+  readonly #xFold: number = 0;
   /** `[batch, paddedVocab]` logits of the last step. */
   readonly logits: Buf;
   /** Steps captured per state buffers (a state's `conv` array: reused with its buffers). */
@@ -94,7 +100,9 @@ export class DecodePlan {
     if (c.arch === "mamba1") {
       this.#a = buf(B * 2 * c.dInner * F32, "decode.xz");
       this.#b = buf(B * c.dInner * F32, "decode.u");
-      const parts = Math.max(be.xProjSplit(B), be.xProjFoldParts(B));
+      this.#xSplit = be.xProjSplit(B);
+      this.#xFold = be.xProjFoldParts(B);
+      const parts = Math.max(this.#xSplit, this.#xFold);
       this.#c = buf(parts * B * (c.dtRank + 2 * c.dState) * F32, "decode.xdbl");
       this.#d = buf(B * c.dInner * F32, "decode.y");
     } else {
@@ -157,7 +165,7 @@ export class DecodePlan {
       };
       const x = resInOut ? stream(l) : this.#hidden;
       // Mamba-1's x_proj, where it is computed in in_proj's epilogue (see #mamba1).
-      const xProj = m1 && be.xProjFoldParts(B) ? { W: w.xProj!, out: this.#c } : undefined;
+      const xProj = this.#xFold ? { W: w.xProj!, out: this.#c } : undefined;
       this.#normThen(w.norm.weight, w.norm.bias, resIn, resOut, x, (x, rms) =>
         be.matvec(w.inProj, {
           bias: w.inProjBias,
@@ -278,16 +286,15 @@ export class DecodePlan {
           uStride: D,
         },
       });
-    } else if (be.xProjFoldParts(B)) {
+    } else if (this.#xFold) {
       // x_proj was computed in in_proj's epilogue, a partial sum per tile of channels: the scan
       // step (dt_proj inside) adds them up.
-      be.scanStep(l, state.ssm[l], 0, B, u, xdbl, xz, y, be.xProjFoldParts(B));
+      be.scanStep(l, state.ssm[l], 0, B, u, xdbl, xz, y, this.#xFold);
     } else {
       // x_proj (its K split over more workgroups: the scan step adds the parts up), then the scan
       // step with dt_proj inside, as a kernel of its own.
-      const split = be.xProjSplit(B);
-      xProj(split);
-      be.scanStep(l, state.ssm[l], 0, B, u, xdbl, xz, y, split);
+      xProj(this.#xSplit);
+      be.scanStep(l, state.ssm[l], 0, B, u, xdbl, xz, y, this.#xSplit);
     }
     be.matvec(w.outProj, {
       bias: w.outProjBias,
