@@ -763,15 +763,24 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
    * through the skinny kernel, and x_proj's weights are one part.
    */
   xProjSplit(M: number): number {
-    const c = this.config;
     const n = this.#opt.xProjSplit;
     if (!Number.isSafeInteger(n) || n < 1 || n > 64) {
       throw new BackendError(`xProjSplit must be an integer from 1 to 64, got ${n}`);
     }
+    return this.#xProjInParts(M) ? n : 1;
+  }
+
+  /**
+   * Whether fused Mamba-1 decoding of `M` sequences may take x_proj as partial sums: the batch
+   * runs the separate four-lane scan step (which adds them up) and skinny-kernel products, and
+   * x_proj's weights are one part.
+   */
+  #xProjInParts(M: number): boolean {
+    const c = this.config;
     const w = this.weights.layers[0]?.xProj;
-    if (n === 1 || c.arch !== "mamba1" || !w || w.parts.length !== 1) return 1;
-    if (this.scanEpilogue(M, c.dState) || !this.usesSkinny(M)) return 1;
-    return this.#opt.scanStepLanes && c.dState % 4 === 0 ? n : 1;
+    return c.arch === "mamba1" && !!w && w.parts.length === 1 &&
+      !this.scanEpilogue(M, c.dState) && this.usesSkinny(M) && this.#opt.scanStepLanes &&
+      c.dState % 4 === 0;
   }
 
   /**
@@ -781,18 +790,15 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
    * in dt_proj's epilogue, or a tile that is not a whole number of weight pieces).
    */
   xProjFoldParts(M: number): number {
-    const c = this.config;
+    if (!this.#opt.xProjInInProj || !this.#xProjInParts(M)) return 0;
     const w = this.weights.layers[0];
-    if (!this.#opt.xProjInInProj || c.arch !== "mamba1" || !w?.xProj) return 0;
-    if (w.inProj.parts.length !== 1 || w.xProj.parts.length !== 1) return 0;
-    if (w.inProj.f16 !== w.xProj.f16 || c.dModel % 4 !== 0) return 0;
-    if (this.scanEpilogue(M, c.dState) || !this.usesSkinny(M) || !this.usesRegs(w.inProj, M)) {
-      return 0;
-    }
-    if (!this.residualInOutProj(M) || !this.#opt.scanStepLanes || c.dState % 4 !== 0) return 0;
+    // in_proj on the register kernel, one part of the same type as x_proj, with no residual in
+    // its prologue (that also makes d_model a multiple of 8: x read as vec4s).
+    if (w.inProj.parts.length !== 1 || w.inProj.f16 !== w.xProj!.f16) return 0;
+    if (!this.usesRegs(w.inProj, M) || !this.residualInOutProj(M)) return 0;
     const sh = defaultRegsShape(w.inProj, M, this.#opt.regsShape);
     const bn = sh.nc * sh.tn;
-    return bn % (w.inProj.f16 ? 8 : 4) === 0 ? Math.ceil(c.dInner / bn) : 0;
+    return bn % (w.inProj.f16 ? 8 : 4) === 0 ? Math.ceil(this.config.dInner / bn) : 0;
   }
 
   /**
@@ -1032,9 +1038,6 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     }
     if (nc * kl > 256) throw new BackendError(`${name}: more than 256 threads`);
     const NV = tn * mb;
-    // Floats of workgroup memory for the final sums: rounds of RV values a thread (a multiple of
-    // tn dividing NV), as many as fit in 32 KiB; lanes padded to an odd stride, groups so that
-    // group g's lane q starts g·tn banks on (the reads of a round then hit distinct banks).
     const xp = o.xProj;
     const vec = W.f16 ? 8 : 4;
     if (
@@ -1046,7 +1049,10 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
           `and x_proj's weights as one part of the same type`,
       );
     }
-    const usBytes = xp ? mb * nc * tn * 4 : 0;
+    const usBytes = xp ? mb * nc * tn * 4 : 0; // the tile's conv outputs, for x_proj
+    // Floats of workgroup memory for the final sums: rounds of RV values a thread (a multiple of
+    // tn dividing NV), as many as fit in 32 KiB; lanes padded to an odd stride, groups so that
+    // group g's lane q starts g·tn banks on (the reads of a round then hit distinct banks).
     const budget = Math.min(this.ctx.maxWorkgroupStorage - mb * 4 - usBytes - 256, 32768) / 4;
     const layout = (rv: number) => {
       const rvp = rv % 2 === 1 ? rv : rv + 1;
