@@ -95,12 +95,12 @@ fn skinny_regs(
   let l = lid % KL;  // lane along K
   let nc = wid.x * BN + c * TN;
   let m0 = wid.y * MB;
-  // acc[i·TN + j]: row m0 + i of x, row nc + j of W.
 #if XPROJ
   for (var i = lid; i < MB * BN; i += WG) {
     us[i] = 0.0;
   }
 #endif
+  // acc[i·TN + j]: row m0 + i of x, row nc + j of W.
   var acc: array<f32, NV>;
 #unroll V NV
   acc[${V}] = 0.0;
