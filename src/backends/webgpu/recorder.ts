@@ -359,7 +359,6 @@ export class Recorder {
     if (!this.#pass) {
       const enc = this.encoder();
       const t = this.#timing;
-      if (t && t.used >= t.max) t.missed++;
       if (t && t.used < t.max) {
         const i = 2 * t.used++;
         this.#pass = enc.beginComputePass({
@@ -370,6 +369,7 @@ export class Recorder {
           },
         });
       } else {
+        if (t) t.missed++;
         this.#pass = enc.beginComputePass();
       }
     }
@@ -413,27 +413,24 @@ export class Recorder {
       this.#pass.end();
       this.#pass = null;
     }
-    if (t.missed) {
+    try {
+      if (t.missed) {
+        throw new BackendError(
+          `stopTiming: ${t.missed} passes past the ${t.max} that startTiming had room for`,
+        );
+      }
+      if (t.used === 0) return [];
+      this.encoder().resolveQuerySet(t.set, 0, 2 * t.used, t.resolve.buffer, 0);
+      const raw = new BigUint64Array(await this.read(t.resolve, 0, 16 * t.used));
+      const out: [number, number][] = [];
+      for (let i = 0; i < t.used; i++) {
+        out.push([Number(raw[2 * i] - raw[0]) / 1e9, Number(raw[2 * i + 1] - raw[0]) / 1e9]);
+      }
+      return out;
+    } finally {
       t.set.destroy();
       this.destroy(t.resolve);
-      throw new BackendError(
-        `stopTiming: ${t.missed} passes past the ${t.max} that startTiming had room for`,
-      );
     }
-    if (t.used === 0) {
-      t.set.destroy();
-      this.destroy(t.resolve);
-      return [];
-    }
-    this.encoder().resolveQuerySet(t.set, 0, 2 * t.used, t.resolve.buffer, 0);
-    const raw = new BigUint64Array(await this.read(t.resolve, 0, 16 * t.used));
-    t.set.destroy();
-    this.destroy(t.resolve);
-    const out: [number, number][] = [];
-    for (let i = 0; i < t.used; i++) {
-      out.push([Number(raw[2 * i] - raw[0]) / 1e9, Number(raw[2 * i + 1] - raw[0]) / 1e9]);
-    }
-    return out;
   }
 
   /** Submits everything recorded so far. */
