@@ -66,14 +66,12 @@ async function call(
   return { lens, wall: (performance.now() - t0) / 1000 };
 }
 
-/** The passes a block of `len` steps takes (a submission after the first steps, then every few). */
+/** The passes a block of `len` steps takes: one per submission (the sampler's rule). */
 function passesOf(len: number): number {
   let passes = 0;
   let flushed = 0;
   for (let i = 1; i <= len; i++) {
-    if (i === plan.firstSubmitSteps || i % plan.submitSteps === 0) {
-      [passes, flushed] = [passes + 1, i];
-    }
+    if (plan.sampler.submitsAfter(i)) [passes, flushed] = [passes + 1, i];
   }
   return passes + (flushed < len ? 1 : 0);
 }

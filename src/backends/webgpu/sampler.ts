@@ -108,6 +108,13 @@ export class GpuSampler {
    */
   blockGrowth = 2;
   /**
+   * Whether a block's steps so far go to the GPU after its `steps`-th step (its first
+   * submission after {@link firstSubmitSteps}, then every {@link submitSteps}).
+   */
+  submitsAfter(steps: number): boolean {
+    return steps === this.firstSubmitSteps || steps % this.submitSteps === 0;
+  }
+  /**
    * Blocks in flight: the next is encoded while the host waits for the oldest. More would keep
    * the GPU fed through longer host stalls, but a consumer that stops early wastes them.
    */
@@ -296,7 +303,7 @@ export class GpuSampler {
           encodeStep(i, s, vocab);
           progress.steps++;
           // Submitting a few steps at a time lets the GPU start while the host encodes the rest.
-          if (i + 1 === this.firstSubmitSteps || (i + 1) % this.submitSteps === 0) rec.flush();
+          if (this.submitsAfter(i + 1)) rec.flush();
         }
         const staging = this.#staging[ring];
         ring = (ring + 1) % this.#staging.length;
