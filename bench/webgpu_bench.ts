@@ -47,12 +47,9 @@ import { printUsage } from "./usage.ts";
 import { parseArgs } from "node:util";
 import { MambaLM, parseConfig } from "../mod.ts";
 import { PUBLIC_CONFIGS, randomWeights } from "../testing.ts";
-import {
-  type SkinnyShape,
-  WebGpuBackend,
-  type WebGpuOptions,
-} from "../src/backends/webgpu/backend.ts";
+import { WebGpuBackend, type WebGpuOptions } from "../src/backends/webgpu/backend.ts";
 import { gpuContext } from "../src/backends/webgpu/device.ts";
+import { parseFields, SKINNY_FIELDS } from "./webgpu_util.ts";
 
 /** One measured figure. */
 export interface WebGpuBenchResult {
@@ -346,19 +343,6 @@ async function check(): Promise<WebGpuBenchResult[]> {
   return out;
 }
 
-/** `tn=4,tm=4,…` (bench option `--tile`) → a partial skinny tile. */
-function parseTile(text: string): Partial<SkinnyShape> {
-  const t: Record<string, number> = {};
-  for (const kv of text.split(",")) {
-    const [k, val] = kv.split("=");
-    if (!["tn", "tm", "nt", "mt", "ks", "bk", "pf"].includes(k) || !(Number(val) >= 0)) {
-      throw new Error(`--tile: bad field "${kv}" (tn, tm, nt, mt, ks, bk, pf = integers)`);
-    }
-    t[k] = Number(val);
-  }
-  return t;
-}
-
 if (import.meta.main) {
   const { values: v } = parseArgs({
     args: Deno.args,
@@ -480,7 +464,10 @@ if (import.meta.main) {
   cross(v["regs-lm-head"]?.map((x) => x !== "0"), (o, x) => ({ ...o, regsLmHead: x }));
   cross(v["scan-early"]?.map((x) => x !== "0"), (o, x) => ({ ...o, scanStepEarly: x }));
   cross(v["xproj-fold"]?.map((x) => x !== "0"), (o, x) => ({ ...o, xProjInInProj: x }));
-  cross(v.tile?.map(parseTile), (o, x) => ({ ...o, skinnyShape: x }));
+  cross(
+    v.tile?.map((t) => parseFields(t, SKINNY_FIELDS, "--tile")),
+    (o, x) => ({ ...o, skinnyShape: x }),
+  );
   tasks = tasks.flatMap((t) => variants.map((options) => ({ ...t, options })));
   for (const t of tasks) {
     const options = t.options ?? {};

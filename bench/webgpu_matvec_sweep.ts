@@ -30,7 +30,7 @@ import type {
 } from "../src/backends/webgpu/backend.ts";
 import type { GpuMatrix } from "../src/backends/webgpu/weights.ts";
 import type { MambaConfig } from "../src/config.ts";
-import { randomGpuBackend } from "./webgpu_util.ts";
+import { parseFields, randomGpuBackend, SKINNY_FIELDS } from "./webgpu_util.ts";
 
 const { values: opt } = parseArgs({
   args: Deno.args,
@@ -63,26 +63,13 @@ function matvecShapes(M: number): MatvecShape[] {
   return shapes;
 }
 
-/** `tn=4,tm=4,…` → a partial tile. */
-function parseTile(text: string): Partial<SkinnyShape> {
-  const t: Record<string, number> = {};
-  for (const kv of text.split(",")) {
-    const [k, v] = kv.split("=");
-    if (!["tn", "tm", "nt", "mt", "ks", "bk", "pf"].includes(k) || !(Number(v) >= 0)) {
-      throw new Error(`--tile: bad field "${kv}" (tn, tm, nt, mt, ks, bk, pf = integers)`);
-    }
-    t[k] = Number(v);
-  }
-  return t;
-}
-
 /**
  * The skinny tiles to try at `M` rows: rows of W (2, 4, 8) and of x (4, 8) per thread, 4 to 16
  * threads along W, every row of x in one tile (or two tiles), as many K slices as fill 256
  * threads (or half), chunks of 8 to 32 columns. Tiles that cannot run are skipped.
  */
 function skinnyTiles(M: number): Partial<SkinnyShape>[] {
-  if (opt.tile) return opt.tile.map(parseTile);
+  if (opt.tile) return opt.tile.map((t) => parseFields(t, SKINNY_FIELDS, "--tile"));
   const tiles: Partial<SkinnyShape>[] = [];
   const wide = !!opt.wide;
   for (const tn of wide ? [1, 2, 4, 8] : [2, 4, 8]) {

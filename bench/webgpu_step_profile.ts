@@ -58,7 +58,9 @@ const backendOptions = {
   ...(opt["xproj-fold"] ? { xProjInInProj: opt["xproj-fold"] !== "0" } : {}),
   ...(opt["scan-early"] ? { scanStepEarly: opt["scan-early"] !== "0" } : {}),
   ...(opt["regs-lm-head"] ? { regsLmHead: opt["regs-lm-head"] !== "0" } : {}),
-  ...(opt["regs-tile"] ? { regsShape: parseFields(opt["regs-tile"], REGS_FIELDS) } : {}),
+  ...(opt["regs-tile"]
+    ? { regsShape: parseFields(opt["regs-tile"], REGS_FIELDS, "--regs-tile") }
+    : {}),
 };
 const reps = Number(opt.reps);
 const batch = Number(opt.batch);

@@ -81,23 +81,30 @@ export async function timeReplay(
   return best;
 }
 
+/** The fields of a skinny tile (`WebGpuOptions.skinnyShape`) a bench flag may set. */
+export const SKINNY_FIELDS = ["tn", "tm", "nt", "mt", "ks", "bk", "pf"] as const;
+
 /** The fields of a register tile (`WebGpuOptions.regsShape`) a bench flag may set. */
 export const REGS_FIELDS = ["tn", "nc", "kl", "mb", "kp"] as const;
 
 /**
- * Parses `a=1,b=2` into an object of the `fields` given (integers ≥ 0), for a bench flag that
- * overrides a kernel's tile.
+ * Parses `a=1,b=2` into an object of the `fields` given (integers ≥ 0), for the bench flag
+ * `flag` that overrides a kernel's tile.
  *
  * ```ts
- * parseFields("tn=4,kl=32", REGS_FIELDS); // { tn: 4, kl: 32 }
+ * parseFields("tn=4,kl=32", REGS_FIELDS, "--regs-tile"); // { tn: 4, kl: 32 }
  * ```
  */
-export function parseFields(text: string, fields: readonly string[]): Record<string, number> {
+export function parseFields(
+  text: string,
+  fields: readonly string[],
+  flag: string,
+): Record<string, number> {
   const t: Record<string, number> = {};
   for (const kv of text.split(",")) {
     const [k, val] = kv.split("=");
     if (!fields.includes(k) || !(Number(val) >= 0)) {
-      throw new Error(`bad field "${kv}" (${fields.join(", ")} = integers)`);
+      throw new Error(`${flag}: bad field "${kv}" (${fields.join(", ")} = integers)`);
     }
     t[k] = Number(val);
   }
