@@ -26,6 +26,21 @@ async function oracleModel(
   return new MambaLM(config, await WebGpuBackend.create({ config, weights }, options));
 }
 
+/** Runs `fn` on {@link oracleModel}'s model and frees it, whatever `fn` does. */
+async function withOracleModel<T>(
+  name: string,
+  options: WebGpuOptions,
+  dtype: WeightsDtype,
+  fn: (lm: MambaLM, be: WebGpuBackend) => Promise<T> | T,
+): Promise<T> {
+  const lm = await oracleModel(name, options, dtype);
+  try {
+    return await fn(lm, lm.backend as WebGpuBackend);
+  } finally {
+    lm.dispose();
+  }
+}
+
 /**
  * Decodes `batch` sequences at once, sequence b being the oracle's run row `b % rows` (so every
  * row's expected tokens are known), `n` greedy tokens by fused decoding; asserts the tokens,
@@ -117,20 +132,13 @@ Deno.test({
   async fn() {
     // The split is taken where it applies (else the checks below would test the unsplit path),
     // and only there: not at batch 1 (the scan epilogue), nor for Mamba-2.
-    const lm = await oracleModel("m1_d64_l7", { xProjSplit: 4 }, "f16");
-    try {
-      const be = lm.backend as WebGpuBackend;
+    await withOracleModel("m1_d64_l7", { xProjSplit: 4 }, "f16", (_, be) => {
       assert.equal(be.xProjSplit(16), 4);
       assert.equal(be.xProjSplit(1), 1);
-    } finally {
-      lm.dispose();
-    }
-    const m2 = await oracleModel("m2_hd16_ds16_l64", { xProjSplit: 4 }, "f32");
-    try {
-      assert.equal((m2.backend as WebGpuBackend).xProjSplit(16), 1);
-    } finally {
-      m2.dispose();
-    }
+    });
+    await withOracleModel("m2_hd16_ds16_l64", { xProjSplit: 4 }, "f32", (_, be) => {
+      assert.equal(be.xProjSplit(16), 1);
+    });
     await assert.rejects(
       () => checkBatch("m1_d64_l7", 16, "f32", { xProjSplit: 0 }),
       /xProjSplit must be an integer from 1 to 64/,
@@ -185,15 +193,11 @@ Deno.test({
   ignore,
   async fn() {
     // Where it applies by default: up to 16 rows of x, and not to a vocabulary of rows.
-    const lm = await oracleModel("m1_d64_l7", {}, "f16");
-    try {
-      const be = lm.backend as WebGpuBackend;
+    await withOracleModel("m1_d64_l7", {}, "f16", (_, be) => {
       const inProj = be.weights.layers[0].inProj;
       assert.ok(be.usesRegs(inProj, 16) && !be.usesRegs(inProj, 17));
       assert.ok(!be.usesRegs({ ...inProj, N: 50280 }, 16));
-    } finally {
-      lm.dispose();
-    }
+    });
     // The default tile at 16 sequences (two tiles of x) and 11 (the second one short).
     for (const name of CASES) {
       await checkBatch(name, 16, "f16", { skinnyRegs: true });
@@ -216,19 +220,13 @@ Deno.test({
     await checkBatch("m1_d64_l7", 16, "f16", { skinnyRegs: true, residualInOutProj: false }, 8);
     // A tile that cannot run names itself.
     for (const regsShape of [{ nc: 16, kl: 32 }, { kp: 0 }]) {
-      const lm = await oracleModel(
-        "m1_d64_l7",
-        { skinnyMinRows: 1, skinnyRegs: true, regsShape },
-        "f32",
-      );
-      try {
+      const o = { skinnyMinRows: 1, skinnyRegs: true, regsShape };
+      await withOracleModel("m1_d64_l7", o, "f32", async (lm) => {
         await assert.rejects(
           async () => await lm.forward([[1, 2, 3]]),
           (e: Error) => e.name === "BackendError" && e.message.includes("register tile"),
         );
-      } finally {
-        lm.dispose();
-      }
+      });
     }
   },
 });
@@ -238,15 +236,11 @@ Deno.test({
     "webgpu: Mamba-1's x_proj in in_proj's epilogue (xProjInInProj), a partial sum per tile, reproduces the oracle",
   ignore,
   async fn() {
-    const lm = await oracleModel("m1_d64_l7", { xProjInInProj: true }, "f16");
-    try {
-      const be = lm.backend as WebGpuBackend;
+    await withOracleModel("m1_d64_l7", { xProjInInProj: true }, "f16", (_, be) => {
       // d_inner 128 in tiles of 8 columns (in_proj has too few rows for wider ones).
       assert.equal(be.xProjFoldParts(16), 16);
       assert.equal(be.xProjFoldParts(1), 0); // the scan in dt_proj's epilogue
-    } finally {
-      lm.dispose();
-    }
+    });
     for (const dtype of ["f16", "f32"] as const) {
       await checkBatch("m1_d64_l7", 16, dtype, { xProjInInProj: true });
     }
@@ -260,9 +254,8 @@ Deno.test({
     await checkBatch("m1_d64_l7", 16, "f16", { xProjInInProj: true, scanStepEarly: true }, 8);
     // Against x_proj as a kernel of its own, in f32: the same logits but for the order of the
     // sums (the oracle's tolerance lets a 1% error in x_proj through on this model).
-    const logitsAfter = async (options: WebGpuOptions) => {
-      const m = await oracleModel("m1_d64_l7", options, "f32");
-      try {
+    const logitsAfter = (options: WebGpuOptions) =>
+      withOracleModel("m1_d64_l7", options, "f32", async (m) => {
         const state = m.createState(16);
         const ids = Array.from({ length: 16 }, (_, b) => [3 + b, 40 + b, 7]);
         await m.prefill(state, ids);
@@ -271,10 +264,7 @@ Deno.test({
           last = block.map((r) => r.at(-1)!);
         }
         return await m.step(state, last);
-      } finally {
-        m.dispose();
-      }
-    };
+      });
     assertClose(
       await logitsAfter({ xProjInInProj: true }),
       await logitsAfter({}),
@@ -282,16 +272,10 @@ Deno.test({
       "x_proj in in_proj's epilogue against its own kernel",
     );
     // Where it cannot apply (a tile of 3 columns is not whole f16 pieces) it is not used.
-    const odd = await oracleModel(
-      "m1_d64_l7",
-      { xProjInInProj: true, regsShape: { tn: 3 } },
-      "f16",
-    );
-    try {
-      assert.equal((odd.backend as WebGpuBackend).xProjFoldParts(16), 0);
-    } finally {
-      odd.dispose();
-    }
+    const odd = { xProjInInProj: true, regsShape: { tn: 3 } };
+    await withOracleModel("m1_d64_l7", odd, "f16", (_, be) => {
+      assert.equal(be.xProjFoldParts(16), 0);
+    });
   },
 });
 
@@ -301,15 +285,12 @@ Deno.test({
   async fn() {
     for (const skinnyShape of [{ nt: 64, mt: 8 }, { bk: 12 }, { tn: 0 }, { pf: 2 }]) {
       const o = { skinnyMinRows: 1, skinnyShape, skinnyRegs: false };
-      const lm = await oracleModel("m1_d64_l7", o, "f32");
-      try {
+      await withOracleModel("m1_d64_l7", o, "f32", async (lm) => {
         await assert.rejects(
           async () => await lm.forward([[1, 2, 3]]),
           (e: Error) => e.name === "BackendError" && e.message.includes("skinny tile"),
         );
-      } finally {
-        lm.dispose();
-      }
+      });
     }
   },
 });
