@@ -20,11 +20,10 @@
  * `--rotate 0|1` (skinnyRotate: the skinny kernel's workgroups start at different chunks of K),
  * `--xproj-split N` (xProjSplit: Mamba-1's x_proj split along K into N parts past batch 8),
  * `--regs 0|1` (skinnyRegs: the skinny products with their weights in registers),
- * `--regs-lm-head 0|1` (regsLmHead: the LM head too), `--scan-early 0|1` (scanStepEarly: the
- * scan step's independent loads first), `--xproj-fold 0|1` (xProjInInProj: Mamba-1's x_proj in
- * in_proj's epilogue)
- * and `--tile tn=…,tm=…,nt=…,mt=…,ks=…,bk=…` (skinnyShape, for every
+ * `--regs-lm-head 0|1` (regsLmHead: the LM head too) and `--tile tn=…,tm=…,nt=…,mt=…,ks=…,bk=…` (skinnyShape, for every
  * product) may each be given several times; every combination gets a model of its own.
+ * `--growth N` (the decode plan's blockGrowth) and `--block N` (generateTokens' blockSize, the
+ * most tokens a block) may too; their combinations run on the same model.
  *
  * Decode: an 8-token prompt (7 prefilled, the 8th fed by the fused decoder), then `--decode`
  * greedy tokens; rate = batch × tokens / wall time from the call to the last block, the mean of
@@ -79,6 +78,8 @@ export interface WebGpuBenchResult {
   note?: string;
   /** Backend options of the run (the batch options swept). */
   options?: WebGpuOptions;
+  /** Decode only: the plan's block growth and the call's most tokens a block, when swept. */
+  blocks?: { growth?: number; size?: number };
 }
 
 const log = (msg: string) => console.error(`[${(performance.now() / 1000).toFixed(1)}s] ${msg}`);
@@ -111,8 +112,26 @@ async function decode(
   lm: MambaLM,
   batch: number,
   n: number,
+  blocks: { growth?: number; size?: number } = {},
 ): Promise<Pick<WebGpuBenchResult, "tokPerS" | "steadyTokPerS" | "gpuSeconds" | "gpuTokPerS">> {
   const V = lm.config.vocabSize;
+  const plan = gpu(lm).decodePlan(batch);
+  const growth = plan.blockGrowth;
+  if (blocks.growth !== undefined) plan.blockGrowth = blocks.growth;
+  try {
+    return await decodeCalls(lm, batch, n, V, blocks.size);
+  } finally {
+    plan.blockGrowth = growth;
+  }
+}
+
+async function decodeCalls(
+  lm: MambaLM,
+  batch: number,
+  n: number,
+  V: number,
+  blockSize: number | undefined,
+): Promise<Pick<WebGpuBenchResult, "tokPerS" | "steadyTokPerS" | "gpuSeconds" | "gpuTokPerS">> {
   const prompt = Array.from({ length: batch }, (_, b) => [1, 2, 3, 4, 5, 6, 7, 8 + b]);
   const run = async (count: number, time: boolean) => {
     const state = lm.createState(batch);
@@ -124,7 +143,10 @@ async function decode(
     let firstLen = 0;
     let got = 0;
     for await (
-      const block of lm.generateTokens(state, prompt.map((r) => r[7]), count, { topK: 1 })
+      const block of lm.generateTokens(state, prompt.map((r) => r[7]), count, {
+        topK: 1,
+        blockSize,
+      })
     ) {
       if (!first) [first, firstLen] = [performance.now(), block[0].length];
       got += block[0].length;
@@ -368,9 +390,9 @@ if (import.meta.main) {
       "xproj-split": { type: "string", multiple: true },
       regs: { type: "string", multiple: true },
       "regs-lm-head": { type: "string", multiple: true },
-      "scan-early": { type: "string", multiple: true },
-      "xproj-fold": { type: "string", multiple: true },
       tile: { type: "string", multiple: true },
+      growth: { type: "string", multiple: true },
+      block: { type: "string", multiple: true },
     },
   });
   if (v.help) {
@@ -382,7 +404,9 @@ if (import.meta.main) {
     results.push(r);
     if (v.out) Deno.writeTextFileSync(v.out, JSON.stringify(r) + "\n", { append: true });
     const f = (x?: number, d = 0) => x === undefined ? "-" : x.toFixed(d);
-    const opts = r.options && Object.keys(r.options).length ? ` ${JSON.stringify(r.options)}` : "";
+    const opts =
+      (r.options && Object.keys(r.options).length ? ` ${JSON.stringify(r.options)}` : "") +
+      (r.blocks ? ` blocks ${JSON.stringify(r.blocks)}` : "");
     if (r.kind === "decode" || r.kind === "prefill") {
       log(
         `${r.model} ${r.weights}${opts} ${r.kind} b${r.batch} ×${r.tokens}: ${f(r.tokPerS)} tok/s` +
@@ -462,8 +486,6 @@ if (import.meta.main) {
   cross(v["xproj-split"]?.map(Number), (o, x) => ({ ...o, xProjSplit: x }));
   cross(v.regs?.map((x) => x !== "0"), (o, x) => ({ ...o, skinnyRegs: x }));
   cross(v["regs-lm-head"]?.map((x) => x !== "0"), (o, x) => ({ ...o, regsLmHead: x }));
-  cross(v["scan-early"]?.map((x) => x !== "0"), (o, x) => ({ ...o, scanStepEarly: x }));
-  cross(v["xproj-fold"]?.map((x) => x !== "0"), (o, x) => ({ ...o, xProjInInProj: x }));
   cross(
     v.tile?.map((t) => parseFields(t, SKINNY_FIELDS, "--tile")),
     (o, x) => ({ ...o, skinnyShape: x }),
@@ -474,24 +496,29 @@ if (import.meta.main) {
     const lm = await buildModel(t.model, t.dtype, options);
     try {
       for (const batch of t.batches) {
-        if (n > 0) {
-          const r = await decode(lm, batch, n);
-          emit({
-            model: t.model,
-            weights: t.dtype,
-            kind: "decode",
-            batch,
-            tokens: n,
-            ...r,
-            options,
-          });
-          if (v.profile) {
-            await profile(lm, `${t.model} ${t.dtype} decode b${batch}`, 4, async () => {
-              const state = lm.createState(batch);
-              const first = Array.from({ length: batch }, (_, b) => 5 + b);
-              for await (const _ of lm.generateTokens(state, first, 4, { topK: 1 })) { /**/ }
+        for (const growth of v.growth?.map(Number) ?? [undefined]) {
+          for (const size of v.block?.map(Number) ?? [undefined]) {
+            if (n <= 0) continue;
+            const blocks = { growth, size };
+            const r = await decode(lm, batch, n, blocks);
+            emit({
+              model: t.model,
+              weights: t.dtype,
+              kind: "decode",
+              batch,
+              tokens: n,
+              ...r,
+              options,
+              ...(growth ?? size ? { blocks } : {}),
             });
           }
+        }
+        if (n > 0 && v.profile) {
+          await profile(lm, `${t.model} ${t.dtype} decode b${batch}`, 4, async () => {
+            const state = lm.createState(batch);
+            const first = Array.from({ length: batch }, (_, b) => 5 + b);
+            for await (const _ of lm.generateTokens(state, first, 4, { topK: 1 })) { /**/ }
+          });
         }
       }
       for (const len of t.prefill) {

@@ -13,8 +13,7 @@
  * `--skinny-min`, `--scan-epi-max`, `--scan-lanes`, `--res-epi`, `--rotate`, `--xproj-split` and
  * `--regs` set the backend's `skinnyMinRows`, `scanEpilogueMaxRows`, `scanStepLanes`,
  * `residualInOutProj`, `skinnyRotate`, `xProjSplit` and `skinnyRegs` (see `webgpu_bench.ts`);
- * `--regs-tile tn=…,nc=…,kl=…,mb=…,kp=…` its `regsShape`, `--regs-lm-head 0|1` its `regsLmHead`,
- * `--scan-early 0|1` its `scanStepEarly`, `--xproj-fold 0|1` its `xProjInInProj`.
+ * `--regs-tile tn=…,nc=…,kl=…,mb=…,kp=…` its `regsShape`, `--regs-lm-head 0|1` its `regsLmHead`.
  *
  * @module
  */
@@ -43,8 +42,6 @@ const { values: opt } = parseArgs({
     regs: { type: "string" },
     "regs-tile": { type: "string" },
     "regs-lm-head": { type: "string" },
-    "scan-early": { type: "string" },
-    "xproj-fold": { type: "string" },
   },
 });
 const backendOptions = {
@@ -55,8 +52,6 @@ const backendOptions = {
   ...(opt.rotate ? { skinnyRotate: opt.rotate !== "0" } : {}),
   ...(opt["xproj-split"] ? { xProjSplit: Number(opt["xproj-split"]) } : {}),
   ...(opt.regs ? { skinnyRegs: opt.regs !== "0" } : {}),
-  ...(opt["xproj-fold"] ? { xProjInInProj: opt["xproj-fold"] !== "0" } : {}),
-  ...(opt["scan-early"] ? { scanStepEarly: opt["scan-early"] !== "0" } : {}),
   ...(opt["regs-lm-head"] ? { regsLmHead: opt["regs-lm-head"] !== "0" } : {}),
   ...(opt["regs-tile"]
     ? { regsShape: parseFields(opt["regs-tile"], REGS_FIELDS, "--regs-tile") }

@@ -37,11 +37,10 @@
 const CK = ${CK}u; // the conv's taps (d_conv); CKM = CK − 1
 
 // The causal conv step of channel c of row m, whose new input is r (an output of the product):
-// the state shifts by one, and SiLU(conv + bias) goes to convOut (and is returned). Every tap is
-// read before the shifted ones are written back: loads that follow a store to the same buffer
-// would each wait for the one before. Needs the kernel's `p.convC` (channels: the state's and
-// convOut's rows).
-fn conv_step(m: u32, c: u32, r: f32) -> f32 {
+// the state shifts by one, and SiLU(conv + bias) goes to convOut. Every tap is read before the
+// shifted ones are written back: loads that follow a store to the same buffer would each wait
+// for the one before. Needs the kernel's `p.convC` (channels: the state's and convOut's rows).
+fn conv_step(m: u32, c: u32, r: f32) {
   let s = (m * p.convC + c) * CK;
 #unroll J CKM
   let s${J} = convState[s + ${J}u + 1u];
@@ -59,17 +58,14 @@ fn conv_step(m: u32, c: u32, r: f32) -> f32 {
   convState[s + ${J}u] = s${J};
 #endunroll
   convState[s + CK - 1u] = r;
-  let v = silu(acc);
-  convOut[m * p.convC + c] = v;
-  return v;
+  convOut[m * p.convC + c] = silu(acc);
 }
 #endif
 
 // The epilogue of the output of row m, column col (the part's nBase included), whose sum is r
 // (already scaled by 1/rms where the product normalises x): the bias, the block's residual
 // (ADD_RES, laid out like y), the activation, the store to y at index `at`, and the conv step.
-// Returns the conv step's output for a conv column, else 0.
-fn finish_output(m: u32, col: u32, at: u32, sum: f32) -> f32 {
+fn finish_output(m: u32, col: u32, at: u32, sum: f32) {
   var r = sum;
 #if BIAS
   r += bias[col];
@@ -86,8 +82,7 @@ fn finish_output(m: u32, col: u32, at: u32, sum: f32) -> f32 {
   y[at] = r;
 #if CONV_EPI
   if (col >= p.convLo && col < p.convLo + p.convC) {
-    return conv_step(m, col - p.convLo, r);
+    conv_step(m, col - p.convLo, r);
   }
 #endif
-  return 0.0;
 }

@@ -27,11 +27,6 @@
 //   PRO_RMS    x ← RMSNorm(x)·normW: Σx² of each row is gathered by group 0's lanes on the way,
 //              and the sums are scaled by 1/rms at the end
 //   BIAS, SOFTPLUS, CONV_EPI, CONV_BIAS, ADD_RES   epilogues as in skinny.wgsl
-//   XPROJ      (with CONV_EPI, Mamba-1's in_proj) also x_proj over the tile's conv channels: the
-//              tile's conv outputs are kept in workgroup memory, and their products with x_proj's
-//              weights (xw, XDW rows of XWS elements) go to xparts as partial sums, part wid.x:
-//              xparts[(wid.x · M + m) · XDW + o], for the scan step to add up. Needs
-//              convLo = 0 and BN a multiple of VEC.
 //   NV = TN·MB; RV values a thread a round (a multiple of TN dividing NV), NRR = NV / RV rounds;
 //   RVP, CS: the padded strides of the final reduction; RS: floats of workgroup memory
 
@@ -53,19 +48,6 @@ const RVP = ${RVP}u;
 const CS = ${CS}u;
 
 var<workgroup> red: array<f32, ${RS}>;
-#if XPROJ
-@group(0) @binding(13) var<storage, read> xw: array<WV>;
-@group(0) @binding(14) var<storage, read_write> xparts: array<f32>;
-const XDW = ${XDW}u;  // x_proj's outputs (dt_rank + 2·d_state)
-const XWS = ${XWS}u;  // elements per row of xw (a multiple of VEC)
-// The tile's conv outputs, [row of x][column of the tile] (0 where a column is not a channel).
-var<workgroup> us: array<f32, MB * BN>;
-
-// Four consecutive conv outputs of the tile from index i.
-fn us4(i: u32) -> vec4<f32> {
-  return vec4<f32>(us[i], us[i + 1u], us[i + 2u], us[i + 3u]);
-}
-#endif
 #if PRO_RMS
 var<workgroup> rs: array<f32, MB>;
 #endif
@@ -95,11 +77,6 @@ fn skinny_regs(
   let l = lid % KL;  // lane along K
   let nc = wid.x * BN + c * TN;
   let m0 = wid.y * MB;
-#if XPROJ
-  for (var i = lid; i < MB * BN; i += WG) {
-    us[i] = 0.0;
-  }
-#endif
   // acc[i·TN + j]: row m0 + i of x, row nc + j of W.
   var acc: array<f32, NV>;
 #unroll V NV
@@ -207,39 +184,10 @@ fn skinny_regs(
         r *= rs[ml];
 #endif
         let col = p.nBase + n;
-        let v = finish_output(m, col, p.yOff + m * p.yStride + col, r);
-#if XPROJ
-        us[ml * BN + g * TN + j] = v;
-#endif
+        finish_output(m, col, p.yOff + m * p.yStride + col, r);
       }
     }
     workgroupBarrier();
   }
 #endunroll
-#if XPROJ
-  // x_proj over this tile's channels (the tiles of conv channels come first: part wid.x).
-  let c0 = wid.x * BN;
-  if (c0 < p.convLo + p.convC) {
-    for (var o = lid; o < XDW * MB; o += WG) {
-      let oi = o % XDW;
-      let i = o / XDW;
-      var s = 0.0;
-      for (var j = 0u; j < BN; j += VEC) {
-        let c = c0 + j - p.convLo;
-        if (c < p.convC) {
-          let q = xw[(oi * XWS + c) / VEC];
-#if F16
-          s += dot(vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)), us4(i * BN + j)) +
-            dot(vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)), us4(i * BN + j + 4u));
-#else
-          s += dot(q, us4(i * BN + j));
-#endif
-        }
-      }
-      if (m0 + i < p.M) {
-        xparts[(wid.x * p.M + m0 + i) * XDW + oi] = s;
-      }
-    }
-  }
-#endif
 }

@@ -123,12 +123,6 @@ export interface WebGpuOptions {
    * is a multiple of 4 (`scan_step_lanes`); false keeps one thread each (`scan_step`).
    */
   scanStepLanes?: boolean;
-  /**
-   * The four-lane scan step issues every load that does not need x_proj's row (dt_proj's row,
-   * the state, A, u, z, D) before it stages that row, rather than each after the barrier before
-   * its use. Default false: not yet measured on a GPU.
-   */
-  scanStepEarly?: boolean;
   /** Mamba-2's SSD step with vec4 loads and a one-barrier sum (`VEC`) when the sizes allow. */
   ssdStepVec?: boolean;
   /**
@@ -166,13 +160,6 @@ export interface WebGpuOptions {
   regsShape?: Partial<RegsShape>;
   /** The register kernel also for products of a vocabulary of rows (the LM head); default false. */
   regsLmHead?: boolean;
-  /**
-   * Fused Mamba-1 decoding of a batch whose in_proj runs on the register kernel computes x_proj
-   * in in_proj's epilogue, from each tile's conv outputs, as one partial sum per tile of
-   * channels that the scan step adds up: one kernel less a layer. Default false: not yet
-   * measured on a GPU.
-   */
-  xProjInInProj?: boolean;
 }
 
 /**
@@ -337,11 +324,6 @@ export interface MatvecOptions extends MatmulOptions {
   addRes?: Buf;
   /** Conv step epilogue on output columns `[lo, lo + C)` (decode, state of `M` sequences). */
   conv?: { state: Buf; weight: Buf; bias?: Buf; out: Buf; lo: number; C: number };
-  /**
-   * With `conv` (from column 0) on the register kernel: x_proj `W` over each tile's conv outputs,
-   * partial sums `[part][M][W.N]` to `out` (see {@link WebGpuBackend.xProjFoldParts}).
-   */
-  xProj?: { W: GpuMatrix; out: Buf };
   /** Mamba-1 scan step epilogue (outputs are δ before softplus; see wgsl/matvec.wgsl). */
   scan?: {
     NS: number;
@@ -470,7 +452,6 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       skinnyShape: opt.skinnyShape ?? {},
       scanEpilogueMaxRows: opt.scanEpilogueMaxRows ?? 8,
       scanStepLanes: opt.scanStepLanes ?? true,
-      scanStepEarly: opt.scanStepEarly ?? false,
       ssdStepVec: opt.ssdStepVec ?? true,
       residualInOutProj: opt.residualInOutProj ?? true,
       skinnyRotate: opt.skinnyRotate ?? true,
@@ -478,7 +459,6 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       skinnyRegs: opt.skinnyRegs ?? true,
       regsShape: opt.regsShape ?? {},
       regsLmHead: opt.regsLmHead ?? false,
-      xProjInInProj: opt.xProjInInProj ?? false,
     };
   }
 
@@ -707,11 +687,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
         {
           NS: N,
           ...(xSplit > 1 ? { XS: xSplit, XDW: xdw } : {}),
-          // Many parts (x_proj in in_proj's epilogue): several threads a column stage them.
-          ...(xSplit >= 8 ? { XG: Math.max(1, Math.floor(256 / xdw)) } : {}),
-          ...(lanes && this.#opt.scanStepEarly
-            ? { EARLY: true, DTL: Math.ceil(c.dtRank / 4), NSL: N / 4 }
-            : {}),
+          ...(lanes ? { DTL: Math.ceil(c.dtRank / 4), NSL: N / 4 } : {}),
         },
       ),
       "uuuuuuuuuuuu",
@@ -763,42 +739,15 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
    * through the skinny kernel, and x_proj's weights are one part.
    */
   xProjSplit(M: number): number {
+    const c = this.config;
     const n = this.#opt.xProjSplit;
     if (!Number.isSafeInteger(n) || n < 1 || n > 64) {
       throw new BackendError(`xProjSplit must be an integer from 1 to 64, got ${n}`);
     }
-    return this.#xProjInParts(M) ? n : 1;
-  }
-
-  /**
-   * Whether fused Mamba-1 decoding of `M` sequences may take x_proj as partial sums: the batch
-   * runs the separate four-lane scan step (which adds them up) and skinny-kernel products, and
-   * x_proj's weights are one part.
-   */
-  #xProjInParts(M: number): boolean {
-    const c = this.config;
     const w = this.weights.layers[0]?.xProj;
-    return c.arch === "mamba1" && !!w && w.parts.length === 1 &&
-      !this.scanEpilogue(M, c.dState) && this.usesSkinny(M) && this.#opt.scanStepLanes &&
-      c.dState % 4 === 0;
-  }
-
-  /**
-   * Into how many partial sums fused Mamba-1 decoding of `M` sequences computes x_proj in
-   * in_proj's epilogue ({@link WebGpuOptions.xProjInInProj}): one per register tile of conv
-   * channels; 0 where it does not (the option off, in_proj not on the register kernel, the scan
-   * in dt_proj's epilogue, or a tile that is not a whole number of weight pieces).
-   */
-  xProjFoldParts(M: number): number {
-    if (!this.#opt.xProjInInProj || !this.#xProjInParts(M)) return 0;
-    const w = this.weights.layers[0];
-    // in_proj on the register kernel, one part of the same type as x_proj, with no residual in
-    // its prologue (that also makes d_model a multiple of 8: x read as vec4s).
-    if (w.inProj.parts.length !== 1 || w.inProj.f16 !== w.xProj!.f16) return 0;
-    if (!this.usesRegs(w.inProj, M) || !this.residualInOutProj(M)) return 0;
-    const sh = defaultRegsShape(w.inProj, M, this.#opt.regsShape);
-    const bn = sh.nc * sh.tn;
-    return bn % (w.inProj.f16 ? 8 : 4) === 0 ? Math.ceil(this.config.dInner / bn) : 0;
+    if (n === 1 || c.arch !== "mamba1" || !w || w.parts.length !== 1) return 1;
+    if (this.scanEpilogue(M, c.dState) || !this.usesSkinny(M)) return 1;
+    return this.#opt.scanStepLanes && c.dState % 4 === 0 ? n : 1;
   }
 
   /**
@@ -975,7 +924,6 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       this.#skinnyRegs(W, o);
       return;
     }
-    if (o.xProj) throw new BackendError("matvec: x_proj in the epilogue needs the register kernel");
     const sh = this.skinnyShape(W, o.M, o.tile);
     const { tn, tm, nt, mt, ks, bk, pf } = sh;
     const T = nt * mt;
@@ -1038,22 +986,10 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     }
     if (nc * kl > 256) throw new BackendError(`${name}: more than 256 threads`);
     const NV = tn * mb;
-    const xp = o.xProj;
-    const vec = W.f16 ? 8 : 4;
-    if (
-      xp && (!o.conv || o.conv.lo !== 0 || (nc * tn) % vec !== 0 || xp.W.f16 !== W.f16 ||
-        xp.W.parts.length !== 1)
-    ) {
-      throw new BackendError(
-        `${name}: x_proj in the epilogue needs the conv from column 0, a tile of whole pieces ` +
-          `and x_proj's weights as one part of the same type`,
-      );
-    }
-    const usBytes = xp ? mb * nc * tn * 4 : 0; // the tile's conv outputs, for x_proj
     // Floats of workgroup memory for the final sums: rounds of RV values a thread (a multiple of
     // tn dividing NV), as many as fit in 32 KiB; lanes padded to an odd stride, groups so that
     // group g's lane q starts g·tn banks on (the reads of a round then hit distinct banks).
-    const budget = Math.min(this.ctx.maxWorkgroupStorage - mb * 4 - usBytes - 256, 32768) / 4;
+    const budget = Math.min(this.ctx.maxWorkgroupStorage - mb * 4 - 256, 32768) / 4;
     const layout = (rv: number) => {
       const rvp = rv % 2 === 1 ? rv : rv + 1;
       const cs = kl * rvp + (((tn - kl * rvp) % 32) + 32) % 32;
@@ -1082,9 +1018,8 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       ...this.#productIoDefs(o, true),
       SOFTPLUS: !!o.softplus,
       ADD_RES: !!o.addRes,
-      ...(xp ? { XPROJ: true, XDW: xp.W.N, XWS: xp.W.stride } : {}),
     });
-    this.#dispatchSkinny(k, W, o, nc * tn, mb, 1, xp ? [xp.W.parts[0].buf, xp.out] : []);
+    this.#dispatchSkinny(k, W, o, nc * tn, mb, 1);
   }
 
   /**
@@ -1098,7 +1033,6 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     bn: number,
     bm: number,
     split: number,
-    extra: Buf[] = [],
   ): void {
     const c = o.conv;
     for (const part of W.parts) {
@@ -1121,7 +1055,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
           c?.C ?? 0,
           o.M * o.yStride,
         ],
-        [part.buf, ...this.#productIoBindings(o), o.addRes ?? null, ...extra],
+        [part.buf, ...this.#productIoBindings(o), o.addRes ?? null],
         Math.ceil(part.n / bn),
         Math.ceil(o.M / bm),
         split,

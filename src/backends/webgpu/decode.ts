@@ -40,12 +40,8 @@ export class DecodePlan {
   readonly #b: Buf;
   readonly #c: Buf;
   readonly #d: Buf;
-  /**
-   * Mamba-1: the partial sums x_proj comes in, split along K (`xSplit`, 1 if not) or computed in
-   * in_proj's epilogue (`xFold`, 0 if not); see the backend's xProjSplit and xProjFoldParts.
-   */
+  /** Mamba-1: the partial sums x_proj's K is split into (1 if not; see the backend's xProjSplit). */
   readonly #xSplit: number = 1;
-  readonly #xFold: number = 0;
   /** `[batch, paddedVocab]` logits of the last step. */
   readonly logits: Buf;
   /** Steps captured per state buffers (a state's `conv` array: reused with its buffers). */
@@ -101,9 +97,7 @@ export class DecodePlan {
       this.#a = buf(B * 2 * c.dInner * F32, "decode.xz");
       this.#b = buf(B * c.dInner * F32, "decode.u");
       this.#xSplit = be.xProjSplit(B);
-      this.#xFold = be.xProjFoldParts(B);
-      const parts = Math.max(this.#xSplit, this.#xFold);
-      this.#c = buf(parts * B * (c.dtRank + 2 * c.dState) * F32, "decode.xdbl");
+      this.#c = buf(this.#xSplit * B * (c.dtRank + 2 * c.dState) * F32, "decode.xdbl");
       this.#d = buf(B * c.dInner * F32, "decode.y");
     } else {
       this.#a = buf(B * (c.dInner + c.convDim + c.nheads) * F32, "decode.zxbcdt");
@@ -164,8 +158,6 @@ export class DecodePlan {
         C: m1 ? c.dInner : c.convDim,
       };
       const x = resInOut ? stream(l) : this.#hidden;
-      // Mamba-1's x_proj, where it is computed in in_proj's epilogue (see #mamba1).
-      const xProj = this.#xFold ? { W: w.xProj!, out: this.#c } : undefined;
       this.#normThen(w.norm.weight, w.norm.bias, resIn, resOut, x, (x, rms) =>
         be.matvec(w.inProj, {
           bias: w.inProjBias,
@@ -177,7 +169,6 @@ export class DecodePlan {
           yOff: 0,
           yStride: inW,
           conv,
-          xProj,
           ...rms,
         }));
       const out = resInOut
@@ -286,10 +277,6 @@ export class DecodePlan {
           uStride: D,
         },
       });
-    } else if (this.#xFold) {
-      // x_proj was computed in in_proj's epilogue, a partial sum per tile of channels: the scan
-      // step (dt_proj inside) adds them up.
-      be.scanStep(l, state.ssm[l], 0, B, u, xdbl, xz, y, this.#xFold);
     } else {
       // x_proj (its K split over more workgroups: the scan step adds the parts up), then the scan
       // step with dt_proj inside, as a kernel of its own.
