@@ -10,12 +10,11 @@
  * deno run -A bench/webgpu_bench.ts --json                   # results as JSON on stdout
  * # batched decode, one run per combination of the backend's batch options:
  * deno run -A bench/webgpu_bench.ts --model mamba-130m --dtype f16 --batch 16 --batch 64 \
- *   --skinny-min 8 --skinny-min 33 --scan-epi-max 0 --scan-epi-max 32 --tile tn=4,tm=4,nt=8
+ *   --skinny-min 8 --skinny-min 33 --regs 0 --regs 1 --tile tn=4,tm=4,nt=8
  * ```
  *
  * `--skinny-min N` (WebGpuOptions.skinnyMinRows: decode products of N+ rows use the skinny tiled
- * kernel), `--scan-epi-max N` (scanEpilogueMaxRows: the Mamba-1 scan step in dt_proj's epilogue
- * up to N sequences), `--scan-lanes 0|1` (scanStepLanes: the separate scan step with four lanes
+ * kernels), `--scan-lanes 0|1` (scanStepLanes: the separate scan step with four lanes
  * per channel), `--res-epi 0|1` (residualInOutProj: the residual added in out_proj's epilogue),
  * `--rotate 0|1` (skinnyRotate: the skinny kernel's workgroups start at different chunks of K),
  * `--xproj-split N` (xProjSplit: Mamba-1's x_proj split along K into N parts past batch 8),
@@ -383,7 +382,6 @@ if (import.meta.main) {
       json: { type: "boolean" },
       out: { type: "string" },
       "skinny-min": { type: "string", multiple: true },
-      "scan-epi-max": { type: "string", multiple: true },
       "scan-lanes": { type: "string", multiple: true },
       "res-epi": { type: "string", multiple: true },
       rotate: { type: "string", multiple: true },
@@ -479,7 +477,6 @@ if (import.meta.main) {
     if (vals) variants = variants.flatMap((o) => vals.map((x) => set(o, x)));
   };
   cross(v["skinny-min"]?.map(Number), (o, x) => ({ ...o, skinnyMinRows: x }));
-  cross(v["scan-epi-max"]?.map(Number), (o, x) => ({ ...o, scanEpilogueMaxRows: x }));
   cross(v["scan-lanes"]?.map((x) => x !== "0"), (o, x) => ({ ...o, scanStepLanes: x }));
   cross(v["res-epi"]?.map((x) => x !== "0"), (o, x) => ({ ...o, residualInOutProj: x }));
   cross(v.rotate?.map((x) => x !== "0"), (o, x) => ({ ...o, skinnyRotate: x }));

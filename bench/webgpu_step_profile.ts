@@ -7,12 +7,12 @@
  *
  * ```sh
  * deno run -A bench/webgpu_step_profile.ts --model mamba-130m --dtype f16 [--reps 50] [--json f]
- * deno run -A bench/webgpu_step_profile.ts --batch 64 [--skinny-min 16] [--scan-epi-max 0]
+ * deno run -A bench/webgpu_step_profile.ts --batch 64 [--skinny-min 16] [--xproj-split 2]
  * ```
  *
- * `--skinny-min`, `--scan-epi-max`, `--scan-lanes`, `--res-epi`, `--rotate`, `--xproj-split` and
- * `--regs` set the backend's `skinnyMinRows`, `scanEpilogueMaxRows`, `scanStepLanes`,
- * `residualInOutProj`, `skinnyRotate`, `xProjSplit` and `skinnyRegs` (see `webgpu_bench.ts`);
+ * `--skinny-min`, `--scan-lanes`, `--res-epi`, `--rotate`, `--xproj-split` and `--regs` set the
+ * backend's `skinnyMinRows`, `scanStepLanes`, `residualInOutProj`, `skinnyRotate`, `xProjSplit`
+ * and `skinnyRegs` (see `webgpu_bench.ts`);
  * `--regs-tile tn=…,nc=…,kl=…,mb=…,kp=…` its `regsShape`, `--regs-lm-head 0|1` its `regsLmHead`.
  *
  * @module
@@ -34,7 +34,6 @@ const { values: opt } = parseArgs({
     "no-labels": { type: "boolean" },
     json: { type: "string" },
     "skinny-min": { type: "string" },
-    "scan-epi-max": { type: "string" },
     "scan-lanes": { type: "string" },
     "res-epi": { type: "string" },
     rotate: { type: "string" },
@@ -46,7 +45,6 @@ const { values: opt } = parseArgs({
 });
 const backendOptions = {
   ...(opt["skinny-min"] ? { skinnyMinRows: Number(opt["skinny-min"]) } : {}),
-  ...(opt["scan-epi-max"] ? { scanEpilogueMaxRows: Number(opt["scan-epi-max"]) } : {}),
   ...(opt["scan-lanes"] ? { scanStepLanes: opt["scan-lanes"] !== "0" } : {}),
   ...(opt["res-epi"] ? { residualInOutProj: opt["res-epi"] !== "0" } : {}),
   ...(opt.rotate ? { skinnyRotate: opt.rotate !== "0" } : {}),

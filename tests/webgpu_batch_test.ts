@@ -93,16 +93,17 @@ Deno.test({
 });
 
 Deno.test({
-  name: "webgpu: the skinny kernel below its default threshold; both forms of the scan steps",
+  name:
+    "webgpu: the staged skinny kernel and the matrix-vector kernel where the defaults pick others; both forms of the scan steps",
   ignore,
   async fn() {
     for (const name of CASES) {
       await checkBatch(name, 8, "f32", { skinnyMinRows: 8, skinnyRegs: false });
-      await checkBatch(name, 16, "f16", { skinnyMinRows: 33, scanEpilogueMaxRows: 0 });
+      await checkBatch(name, 16, "f16", { skinnyMinRows: 33 });
     }
     // The scan step as one thread per (channel, sequence) and as four lanes, from one sequence.
     for (const scanStepLanes of [false, true]) {
-      await checkBatch("m1_d64_l7", 1, "f32", { scanEpilogueMaxRows: 0, scanStepLanes });
+      await checkBatch("m1_d64_l7", 1, "f32", { scanStepLanes });
     }
     // The four-lane step with x_proj's row in parts (16 sequences), and with a dt_rank (6) that
     // is not a multiple of the lanes and 3 parts.

@@ -8,7 +8,7 @@
 //
 // Defines:
 //   MB        rows of x (the batch); WG = 256; TEAM lanes per team
-//   RPT       output rows per team (1 with SCAN_EPI)
+//   RPT       output rows per team
 //   NV        values per lane (MB · RPT ≤ 32, index m · RPT + row); NR = ceil(NV / 8) rounds
 //   UNR       weight loads in flight per lane and row
 //   F16       W holds f16 pairs packed in u32 (unpack2x16float), 8 per load
@@ -25,10 +25,6 @@
 //   GELU      epilogue: exact GELU after the bias (a GPT-NeoX MLP's first product)
 //   CONV_EPI  epilogue: outputs nBase + n in [convLo, convLo + convC) also feed the causal
 //             conv step of channel c = nBase + n − convLo (state, taps, bias, SiLU → convOut)
-//   SCAN_EPI  epilogue (Mamba-1 dt_proj): y = softplus(· + bias) is δ of channel n, and the
-//             selective-scan step of that channel runs here (NS ≤ TEAM lanes, one state each,
-//             TEAM / NS sequences at a time);
-//             y[m, n] then receives the scan output instead of δ
 #if F16NATIVE
 enable f16;
 #endif
@@ -46,11 +42,6 @@ struct P {
   rStride: u32,  // elements between rows of resIn / resOut
   convLo: u32,   // CONV_EPI: first output column that is a conv channel
   convC: u32,    //           conv channels (row stride of convOut and of the state)
-  zStride: u32,  // SCAN_EPI: row stride of the tensor holding z, and its column
-  zOff: u32,
-  bcStride: u32, //           row stride of xdbl (B at column bOff, C at bOff + NS)
-  bOff: u32,
-  uStride: u32,  //           row stride of u (the conv output)
 }
 
 @group(0) @binding(0) var<uniform> p: P;
@@ -62,14 +53,6 @@ struct P {
 @group(0) @binding(1) var<storage, read> w: array<vec4<f32>>;
 #endif
 #include product_io
-#if SCAN_EPI
-@group(0) @binding(12) var<storage, read> A: array<f32>;
-@group(0) @binding(13) var<storage, read> Dskip: array<f32>;
-@group(0) @binding(14) var<storage, read_write> ssm: array<f32>;
-@group(0) @binding(15) var<storage, read> xdbl: array<f32>;
-@group(0) @binding(16) var<storage, read> zsrc: array<f32>;
-@group(0) @binding(17) var<storage, read> u: array<f32>;
-#endif
 
 #include util
 
@@ -249,38 +232,6 @@ fn matvec(
     fin[team * 32u + lane] = s;
   }
   workgroupBarrier();
-#if SCAN_EPI
-  let col = p.nBase + n; // RPT = 1
-  // Mamba-1 step of channel `col`: each lane owns one (sequence, state) pair, so a pass covers
-  // TEAM / NS sequences; lane j = 0 of each sequence then sums its NS outputs.
-  for (var m0 = 0u; m0 < MB; m0 += TEAM / ${NS}u) {
-    let m = m0 + lane / ${NS}u;
-    let j = lane % ${NS}u;
-    let act = valid && lane < TEAM / ${NS}u * ${NS}u && m < MB;
-    var part = 0.0;
-    var ut = 0.0;
-    if (act) {
-      let d = softplus(fin[team * 32u + m] + bias[col]);
-      ut = u[m * p.uStride + col];
-      let si = (m * p.N + col) * ${NS}u + j; // one part: N = d_inner
-      let bc = m * p.bcStride + p.bOff;
-      let h = exp(d * A[col * ${NS}u + j]) * ssm[si] + d * xdbl[bc + j] * ut;
-      ssm[si] = h;
-      part = h * xdbl[bc + ${NS}u + j];
-    }
-    red[lid] = part;
-    workgroupBarrier();
-    if (act && j == 0u) {
-      var s = 0.0;
-      for (var l = 0u; l < ${NS}u; l++) {
-        s += red[lid + l];
-      }
-      let z = zsrc[m * p.zStride + p.zOff + col];
-      y[p.yOff + m * p.yStride + col] = (s + Dskip[col] * ut) * silu(z);
-    }
-    workgroupBarrier();
-  }
-#else
   let col = p.nBase + n + lane % RPT;
   if (valid && lane < NV && n + lane % RPT < p.N) {
     let m = lane / RPT;
@@ -290,5 +241,4 @@ fn matvec(
 #endif
     finish_output(m, col, p.yOff + m * p.yStride + col, r);
   }
-#endif
 }

@@ -101,23 +101,18 @@ export interface WebGpuOptions {
   /** Overrides of the matrix-vector kernel's split, for every product (tests, sweeps). */
   matvecShape?: Partial<MatvecShape>;
   /**
-   * Decode products of at least this many rows of x use the skinny tiled kernel
-   * (`wgsl/skinny.wgsl`) instead of the matrix-vector kernel. Above 32 rows the skinny kernel is
-   * the only choice. Default 16 for models under 2048 wide, 33 from there: at batch 16 on the
-   * H200 the skinny kernel was faster for mamba-130m (12,354 against 10,383 tok/s) and slower
-   * for mamba-1.4b (2,355 against 2,709) and mamba-2.8b (1,113 against 1,442).
+   * Decode products of at least this many rows of x use the skinny kernels (the register
+   * product up to 16 rows, `wgsl/skinny_regs.wgsl`; `wgsl/skinny.wgsl` past it) instead of the
+   * matrix-vector kernel. Above 32 rows the skinny kernel is the only choice. Default 3 for
+   * models under 2048 wide, 33 from there. On the H200 (f16 whole calls, the scan step a kernel
+   * of its own), mamba-130m: 4,635 → 5,093 tok/s at batch 4, 6,908 → 8,943 at 8, 8,781 → 12,674
+   * at 12, and about even at 2–3 (mamba2-130m: 3,423 → 3,723 at 3, 2,598 → 2,656 at 2); at 1 the
+   * matrix-vector kernel wins (1,490 against 1,291). mamba-1.4b at batch 16: 2,007 tok/s on the
+   * matrix-vector kernel against 1,879.
    */
   skinnyMinRows?: number;
   /** Overrides of the skinny kernel's tile, for every product (tests, sweeps). */
   skinnyShape?: Partial<SkinnyShape>;
-  /**
-   * Fused Mamba-1 decoding folds the selective-scan step into dt_proj's matrix-vector epilogue
-   * for batches up to this size (at most 32), and runs the separate `scan_step` kernel (dt_proj
-   * inside) above. Default 8: on the H200 the epilogue wins at batch 1 (1,432–1,576 against
-   * 1,382–1,392 tok/s, mamba-130m f16) and the kernel at batch 16 (10,258–10,383 against
-   * 9,192–9,222).
-   */
-  scanEpilogueMaxRows?: number;
   /**
    * Mamba-1's separate scan step runs four lanes per (channel, sequence) when the state size
    * is a multiple of 4 (`scan_step_lanes`); false keeps one thread each (`scan_step`).
@@ -324,21 +319,6 @@ export interface MatvecOptions extends MatmulOptions {
   addRes?: Buf;
   /** Conv step epilogue on output columns `[lo, lo + C)` (decode, state of `M` sequences). */
   conv?: { state: Buf; weight: Buf; bias?: Buf; out: Buf; lo: number; C: number };
-  /** Mamba-1 scan step epilogue (outputs are δ before softplus; see wgsl/matvec.wgsl). */
-  scan?: {
-    NS: number;
-    A: Buf;
-    D: Buf;
-    ssm: Buf;
-    xdbl: Buf;
-    z: Buf;
-    zStride: number;
-    zOff: number;
-    bcStride: number;
-    bOff: number;
-    u: Buf;
-    uStride: number;
-  };
   /** Overrides of the kernel's shape (benchmarks sweep them; see {@link MatvecShape}). */
   shape?: Partial<MatvecShape>;
   /** Overrides of the skinny kernel's tile (see {@link SkinnyShape}). */
@@ -364,18 +344,14 @@ function rowsPerTeam(M: number, max: number): number {
  * up to 4k columns, 128 beyond; f32 rows read x straight from memory and prefer 256 lanes
  * (128 beyond 4k columns), or 32 when x is staged in workgroup memory (RMSNorm prologue).
  * Small matrices keep one row per team, and widen the team (split K) until there are enough
- * workgroups to fill the GPU. The scan epilogue has `scanStates` states per channel.
+ * workgroups to fill the GPU.
  */
 export function defaultMatvecShape(
   W: GpuMatrix,
   M: number,
-  scanStates = 0,
   rms = false,
 ): MatvecShape {
   const vec = W.f16 ? 8 : 4;
-  // The scan epilogue: 32 lanes cover 32 / scanStates sequences a pass (wider teams measured
-  // slower at batch 16: 1536 single-channel workgroups).
-  if (scanStates) return { team: 32, rpt: 1, unr: 4 };
   if (W.N < 1024) {
     let team = 32;
     while (team < 256 && Math.ceil(W.N * team / 256) < 512 && W.K / (team * vec) >= 4) {
@@ -448,9 +424,8 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       matmulTile: opt.matmulTile ?? matmulTileFromEnv() ?? {},
       matmulF16Math: opt.matmulF16Math ?? f16MathFromEnv(),
       matvecShape: opt.matvecShape ?? {},
-      skinnyMinRows: opt.skinnyMinRows ?? (config.dModel < 2048 ? 16 : 33),
+      skinnyMinRows: opt.skinnyMinRows ?? (config.dModel < 2048 ? 3 : 33),
       skinnyShape: opt.skinnyShape ?? {},
-      scanEpilogueMaxRows: opt.scanEpilogueMaxRows ?? 8,
       scanStepLanes: opt.scanStepLanes ?? true,
       ssdStepVec: opt.ssdStepVec ?? true,
       residualInOutProj: opt.residualInOutProj ?? true,
@@ -746,16 +721,8 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     }
     const w = this.weights.layers[0]?.xProj;
     if (n === 1 || c.arch !== "mamba1" || !w || w.parts.length !== 1) return 1;
-    if (this.scanEpilogue(M, c.dState) || !this.usesSkinny(M)) return 1;
+    if (!this.usesSkinny(M)) return 1;
     return this.#opt.scanStepLanes && c.dState % 4 === 0 ? n : 1;
-  }
-
-  /**
-   * Whether fused Mamba-1 decoding of `M` sequences folds the scan step (state size `NS`) into
-   * dt_proj's matrix-vector epilogue, rather than running the `scan_step` kernel.
-   */
-  scanEpilogue(M: number, NS: number): boolean {
-    return NS <= 32 && M <= Math.min(32, this.#opt.scanEpilogueMaxRows);
   }
 
   /** Whether the RMSNorm prologue can stage x in workgroup memory. */
@@ -764,8 +731,8 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
   }
 
   /** The default split of a matrix-vector product: see {@link defaultMatvecShape}. */
-  matvecShape(W: GpuMatrix, M: number, scanStates = 0, rms = false): MatvecShape {
-    return defaultMatvecShape(W, M, scanStates, rms);
+  matvecShape(W: GpuMatrix, M: number, rms = false): MatvecShape {
+    return defaultMatvecShape(W, M, rms);
   }
 
   /** The skinny kernel's tile for `M` rows of x (see {@link defaultSkinnyShape}). */
@@ -779,10 +746,10 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
   /**
    * Records `y = pro(x) · Wᵀ` with epilogues for a few rows of x (decode): the matrix-vector
    * kernel (see wgsl/matvec.wgsl) for up to {@link WebGpuOptions.skinnyMinRows} rows, the
-   * skinny tiled kernel (wgsl/skinny.wgsl) for more. The scan epilogue needs the former.
+   * skinny kernels (wgsl/skinny_regs.wgsl, wgsl/skinny.wgsl) for more.
    */
   matvec(W: GpuMatrix, o: MatvecOptions): void {
-    if (!o.scan && (o.skinny ?? this.usesSkinny(o.M))) {
+    if (o.skinny ?? this.usesSkinny(o.M)) {
       this.#skinny(W, o);
       return;
     }
@@ -794,13 +761,11 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     const vec = W.f16 ? 8 : 4;
     const xvec = K % vec === 0 && o.xOff % 4 === 0 && o.xStride % 4 === 0;
     if (o.rms && !xvec) throw new BackendError("matvec: RMSNorm prologue needs K % 8 == 0");
-    if (o.scan && W.parts.length !== 1) throw new BackendError("matvec: scan epilogue, one part");
     const native = W.f16 && this.#opt.f16Native && this.ctx.shaderF16;
     const { team, rpt, unr, stage: staged } = {
-      ...this.matvecShape(W, o.M, o.scan?.NS ?? 0, !!o.rms),
+      ...this.matvecShape(W, o.M, !!o.rms),
       ...this.#opt.matvecShape,
       ...o.shape,
-      ...(o.scan ? { rpt: 1 } : {}),
     };
     // Staging x in workgroup memory needs it to fit.
     const stage = staged !== false && this.#rmsFits(K, o.M);
@@ -820,18 +785,15 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       RMS_STAGE: !!o.rms && stage,
       XS4: o.rms && stage ? o.M * K / 4 : 1,
       SOFTPLUS: !!o.softplus,
-      SCAN_EPI: !!o.scan,
-      NS: o.scan?.NS ?? 0,
     });
     const rows = (256 / team) * rpt;
     const c = o.conv;
-    const sc = o.scan;
     for (const part of W.parts) {
       const groups = Math.ceil(part.n / rows);
       const gx = Math.min(groups, 65535);
       this.rec.dispatch(
         k,
-        "uuuuuuuufuuuuuuuu",
+        "uuuuuuuufuuu",
         [
           part.n,
           K,
@@ -845,22 +807,8 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
           K,
           c?.lo ?? 0,
           c?.C ?? 0,
-          sc?.zStride ?? 0,
-          sc?.zOff ?? 0,
-          sc?.bcStride ?? 0,
-          sc?.bOff ?? 0,
-          sc?.uStride ?? 0,
         ],
-        [
-          part.buf,
-          ...this.#productIoBindings(o),
-          sc?.A ?? null,
-          sc?.D ?? null,
-          sc?.ssm ?? null,
-          sc?.xdbl ?? null,
-          sc?.z ?? null,
-          sc?.u ?? null,
-        ],
+        [part.buf, ...this.#productIoBindings(o)],
         gx,
         Math.ceil(groups / gx),
       );
@@ -909,7 +857,6 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     if ((o.rms || o.resIn || o.resOut) && !xvec) {
       throw new BackendError("matvec: the RMSNorm prologue and residual need K % 4 == 0");
     }
-    if (o.scan) throw new BackendError("matvec: the skinny kernel has no scan epilogue");
     const split = o.kSplit ?? 1;
     if (!Number.isSafeInteger(split) || split < 1) {
       throw new BackendError(`matvec: kSplit must be a positive integer, got ${split}`);

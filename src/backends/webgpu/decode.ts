@@ -6,8 +6,8 @@
  * flight.
  *
  * Batches of `WebGpuOptions.skinnyMinRows` sequences and more run their products through
- * the skinny tiled kernel (`wgsl/skinny.wgsl`, with the same prologues and epilogues), and past
- * `scanEpilogueMaxRows` Mamba-1's scan step is a kernel of its own.
+ * the skinny kernels (`wgsl/skinny_regs.wgsl` up to 16, `wgsl/skinny.wgsl` past it, with the
+ * same prologues and epilogues); Mamba-1's scan step is a kernel of its own.
  *
  * @module
  */
@@ -238,51 +238,19 @@ export class DecodePlan {
     const D = c.dInner;
     const xdw = c.dtRank + 2 * c.dState;
     const [xz, u, xdbl, y] = [this.#a, this.#b, this.#c, this.#d];
-    const xProj = (kSplit = 1) =>
-      be.matvec(w.xProj!, {
-        x: u,
-        xOff: 0,
-        xStride: D,
-        M: B,
-        y: xdbl,
-        yOff: 0,
-        yStride: xdw,
-        kSplit,
-      });
-    if (be.scanEpilogue(B, c.dState)) {
-      // x_proj, then dt_proj + softplus with the selective-scan step in its epilogue (the
-      // matrix-vector kernel: at most 32 sequences).
-      xProj();
-      be.matvec(w.dtProj!, {
-        bias: w.dtBias,
-        x: xdbl,
-        xOff: 0,
-        xStride: xdw,
-        M: B,
-        y,
-        yOff: 0,
-        yStride: D,
-        scan: {
-          NS: c.dState,
-          A: w.A,
-          D: w.D,
-          ssm: state.ssm[l],
-          xdbl,
-          z: xz,
-          zStride: 2 * D,
-          zOff: D,
-          bcStride: xdw,
-          bOff: c.dtRank,
-          u,
-          uStride: D,
-        },
-      });
-    } else {
-      // x_proj (its K split over more workgroups: the scan step adds the parts up), then the scan
-      // step with dt_proj inside, as a kernel of its own.
-      xProj(this.#xSplit);
-      be.scanStep(l, state.ssm[l], 0, B, u, xdbl, xz, y, this.#xSplit);
-    }
+    // x_proj (its K split over more workgroups: the scan step adds the parts up), then the scan
+    // step with dt_proj inside, as a kernel of its own.
+    be.matvec(w.xProj!, {
+      x: u,
+      xOff: 0,
+      xStride: D,
+      M: B,
+      y: xdbl,
+      yOff: 0,
+      yStride: xdw,
+      kSplit: this.#xSplit,
+    });
+    be.scanStep(l, state.ssm[l], 0, B, u, xdbl, xz, y, this.#xSplit);
     be.matvec(w.outProj, {
       bias: w.outProjBias,
       x: y,

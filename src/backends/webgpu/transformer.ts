@@ -308,8 +308,6 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
         GELU: gelu,
         CONV_EPI: false,
         CONV_BIAS: false,
-        SCAN_EPI: false,
-        NS: 0,
       });
       const rows = (256 / team) * rpt;
       for (const part of W.parts) {
@@ -317,8 +315,8 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
         const gx = Math.min(groups, 65535);
         this.rec.dispatch(
           k,
-          "uuuuuuuufuuuuuuuuu",
-          [part.n, K, W.stride, xStride, xOff, W.N, 0, part.n0, 0, K, 0, 0, 0, 0, 0, 0, 0, 0],
+          "uuuuuuuufuuu",
+          [part.n, K, W.stride, xStride, xOff, W.N, 0, part.n0, 0, K, 0, 0],
           [part.buf, x, y, bias ?? null],
           gx,
           Math.ceil(groups / gx),
