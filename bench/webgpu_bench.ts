@@ -19,8 +19,7 @@
  * `--rotate 0|1` (skinnyRotate: the skinny kernel's workgroups start at different chunks of K),
  * `--xproj-split N` (xProjSplit: Mamba-1's x_proj split along K into N parts past batch 8),
  * `--regs 0|1` (skinnyRegs: the skinny products with their weights in registers),
- * `--regs-lm-head 0|1` (regsLmHead: the LM head too), `--ssd-early 0|1` (ssdStepEarly: the vec4
- * SSD step's loads first) and `--tile tn=…,tm=…,nt=…,mt=…,ks=…,bk=…` (skinnyShape, for every
+ * `--regs-lm-head 0|1` (regsLmHead: the LM head too) and `--tile tn=…,tm=…,nt=…,mt=…,ks=…,bk=…` (skinnyShape, for every
  * product) may each be given several times; every combination gets a model of its own.
  * `--growth N` (the decode plan's blockGrowth) and `--block N` (generateTokens' blockSize, the
  * most tokens a block) may too; their combinations run on the same model.
@@ -389,7 +388,6 @@ if (import.meta.main) {
       "xproj-split": { type: "string", multiple: true },
       regs: { type: "string", multiple: true },
       "regs-lm-head": { type: "string", multiple: true },
-      "ssd-early": { type: "string", multiple: true },
       tile: { type: "string", multiple: true },
       growth: { type: "string", multiple: true },
       block: { type: "string", multiple: true },
@@ -485,7 +483,6 @@ if (import.meta.main) {
   cross(v["xproj-split"]?.map(Number), (o, x) => ({ ...o, xProjSplit: x }));
   cross(v.regs?.map((x) => x !== "0"), (o, x) => ({ ...o, skinnyRegs: x }));
   cross(v["regs-lm-head"]?.map((x) => x !== "0"), (o, x) => ({ ...o, regsLmHead: x }));
-  cross(v["ssd-early"]?.map((x) => x !== "0"), (o, x) => ({ ...o, ssdStepEarly: x }));
   cross(
     v.tile?.map((t) => parseFields(t, SKINNY_FIELDS, "--tile")),
     (o, x) => ({ ...o, skinnyShape: x }),

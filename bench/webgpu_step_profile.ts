@@ -13,8 +13,7 @@
  * `--skinny-min`, `--scan-lanes`, `--res-epi`, `--rotate`, `--xproj-split` and `--regs` set the
  * backend's `skinnyMinRows`, `scanStepLanes`, `residualInOutProj`, `skinnyRotate`, `xProjSplit`
  * and `skinnyRegs` (see `webgpu_bench.ts`);
- * `--regs-tile tn=…,nc=…,kl=…,mb=…,kp=…` its `regsShape`, `--regs-lm-head 0|1` its `regsLmHead`,
- * `--ssd-early 0|1` its `ssdStepEarly`.
+ * `--regs-tile tn=…,nc=…,kl=…,mb=…,kp=…` its `regsShape`, `--regs-lm-head 0|1` its `regsLmHead`.
  *
  * @module
  */
@@ -42,7 +41,6 @@ const { values: opt } = parseArgs({
     regs: { type: "string" },
     "regs-tile": { type: "string" },
     "regs-lm-head": { type: "string" },
-    "ssd-early": { type: "string" },
   },
 });
 const backendOptions = {
@@ -53,7 +51,6 @@ const backendOptions = {
   ...(opt["xproj-split"] ? { xProjSplit: Number(opt["xproj-split"]) } : {}),
   ...(opt.regs ? { skinnyRegs: opt.regs !== "0" } : {}),
   ...(opt["regs-lm-head"] ? { regsLmHead: opt["regs-lm-head"] !== "0" } : {}),
-  ...(opt["ssd-early"] ? { ssdStepEarly: opt["ssd-early"] !== "0" } : {}),
   ...(opt["regs-tile"]
     ? { regsShape: parseFields(opt["regs-tile"], REGS_FIELDS, "--regs-tile") }
     : {}),

@@ -111,10 +111,6 @@ Deno.test({
     await checkBatch("m1_d96_l64_vocab500", 9, "f16", { skinnyMinRows: 9, xProjSplit: 3 });
     // Mamba-2's SSD step, the vec4 form (the default) and the scalar one.
     await checkBatch("m2_hd16_ds16_l64", 3, "f32", { ssdStepVec: false });
-    // The vec4 form with its loads first (ssdStepEarly): d_state 16 (lanes past the state's
-    // vec4s) and 64 (two vec4s a lane).
-    await checkBatch("m2_hd16_ds16_l64", 16, "f16", { ssdStepEarly: true });
-    await checkBatch("m2_hd32_ds64_l7", 3, "f32", { ssdStepEarly: true });
     // The residual added in in_proj's prologue rather than out_proj's epilogue.
     for (const name of CASES) {
       await checkBatch(name, 16, "f16", { residualInOutProj: false });

@@ -7,10 +7,7 @@
 // (vec4 loads of the state, B and C), and one barrier to sum a row's lanes instead of a 5-level
 // tree: on the H200 at batch 16 the tree's barriers and the short per-thread work kept the step
 // at twice the time its state traffic needs (392 → 265 µs a step, mamba2-130m).
-// EARLY (with VEC): a lane's NV4 = ⌈N / 32⌉ vec4s of the state, B and C are all loaded first,
-// together with x and the head's dt inputs, rather than each iteration's loads after dt's
-// softplus and exp.
-// Defines: TP, GATE, D_HDIM (D per channel instead of per head), VEC, EARLY, NV4.
+// Defines: TP, GATE, D_HDIM (D per channel instead of per head), VEC.
 
 struct P {
   H: u32,        // heads
@@ -71,44 +68,11 @@ fn ssd_step(
   let valid = pp < p.P;
   let dInner = p.H * p.P;
   let g = h / (p.H / p.G);
+  let dt = clamp(softplus(zxbcdt[b * p.inStride + p.dtOff + h] + dtBias[h]), p.dtMin, p.dtMax);
+  let decay = exp(dt * A[h]);
   let ch = h * p.P + pp;
   var acc = 0.0;
   var xv = 0.0;
-#if EARLY
-  // In vec4 units (convDim, dInner and N are multiples of 4 here); lane's vec4 j is lane + j·LANES.
-  let bo = (b * p.convDim + dInner + g * p.N) / 4u;
-  let co = bo + p.G * p.N / 4u;
-  let so = ((p.sOff + b) * dInner + ch) * p.N / 4u;
-  let n4 = p.N / 4u;
-  var sv: array<vec4<f32>, ${NV4}>;
-  var bv: array<vec4<f32>, ${NV4}>;
-  var cv: array<vec4<f32>, ${NV4}>;
-  if (valid) {
-#unroll J NV4
-    {
-      let v = min(lane + ${J}u * LANES, n4 - 1u);
-      sv[${J}] = state[so + v];
-      bv[${J}] = xbc4[bo + v];
-      cv[${J}] = xbc4[co + v];
-    }
-#endunroll
-    xv = xbc[b * p.convDim + ch];
-  }
-  let dt = clamp(softplus(zxbcdt[b * p.inStride + p.dtOff + h] + dtBias[h]), p.dtMin, p.dtMax);
-  let decay = exp(dt * A[h]);
-  if (valid) {
-    let xdt = xv * dt;
-#unroll J NV4
-    if (lane + ${J}u * LANES < n4) {
-      let s = decay * sv[${J}] + xdt * bv[${J}];
-      state[so + lane + ${J}u * LANES] = s;
-      acc += dot(s, cv[${J}]);
-    }
-#endunroll
-  }
-#else
-  let dt = clamp(softplus(zxbcdt[b * p.inStride + p.dtOff + h] + dtBias[h]), p.dtMin, p.dtMax);
-  let decay = exp(dt * A[h]);
   if (valid) {
     xv = xbc[b * p.convDim + ch];
     let xdt = xv * dt;
@@ -133,7 +97,6 @@ fn ssd_step(
     }
 #endif
   }
-#endif
   // A row's lanes meet: with VEC one thread adds the 8, else a tree over 32.
   red[lid] = acc;
   workgroupBarrier();

@@ -121,12 +121,6 @@ export interface WebGpuOptions {
   /** Mamba-2's SSD step with vec4 loads and a one-barrier sum (`VEC`) when the sizes allow. */
   ssdStepVec?: boolean;
   /**
-   * The vec4 SSD step loads each lane's slices of the state, B and C before it computes dt,
-   * rather than each iteration's after it (see wgsl/ssd_step.wgsl's EARLY). Default false: not
-   * yet measured on a GPU.
-   */
-  ssdStepEarly?: boolean;
-  /**
    * Fused decoding through the skinny kernel adds each block's output to the residual in
    * out_proj's epilogue, so the next in_proj reads one tensor rather than two in every
    * workgroup (default true; false keeps the add in in_proj's prologue).
@@ -434,7 +428,6 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       skinnyShape: opt.skinnyShape ?? {},
       scanStepLanes: opt.scanStepLanes ?? true,
       ssdStepVec: opt.ssdStepVec ?? true,
-      ssdStepEarly: opt.ssdStepEarly ?? false,
       residualInOutProj: opt.residualInOutProj ?? true,
       skinnyRotate: opt.skinnyRotate ?? true,
       xProjSplit: opt.xProjSplit ?? 4,
@@ -625,13 +618,7 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     const dtCap = Math.min(dtMax, 3e38);
     const params = [H, P, N, G, batch, inDim, dInner + convDim, convDim, dtMin, dtCap, sOff];
     this.rec.dispatch(
-      this.pipeline("ssd_step", "ssd_step", {
-        TP,
-        GATE: gate,
-        D_HDIM: c.dHasHdim,
-        VEC: vec,
-        ...(vec && this.#opt.ssdStepEarly ? { EARLY: true, NV4: Math.ceil(N / 32) } : {}),
-      }),
+      this.pipeline("ssd_step", "ssd_step", { TP, GATE: gate, D_HDIM: c.dHasHdim, VEC: vec }),
       "uuuuuuuuffu",
       params,
       [zx, xbc, w.dtBias, w.A, w.D, ssm, y, vec ? xbc : null],
