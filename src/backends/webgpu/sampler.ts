@@ -104,12 +104,9 @@ export class GpuSampler {
   /**
    * Each block is this many times longer than the one before, from 8 steps up to the call's
    * block size: the first tokens come soon, and later blocks need fewer read-backs (each of
-   * which leaves the GPU idle until the next block is submitted). 8: the second block is already
-   * the call's (64 by default). On the H200 at batch 16 (256 tokens), growth 8 against 2 took
-   * mamba2-130m's whole calls from 13,134–14,090 to 15,470–15,631 tok/s, mamba-130m's from
-   * 16,429–16,671 to 16,480–16,778 (`bench/RESULTS.md`).
+   * which leaves the GPU idle until the next block is submitted).
    */
-  blockGrowth = 8;
+  blockGrowth = 2;
   /**
    * Whether a block's steps so far go to the GPU after its `steps`-th step (its first
    * submission after {@link firstSubmitSteps}, then every {@link submitSteps}).
