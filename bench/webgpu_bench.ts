@@ -26,7 +26,8 @@
  *
  * Decode: an 8-token prompt (7 prefilled, the 8th fed by the fused decoder), then `--decode`
  * greedy tokens; rate = batch × tokens / wall time from the call to the last block, the mean of
- * 3 calls without timestamp queries, as `mamba_ssm_baseline.py` times its own (plus the steady
+ * 3 calls without timestamp queries after a warm-up that ends with one untimed call of the same
+ * length, as `mamba_ssm_baseline.py` times its own (plus the steady
  * rate after the first block, and the GPU time per token from a fourth call with them). The
  * steady rate reads high: the blocks in flight when the first one arrives are already partly
  * done (with 3 in flight it read 1.3-1.5× the whole call's rate, with 2 1.1-1.5×), so compare
@@ -162,9 +163,12 @@ async function decodeCalls(
     };
   };
   // Warm-up: pipelines, decode buffers, and half a second of work so the GPU clock has ramped
-  // up from idle.
+  // up from idle; then one untimed call of the measured length, as `mamba_ssm_baseline.py` warms
+  // up (on the H200, after the short calls alone, a model's first measured 256-token calls read
+  // up to 12% lower than the next ones).
   const w0 = performance.now();
   do await run(32, false); while (performance.now() - w0 < 500);
+  await run(n, false);
   // The whole-call rate as `mamba_ssm_baseline.py` times its own: the mean of 3 calls, with no
   // timestamp queries in them; then one call with them for the GPU time.
   type Call = Awaited<ReturnType<typeof run>>;
