@@ -127,7 +127,7 @@ Deno.test({
   ignore,
   async fn() {
     // The split is taken where it applies (else the checks below would test the unsplit path),
-    // and only there: not at batch 1 (the scan epilogue), nor for Mamba-2.
+    // and only there: not at batch 1 (the matrix-vector kernel), nor for Mamba-2.
     await withOracleModel("m1_d64_l7", { xProjSplit: 4 }, "f16", (_, be) => {
       assert.equal(be.xProjSplit(16), 4);
       assert.equal(be.xProjSplit(1), 1);

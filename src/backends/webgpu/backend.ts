@@ -132,7 +132,7 @@ export interface WebGpuOptions {
    */
   skinnyRotate?: boolean;
   /**
-   * Fused Mamba-1 decoding of a batch that runs the separate scan step splits x_proj's reduction
+   * Fused Mamba-1 decoding of a batch on the skinny kernels splits x_proj's reduction
    * (over d_inner) into this many parts, each a slice of workgroups of its own; the scan step
    * sums the parts while staging its sequence's row. x_proj has few outputs (dt_rank + 2·d_state),
    * so unsplit it runs on a handful of workgroups, each walking all of K. Default 4: on the H200
