@@ -31,8 +31,6 @@ import {
   canBlock,
   CMD_EXIT,
   CMD_RUN,
-  CTL,
-  CTL_WORDS,
   HEADER_BYTES,
   OP,
   OP_WORDS,
@@ -47,6 +45,7 @@ import type { WorkerMessage } from "./worker.ts";
 import {
   compileKernels,
   growableSab,
+  postCommand,
   rankRequest,
   setupFailure,
   spinCounts,
@@ -564,12 +563,7 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
     this.#decode = null;
     this.#live.clear();
     this.#program++;
-    const ctl = new Int32Array(sab, 0, CTL_WORDS);
-    if (T > 1) {
-      Atomics.store(ctl, CTL.CMD, CMD_RUN);
-      Atomics.add(ctl, CTL.SEQ, 1);
-      Atomics.notify(ctl, CTL.SEQ);
-    }
+    if (T > 1) postCommand(sab, CMD_RUN);
     try {
       this.#engine.readOut = readOut;
       this.#engine.run();
@@ -609,10 +603,7 @@ export class WasmBackend implements Backend<WasmActivation, WasmState> {
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
-    const ctl = new Int32Array(this.#sab, 0, CTL_WORDS);
-    Atomics.store(ctl, CTL.CMD, CMD_EXIT);
-    Atomics.add(ctl, CTL.SEQ, 1);
-    Atomics.notify(ctl, CTL.SEQ);
+    postCommand(this.#sab, CMD_EXIT);
     for (const w of this.#workers) w.terminate();
     this.#workers.length = 0;
   }

@@ -11,7 +11,7 @@
 import { BackendError } from "../../errors.ts";
 import { WasmKernels } from "./kernels.ts";
 import type { WasmOptions } from "./options.ts";
-import { abort, AbortedError, CMD_EXIT, CTL, CTL_WORDS } from "./shared.ts";
+import { abort, AbortedError, CMD_EXIT, type CMD_RUN, CTL, CTL_WORDS } from "./shared.ts";
 
 const MAX_SAB = [16 * 2 ** 30, 4 * 2 ** 30, 2 ** 31 - 65536, 2 ** 30];
 
@@ -135,6 +135,17 @@ export type RankMessage<I, L, H> =
   | I
   | { readonly kind: "layer"; readonly layer: L }
   | { readonly kind: "head"; readonly head: H };
+
+/**
+ * Rank 0's side of {@link serveWorker}'s loop: sets the command word (run the recorded program, or
+ * exit) and bumps the program sequence word, waking the ranks that sleep on it.
+ */
+export function postCommand(sab: SharedArrayBuffer, command: typeof CMD_RUN | typeof CMD_EXIT) {
+  const ctl = new Int32Array(sab, 0, CTL_WORDS);
+  Atomics.store(ctl, CTL.CMD, command);
+  Atomics.add(ctl, CTL.SEQ, 1);
+  Atomics.notify(ctl, CTL.SEQ);
+}
 
 /**
  * The body of a rank's worker: answers the setup messages (`init`, made into a rank by `make`,

@@ -24,17 +24,7 @@ import { BackendError } from "../../errors.ts";
 import type { GptNeoXConfig } from "../../neox_config.ts";
 import { WasmKernels } from "./kernels.ts";
 import type { WasmOptions } from "./options.ts";
-import {
-  abort,
-  AbortedError,
-  align64,
-  canBlock,
-  CMD_EXIT,
-  CMD_RUN,
-  CTL,
-  CTL_WORDS,
-  readError,
-} from "./shared.ts";
+import { abort, AbortedError, align64, canBlock, CMD_EXIT, CMD_RUN, readError } from "./shared.ts";
 import {
   kvStageBytes,
   makeTShards,
@@ -53,6 +43,7 @@ import type { TWorkerMessage } from "./transformer_worker.ts";
 import {
   compileKernels,
   growableSab,
+  postCommand,
   rankRequest,
   setupFailure,
   spinCounts,
@@ -340,12 +331,7 @@ export class WasmTransformerBackend implements TransformerBackend<WasmTActivatio
     this.#maxRows = 0;
     this.#live.clear();
     fill?.(new Float32Array(this.#sab, offStage, stage / 4));
-    const ctl = new Int32Array(this.#sab, 0, CTL_WORDS);
-    if (T > 1) {
-      Atomics.store(ctl, CTL.CMD, CMD_RUN);
-      Atomics.add(ctl, CTL.SEQ, 1);
-      Atomics.notify(ctl, CTL.SEQ);
-    }
+    if (T > 1) postCommand(this.#sab, CMD_RUN);
     try {
       this.#rank0.run();
     } catch (e) {
@@ -426,10 +412,7 @@ export class WasmTransformerBackend implements TransformerBackend<WasmTActivatio
     if (this.#disposed) return;
     this.#disposed = true;
     if (this.#workers.length) {
-      const ctl = new Int32Array(this.#sab, 0, CTL_WORDS);
-      Atomics.store(ctl, CTL.CMD, CMD_EXIT);
-      Atomics.add(ctl, CTL.SEQ, 1);
-      Atomics.notify(ctl, CTL.SEQ);
+      postCommand(this.#sab, CMD_EXIT);
       for (const w of this.#workers) w.terminate();
     }
   }
