@@ -29,22 +29,7 @@
 enable f16;
 #endif
 
-struct P {
-  N: u32,        // output rows of W handled here (one part of a split matrix)
-  K: u32,        // reduction length
-  wStride: u32,  // elements per W row (a multiple of VEC, zero padded)
-  xStride: u32,  // elements between x rows
-  xOff: u32,     // element offset of x[0, 0]
-  yStride: u32,
-  yOff: u32,
-  nBase: u32,    // output column (and bias index) of this part's row 0
-  eps: f32,
-  rStride: u32,  // elements between rows of resIn / resOut
-  convLo: u32,   // CONV_EPI: first output column that is a conv channel
-  convC: u32,    //           conv channels (row stride of convOut and of the state)
-}
-
-@group(0) @binding(0) var<uniform> p: P;
+// The parameter block P (binding 0) is product_io's (p.M and p.ySplit unused here).
 #if F16NATIVE
 @group(0) @binding(1) var<storage, read> w: array<mat2x4<f16>>;
 #elif F16

@@ -1,8 +1,26 @@
-// The bindings the decode products share (matvec.wgsl, skinny.wgsl, skinny_regs.wgsl), from 2
-// to 11: x, y, and the buffers of their prologues (PRO_ADD, PRO_RMS, RES_OUT) and epilogues (BIAS,
-// CONV_EPI); 12 for the skinny kernels' ADD_RES; and the epilogue itself (finish_output).
-// Binding 0 (the parameters), 1 (W) and the rest are each kernel's own. Each kernel's parameter
-// block has yOff, yStride, convLo and convC.
+// What the decode products share (matvec.wgsl, skinny.wgsl, skinny_regs.wgsl): the parameter
+// block (binding 0), the bindings from 2 to 11 (x, y, and the buffers of their prologues PRO_ADD,
+// PRO_RMS, RES_OUT and epilogues BIAS, CONV_EPI), 12 for the skinny kernels' ADD_RES, and the
+// epilogue itself (finish_output). Binding 1 (W) and the rest are each kernel's own.
+
+struct P {
+  M: u32,        // rows of x
+  N: u32,        // output rows of W handled here (one part of a split matrix)
+  K: u32,        // reduction length
+  wStride: u32,  // elements per W row (a multiple of 8 for f16, 4 for f32; zero padded)
+  xStride: u32,  // elements between x rows
+  xOff: u32,     // element offset of x[0, 0]
+  yStride: u32,
+  yOff: u32,
+  nBase: u32,    // output column (and bias index) of this part's row 0
+  eps: f32,
+  rStride: u32,  // elements between rows of resIn / resOut
+  convLo: u32,   // CONV_EPI: first output column that is a conv channel
+  convC: u32,    //           conv channels (row stride of convOut and of the state)
+  ySplit: u32,   // KSPLIT: elements between the partial sums of two ranges of K (skinny.wgsl)
+}
+
+@group(0) @binding(0) var<uniform> p: P;
 #if XVEC
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 #else

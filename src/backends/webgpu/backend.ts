@@ -36,7 +36,13 @@ import {
   type MatmulTile,
   matmulTileFromEnv,
 } from "./matmul.ts";
-import { type GpuLayer, type GpuMatrix, type GpuWeights, uploadWeights } from "./weights.ts";
+import {
+  type GpuLayer,
+  type GpuMatrix,
+  type GpuWeights,
+  type MatrixPart,
+  uploadWeights,
+} from "./weights.ts";
 
 /** An activation of the `webgpu` backend: `rows × cols` f32 values in a pooled GPU buffer. */
 export interface GpuActivation {
@@ -335,6 +341,33 @@ export interface MatvecOptions extends MatmulOptions {
 /** Rows per team for `M` rows of x: a power of two, at most `max`, with M · rows ≤ 32 values. */
 function rowsPerTeam(M: number, max: number): number {
   return Math.min(max, Math.max(1, 2 ** Math.floor(Math.log2(32 / M))));
+}
+
+/** The types of wgsl/product_io.wgsl's parameter block P, which every decode product takes. */
+export const PRODUCT_PARAMS = "uuuuuuuuufuuuu";
+
+/**
+ * The values of wgsl/product_io.wgsl's parameter block P for the product of `part` of `W` with
+ * options `o`; `ySplit`: elements between the partial sums of two ranges of K (the skinny
+ * kernel's KSPLIT), else 0.
+ */
+function productParams(W: GpuMatrix, part: MatrixPart, o: MatvecOptions, ySplit = 0): number[] {
+  return [
+    o.M,
+    part.n,
+    W.K,
+    W.stride,
+    o.xStride,
+    o.xOff,
+    o.yStride,
+    o.yOff,
+    part.n0,
+    o.rms?.eps ?? 0,
+    W.K,
+    o.conv?.lo ?? 0,
+    o.conv?.C ?? 0,
+    ySplit,
+  ];
 }
 
 /**
@@ -784,30 +817,15 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       ...this.#productIoDefs(o, xvec),
       RMS_STAGE: !!o.rms && stage,
       XS4: o.rms && stage ? o.M * K / 4 : 1,
-      SOFTPLUS: !!o.softplus,
     });
     const rows = (256 / team) * rpt;
-    const c = o.conv;
     for (const part of W.parts) {
       const groups = Math.ceil(part.n / rows);
       const gx = Math.min(groups, 65535);
       this.rec.dispatch(
         k,
-        "uuuuuuuufuuu",
-        [
-          part.n,
-          K,
-          W.stride,
-          o.xStride,
-          o.xOff,
-          o.yStride,
-          o.yOff,
-          part.n0,
-          o.rms?.eps ?? 0,
-          K,
-          c?.lo ?? 0,
-          c?.C ?? 0,
-        ],
+        PRODUCT_PARAMS,
+        productParams(W, part, o),
         [part.buf, ...this.#productIoBindings(o)],
         gx,
         Math.ceil(groups / gx),
@@ -827,6 +845,8 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       PRO_ADD: !!o.resIn,
       RES_OUT: !!o.resOut,
       BIAS: !!o.bias,
+      SOFTPLUS: !!o.softplus,
+      ADD_RES: !!o.addRes,
       CONV_EPI: !!o.conv,
       CONV_BIAS: !!o.conv?.bias,
       ...(o.conv ? { CK: dConv, CKM: dConv - 1 } : {}),
@@ -916,8 +936,6 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       ROTATE: this.#opt.skinnyRotate,
       F16: W.f16,
       ...this.#productIoDefs(o, xvec),
-      SOFTPLUS: !!o.softplus,
-      ADD_RES: !!o.addRes,
       KSPLIT: split > 1 ? split : false,
     });
     this.#dispatchSkinny(k, W, o, nt * tn, BM, split);
@@ -963,8 +981,6 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
       RS: lay.rs,
       F16: W.f16,
       ...this.#productIoDefs(o, true),
-      SOFTPLUS: !!o.softplus,
-      ADD_RES: !!o.addRes,
     });
     this.#dispatchSkinny(k, W, o, nc * tn, mb, 1);
   }
@@ -981,27 +997,11 @@ export class WebGpuBackend implements Backend<GpuActivation, GpuState> {
     bm: number,
     split: number,
   ): void {
-    const c = o.conv;
     for (const part of W.parts) {
       this.rec.dispatch(
         k,
-        "uuuuuuuuufuuuu",
-        [
-          o.M,
-          part.n,
-          W.K,
-          W.stride,
-          o.xStride,
-          o.xOff,
-          o.yStride,
-          o.yOff,
-          part.n0,
-          o.rms?.eps ?? 0,
-          W.K,
-          c?.lo ?? 0,
-          c?.C ?? 0,
-          o.M * o.yStride,
-        ],
+        PRODUCT_PARAMS,
+        productParams(W, part, o, o.M * o.yStride),
         [part.buf, ...this.#productIoBindings(o), o.addRes ?? null],
         Math.ceil(part.n / bn),
         Math.ceil(o.M / bm),

@@ -41,7 +41,7 @@ import {
   type ShaderDefs,
   type ShaderFile,
 } from "./shaders.ts";
-import { defaultMatvecShape } from "./backend.ts";
+import { defaultMatvecShape, PRODUCT_PARAMS } from "./backend.ts";
 import { GpuSampler, samplingKey } from "./sampler.ts";
 import { type GpuMatrix, type GpuNorm, uploadF32, uploadMatrix } from "./weights.ts";
 
@@ -315,8 +315,8 @@ export class WebGpuTransformerBackend implements TransformerBackend<GpuTActivati
         const gx = Math.min(groups, 65535);
         this.rec.dispatch(
           k,
-          "uuuuuuuufuuu",
-          [part.n, K, W.stride, xStride, xOff, W.N, 0, part.n0, 0, K, 0, 0],
+          PRODUCT_PARAMS,
+          [M, part.n, K, W.stride, xStride, xOff, W.N, 0, part.n0, 0, K, 0, 0, 0],
           [part.buf, x, y, bias ?? null],
           gx,
           Math.ceil(groups / gx),
