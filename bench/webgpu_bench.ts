@@ -108,18 +108,23 @@ async function buildModel(
 
 const gpu = (lm: MambaLM) => lm.backend as WebGpuBackend;
 
+type DecodeFigures = Pick<
+  WebGpuBenchResult,
+  "tokPerS" | "steadyTokPerS" | "gpuSeconds" | "gpuTokPerS"
+>;
+
+/** Decode figures with the plan's block growth set to `blocks.growth` for the time of the run. */
 async function decode(
   lm: MambaLM,
   batch: number,
   n: number,
   blocks: { growth?: number; size?: number } = {},
-): Promise<Pick<WebGpuBenchResult, "tokPerS" | "steadyTokPerS" | "gpuSeconds" | "gpuTokPerS">> {
-  const V = lm.config.vocabSize;
+): Promise<DecodeFigures> {
   const plan = gpu(lm).decodePlan(batch);
   const growth = plan.blockGrowth;
   if (blocks.growth !== undefined) plan.blockGrowth = blocks.growth;
   try {
-    return await decodeCalls(lm, batch, n, V, blocks.size);
+    return await decodeCalls(lm, batch, n, blocks.size);
   } finally {
     plan.blockGrowth = growth;
   }
@@ -129,9 +134,9 @@ async function decodeCalls(
   lm: MambaLM,
   batch: number,
   n: number,
-  V: number,
   blockSize: number | undefined,
-): Promise<Pick<WebGpuBenchResult, "tokPerS" | "steadyTokPerS" | "gpuSeconds" | "gpuTokPerS">> {
+): Promise<DecodeFigures> {
+  const V = lm.config.vocabSize;
   const prompt = Array.from({ length: batch }, (_, b) => [1, 2, 3, 4, 5, 6, 7, 8 + b]);
   const run = async (count: number, time: boolean) => {
     const state = lm.createState(batch);
