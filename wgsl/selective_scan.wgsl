@@ -123,7 +123,7 @@ fn scan_step(@builtin(global_invocation_id) gid: vec3u) {
 // each thread a long chain of dependent loads. Requires NS % 4 == 0; compiled where DTL is given.
 #if DTL
 const LANES = 4u;
-const NSL = NS / LANES;
+const NSL = ${NSL}u; // NS / LANES, a define because #unroll counts with it
 const STEP_CHANNELS = 64u; // channels per workgroup of 256
 var<workgroup> laneSum: array<f32, 256>;
 #if XS
